@@ -1,0 +1,39 @@
+# repel: push a trained network away from its own checkpoints, and measure what that does.
+#
+# data -> base training -> distance-regularized continuation -> aggregate -> plots.
+# Run:  snakemake --cores all            (the embedded default in config/config.yaml)
+#       snakemake --cores all --configfile config/other.yaml
+# Every stage is a rule calling `python -m repel <stage>`; see README.md.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    dataset="|".join(config["datasets"]),
+    model="|".join(config["models"]),
+    seed=r"\d+",
+    run="|".join(RUNS),
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/base.smk"
+include: "workflow/rules/continue.smk"
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/plots.smk"
+
+
+rule all:
+    input:
+        get_final_outputs(),
+    default_target: True

@@ -1,0 +1,60 @@
+"""Aggregation: every run's per-epoch Parquet -> one table, and one summary row per grid point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from . import storage
+from .grid import control_id
+
+RUN_KEYS = ["dataset", "model", "run"]
+GRID_COLUMNS = ["label", "strength", "kernel", "width", "gamma", "distance", "lr_init", "schedule", "epochs"]
+FINAL_METRICS = {"val_acc": "final_val_acc", "test_acc": "final_test_acc", "dist": "final_dist"}
+
+
+def combine(paths, labels: dict[str, str]) -> pd.DataFrame:
+    """One row per run and epoch; `label` names the variant, `control` the run it is compared with."""
+    df = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    is_run = df["phase"] == "continue"
+    df["label"] = df["run"].map(lambda r: labels.get(r, r))
+    df["control"] = df["run"]
+    df.loc[is_run, "control"] = df.loc[is_run, "run"].map(control_id)
+    return df.sort_values(["dataset", "model", "seed", "phase", "run", "epoch"], ignore_index=True)
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per continuation run and seed: final accuracy and distance, worst drop, divergence."""
+    base = df[df["phase"] == "base"].groupby(["dataset", "model", "seed"])["val_acc"].last().rename("checkpoint_val_acc")
+    runs = df[df["phase"] == "continue"].groupby(RUN_KEYS + ["seed"], sort=True)
+    out = runs[GRID_COLUMNS].first()
+    out = out.join(runs[list(FINAL_METRICS)].last().rename(columns=FINAL_METRICS))
+    out["min_val_acc"] = runs["val_acc"].min()
+    out["diverged"] = runs["diverged"].any()
+    out = out.reset_index().join(base, on=["dataset", "model", "seed"])
+    # how far validation accuracy fell below its value at the checkpoint (0 if it never did)
+    out["max_val_acc_drop"] = (out["checkpoint_val_acc"] - out["min_val_acc"]).clip(lower=0)
+    return out.drop(columns="min_val_acc")
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    """Grid points as rows, seeds folded into mean ± std (std shown when there are several seeds)."""
+    metrics = ["final_val_acc", "final_test_acc", "final_dist", "max_val_acc_drop"]
+    rows = []
+    for keys, g in summary.groupby(RUN_KEYS, sort=True):
+        row = dict(zip(RUN_KEYS, keys), label=g["label"].iloc[0], seeds=len(g))
+        for m in metrics:
+            row[m] = f"{g[m].mean():.4f}" + (f" ± {g[m].std():.4f}" if len(g) > 1 else "")
+        row["diverged"] = f"{int(g['diverged'].sum())}/{len(g)}" if g["diverged"].any() else "no"
+        rows.append(row)
+    return pd.DataFrame(rows).to_markdown(index=False) + "\n"
+
+
+def aggregate(paths, labels: dict[str, str], out_dir: Path) -> None:
+    df = combine(paths, labels)
+    summary = summarize(df)
+    storage.save_parquet(df, out_dir / "metrics.parquet")
+    storage.save_parquet(summary, out_dir / "summary.parquet")
+    storage.save_text(summary.to_csv(index=False), out_dir / "summary.csv")
+    storage.save_text("# Continuation runs: final metrics\n\n" + summary_markdown(summary), out_dir / "summary.md")

@@ -1,0 +1,197 @@
+"""Command line: one subcommand per pipeline stage, every input and setting an explicit argument.
+
+    python -m repel prepare    --dataset digits --out results/data/digits.pt
+    python -m repel train-base --data results/data/digits.pt --model cnn --epochs 20 --out-dir DIR
+    python -m repel continue   --data ... --checkpoint DIR/checkpoint.pt --strength 1 --width 1 ...
+    python -m repel aggregate  --runs A/metrics.parquet B/metrics.parquet ... --out-dir results/aggregate
+    python -m repel plot       --metrics results/aggregate/metrics.parquet --out-dir results/plots
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import data as data_mod
+from . import models, storage
+from .penalty import DISTANCES, KERNELS, DistancePenalty
+from .train import SCHEDULES, TrainConfig, fit
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"device '{name}' asked for, but no CUDA GPU is available (use 'auto' or 'cpu')")
+    return torch.device(name)
+
+
+def _setup(args) -> torch.device:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    print(f"device: {device}  threads: {torch.get_num_threads()}  torch {torch.__version__}", flush=True)
+    return device
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def cmd_prepare(args) -> None:
+    prepared = data_mod.prepare(args.dataset, args.data_dir, args.val_fraction, args.test_fraction,
+                                args.seed, download=not args.no_download)
+    storage.save_torch(prepared, args.out)
+    _log(f"{args.dataset}: train {len(prepared['train_y'])}, val {len(prepared['val_y'])}, "
+         f"test {len(prepared['test_y'])} images of shape {tuple(prepared['train_x'].shape[1:])}, "
+         f"{prepared['num_classes']} classes -> {args.out}")
+
+
+def _train_config(args) -> TrainConfig:
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+
+
+def _frame(rows: list[dict], columns: dict) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    for key, value in columns.items():
+        df[key] = value
+    return df
+
+
+def cmd_train_base(args) -> None:
+    device = _setup(args)
+    prepared = data_mod.load(args.data)
+    in_channels, image_size = prepared["train_x"].shape[1], prepared["train_x"].shape[-1]
+    arch = {"model": args.model, "in_channels": int(in_channels), "num_classes": prepared["num_classes"],
+            "image_size": int(image_size)}
+    torch.manual_seed(args.seed)  # the model's initialisation
+    model = models.build(args.model, arch["in_channels"], arch["num_classes"], arch["image_size"]).to(device)
+    cfg = _train_config(args)
+    rows, optimizer, generator = fit(model, prepared, cfg, device, log=_log)
+    out = Path(args.out_dir)
+    storage.save_torch({
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": rows[-1]["epoch"],
+        "rng": {"torch": torch.get_rng_state(), "data": generator.get_state()},
+        "arch": arch, "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
+    }, out / "checkpoint.pt")
+    storage.save_parquet(_frame(rows, {"phase": "base", "dataset": prepared["name"], "model": args.model,
+                                       "seed": args.seed, "run": "base"}), out / "metrics.parquet")
+    _log(f"base checkpoint at epoch {rows[-1]['epoch']} -> {out / 'checkpoint.pt'}")
+
+
+def cmd_continue(args) -> None:
+    device = _setup(args)
+    prepared = data_mod.load(args.data)
+    ckpt = storage.load_torch(args.checkpoint)
+    arch = ckpt["arch"]
+    model = models.build(arch["model"], arch["in_channels"], arch["num_classes"], arch["image_size"])
+    model.load_state_dict(ckpt["model"])
+    model.to(device)
+    penalty = DistancePenalty(args.strength, args.kernel, args.width, args.gamma, args.distance)
+    penalty.add_checkpoint(models.trainable_parameters(model))
+    cfg = _train_config(args)
+    rows, _, _ = fit(model, prepared, cfg, device, penalty=penalty, first_epoch=ckpt["epoch"] + 1,
+                     optimizer_state=ckpt["optimizer"], log=_log)
+    out = Path(args.out_dir)
+    columns = {"phase": "continue", "dataset": prepared["name"], "model": arch["model"], "seed": args.seed,
+               "run": args.run, "checkpoint_epoch": ckpt["epoch"], "strength": args.strength,
+               "kernel": args.kernel, "width": args.width, "gamma": args.gamma, "distance": args.distance,
+               "lr_init": args.lr, "schedule": args.schedule, "epochs": args.epochs}
+    storage.save_torch(model.state_dict(), out / "final.pt")
+    storage.save_parquet(_frame(rows, columns), out / "metrics.parquet")
+    _log(f"{args.run}: final val acc {rows[-1]['val_acc']:.4f}, distance {rows[-1]['dist']:.4g} -> {out}")
+
+
+def cmd_aggregate(args) -> None:
+    from .aggregate import aggregate
+
+    labels = json.loads(args.labels) if args.labels else {}
+    aggregate(args.runs, labels, Path(args.out_dir))
+    _log(f"aggregated {len(args.runs)} runs -> {args.out_dir}")
+
+
+def cmd_plot(args) -> None:
+    from .plots import plot_all
+
+    for path in plot_all(pd.read_parquet(args.metrics), Path(args.out_dir), args.formats):
+        _log(f"wrote {path}")
+
+
+def _add_training_args(p: argparse.ArgumentParser, epochs_help: str) -> None:
+    d = TrainConfig(epochs=0)
+    p.add_argument("--data", required=True, help="prepared dataset file (python -m repel prepare)")
+    p.add_argument("--epochs", type=int, required=True, help=epochs_help)
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default %(default)s)")
+    p.add_argument("--momentum", type=float, default=d.momentum)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 coefficient of SGD")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="lr schedule, stepped every batch")
+    p.add_argument("--step-size", type=int, default=d.step_size, help="epochs between decays (step)")
+    p.add_argument("--step-gamma", type=float, default=d.step_gamma, help="decay factor (step)")
+    p.add_argument("--t0", type=int, default=d.t0, help="epochs of the first cycle (cosine_restarts)")
+    p.add_argument("--t-mult", type=int, default=d.t_mult, help="cycle length multiplier (cosine_restarts)")
+    p.add_argument("--eta-min", type=float, default=d.eta_min, help="lowest lr (cosine schedules)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--out-dir", required=True)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="repel", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(required=True, metavar="COMMAND")
+
+    p = sub.add_parser("prepare", help="read a dataset once into one compact tensor file")
+    p.add_argument("--dataset", required=True, choices=data_mod.DATASETS)
+    p.add_argument("--data-dir", default="data", help="where torchvision datasets are (or are downloaded to)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="of the training set, held out for validation")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="test split for sets without one (digits)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train-base", help="train from scratch to the checkpoint epoch")
+    _add_training_args(p, "epochs to train: the checkpoint epoch")
+    p.add_argument("--model", required=True, choices=models.MODELS)
+    p.set_defaults(func=cmd_train_base)
+
+    p = sub.add_parser("continue", help="continue from a checkpoint with the distance penalty")
+    _add_training_args(p, "epochs to continue after the checkpoint")
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train-base")
+    p.add_argument("--run", required=True, help="run id written into the metrics")
+    p.add_argument("--strength", type=float, required=True, help="s; 0 is the control")
+    p.add_argument("--kernel", choices=KERNELS, default="rbf")
+    p.add_argument("--width", type=float, help="sigma of exp(-d / (2 sigma^2)) (give width or gamma)")
+    p.add_argument("--gamma", type=float, help="gamma of exp(-gamma d) (give width or gamma)")
+    p.add_argument("--distance", choices=DISTANCES, default="sum", help="d summed over parameters, or their mean")
+    p.set_defaults(func=cmd_continue)
+
+    p = sub.add_parser("aggregate", help="all runs' metrics -> one table and a summary")
+    p.add_argument("--runs", nargs="+", required=True, help="metrics.parquet files (base and continuation)")
+    p.add_argument("--labels", help="JSON object: run id -> label for plots and tables")
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("plot", help="figures from the aggregated metrics")
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--formats", nargs="+", default=["png", "pdf"])
+    p.set_defaults(func=cmd_plot)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, data_mod.DatasetMissingError) as err:
+        print(f"repel: error: {err}", file=sys.stderr)
+        return 1
+    return 0

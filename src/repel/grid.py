@@ -1,0 +1,95 @@
+"""The continuation grid: config variants -> runs with stable, readable ids.
+
+A run id names every parameter that makes the run what it is, e.g.
+`s1-rbf-w0.5_lr0.01-const-e30`: penalty part, then training part. Its control (the same training
+with s = 0) is `s0_lr0.01-const-e30`; every variant gets one, so the control is always run.
+"""
+
+from __future__ import annotations
+
+PENALTY_KEYS = ("strength", "kernel", "width", "gamma", "distance")
+TRAINING_KEYS = ("lr", "schedule", "epochs", "step_size", "step_gamma", "t0", "t_mult", "eta_min")
+CONTROL_LABEL = "control"
+# schedule settings a config may leave out (units: epochs, except the factors)
+SCHEDULE_DEFAULTS = {"step_size": 30, "step_gamma": 0.1, "t0": 10, "t_mult": 1, "eta_min": 0.0}
+
+
+def _num(x) -> str:
+    return format(x, "g")
+
+
+def penalty_part(p: dict) -> str:
+    if p["strength"] == 0:
+        return "s0"
+    if p["kernel"] == "none":
+        return f"s{_num(p['strength'])}-none"
+    scale = f"w{_num(p['width'])}" if p.get("width") is not None else f"g{_num(p['gamma'])}"
+    return f"s{_num(p['strength'])}-{p['kernel']}-{scale}" + ("-mean" if p["distance"] == "mean" else "")
+
+
+def training_part(p: dict) -> str:
+    schedule = {
+        "constant": "const",
+        "step": f"step{p['step_size']}x{_num(p['step_gamma'])}",
+        "cosine": "cos" + (f"min{_num(p['eta_min'])}" if p["eta_min"] else ""),
+        "cosine_restarts": f"sgdr{p['t0']}x{p['t_mult']}" + (f"min{_num(p['eta_min'])}" if p["eta_min"] else ""),
+    }[p["schedule"]]
+    return f"lr{_num(p['lr'])}-{schedule}-e{p['epochs']}"
+
+
+def run_id(p: dict) -> str:
+    return f"{penalty_part(p)}_{training_part(p)}"
+
+
+def control_id(rid: str) -> str:
+    """The control's id for a run id: the same training part with s = 0."""
+    return "s0_" + rid.split("_", 1)[1]
+
+
+def control_of(p: dict) -> dict:
+    """The same training without the penalty (kernel 'none', so no width enters the id)."""
+    return {**p, "strength": 0, "kernel": "none", "width": None, "gamma": None, "distance": "sum"}
+
+
+def resolve_variant(defaults: dict, variant: dict) -> dict:
+    """Defaults overridden by the variant; a variant's gamma replaces the default width and vice versa."""
+    merged = {**SCHEDULE_DEFAULTS, **defaults, **variant}
+    if "gamma" in variant and "width" not in variant:
+        merged["width"] = None
+    if "width" in variant and "gamma" not in variant:
+        merged["gamma"] = None
+    params = {k: merged.get(k) for k in PENALTY_KEYS + TRAINING_KEYS}
+    if params["strength"] == 0:
+        params = control_of(params)
+    return params
+
+
+def expand(continuation: dict, seeds: list[int]) -> dict[str, dict]:
+    """run id -> {"params", "seeds", "labels", "control"} for every variant and its control."""
+    runs: dict[str, dict] = {}
+
+    def add(params: dict, run_seeds: list[int], label: str) -> str:
+        rid = run_id(params)
+        run = runs.setdefault(rid, {"params": params, "seeds": [], "labels": [], "control": control_id(rid)})
+        run["seeds"] = sorted(set(run["seeds"]) | set(run_seeds))
+        if label not in run["labels"]:
+            run["labels"].append(label)
+        return rid
+
+    for variant in continuation["variants"]:
+        params = resolve_variant(continuation["defaults"], variant)
+        run_seeds = variant.get("seeds", continuation["defaults"].get("seeds", seeds))
+        add(control_of(params), run_seeds, CONTROL_LABEL)
+        if params["strength"] != 0:
+            add(params, run_seeds, variant["name"])
+    return runs
+
+
+def cli_args(params: dict) -> str:
+    """The run's parameters as `python -m repel continue` flags (values are schema-checked numbers/enums)."""
+    flags = []
+    for key in PENALTY_KEYS + TRAINING_KEYS:
+        value = params[key]
+        if value is not None:
+            flags.append(f"--{key.replace('_', '-')} {value}")
+    return " ".join(flags)

@@ -1,0 +1,135 @@
+"""The distance penalty: a kernel "hill" on each checkpoint, s * sum_c k(d(theta, theta_c)).
+
+d is the squared L2 distance over all trainable parameters (or its mean over parameters). Its
+gradient has a closed form, -> s * sum_c k'(d_c) * 2 (theta - theta_c) / n, so the penalty never
+enters autograd: after the cross-entropy backward, `add_grad_` adds it to `.grad` with a few fused
+foreach operations and no host-device synchronisation. Like torch.optim.swa_utils, this object
+never owns the training loop; the loop calls it once per step.
+
+Kernels, with a = the config's scale (`width` sigma or `gamma`):
+
+| kernel    | width sigma            | gamma              |
+|-----------|------------------------|--------------------|
+| rbf       | exp(-d / (2 sigma^2))  | exp(-gamma d)      |
+| laplacian | exp(-sqrt(d) / sigma)  | exp(-gamma sqrt d) |
+| imq       | (1 + d / sigma^2)^-1/2 | (1 + gamma d)^-1/2 |
+| hinge     | max(0, 1 - sqrt(d)/sigma) | max(0, 1 - gamma sqrt d) |
+| none      | 0 (control)            | 0                  |
+"""
+
+from __future__ import annotations
+
+import torch
+
+KERNELS = ("rbf", "laplacian", "imq", "hinge", "none")
+DISTANCES = ("sum", "mean")
+
+
+def _scale(kernel: str, width: float | None, gamma: float | None) -> float:
+    """The number that multiplies d (rbf, imq) or sqrt(d) (laplacian, hinge)."""
+    if gamma is not None:
+        return float(gamma)
+    if kernel == "rbf":
+        return 1.0 / (2.0 * width**2)
+    if kernel == "imq":
+        return 1.0 / width**2
+    return 1.0 / width  # laplacian, hinge act on sqrt(d)
+
+
+def kernel_and_slope(kernel: str, scale: float, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """k(d) and dk/dd, elementwise over a tensor of (non-negative) squared distances."""
+    if kernel == "rbf":
+        k = torch.exp(-scale * d)
+        return k, -scale * k
+    if kernel == "imq":
+        base = 1.0 + scale * d
+        return base.rsqrt(), -0.5 * scale * base.pow(-1.5)
+    r = d.sqrt()
+    safe_r = torch.where(r > 0, r, torch.ones_like(r))  # d sqrt(d)/dd is infinite at 0: no force there
+    if kernel == "laplacian":
+        k = torch.exp(-scale * r)
+        return k, torch.where(r > 0, -scale * k / (2 * safe_r), torch.zeros_like(r))
+    if kernel == "hinge":
+        k = torch.clamp(1.0 - scale * r, min=0.0)
+        return k, torch.where((r > 0) & (k > 0), -scale / (2 * safe_r), torch.zeros_like(r))
+    if kernel == "none":
+        return torch.zeros_like(d), torch.zeros_like(d)
+    raise ValueError(f"unknown kernel '{kernel}'; expected one of {', '.join(KERNELS)}")
+
+
+class DistancePenalty:
+    """s * sum_c k(d(theta, theta_c)) over the active checkpoints theta_c."""
+
+    def __init__(self, strength: float, kernel: str = "rbf", width: float | None = None,
+                 gamma: float | None = None, distance: str = "sum"):
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown kernel '{kernel}'; expected one of {', '.join(KERNELS)}")
+        if distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {DISTANCES}, got '{distance}'")
+        if strength < 0:
+            raise ValueError(f"strength must be >= 0, got {strength}")
+        if kernel != "none" and (width is None) == (gamma is None):
+            raise ValueError(f"kernel '{kernel}' needs exactly one of width (sigma) or gamma")
+        for key, value in (("width", width), ("gamma", gamma)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{key} must be > 0, got {value}")
+        self.strength = float(strength)
+        self.kernel = kernel
+        self.scale = _scale(kernel, width, gamma) if kernel != "none" else 0.0
+        self.distance = distance
+        self.centers: list[list[torch.Tensor]] = []
+
+    def add_checkpoint(self, params: list[torch.Tensor]) -> None:
+        """Make the current parameters a new centre (a detached copy)."""
+        self.centers.append([p.detach().clone() for p in params])
+
+    def merge(self) -> None:
+        """Replace every centre by one centre at their mean."""
+        if len(self.centers) > 1:
+            self.centers = [[torch.stack(ts).mean(0) for ts in zip(*self.centers)]]
+
+    def sq_distances(self, params: list[torch.Tensor]) -> torch.Tensor:
+        """Squared L2 distance to each centre, summed over all parameters: shape (n_centres,)."""
+        out = []
+        for center in self.centers:
+            norms = torch._foreach_norm(torch._foreach_sub([p.detach() for p in params], center))
+            out.append(torch.stack(norms).square().sum())
+        return torch.stack(out)
+
+    def _scaled(self, d: torch.Tensor, params: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
+        n = sum(p.numel() for p in params) if self.distance == "mean" else 1
+        return d / n, float(n)
+
+    def value(self, params: list[torch.Tensor]) -> torch.Tensor:
+        """The penalty s * sum_c k(d_c) at the given parameters (no gradient)."""
+        d, _ = self._scaled(self.sq_distances(params), params)
+        k, _ = kernel_and_slope(self.kernel, self.scale, d)
+        return self.strength * k.sum()
+
+    @torch.no_grad()
+    def add_grad_(self, params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add the penalty's gradient to each parameter's .grad (which holds the CE gradient).
+
+        Returns (penalty value, ||grad penalty|| / ||grad CE||) as device tensors, so the loop can
+        accumulate them without synchronising.
+        """
+        grads = [p.grad for p in params]
+        ce_norm = torch.stack(torch._foreach_norm(grads)).norm()
+        total = None
+        penalty = torch.zeros((), device=params[0].device)
+        for center in self.centers:
+            diffs = torch._foreach_sub([p.detach() for p in params], center)
+            d_raw = torch.stack(torch._foreach_norm(diffs)).square().sum()
+            d, n = self._scaled(d_raw, params)
+            k, slope = kernel_and_slope(self.kernel, self.scale, d)
+            penalty = penalty + self.strength * k
+            torch._foreach_mul_(diffs, self.strength * slope * 2.0 / n)  # grad of one term
+            if total is None:
+                total = diffs
+            else:
+                torch._foreach_add_(total, diffs)
+        if total is None:
+            return penalty, torch.zeros_like(ce_norm)
+        pen_norm = torch.stack(torch._foreach_norm(total)).norm()
+        torch._foreach_add_(grads, total)
+        return penalty, pen_norm / ce_norm

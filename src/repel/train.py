@@ -1,0 +1,137 @@
+"""The training loop, used for base training and for distance-regularized continuation.
+
+SGD with momentum over data resident on the device; the penalty (if any) adds its closed-form
+gradient after the cross-entropy backward. Per-step quantities are accumulated on the device and
+read once per epoch, so the loop never waits for the GPU inside an epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .data import DeviceData
+from .grid import SCHEDULE_DEFAULTS
+from .models import trainable_parameters
+from .penalty import DistancePenalty
+
+SCHEDULES = ("constant", "step", "cosine", "cosine_restarts")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int                  # epochs run by this call
+    lr: float = 1e-2             # learning rate at the call's first step
+    momentum: float = 0.9
+    weight_decay: float = 1e-3   # L2, applied by SGD
+    batch_size: int = 128
+    schedule: str = "constant"   # constant | step | cosine | cosine_restarts, stepped every batch
+    step_size: int = SCHEDULE_DEFAULTS["step_size"]     # epochs between decays (step)
+    step_gamma: float = SCHEDULE_DEFAULTS["step_gamma"]  # decay factor (step)
+    t0: int = SCHEDULE_DEFAULTS["t0"]                   # epochs in the first cycle (cosine_restarts)
+    t_mult: int = SCHEDULE_DEFAULTS["t_mult"]           # cycle length multiplier (cosine_restarts)
+    eta_min: float = SCHEDULE_DEFAULTS["eta_min"]       # lowest lr (cosine, cosine_restarts)
+    seed: int = 0                # data order and augmentation
+
+
+def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """A torch.optim.lr_scheduler stepped once per batch; epoch-valued settings become steps."""
+    sched = torch.optim.lr_scheduler
+    if cfg.schedule == "constant":
+        return sched.LambdaLR(optimizer, lambda step: 1.0)
+    if cfg.schedule == "step":
+        return sched.StepLR(optimizer, cfg.step_size * steps_per_epoch, cfg.step_gamma)
+    if cfg.schedule == "cosine":
+        return sched.CosineAnnealingLR(optimizer, cfg.epochs * steps_per_epoch, cfg.eta_min)
+    if cfg.schedule == "cosine_restarts":
+        return sched.CosineAnnealingWarmRestarts(optimizer, cfg.t0 * steps_per_epoch, cfg.t_mult, cfg.eta_min)
+    raise ValueError(f"unknown schedule '{cfg.schedule}'; expected one of {', '.join(SCHEDULES)}")
+
+
+@torch.no_grad()
+def evaluate(model, data: DeviceData, batch_size: int = 1024) -> torch.Tensor:
+    """(mean cross-entropy, accuracy) on a split, as one device tensor."""
+    model.eval()
+    sums = torch.zeros(2, device=data.device)
+    for xb, yb in data.batches(batch_size):
+        out = model(xb)
+        sums += torch.stack([F.cross_entropy(out, yb, reduction="sum"), (out.argmax(1) == yb).sum()])
+    return sums / len(data)
+
+
+def flat_norm(tensors) -> torch.Tensor:
+    return torch.stack(torch._foreach_norm(list(tensors))).norm()
+
+
+def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: DistancePenalty | None = None,
+        first_epoch: int = 1, optimizer_state: dict | None = None, log=print):
+    """Train `cfg.epochs` epochs; return (one metrics dict per epoch, optimizer, data generator).
+
+    With a penalty, the distances are measured to its first centre (the checkpoint the run starts
+    from) and to the nearest active centre. A loss that becomes NaN or inf stops the run early;
+    its last row has `diverged` set.
+    """
+    params = trainable_parameters(model)
+    train, val, test = (DeviceData(prepared, split, device) for split in ("train", "val", "test"))
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if optimizer_state is not None:  # keep the momentum buffers; the lr is this call's
+        optimizer.load_state_dict(optimizer_state)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] = cfg.lr
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    origin = penalty.centers[0] if penalty is not None and penalty.centers else None
+    origin_norm = flat_norm(origin).item() if origin is not None else None
+
+    rows = []
+    for epoch in range(first_epoch, first_epoch + cfg.epochs):
+        model.train()
+        start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        # ce * n, correct, penalty, grad ratio: summed on the device, read once per epoch
+        sums = torch.zeros(4, device=device)
+        zero = torch.zeros((), device=device)
+        for xb, yb in train.batches(cfg.batch_size, generator):
+            out = model(xb)
+            ce = F.cross_entropy(out, yb)
+            optimizer.zero_grad(set_to_none=False)
+            ce.backward()
+            pen, ratio = penalty.add_grad_(params) if penalty is not None else (zero, zero)
+            optimizer.step()
+            scheduler.step()
+            sums += torch.stack([ce.detach() * len(yb), (out.argmax(1) == yb).sum(), pen, ratio])
+        evals = torch.cat([sums, evaluate(model, val), evaluate(model, test), flat_norm(params).view(1)])
+        if origin is not None:
+            d = penalty.sq_distances(params).sqrt()
+            dist_to_origin = flat_norm(torch._foreach_sub([p.detach() for p in params], origin))
+            evals = torch.cat([evals, torch.stack([dist_to_origin, d.min()])])
+        values = evals.tolist()  # the epoch's one synchronisation
+        seconds = time.perf_counter() - start
+        ce_sum, correct, pen_sum, ratio_sum, val_loss, val_acc, test_loss, test_acc, weight_norm = values[:9]
+        train_ce = ce_sum / len(train)
+        train_loss = train_ce + pen_sum / steps_per_epoch
+        row = {
+            "epoch": epoch, "lr": lr, "train_loss": train_loss, "train_ce": train_ce,
+            "train_acc": correct / len(train), "penalty": pen_sum / steps_per_epoch,
+            "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
+            "dist": math.nan, "dist_rel": math.nan, "dist_min": math.nan,
+            "weight_norm": weight_norm,
+            "grad_ratio": ratio_sum / steps_per_epoch if penalty is not None else math.nan,
+            "epoch_seconds": seconds, "images_per_second": len(train) / seconds,
+            "diverged": not math.isfinite(train_loss),
+        }
+        if origin is not None:
+            row["dist"], row["dist_min"] = values[9], values[10]
+            row["dist_rel"] = values[9] / origin_norm
+        rows.append(row)
+        log(f"epoch {epoch:4d}/{first_epoch + cfg.epochs - 1}  lr {lr:.3g}  loss {train_loss:.4f}  "
+            f"train {row['train_acc']:.3f}  val {val_acc:.3f}  dist {row['dist']:.4g}  {seconds:.2f}s")
+        if row["diverged"]:
+            log(f"diverged at epoch {epoch}: the training loss is {train_loss}; stopping this run")
+            break
+    return rows, optimizer, generator

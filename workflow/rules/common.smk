@@ -1,0 +1,69 @@
+# Helpers for the workflow: config validation, the run grid, input and params functions.
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+# The workflow imports the package from this checkout, and its jobs run it from here too
+# (installed or not, and inside conda environments).
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+from repel import grid  # noqa: E402
+
+RUNS = grid.expand(config["continuation"], config["seeds"])
+FIGURES = ["val_acc", "distance"]
+SEEDS = sorted({s for run in RUNS.values() for s in run["seeds"]} | set(config["seeds"]))
+
+
+def get_optimizer_args():
+    """The base's SGD settings, shared by base training and its continuations."""
+    b = config["base"]
+    return f"--momentum {b['momentum']} --weight-decay {b['weight_decay']} --batch-size {b['batch_size']}"
+
+
+def get_base_args():
+    b = config["base"]
+    return f"--epochs {b['epochs']} --lr {b['lr']} {get_optimizer_args()}"
+
+
+def get_run_args(wildcards):
+    return f"{grid.cli_args(RUNS[wildcards.run]['params'])} {get_optimizer_args()}"
+
+
+def get_base_metrics():
+    return expand(
+        "results/base/{dataset}/{model}/seed{seed}/metrics.parquet",
+        dataset=config["datasets"],
+        model=config["models"],
+        seed=SEEDS,
+    )
+
+
+def get_run_metrics():
+    return [
+        f"results/continue/{dataset}/{model}/{rid}/seed{seed}/metrics.parquet"
+        for dataset in config["datasets"]
+        for model in config["models"]
+        for rid, run in RUNS.items()
+        for seed in run["seeds"]
+    ]
+
+
+def get_labels():
+    """run id -> label (variant names) as JSON, for plots and tables."""
+    return json.dumps({rid: " / ".join(run["labels"]) for rid, run in RUNS.items()})
+
+
+def get_final_outputs():
+    return [
+        "results/aggregate/metrics.parquet",
+        "results/aggregate/summary.md",
+        *expand("results/plots/{figure}.{ext}", figure=FIGURES, ext=["png", "pdf"]),
+    ]

@@ -1,0 +1,20 @@
+rule continue_run:
+    input:
+        data="results/data/{dataset}.pt",
+        checkpoint="results/base/{dataset}/{model}/seed{seed}/checkpoint.pt",
+    output:
+        metrics="results/continue/{dataset}/{model}/{run}/seed{seed}/metrics.parquet",
+        weights="results/continue/{dataset}/{model}/{run}/seed{seed}/final.pt",
+    log:
+        "results/logs/continue_run/{dataset}/{model}/{run}/seed{seed}.log",
+    params:
+        args=get_run_args,
+        device=config["device"],
+        out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
+    threads: config["threads"]
+    conda:
+        "../../envs/repel.yaml"
+    shell:
+        "python -m repel continue --data {input.data} --checkpoint {input.checkpoint} "
+        "--run {wildcards.run} --seed {wildcards.seed} {params.args} --device {params.device} "
+        "--threads {threads} --out-dir {params.out_dir} > {log} 2>&1"

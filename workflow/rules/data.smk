@@ -1,0 +1,17 @@
+rule prepare_data:
+    output:
+        "results/data/{dataset}.pt",
+    log:
+        "results/logs/prepare_data/{dataset}.log",
+    params:
+        data_dir=config["data_dir"],
+        download="" if config["download"] else "--no-download",
+        val_fraction=config["split"]["val_fraction"],
+        test_fraction=config["split"]["test_fraction"],
+        seed=config["split"]["seed"],
+    conda:
+        "../../envs/repel.yaml"
+    shell:
+        "python -m repel prepare --dataset {wildcards.dataset} --data-dir {params.data_dir:q} "
+        "--val-fraction {params.val_fraction} --test-fraction {params.test_fraction} "
+        "--seed {params.seed} {params.download} --out {output} > {log} 2>&1"

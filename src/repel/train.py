@@ -7,6 +7,7 @@ read once per epoch, so the loop never waits for the GPU inside an epoch.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -79,7 +80,8 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
     train, val, test = (DeviceData(prepared, split, device) for split in ("train", "val", "test"))
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if optimizer_state is not None:  # keep the momentum buffers; the lr is this call's
-        optimizer.load_state_dict(optimizer_state)
+        # a copy: load_state_dict would share the caller's buffers and this loop would change them
+        optimizer.load_state_dict(copy.deepcopy(optimizer_state))
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] = cfg.lr
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)

@@ -1,0 +1,45 @@
+import pytest
+
+from repel import grid
+
+DEFAULTS = {"epochs": 30, "lr": 0.01, "schedule": "constant", "kernel": "rbf", "width": 1.0, "distance": "sum"}
+
+
+def test_every_variant_brings_its_control():
+    runs = grid.expand({"defaults": DEFAULTS, "variants": [
+        {"name": "push", "strength": 1},
+        {"name": "fast", "strength": 1, "lr": 0.1},
+    ]}, seeds=[0, 1])
+    assert set(runs) == {"s1-rbf-w1_lr0.01-const-e30", "s0_lr0.01-const-e30",
+                         "s1-rbf-w1_lr0.1-const-e30", "s0_lr0.1-const-e30"}
+    assert runs["s1-rbf-w1_lr0.1-const-e30"]["control"] == "s0_lr0.1-const-e30"
+    assert runs["s0_lr0.01-const-e30"]["labels"] == ["control"]
+    assert all(run["seeds"] == [0, 1] for run in runs.values())
+
+
+def test_gamma_replaces_the_default_width_and_ids_name_the_parameters():
+    runs = grid.expand({"defaults": DEFAULTS, "variants": [
+        {"name": "wide", "strength": 10, "gamma": 1e-4, "kernel": "laplacian", "distance": "mean",
+         "schedule": "cosine_restarts", "t0": 5, "t_mult": 2, "seeds": [3]},
+    ]}, seeds=[0])
+    rid = "s10-laplacian-g0.0001-mean_lr0.01-sgdr5x2-e30"
+    assert runs[rid]["params"]["width"] is None and runs[rid]["params"]["gamma"] == 1e-4
+    assert runs[rid]["seeds"] == [3]
+    assert "--gamma 0.0001" in grid.cli_args(runs[rid]["params"])
+    assert "--width" not in grid.cli_args(runs[rid]["params"])
+
+
+def test_an_explicit_zero_strength_is_the_shared_control():
+    runs = grid.expand({"defaults": DEFAULTS, "variants": [{"name": "ctl", "strength": 0, "width": 3}]}, seeds=[0])
+    assert list(runs) == ["s0_lr0.01-const-e30"]
+    assert runs["s0_lr0.01-const-e30"]["params"]["kernel"] == "none"
+
+
+@pytest.mark.parametrize("schedule, extra, part", [
+    ("step", {"step_size": 10, "step_gamma": 0.5}, "step10x0.5"),
+    ("cosine", {}, "cos"),
+    ("cosine", {"eta_min": 1e-4}, "cosmin0.0001"),
+])
+def test_schedules_are_named_with_their_settings(schedule, extra, part):
+    params = grid.resolve_variant(DEFAULTS, {"strength": 1, "schedule": schedule, **extra})
+    assert grid.run_id(params) == f"s1-rbf-w1_lr0.01-{part}-e30"

@@ -1,0 +1,88 @@
+import math
+
+import pytest
+import torch
+
+from repel import models
+from repel.penalty import DistancePenalty
+from repel.train import TrainConfig, fit, make_scheduler
+
+
+def _model(digits, seed=0):
+    torch.manual_seed(seed)
+    x = digits["train_x"]
+    return models.build("cnn", x.shape[1], digits["num_classes"], x.shape[-1])
+
+
+def _checkpoint(digits, epochs=3):
+    model = _model(digits)
+    _, optimizer, _ = fit(model, digits, TrainConfig(epochs=epochs), torch.device("cpu"), log=lambda m: None)
+    return model.state_dict(), optimizer.state_dict()
+
+
+def _continue(digits, ckpt, penalty_args, epochs=3):
+    model = _model(digits, seed=1)
+    model.load_state_dict(ckpt[0])
+    penalty = None
+    if penalty_args is not None:
+        penalty = DistancePenalty(**penalty_args)
+        penalty.add_checkpoint(models.trainable_parameters(model))
+    rows, _, _ = fit(model, digits, TrainConfig(epochs=epochs, seed=7), torch.device("cpu"), penalty=penalty,
+                     first_epoch=4, optimizer_state=ckpt[1], log=lambda m: None)
+    return model, rows
+
+
+def test_zero_strength_is_exactly_plain_training(digits):
+    ckpt = _checkpoint(digits)
+    plain, _ = _continue(digits, ckpt, None)
+    control, rows = _continue(digits, ckpt, {"strength": 0.0, "kernel": "rbf", "width": 0.5})
+    for (name, a), b in zip(plain.state_dict().items(), control.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [r["penalty"] for r in rows] == [0.0] * 3
+    assert rows[0]["dist"] > 0  # the weights did move: the comparison is not of two frozen models
+
+
+def test_the_penalty_pushes_farther_from_the_checkpoint_than_the_control(digits):
+    ckpt = _checkpoint(digits)
+    _, control = _continue(digits, ckpt, {"strength": 0.0, "kernel": "none"})
+    _, pushed = _continue(digits, ckpt, {"strength": 10.0, "kernel": "rbf", "width": 1.0})
+    assert pushed[-1]["dist"] > 2 * control[-1]["dist"]
+    assert pushed[-1]["penalty"] > 0 and pushed[-1]["grad_ratio"] > 0
+
+
+def test_metrics_have_every_column_and_sane_values(digits):
+    ckpt = _checkpoint(digits)
+    _, rows = _continue(digits, ckpt, {"strength": 1.0, "kernel": "rbf", "width": 1.0}, epochs=2)
+    assert [r["epoch"] for r in rows] == [4, 5]
+    for r in rows:
+        for key in ("train_acc", "val_acc", "test_acc"):
+            assert 0 <= r[key] <= 1
+        assert r["train_loss"] == pytest.approx(r["train_ce"] + r["penalty"])
+        assert r["dist_min"] == pytest.approx(r["dist"], rel=1e-5)  # one checkpoint: nearest = first
+        assert r["dist_rel"] == pytest.approx(r["dist"] / r["weight_norm"], rel=0.2)
+        assert r["epoch_seconds"] > 0 and r["images_per_second"] > 0
+        assert r["diverged"] is False
+
+
+def test_a_nan_loss_stops_the_run_and_is_marked_diverged(digits):
+    model = _model(digits)
+    rows, _, _ = fit(model, digits, TrainConfig(epochs=5, lr=1e6), torch.device("cpu"), log=lambda m: None)
+    assert len(rows) < 5
+    assert rows[-1]["diverged"] is True
+    assert not math.isfinite(rows[-1]["train_loss"])
+    assert all(r["diverged"] is False for r in rows[:-1])
+
+
+def test_warm_restarts_restart_the_lr_every_t0_epochs():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    steps_per_epoch = 4
+    sched = make_scheduler(optimizer, TrainConfig(epochs=6, lr=0.1, schedule="cosine_restarts", t0=2), steps_per_epoch)
+    lrs = []
+    for _ in range(6 * steps_per_epoch):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        sched.step()
+    restarts = [i for i in range(1, len(lrs)) if lrs[i] > lrs[i - 1]]
+    assert restarts == [8, 16]  # every t0 = 2 epochs of 4 steps
+    assert lrs[0] == lrs[8] == 0.1

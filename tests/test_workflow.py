@@ -1,0 +1,125 @@
+"""The whole Snakemake workflow on a tiny config, in a temporary directory, with --cores 2."""
+
+import copy
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "datasets": ["digits"],
+    "models": ["cnn"],
+    "seeds": [0],
+    "base": {"epochs": 2},
+    "continuation": {
+        "defaults": {"epochs": 2, "lr": 0.01, "schedule": "constant", "kernel": "rbf", "width": 1.0,
+                     "distance": "sum"},
+        "variants": [{"name": "push", "strength": 10}, {"name": "narrow", "strength": 10, "width": 0.5}],
+    },
+}
+RUNS = ["s0_lr0.01-const-e2", "s10-rbf-w1_lr0.01-const-e2", "s10-rbf-w0.5_lr0.01-const-e2"]
+
+
+def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+           "--configfile", str(path), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """rule -> job count from a dry run's 'Job stats' table."""
+    assert result.returncode == 0, result.stderr + result.stdout
+    table = (result.stdout + result.stderr).split("Job stats:")[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("workflow")
+    result = snakemake(workdir, TINY, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-5000:]
+    return workdir
+
+
+def test_metrics_table_has_the_schema_and_one_row_per_run_and_epoch(finished):
+    df = pd.read_parquet(finished / "results/aggregate/metrics.parquet")
+    for column in ("epoch", "lr", "train_loss", "train_ce", "train_acc", "penalty", "val_loss", "val_acc",
+                   "test_loss", "test_acc", "dist", "dist_rel", "dist_min", "weight_norm", "grad_ratio",
+                   "epoch_seconds", "images_per_second", "diverged", "phase", "dataset", "model", "seed",
+                   "run", "label", "control", "strength", "kernel", "width", "gamma", "lr_init", "schedule"):
+        assert column in df.columns, column
+    runs = df[df["phase"] == "continue"]
+    assert len(df[df["phase"] == "base"]) == 2
+    assert sorted(runs["run"].unique()) == sorted(RUNS)
+    assert len(runs) == 3 * 2
+    assert runs["epoch"].min() == 3  # continuation epochs follow the checkpoint's
+    assert set(runs["control"]) == {"s0_lr0.01-const-e2"}
+    assert set(runs["label"]) == {"control", "push", "narrow"}
+    assert runs.loc[runs["strength"] == 0, "penalty"].eq(0).all()
+    assert runs.loc[runs["strength"] > 0, "penalty"].gt(0).all()
+
+
+def test_summary_has_one_row_per_grid_point(finished):
+    summary = pd.read_csv(finished / "results/aggregate/summary.csv")
+    assert sorted(summary["run"]) == sorted(RUNS)
+    assert {"final_val_acc", "final_test_acc", "final_dist", "max_val_acc_drop", "diverged"} <= set(summary.columns)
+    assert "| control" in (finished / "results/aggregate/summary.md").read_text()
+
+
+def test_plots_exist_as_png_and_pdf(finished):
+    for figure in ("val_acc", "distance"):
+        png = finished / f"results/plots/{figure}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (finished / f"results/plots/{figure}.pdf").read_bytes()[:4] == b"%PDF"
+
+
+def test_every_job_wrote_its_log(finished):
+    logs = list((finished / "results/logs").rglob("*.log"))
+    assert len(logs) == 1 + 1 + 3 + 1 + 1  # data, base, runs, aggregate, plot
+    assert "epoch    4/4" in (finished / f"results/logs/continue_run/digits/cnn/{RUNS[1]}/seed0.log").read_text()
+
+
+def test_a_new_grid_point_runs_only_itself_and_what_follows(finished):
+    config = copy.deepcopy(TINY)
+    config["continuation"]["variants"].append({"name": "stronger", "strength": 20})
+    assert planned_jobs(snakemake(finished, config, "-n")) == {"continue_run": 1, "aggregate": 1, "plot": 1, "all": 1}
+
+
+def test_changing_the_base_training_reruns_everything_downstream(finished):
+    config = copy.deepcopy(TINY)
+    config["base"]["lr"] = 0.02
+    assert planned_jobs(snakemake(finished, config, "-n")) == {
+        "train_base": 1, "continue_run": 3, "aggregate": 1, "plot": 1, "all": 1}
+
+
+def test_nothing_to_do_when_nothing_changed(finished):
+    result = snakemake(finished, TINY, "-n")
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("change, names", [
+    (lambda c: c["continuation"]["variants"][0].update(kernel="gauss"), ["kernel", "gauss"]),
+    (lambda c: c["continuation"]["variants"][0].update(width=-1), ["width", "-1"]),
+    (lambda c: c.pop("datasets"), ["datasets", "required"]),
+    (lambda c: c["base"].update(epoch=3), ["epoch", "Additional properties"]),
+])
+def test_a_bad_config_stops_before_any_job_and_names_the_key(tmp_path, change, names):
+    config = copy.deepcopy(TINY)
+    change(config)
+    result = snakemake(tmp_path, config, "--cores", "1")
+    assert result.returncode != 0
+    for name in names:
+        assert name in result.stderr + result.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_lint_finds_nothing():
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -11,9 +11,8 @@ data, batch size (128), optimiser settings, device and thread count:
   ours, no pen.  the same fit() call with penalty=None: the penalty's overhead
 
 Each variant gets one warm-up epoch, then --repeats timed epochs; the variants take turns so that
-a slow phase of the machine hits all of them alike. fit() times its epochs including evaluation
-and does its setup per call, so ours is timed around the whole fit() call and the reference does
-the same evaluation work. The figures that carry over to other machines are the ratios, and
+a slow phase of the machine hits all of them alike. Ours is timed around the whole fit() call
+(set-up, training pass, evaluation) and the reference does the same evaluation work. The figures that carry over to other machines are the ratios, and
 they are only comparable within one run: reference/ours and with/without penalty.
 
 Data: without --data-dir, a synthetic 28x28 digit set written in real MNIST idx format (from
@@ -91,8 +90,8 @@ def reference_loaders(root: Path, n_train: int, n_val: int, mean: list, std: lis
             DataLoader(test_set, batch_size=EVAL_BATCH))
 
 
-def reference_epoch(model, optimizer, centers, loaders, device) -> float:
-    """One naive epoch: train, then evaluate val and test; returns the val accuracy."""
+def reference_epoch(model, optimizer, centers, loaders, device) -> tuple[float, float]:
+    """One naive epoch: train, then evaluate val and test; returns (mean train loss, val accuracy)."""
     train, val, test = loaders
     params = trainable_parameters(model)
     model.train()
@@ -109,14 +108,14 @@ def reference_epoch(model, optimizer, centers, loaders, device) -> float:
     accuracy = []
     with torch.no_grad():
         for loader in (val, test):
-            loss_sum = correct = 0
+            loss_sum = correct = 0  # loss and accuracy, the same work as repel.train.evaluate
             for x, y in loader:
                 x, y = x.to(device), y.to(device)
                 out = model(x)
                 loss_sum += F.cross_entropy(out, y, reduction="sum").item()
                 correct += (out.argmax(1) == y).sum().item()
             accuracy.append(correct / len(loader.dataset))
-    return accuracy[0]
+    return total / len(train), accuracy[0]
 
 
 def new_model(name: str, prepared: dict, device) -> torch.nn.Module:
@@ -125,7 +124,7 @@ def new_model(name: str, prepared: dict, device) -> torch.nn.Module:
     return build(name, x.shape[1], prepared["num_classes"], x.shape[-1]).to(device)
 
 
-def timed(run, device) -> tuple[float, float]:
+def timed(run, device) -> tuple[float, object]:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -157,7 +156,11 @@ def benchmark(args, root: Path, source: str) -> None:
         model = new_model(args.model, prepared, device)
         if penalty is not None:
             penalty.add_checkpoint(trainable_parameters(model))
-        return lambda: fit(model, prepared, cfg, device, penalty=penalty, log=lambda _: None)[0][-1]["val_acc"]
+
+        def run():
+            row = fit(model, prepared, cfg, device, penalty=penalty, log=lambda _: None)[0][-1]
+            return row["train_loss"], row["val_acc"]
+        return run
 
     ref_model = new_model(args.model, prepared, device)
     ref_optimizer = torch.optim.SGD(ref_model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
@@ -170,10 +173,10 @@ def benchmark(args, root: Path, source: str) -> None:
         "ours, fit() without penalty": ours(None),
     }
     seconds = {name: [] for name in variants}
-    val_acc = {}
+    last = {}  # (train loss, val accuracy) of each variant's last epoch: all of them learn
     for round_ in range(1 + args.repeats):  # round 0 is the warm-up
         for name, run in variants.items():
-            t, val_acc[name] = timed(run, device)
+            t, last[name] = timed(run, device)
             if round_ > 0:
                 seconds[name].append(t)
 
@@ -186,10 +189,10 @@ def benchmark(args, root: Path, source: str) -> None:
           f"momentum {MOMENTUM} weight decay {WEIGHT_DECAY}; penalty rbf, strength {STRENGTH}, width {WIDTH}")
     print(f"timed: one epoch = training pass + evaluation of val and test (batch {EVAL_BATCH}) in every "
           f"variant; 1 warm-up + {args.repeats} timed epochs each, variants interleaved\n")
-    print(f"{'variant':36s} {'min s':>8s} {'median s':>9s} {'train img/s':>12s} {'val acc':>8s}")
+    print(f"{'variant':36s} {'min s':>8s} {'median s':>9s} {'train img/s':>12s} {'train loss':>11s} {'val acc':>8s}")
     stats = {name: (min(ts), statistics.median(ts)) for name, ts in seconds.items()}
     for name, (lo, med) in stats.items():
-        print(f"{name:36s} {lo:8.2f} {med:9.2f} {n_train / med:12.0f} {val_acc[name]:8.3f}")
+        print(f"{name:36s} {lo:8.2f} {med:9.2f} {n_train / med:12.0f} {last[name][0]:11.4f} {last[name][1]:8.3f}")
     ref, pen, nopen = stats.values()
     print(f"\nreference / ours (both with penalty): min {ref[0] / pen[0]:.2f}x, median {ref[1] / pen[1]:.2f}x")
     print(f"penalty overhead, ours with / without: min {pen[0] / nopen[0]:.3f}x, median {pen[1] / nopen[1]:.3f}x")

@@ -86,3 +86,22 @@ def test_warm_restarts_restart_the_lr_every_t0_epochs():
     restarts = [i for i in range(1, len(lrs)) if lrs[i] > lrs[i - 1]]
     assert restarts == [8, 16]  # every t0 = 2 epochs of 4 steps
     assert lrs[0] == lrs[8] == 0.1
+
+
+def test_a_control_continuation_is_the_base_training_continued(tmp_path):
+    """Base to epoch 2 + continuation with s = 0 for 2 epochs == base trained 4 epochs, bit for bit:
+    the continuation carries on the checkpoint's optimizer state and data order."""
+    from repel.cli import main
+    from repel.storage import load_torch
+
+    data = str(tmp_path / "digits.pt")
+    assert main(["prepare", "--dataset", "digits", "--out", data]) == 0
+    for epochs in ("2", "4"):
+        assert main(["train-base", "--data", data, "--model", "cnn", "--epochs", epochs, "--seed", "3",
+                     "--threads", "1", "--out-dir", str(tmp_path / f"base{epochs}")]) == 0
+    assert main(["continue", "--data", data, "--checkpoint", str(tmp_path / "base2/checkpoint.pt"), "--run", "c",
+                 "--strength", "0", "--kernel", "none", "--epochs", "2", "--threads", "1",
+                 "--out-dir", str(tmp_path / "cont")]) == 0
+    longer, continued = load_torch(tmp_path / "base4/checkpoint.pt")["model"], load_torch(tmp_path / "cont/final.pt")
+    for key in longer:
+        assert torch.equal(longer[key], continued[key]), key

@@ -52,7 +52,7 @@ def test_metrics_table_has_the_schema_and_one_row_per_run_and_epoch(finished):
     df = pd.read_parquet(finished / "results/aggregate/metrics.parquet")
     for column in ("epoch", "lr", "train_loss", "train_ce", "train_acc", "penalty", "val_loss", "val_acc",
                    "test_loss", "test_acc", "dist", "dist_rel", "dist_min", "weight_norm", "grad_ratio",
-                   "epoch_seconds", "images_per_second", "diverged", "phase", "dataset", "model", "seed",
+                   "epoch_seconds", "train_seconds", "images_per_second", "diverged", "phase", "dataset", "model", "seed",
                    "run", "label", "control", "strength", "kernel", "width", "gamma", "lr_init", "schedule"):
         assert column in df.columns, column
     runs = df[df["phase"] == "continue"]

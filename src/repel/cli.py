@@ -21,6 +21,7 @@ import torch
 from . import data as data_mod
 from . import models, storage
 from .penalty import DISTANCES, KERNELS, DistancePenalty
+from .resume import ResumeState, fingerprint
 from .train import SCHEDULES, TrainConfig, fit
 
 
@@ -53,8 +54,16 @@ def cmd_prepare(args) -> None:
          f"{prepared['num_classes']} classes -> {args.out}")
 
 
-def _train_config(args) -> TrainConfig:
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+def _resume_state(args, *inputs) -> ResumeState | None:
+    """The job's resumable state in its output directory, keyed to its settings and inputs."""
+    if not args.save_every:
+        return None
+    settings = {k: v for k, v in vars(args).items() if k not in ("func", "device", "threads", "save_every")}
+    return ResumeState(Path(args.out_dir) / "resume.pt", fingerprint(settings, *inputs), args.save_every, _log)
+
+
+def _train_config(args, **given) -> TrainConfig:
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name not in given}, **given)
 
 
 def _frame(rows: list[dict], columns: dict) -> pd.DataFrame:
@@ -73,7 +82,8 @@ def cmd_train_base(args) -> None:
     torch.manual_seed(args.seed)  # the model's initialisation
     model = models.build(args.model, arch["in_channels"], arch["num_classes"], arch["image_size"]).to(device)
     cfg = _train_config(args)
-    rows, optimizer, generator = fit(model, prepared, cfg, device, log=_log)
+    resume = _resume_state(args, args.data)
+    rows, optimizer, generator = fit(model, prepared, cfg, device, log=_log, resume=resume)
     out = Path(args.out_dir)
     storage.save_torch({
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": rows[-1]["epoch"],
@@ -82,6 +92,8 @@ def cmd_train_base(args) -> None:
     }, out / "checkpoint.pt")
     storage.save_parquet(_frame(rows, {"phase": "base", "dataset": prepared["name"], "model": args.model,
                                        "seed": args.seed, "run": "base"}), out / "metrics.parquet")
+    if resume is not None:
+        resume.clear()
     _log(f"base checkpoint at epoch {rows[-1]['epoch']} -> {out / 'checkpoint.pt'}")
 
 
@@ -95,16 +107,23 @@ def cmd_continue(args) -> None:
     model.to(device)
     penalty = DistancePenalty(args.strength, args.kernel, args.width, args.gamma, args.distance)
     penalty.add_checkpoint(models.trainable_parameters(model))
-    cfg = _train_config(args)
+    seed = ckpt["config"]["seed"]
+    cfg = _train_config(args, seed=seed)
+    resume = _resume_state(args, args.data, args.checkpoint)
+    # the continuation goes on with the base's optimizer state and data order: with s = 0 it is
+    # exactly the base training, continued
+    torch.set_rng_state(ckpt["rng"]["torch"])
     rows, _, _ = fit(model, prepared, cfg, device, penalty=penalty, first_epoch=ckpt["epoch"] + 1,
-                     optimizer_state=ckpt["optimizer"], log=_log)
+                     optimizer_state=ckpt["optimizer"], data_rng=ckpt["rng"]["data"], log=_log, resume=resume)
     out = Path(args.out_dir)
-    columns = {"phase": "continue", "dataset": prepared["name"], "model": arch["model"], "seed": args.seed,
+    columns = {"phase": "continue", "dataset": prepared["name"], "model": arch["model"], "seed": seed,
                "run": args.run, "checkpoint_epoch": ckpt["epoch"], "strength": args.strength,
                "kernel": args.kernel, "width": args.width, "gamma": args.gamma, "distance": args.distance,
                "lr_init": args.lr, "schedule": args.schedule, "epochs": args.epochs}
     storage.save_torch(model.state_dict(), out / "final.pt")
     storage.save_parquet(_frame(rows, columns), out / "metrics.parquet")
+    if resume is not None:
+        resume.clear()
     _log(f"{args.run}: final val acc {rows[-1]['val_acc']:.4f}, distance {rows[-1]['dist']:.4g} -> {out}")
 
 
@@ -137,9 +156,10 @@ def _add_training_args(p: argparse.ArgumentParser, epochs_help: str) -> None:
     p.add_argument("--t0", type=int, default=d.t0, help="epochs of the first cycle (cosine_restarts)")
     p.add_argument("--t-mult", type=int, default=d.t_mult, help="cycle length multiplier (cosine_restarts)")
     p.add_argument("--eta-min", type=float, default=d.eta_min, help="lowest lr (cosine schedules)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--save-every", type=int, default=0,
+                   help="save a resumable state to OUT_DIR/resume.pt every N epochs (0: never)")
     p.add_argument("--out-dir", required=True)
 
 
@@ -159,12 +179,14 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-base", help="train from scratch to the checkpoint epoch")
     _add_training_args(p, "epochs to train: the checkpoint epoch")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and data order")
     p.add_argument("--model", required=True, choices=models.MODELS)
     p.set_defaults(func=cmd_train_base)
 
     p = sub.add_parser("continue", help="continue from a checkpoint with the distance penalty")
     _add_training_args(p, "epochs to continue after the checkpoint")
-    p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train-base")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint.pt written by train-base (its seed and data order carry on)")
     p.add_argument("--run", required=True, help="run id written into the metrics")
     p.add_argument("--strength", type=float, required=True, help="s; 0 is the control")
     p.add_argument("--kernel", choices=KERNELS, default="rbf")

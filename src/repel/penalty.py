@@ -97,8 +97,11 @@ class DistancePenalty:
         return torch.stack(out)
 
     def _scaled(self, d: torch.Tensor, params: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
-        n = sum(p.numel() for p in params) if self.distance == "mean" else 1
-        return d / n, float(n)
+        """d as the kernel sees it, and the divisor n: 1 for a sum, the parameter count for a mean."""
+        if self.distance == "sum":
+            return d, 1.0
+        n = float(sum(p.numel() for p in params))
+        return d / n, n
 
     def value(self, params: list[torch.Tensor]) -> torch.Tensor:
         """The penalty s * sum_c k(d_c) at the given parameters (no gradient)."""

@@ -19,6 +19,7 @@ from .data import DeviceData
 from .grid import SCHEDULE_DEFAULTS
 from .models import trainable_parameters
 from .penalty import DistancePenalty
+from .resume import ResumeState
 
 SCHEDULES = ("constant", "step", "cosine", "cosine_restarts")
 
@@ -69,12 +70,15 @@ def flat_norm(tensors) -> torch.Tensor:
 
 
 def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: DistancePenalty | None = None,
-        first_epoch: int = 1, optimizer_state: dict | None = None, log=print):
+        first_epoch: int = 1, optimizer_state: dict | None = None, data_rng: torch.Tensor | None = None,
+        log=print, resume: ResumeState | None = None):
     """Train `cfg.epochs` epochs; return (one metrics dict per epoch, optimizer, data generator).
 
     With a penalty, the distances are measured to its first centre (the checkpoint the run starts
     from) and to the nearest active centre. A loss that becomes NaN or inf stops the run early;
-    its last row has `diverged` set.
+    its last row has `diverged` set. `data_rng` (a checkpoint's data generator state) continues
+    that run's data order instead of starting one from `cfg.seed`. With `resume`, the run continues from a saved state if there
+    is one, and saves its own as it goes.
     """
     params = trainable_parameters(model)
     train, val, test = (DeviceData(prepared, split, device) for split in ("train", "val", "test"))
@@ -87,15 +91,33 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     generator = torch.Generator().manual_seed(cfg.seed)
+    if data_rng is not None:
+        generator.set_state(data_rng)
     origin = penalty.centers[0] if penalty is not None and penalty.centers else None
     origin_norm = flat_norm(origin).item() if origin is not None else None
 
     rows = []
-    for epoch in range(first_epoch, first_epoch + cfg.epochs):
+    state = resume.load() if resume is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["data_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if penalty is not None:
+            penalty.centers = [[t.to(device) for t in c] for c in state["centers"]]
+        rows = state["rows"]
+
+    def snapshot():
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "data_rng": generator.get_state(),
+                "centers": penalty.centers if penalty is not None else []}
+
+    for epoch in range(first_epoch + len(rows), first_epoch + cfg.epochs):
         model.train()
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        # ce * n, correct, penalty, grad ratio: summed on the device, read once per epoch
+        # ce * n, correct, penalty * n, grad ratio: summed on the device, read once per epoch
         sums = torch.zeros(4, device=device)
         zero = torch.zeros((), device=device)
         for xb, yb in train.batches(cfg.batch_size, generator):
@@ -106,7 +128,10 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
             pen, ratio = penalty.add_grad_(params) if penalty is not None else (zero, zero)
             optimizer.step()
             scheduler.step()
-            sums += torch.stack([ce.detach() * len(yb), (out.argmax(1) == yb).sum(), pen, ratio])
+            sums += torch.stack([ce.detach() * len(yb), (out.argmax(1) == yb).sum(), pen * len(yb), ratio])
+        if device.type == "cuda":  # the training pass's time, apart from evaluation
+            torch.cuda.synchronize(device)
+        train_seconds = time.perf_counter() - start
         evals = torch.cat([sums, evaluate(model, val), evaluate(model, test), flat_norm(params).view(1)])
         if origin is not None:
             d = penalty.sq_distances(params).sqrt()
@@ -116,15 +141,16 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
         seconds = time.perf_counter() - start
         ce_sum, correct, pen_sum, ratio_sum, val_loss, val_acc, test_loss, test_acc, weight_norm = values[:9]
         train_ce = ce_sum / len(train)
-        train_loss = train_ce + pen_sum / steps_per_epoch
+        train_loss = train_ce + pen_sum / len(train)
         row = {
             "epoch": epoch, "lr": lr, "train_loss": train_loss, "train_ce": train_ce,
-            "train_acc": correct / len(train), "penalty": pen_sum / steps_per_epoch,
+            "train_acc": correct / len(train), "penalty": pen_sum / len(train),
             "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
             "dist": math.nan, "dist_rel": math.nan, "dist_min": math.nan,
             "weight_norm": weight_norm,
             "grad_ratio": ratio_sum / steps_per_epoch if penalty is not None else math.nan,
-            "epoch_seconds": seconds, "images_per_second": len(train) / seconds,
+            "epoch_seconds": seconds, "train_seconds": train_seconds,
+            "images_per_second": len(train) / train_seconds,
             "diverged": not math.isfinite(train_loss),
         }
         if origin is not None:
@@ -136,4 +162,6 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
         if row["diverged"]:
             log(f"diverged at epoch {epoch}: the training loss is {train_loss}; stopping this run")
             break
+        if resume is not None:
+            resume.save_if_due(snapshot, rows)
     return rows, optimizer, generator

@@ -9,11 +9,12 @@ rule train_base:
     params:
         args=get_base_args(),
         device=config["device"],
+        save_every=config["save_every"],
         out_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
     threads: config["threads"]
     conda:
         "../../envs/repel.yaml"
     shell:
         "python -m repel train-base --data {input} --model {wildcards.model} --seed {wildcards.seed} "
-        "{params.args} --device {params.device} --threads {threads} --out-dir {params.out_dir} "
+        "{params.args} --device {params.device} --save-every {params.save_every} --threads {threads} --out-dir {params.out_dir} "
         "> {log} 2>&1"

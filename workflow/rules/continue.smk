@@ -10,11 +10,12 @@ rule continue_run:
     params:
         args=get_run_args,
         device=config["device"],
+        save_every=config["save_every"],
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     threads: config["threads"]
     conda:
         "../../envs/repel.yaml"
     shell:
         "python -m repel continue --data {input.data} --checkpoint {input.checkpoint} "
-        "--run {wildcards.run} --seed {wildcards.seed} {params.args} --device {params.device} "
+        "--run {wildcards.run} {params.args} --device {params.device} --save-every {params.save_every} "
         "--threads {threads} --out-dir {params.out_dir} > {log} 2>&1"

@@ -26,6 +26,15 @@ wildcard_constraints:
     run="|".join(RUNS),
 
 
+# Short jobs run where snakemake runs (on a cluster: the login node, which also has the network
+# that dataset downloads need) instead of each waiting in the queue.
+localrules:
+    all,
+    prepare_data,
+    aggregate,
+    plot,
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/base.smk"
 include: "workflow/rules/continue.smk"

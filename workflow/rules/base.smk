@@ -12,6 +12,10 @@ rule train_base:
         save_every=config["save_every"],
         out_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
     threads: config["threads"]
+    resources:
+        gres=get_gres(),
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=config["resources"]["runtime"],
     conda:
         "../../envs/repel.yaml"
     shell:

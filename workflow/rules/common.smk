@@ -37,6 +37,16 @@ def get_run_args(wildcards):
     return f"{grid.cli_args(RUNS[wildcards.run]['params'])} {get_optimizer_args()}"
 
 
+def get_gres():
+    """A training job's GPU request in SLURM's gres syntax ("gpu:1", "gpu:a100:1"), "" for none.
+
+    A string, not the plugin's integer `gpu`: Snakemake does not add strings up, so training jobs
+    grouped into one SLURM job (profiles/slurm, group-components) share its one GPU.
+    """
+    r = config["resources"]
+    return f"gpu:{r['gpu_model'] + ':' if r['gpu_model'] else ''}{r['gpu']}" if r["gpu"] else ""
+
+
 def get_base_metrics():
     return expand(
         "results/base/{dataset}/{model}/seed{seed}/metrics.parquet",

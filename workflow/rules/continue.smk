@@ -13,6 +13,10 @@ rule continue_run:
         save_every=config["save_every"],
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     threads: config["threads"]
+    resources:
+        gres=get_gres(),
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=config["resources"]["runtime"],
     conda:
         "../../envs/repel.yaml"
     shell:

@@ -1,0 +1,106 @@
+"""What a config costs: jobs, epochs and device-hours, from a training step timed on this device.
+
+For every dataset x model of the config it times training steps (batch, forward, backward,
+penalty, SGD step) on synthetic data of the dataset's shape on this machine's device, turns them
+into an epoch time (training pass only: evaluation adds roughly a tenth), and multiplies by the
+epochs of every job the config expands to (base trainings and continuation runs, all seeds).
+
+    python benchmarks/study_cost.py --configfile config/config.yaml
+    python benchmarks/study_cost.py --configfile config/study.yaml --device cuda
+
+The hours are for this device only: run it on the hardware you will use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from repel import grid, models  # noqa: E402
+from repel.penalty import DistancePenalty  # noqa: E402
+
+# name -> (channels, image size, classes, training images after a 10 % validation split)
+SHAPES = {
+    "digits": (1, 8, 10, 1294),
+    "mnist": (1, 28, 10, 54000),
+    "fashion_mnist": (1, 28, 10, 54000),
+    "cifar10": (3, 32, 10, 45000),
+    "cifar100": (3, 32, 100, 45000),
+}
+
+
+def step_seconds(model_name: str, dataset: str, batch: int, device: torch.device, steps: int) -> float:
+    """Median wall time of one training step with the penalty, on synthetic data."""
+    channels, size, classes, _ = SHAPES[dataset]
+    torch.manual_seed(0)
+    model = models.build(model_name, channels, classes, size).to(device).train()
+    params = models.trainable_parameters(model)
+    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-3)
+    penalty = DistancePenalty(1.0, "rbf", width=1.0)
+    penalty.add_checkpoint(params)
+    x = torch.randn(batch, channels, size, size, device=device)
+    y = torch.randint(0, classes, (batch,), device=device)
+    times = []
+    for i in range(steps + 2):  # two warm-up steps
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        penalty.add_grad_(params)
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configfile", default="config/config.yaml")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per model (default %(default)s)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    config = yaml.safe_load(Path(args.configfile).read_text())
+    batch = config["base"].get("batch_size", 128)
+    runs = grid.expand(config["continuation"], config["seeds"])
+    run_epochs = sum(run["params"]["epochs"] * len(run["seeds"]) for run in runs.values())
+    n_seeds = len({s for run in runs.values() for s in run["seeds"]} | set(config["seeds"]))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{args.configfile}: {len(runs)} grid points (variants + controls), {n_seeds} seeds; "
+          f"timed on {device} ({name}), batch {batch}, torch {torch.__version__}\n")
+    print(f"{'dataset':14s} {'model':12s} {'step ms':>8s} {'epoch s':>8s} {'base h':>8s} {'point h':>8s} {'all h':>9s}")
+    total_hours, jobs = 0.0, len(config["datasets"]) + 2  # prepare_data per dataset, aggregate, plot
+    for dataset in config["datasets"]:
+        steps_per_epoch = math.ceil(SHAPES[dataset][3] / batch)
+        for model_name in config["models"]:
+            epoch = step_seconds(model_name, dataset, batch, device, args.steps) * steps_per_epoch
+            base_hours = epoch * config["base"]["epochs"] / 3600
+            point_hours = epoch * max(r["params"]["epochs"] for r in runs.values()) / 3600
+            all_hours = n_seeds * base_hours + epoch * run_epochs / 3600
+            total_hours += all_hours
+            jobs += n_seeds + sum(len(run["seeds"]) for run in runs.values())
+            print(f"{dataset:14s} {model_name:12s} {epoch / steps_per_epoch * 1e3:8.1f} {epoch:8.1f} "
+                  f"{base_hours:8.2f} {point_hours:8.2f} {all_hours:9.1f}")
+    print(f"\nin all: {jobs} jobs, {total_hours:.1f} device-hours on this device "
+          "(base h: one base training; point h: the longest continuation run, one seed; all h: "
+          "every base and continuation job of that dataset/model)")
+
+
+if __name__ == "__main__":
+    main()

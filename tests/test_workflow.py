@@ -123,3 +123,20 @@ def test_a_bad_config_stops_before_any_job_and_names_the_key(tmp_path, change, n
 def test_lint_finds_nothing():
     result = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_given_config_replaces_the_embedded_default(tmp_path):
+    config = copy.deepcopy(TINY)
+    defaults = config["continuation"]["defaults"]
+    defaults["gamma"] = defaults.pop("width")  # would clash with the default config's width if merged
+    config["continuation"]["variants"] = [{"name": "push", "strength": 10}]
+    assert planned_jobs(snakemake(tmp_path, config, "-n")) == {
+        "prepare_data": 1, "train_base": 1, "continue_run": 2, "aggregate": 1, "plot": 1, "all": 1}
+
+
+def test_the_study_config_expands_to_every_grid_point_seed_model_and_dataset(tmp_path):
+    study = yaml.safe_load((ROOT / "config/study.yaml").read_text())
+    jobs = planned_jobs(snakemake(tmp_path, study, "-n"))
+    points = 1 + len(study["continuation"]["variants"])  # the variants and their one shared control
+    cells = len(study["datasets"]) * len(study["models"]) * len(study["seeds"])
+    assert jobs["train_base"] == cells and jobs["continue_run"] == cells * points

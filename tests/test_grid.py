@@ -43,3 +43,16 @@ def test_an_explicit_zero_strength_is_the_shared_control():
 def test_schedules_are_named_with_their_settings(schedule, extra, part):
     params = grid.resolve_variant(DEFAULTS, {"strength": 1, "schedule": schedule, **extra})
     assert grid.run_id(params) == f"s1-rbf-w1_lr0.01-{part}-e30"
+
+
+def test_repeated_and_merged_checkpoints_are_named_and_passed_on():
+    runs = grid.expand({"defaults": DEFAULTS, "variants": [
+        {"name": "multiple", "strength": 1, "checkpoint_every": 5},
+        {"name": "merged", "strength": 1, "checkpoint_every": 5, "merge": True},
+        {"name": "merge alone does nothing", "strength": 1, "merge": True},
+    ]}, seeds=[0])
+    assert set(runs) == {"s1-rbf-w1-every5_lr0.01-const-e30", "s1-rbf-w1-every5-merged_lr0.01-const-e30",
+                         "s1-rbf-w1_lr0.01-const-e30", "s0_lr0.01-const-e30"}
+    merged = grid.cli_args(runs["s1-rbf-w1-every5-merged_lr0.01-const-e30"]["params"])
+    assert "--checkpoint-every 5" in merged and "--merge" in merged.split()
+    assert "--merge" not in grid.cli_args(runs["s1-rbf-w1_lr0.01-const-e30"]["params"]).split()

@@ -133,6 +133,17 @@ def test_merge_replaces_the_checkpoints_by_their_mean():
         torch.testing.assert_close(merged, (centers[0][i] + centers[1][i] + centers[2][i]) / 3)
 
 
+def test_a_merged_penalty_weighs_every_checkpoint_equally():
+    # not a running average of averages: after three checkpoints, each counts a third
+    pen = DistancePenalty(1.0, "rbf", width=1.0, merged=True)
+    centers = [_params(i) for i in (1, 2, 3)]
+    for n, c in enumerate(centers, start=1):
+        pen.add_checkpoint(c)
+        assert len(pen.centers) == 1 and len(pen.checkpoints) == n
+    for i, merged in enumerate(pen.centers[0]):
+        torch.testing.assert_close(merged, (centers[0][i] + centers[1][i] + centers[2][i]) / 3)
+
+
 def test_grad_ratio_compares_the_two_gradients():
     params, center = _params(0), _params(1)
     pen = DistancePenalty(2.0, "rbf", width=3.0)

@@ -28,7 +28,7 @@ def _continue_cmd(root, out, strength="10"):
     return [sys.executable, "-m", "repel", "continue", "--data", str(root / "digits.pt"),
             "--checkpoint", str(root / "base" / "checkpoint.pt"), "--run", "r", "--strength", strength,
             "--width", "1", "--epochs", "12", "--schedule", "cosine", "--threads", "1", "--device", "cpu",
-            "--save-every", "1", "--out-dir", str(out)]
+            "--checkpoint-every", "4", "--merge", "--save-every", "1", "--out-dir", str(out)]
 
 
 def _saved_epochs(path) -> int:

@@ -105,3 +105,36 @@ def test_a_control_continuation_is_the_base_training_continued(tmp_path):
     longer, continued = load_torch(tmp_path / "base4/checkpoint.pt")["model"], load_torch(tmp_path / "cont/final.pt")
     for key in longer:
         assert torch.equal(longer[key], continued[key]), key
+
+
+def test_repeated_checkpoints_are_taken_every_k_epochs_and_measured(digits):
+    ckpt = _checkpoint(digits)
+    model = _model(digits, seed=1)
+    model.load_state_dict(ckpt[0])
+    penalty = DistancePenalty(10.0, "rbf", width=1.0, every=2)
+    penalty.add_checkpoint(models.trainable_parameters(model))
+    rows, _, _ = fit(model, digits, TrainConfig(epochs=5), torch.device("cpu"), penalty=penalty,
+                     optimizer_state=ckpt[1], log=lambda m: None)
+    assert len(penalty.checkpoints) == 1 + 2  # after epochs 2 and 4
+    assert [len(r["dist_checkpoints"]) for r in rows] == [1, 1, 2, 2, 3]
+    third = rows[2]
+    assert third["dist_checkpoints"][0] == pytest.approx(third["dist"], rel=1e-5)
+    # the newest checkpoint is the nearest: one epoch away instead of three
+    assert third["dist_min"] == pytest.approx(third["dist_checkpoints"][1], rel=1e-5)
+    assert third["dist_min"] < third["dist"]
+
+
+def test_snapshots_are_saved_every_k_epochs(tmp_path):
+    from repel.cli import main
+    from repel.storage import load_torch
+
+    data = str(tmp_path / "digits.pt")
+    assert main(["prepare", "--dataset", "digits", "--out", data]) == 0
+    assert main(["train-base", "--data", data, "--model", "cnn", "--epochs", "1", "--threads", "1",
+                 "--out-dir", str(tmp_path / "base")]) == 0
+    assert main(["continue", "--data", data, "--checkpoint", str(tmp_path / "base/checkpoint.pt"), "--run", "r",
+                 "--strength", "1", "--width", "1", "--epochs", "4", "--snapshot-every", "2", "--threads", "1",
+                 "--out-dir", str(tmp_path / "run")]) == 0
+    assert sorted(p.name for p in (tmp_path / "run/snapshots").iterdir()) == ["epoch3.pt", "epoch5.pt"]
+    last, final = load_torch(tmp_path / "run/snapshots/epoch5.pt"), load_torch(tmp_path / "run/final.pt")
+    assert all(torch.equal(last[k], final[k]) for k in final)

@@ -105,7 +105,8 @@ def cmd_continue(args) -> None:
     model = models.build(arch["model"], arch["in_channels"], arch["num_classes"], arch["image_size"])
     model.load_state_dict(ckpt["model"])
     model.to(device)
-    penalty = DistancePenalty(args.strength, args.kernel, args.width, args.gamma, args.distance)
+    penalty = DistancePenalty(args.strength, args.kernel, args.width, args.gamma, args.distance,
+                              merged=args.merge, every=args.checkpoint_every)
     penalty.add_checkpoint(models.trainable_parameters(model))
     seed = ckpt["config"]["seed"]
     cfg = _train_config(args, seed=seed)
@@ -113,12 +114,19 @@ def cmd_continue(args) -> None:
     # the continuation goes on with the base's optimizer state and data order: with s = 0 it is
     # exactly the base training, continued
     torch.set_rng_state(ckpt["rng"]["torch"])
-    rows, _, _ = fit(model, prepared, cfg, device, penalty=penalty, first_epoch=ckpt["epoch"] + 1,
-                     optimizer_state=ckpt["optimizer"], data_rng=ckpt["rng"]["data"], log=_log, resume=resume)
     out = Path(args.out_dir)
+
+    def save_snapshot(epochs_done, model):  # ensemble members: every snapshot_every epochs
+        if args.snapshot_every and epochs_done % args.snapshot_every == 0:
+            storage.save_torch(model.state_dict(), out / "snapshots" / f"epoch{ckpt['epoch'] + epochs_done}.pt")
+
+    rows, _, _ = fit(model, prepared, cfg, device, penalty=penalty, first_epoch=ckpt["epoch"] + 1,
+                     optimizer_state=ckpt["optimizer"], data_rng=ckpt["rng"]["data"], log=_log, resume=resume,
+                     on_epoch_end=save_snapshot)
     columns = {"phase": "continue", "dataset": prepared["name"], "model": arch["model"], "seed": seed,
                "run": args.run, "checkpoint_epoch": ckpt["epoch"], "strength": args.strength,
                "kernel": args.kernel, "width": args.width, "gamma": args.gamma, "distance": args.distance,
+               "checkpoint_every": args.checkpoint_every, "merge": args.merge,
                "lr_init": args.lr, "schedule": args.schedule, "epochs": args.epochs}
     storage.save_torch(model.state_dict(), out / "final.pt")
     storage.save_parquet(_frame(rows, columns), out / "metrics.parquet")
@@ -193,6 +201,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, help="sigma of exp(-d / (2 sigma^2)) (give width or gamma)")
     p.add_argument("--gamma", type=float, help="gamma of exp(-gamma d) (give width or gamma)")
     p.add_argument("--distance", choices=DISTANCES, default="sum", help="d summed over parameters, or their mean")
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="take a new checkpoint (another hill) every N epochs (0: only the first)")
+    p.add_argument("--merge", action="store_true", help="one hill at the mean of the checkpoints, not one each")
+    p.add_argument("--snapshot-every", type=int, default=0,
+                   help="save the weights to OUT_DIR/snapshots/epochE.pt every N epochs (ensemble members)")
     p.set_defaults(func=cmd_continue)
 
     p = sub.add_parser("aggregate", help="all runs' metrics -> one table and a summary")

@@ -7,11 +7,12 @@ with s = 0) is `s0_lr0.01-const-e30`; every variant gets one, so the control is 
 
 from __future__ import annotations
 
-PENALTY_KEYS = ("strength", "kernel", "width", "gamma", "distance")
+PENALTY_KEYS = ("strength", "kernel", "width", "gamma", "distance", "checkpoint_every", "merge")
 TRAINING_KEYS = ("lr", "schedule", "epochs", "step_size", "step_gamma", "t0", "t_mult", "eta_min")
 CONTROL_LABEL = "control"
 # schedule settings a config may leave out (units: epochs, except the factors)
 SCHEDULE_DEFAULTS = {"step_size": 30, "step_gamma": 0.1, "t0": 10, "t_mult": 1, "eta_min": 0.0}
+PENALTY_DEFAULTS = {"checkpoint_every": 0, "merge": False}  # one checkpoint, one hill
 
 
 def _num(x) -> str:
@@ -24,7 +25,12 @@ def penalty_part(p: dict) -> str:
     if p["kernel"] == "none":
         return f"s{_num(p['strength'])}-none"
     scale = f"w{_num(p['width'])}" if p.get("width") is not None else f"g{_num(p['gamma'])}"
-    return f"s{_num(p['strength'])}-{p['kernel']}-{scale}" + ("-mean" if p["distance"] == "mean" else "")
+    parts = [f"s{_num(p['strength'])}", p["kernel"], scale]
+    if p["distance"] == "mean":
+        parts.append("mean")
+    if p["checkpoint_every"]:
+        parts.append(f"every{p['checkpoint_every']}" + ("-merged" if p["merge"] else ""))
+    return "-".join(parts)
 
 
 def training_part(p: dict) -> str:
@@ -48,17 +54,18 @@ def control_id(rid: str) -> str:
 
 def control_of(p: dict) -> dict:
     """The same training without the penalty (kernel 'none', so no width enters the id)."""
-    return {**p, "strength": 0, "kernel": "none", "width": None, "gamma": None, "distance": "sum"}
+    return {**p, "strength": 0, "kernel": "none", "width": None, "gamma": None, "distance": "sum", **PENALTY_DEFAULTS}
 
 
 def resolve_variant(defaults: dict, variant: dict) -> dict:
     """Defaults overridden by the variant; a variant's gamma replaces the default width and vice versa."""
-    merged = {**SCHEDULE_DEFAULTS, **defaults, **variant}
+    merged = {**SCHEDULE_DEFAULTS, **PENALTY_DEFAULTS, **defaults, **variant}
     if "gamma" in variant and "width" not in variant:
         merged["width"] = None
     if "width" in variant and "gamma" not in variant:
         merged["gamma"] = None
     params = {k: merged.get(k) for k in PENALTY_KEYS + TRAINING_KEYS}
+    params["merge"] = params["merge"] and params["checkpoint_every"] > 0  # one checkpoint: nothing to merge
     if params["strength"] == 0:
         params = control_of(params)
     return params
@@ -89,7 +96,9 @@ def cli_args(params: dict) -> str:
     """The run's parameters as `python -m repel continue` flags (values are schema-checked numbers/enums)."""
     flags = []
     for key in PENALTY_KEYS + TRAINING_KEYS:
-        value = params[key]
-        if value is not None:
-            flags.append(f"--{key.replace('_', '-')} {value}")
+        value, flag = params[key], f"--{key.replace('_', '-')}"
+        if isinstance(value, bool):
+            flags += [flag] if value else []
+        elif value is not None:
+            flags.append(f"{flag} {value}")
     return " ".join(flags)

@@ -58,16 +58,22 @@ def kernel_and_slope(kernel: str, scale: float, d: torch.Tensor) -> tuple[torch.
 
 
 class DistancePenalty:
-    """s * sum_c k(d(theta, theta_c)) over the active checkpoints theta_c."""
+    """s * sum_c k(d(theta, theta_c)) over the active centres theta_c.
+
+    The centres are the checkpoints taken so far, or with `merged`, one centre at their mean.
+    With `every` = K > 0 a new checkpoint is taken after every K epochs (`end_of_epoch`).
+    """
 
     def __init__(self, strength: float, kernel: str = "rbf", width: float | None = None,
-                 gamma: float | None = None, distance: str = "sum"):
+                 gamma: float | None = None, distance: str = "sum", merged: bool = False, every: int = 0):
         if kernel not in KERNELS:
             raise ValueError(f"unknown kernel '{kernel}'; expected one of {', '.join(KERNELS)}")
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got '{distance}'")
         if strength < 0:
             raise ValueError(f"strength must be >= 0, got {strength}")
+        if every < 0:
+            raise ValueError(f"every must be >= 0 epochs, got {every}")
         if kernel != "none" and (width is None) == (gamma is None):
             raise ValueError(f"kernel '{kernel}' needs exactly one of width (sigma) or gamma")
         for key, value in (("width", width), ("gamma", gamma)):
@@ -77,21 +83,45 @@ class DistancePenalty:
         self.kernel = kernel
         self.scale = _scale(kernel, width, gamma) if kernel != "none" else 0.0
         self.distance = distance
-        self.centers: list[list[torch.Tensor]] = []
+        self.merged = merged
+        self.every = every
+        self.checkpoints: list[list[torch.Tensor]] = []  # every checkpoint taken, in order
+        self.centers: list[list[torch.Tensor]] = []      # the centres the penalty acts on
 
     def add_checkpoint(self, params: list[torch.Tensor]) -> None:
-        """Make the current parameters a new centre (a detached copy)."""
-        self.centers.append([p.detach().clone() for p in params])
+        """Take a checkpoint of the current parameters (a detached copy)."""
+        self.checkpoints.append([p.detach().clone() for p in params])
+        self._update_centers()
+
+    def end_of_epoch(self, epochs_done: int, params: list[torch.Tensor]) -> None:
+        """Called by the loop after each epoch: a new checkpoint every `every` epochs."""
+        if self.every and epochs_done % self.every == 0:
+            self.add_checkpoint(params)
 
     def merge(self) -> None:
-        """Replace every centre by one centre at their mean."""
-        if len(self.centers) > 1:
-            self.centers = [[torch.stack(ts).mean(0) for ts in zip(*self.centers)]]
+        """From now on, one centre at the mean of the checkpoints instead of one per checkpoint."""
+        self.merged = True
+        self._update_centers()
 
-    def sq_distances(self, params: list[torch.Tensor]) -> torch.Tensor:
-        """Squared L2 distance to each centre, summed over all parameters: shape (n_centres,)."""
+    def _update_centers(self) -> None:
+        if self.merged and len(self.checkpoints) > 1:
+            self.centers = [[torch.stack(ts).mean(0) for ts in zip(*self.checkpoints)]]
+        else:
+            self.centers = list(self.checkpoints)
+
+    def state_dict(self) -> dict:
+        return {"checkpoints": self.checkpoints, "merged": self.merged}
+
+    def load_state_dict(self, state: dict) -> None:
+        device = self.checkpoints[0][0].device if self.checkpoints else None
+        self.checkpoints = [[t.to(device) for t in c] for c in state["checkpoints"]]
+        self.merged = state["merged"]
+        self._update_centers()
+
+    def sq_distances(self, params: list[torch.Tensor], centers=None) -> torch.Tensor:
+        """Squared L2 distance to each centre (or to each of `centers`), summed over all parameters."""
         out = []
-        for center in self.centers:
+        for center in self.centers if centers is None else centers:
             norms = torch._foreach_norm(torch._foreach_sub([p.detach() for p in params], center))
             out.append(torch.stack(norms).square().sum())
         return torch.stack(out)

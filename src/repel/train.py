@@ -71,14 +71,15 @@ def flat_norm(tensors) -> torch.Tensor:
 
 def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: DistancePenalty | None = None,
         first_epoch: int = 1, optimizer_state: dict | None = None, data_rng: torch.Tensor | None = None,
-        log=print, resume: ResumeState | None = None):
+        log=print, resume: ResumeState | None = None, on_epoch_end=None):
     """Train `cfg.epochs` epochs; return (one metrics dict per epoch, optimizer, data generator).
 
     With a penalty, the distances are measured to its first centre (the checkpoint the run starts
     from) and to the nearest active centre. A loss that becomes NaN or inf stops the run early;
     its last row has `diverged` set. `data_rng` (a checkpoint's data generator state) continues
     that run's data order instead of starting one from `cfg.seed`. With `resume`, the run continues from a saved state if there
-    is one, and saves its own as it goes.
+    is one, and saves its own as it goes. `on_epoch_end(epochs_done, model)` is called after
+    every epoch (to save snapshots, for instance).
     """
     params = trainable_parameters(model)
     train, val, test = (DeviceData(prepared, split, device) for split in ("train", "val", "test"))
@@ -105,13 +106,13 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
         generator.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
         if penalty is not None:
-            penalty.centers = [[t.to(device) for t in c] for c in state["centers"]]
+            penalty.load_state_dict(state["penalty"])
         rows = state["rows"]
 
     def snapshot():
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "data_rng": generator.get_state(),
-                "centers": penalty.centers if penalty is not None else []}
+                "penalty": penalty.state_dict() if penalty is not None else {}}
 
     for epoch in range(first_epoch + len(rows), first_epoch + cfg.epochs):
         model.train()
@@ -133,10 +134,11 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - start
         evals = torch.cat([sums, evaluate(model, val), evaluate(model, test), flat_norm(params).view(1)])
-        if origin is not None:
-            d = penalty.sq_distances(params).sqrt()
+        if origin is not None:  # first checkpoint, nearest active centre, every checkpoint
             dist_to_origin = flat_norm(torch._foreach_sub([p.detach() for p in params], origin))
-            evals = torch.cat([evals, torch.stack([dist_to_origin, d.min()])])
+            nearest = penalty.sq_distances(params).min().sqrt()
+            to_each = penalty.sq_distances(params, penalty.checkpoints).sqrt()
+            evals = torch.cat([evals, dist_to_origin.view(1), nearest.view(1), to_each])
         values = evals.tolist()  # the epoch's one synchronisation
         seconds = time.perf_counter() - start
         ce_sum, correct, pen_sum, ratio_sum, val_loss, val_acc, test_loss, test_acc, weight_norm = values[:9]
@@ -155,6 +157,7 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
         }
         if origin is not None:
             row["dist"], row["dist_min"] = values[9], values[10]
+            row["dist_checkpoints"] = values[11:]
             row["dist_rel"] = values[9] / origin_norm
         rows.append(row)
         log(f"epoch {epoch:4d}/{first_epoch + cfg.epochs - 1}  lr {lr:.3g}  loss {train_loss:.4f}  "
@@ -162,6 +165,10 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
         if row["diverged"]:
             log(f"diverged at epoch {epoch}: the training loss is {train_loss}; stopping this run")
             break
+        if penalty is not None:
+            penalty.end_of_epoch(len(rows), params)
+        if on_epoch_end is not None:
+            on_epoch_end(len(rows), model)
         if resume is not None:
             resume.save_if_due(snapshot, rows)
     return rows, optimizer, generator

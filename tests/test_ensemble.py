@@ -1,0 +1,178 @@
+import math
+
+import pytest
+import torch
+
+from repel import ensemble, models
+
+# Two members (training order: member 0 first), four points, three classes.
+Y = torch.tensor([0, 1, 2, 2])
+PROBS = torch.tensor([
+    [[0.50, 0.30, 0.20],   # member 0: top-1 0 1? no: 0, 0, 2, 2 -> right, wrong, right, right
+     [0.50, 0.40, 0.10],
+     [0.10, 0.10, 0.80],
+     [0.10, 0.20, 0.70]],
+    [[0.90, 0.05, 0.05],   # member 1 (the last): top-1 0, 1, 2, 0 -> right, right, right, wrong
+     [0.30, 0.70, 0.00],
+     [0.25, 0.25, 0.50],
+     [0.52, 0.28, 0.20]],
+], dtype=torch.float64)
+# the ensemble of both, by hand: the mean of the two rows
+#   x0 (.5+.9, .3+.05, .2+.05)/2 = (.70, .175, .125)  top-1 0, right
+#   x1 (.5+.3, .4+.7,  .1+0)/2   = (.40, .55,  .05)   top-1 1, right
+#   x2 (.1+.25, .1+.25, .8+.5)/2 = (.175, .175, .65)  top-1 2, right
+#   x3 (.1+.52, .2+.28, .7+.2)/2 = (.31, .24,  .45)   top-1 2, right
+
+
+def test_the_last_member_alone():
+    p = ensemble.ensemble_probs(PROBS, 1)
+    assert torch.equal(p, PROBS[-1])
+    assert float(ensemble.accuracy(p, Y)) == pytest.approx(0.75)  # 3 of 4 right
+    # -(ln .9 + ln .7 + ln .5 + ln .2)/4 = (0.105361 + 0.356675 + 0.693147 + 1.609438)/4
+    assert float(ensemble.nll(p, Y)) == pytest.approx(0.691155, abs=1e-6)
+    # x0 .1^2+.05^2+.05^2 = .015; x1 .3^2+.3^2+0 = .18; x2 .25^2+.25^2+.5^2 = .375;
+    # x3 .52^2+.28^2+.8^2 = .2704+.0784+.64 = .9888;  (.015+.18+.375+.9888)/4 = 1.5588/4
+    assert float(ensemble.brier(p, Y)) == pytest.approx(0.3897)
+    # 15 bins of width 1/15: conf .9 -> bin 13 (.867, .933], .7 -> bin 10 (.667, .733],
+    # .5 and .52 -> bin 7 (.467, .533]
+    # bin 13: 1/4 * |1 - .9| = .025; bin 10: 1/4 * |1 - .7| = .075;
+    # bin 7: 2/4 * |acc 1/2 - conf (.5+.52)/2| = .5 * .01 = .005;  total .105
+    assert float(ensemble.ece(p, Y)) == pytest.approx(0.105)
+
+
+def test_the_two_member_ensemble():
+    p = ensemble.ensemble_probs(PROBS, 2)
+    assert torch.allclose(p, torch.tensor([[.70, .175, .125], [.40, .55, .05], [.175, .175, .65], [.31, .24, .45]],
+                                          dtype=torch.float64))
+    assert float(ensemble.accuracy(p, Y)) == 1.0
+    # -(ln .7 + ln .55 + ln .65 + ln .45)/4 = (0.356675 + 0.597837 + 0.430783 + 0.798508)/4
+    assert float(ensemble.nll(p, Y)) == pytest.approx(0.545951, abs=1e-6)
+    # x0 .3^2+.175^2+.125^2 = .09+.030625+.015625 = .13625; x1 .4^2+.45^2+.05^2 = .365;
+    # x2 .175^2+.175^2+.35^2 = .18375; x3 .31^2+.24^2+.55^2 = .0961+.0576+.3025 = .4562
+    # (.13625+.365+.18375+.4562)/4 = 1.1412/4
+    assert float(ensemble.brier(p, Y)) == pytest.approx(0.2853)
+    # all right, each alone in its bin (.7 -> 10, .55 -> 8, .65 -> 9, .45 -> 6):
+    # (|1-.7| + |1-.55| + |1-.65| + |1-.45|)/4 = (.3+.45+.35+.55)/4 = 1.65/4
+    assert float(ensemble.ece(p, Y)) == pytest.approx(0.4125)
+
+
+def test_ece_bins_are_right_closed():
+    # 2 bins [0, .5] and (.5, 1]: conf .5 (right) goes in the first, .75 (wrong) in the second
+    # 1/2 * |1 - .5| + 1/2 * |0 - .75| = .25 + .375 = .625 (left-closed bins would give .125)
+    p = torch.tensor([[0.5, 0.3, 0.2], [0.75, 0.25, 0.0]])
+    assert float(ensemble.ece(p, torch.tensor([0, 1]), bins=2)) == pytest.approx(0.625)
+    # a confidence of exactly 1 is in the last bin, a perfectly calibrated one: ECE 0
+    assert float(ensemble.ece(torch.tensor([[1.0, 0.0]]), torch.tensor([0]))) == 0.0
+
+
+def test_nll_clamps_a_zero_probability():
+    p = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    assert float(ensemble.nll(p, torch.tensor([1]))) == pytest.approx(-math.log(ensemble.EPS))
+
+
+def test_the_curve_over_the_last_m_members():
+    curve = ensemble.ensemble_curve(PROBS, Y)
+    assert list(curve.columns) == ["m", "accuracy", "nll", "brier", "ece", "mean_member_accuracy", "gain"]
+    assert curve["m"].tolist() == [1, 2]
+    assert curve["accuracy"].tolist() == pytest.approx([0.75, 1.0])
+    assert curve["nll"].tolist() == pytest.approx([0.691155, 0.545951], abs=1e-6)
+    assert curve["brier"].tolist() == pytest.approx([0.3897, 0.2853])
+    assert curve["ece"].tolist() == pytest.approx([0.105, 0.4125])
+    assert curve["mean_member_accuracy"].tolist() == pytest.approx([0.75, 0.75])  # both members 3/4
+    assert curve["gain"].tolist() == pytest.approx([0.0, 0.25])  # 1 - .75
+
+
+def test_disagreement_by_hand():
+    # top-1: member 0 (0, 0, 2, 2), member 1 (0, 1, 2, 0): they differ on x1 and x3, 2 of 4
+    assert torch.equal(ensemble.disagreement(PROBS), torch.tensor([[0.0, 0.5], [0.5, 0.0]]))
+
+
+def test_correlation_by_hand():
+    a = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    b = 0.5 - a  # (.1, .2, .3, .4): a linear function of a with slope -1, so correlation -1
+    probs = torch.stack([a, b, a]).view(3, 1, 4)
+    expected = torch.tensor([[1.0, -1.0, 1.0], [-1.0, 1.0, -1.0], [1.0, -1.0, 1.0]])
+    assert torch.allclose(ensemble.prediction_correlation(probs), expected, atol=1e-6)
+
+
+WEIGHTS = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), torch.tensor([1.0, 1.0])]
+THETA_C = torch.tensor([0.5, 0.5])  # displacements (.5, -.5), (-.5, .5), (.5, .5)
+R = 1 / math.sqrt(2)
+
+
+def test_weight_geometry_by_hand():
+    # cos: w0.w1 = 0; w0.w2 = 1 / (1 * sqrt 2); w1.w2 = 1 / sqrt 2
+    assert torch.allclose(ensemble.weight_cosine(WEIGHTS), torch.tensor([[1, 0, R], [0, 1, R], [R, R, 1]]))
+    # displacements: d0 = -d1 (cos -1); d2 is orthogonal to both (cos 0)
+    assert torch.allclose(ensemble.displacement_cosine(WEIGHTS, THETA_C),
+                          torch.tensor([[1.0, -1, 0], [-1, 1, 0], [0, 0, 1]]), atol=1e-7)
+    # |w0 - w1| = |(1, -1)| = sqrt 2; |w0 - w2| = |(0, -1)| = 1; |w1 - w2| = |(-1, 0)| = 1
+    s = math.sqrt(2)
+    assert torch.allclose(ensemble.weight_distance(WEIGHTS), torch.tensor([[0, s, 1], [s, 0, 1], [1, 1, 0]]))
+
+
+def test_pairwise_table_has_one_row_per_pair():
+    probs = torch.stack([PROBS[0], PROBS[1], PROBS[1]])
+    table = ensemble.pairwise_table(probs, WEIGHTS, THETA_C)
+    assert list(table.columns) == ["i", "j", "disagreement", "correlation", "weight_cosine",
+                                   "displacement_cosine", "weight_distance"]
+    assert list(zip(table["i"], table["j"])) == [(0, 1), (0, 2), (1, 2)]
+    assert table["disagreement"].tolist() == [0.5, 0.5, 0.0]
+    assert table["weight_cosine"].tolist() == pytest.approx([0.0, R, R])
+    assert table["displacement_cosine"].tolist() == pytest.approx([-1.0, 0.0, 0.0], abs=1e-7)
+    assert table["weight_distance"].tolist() == pytest.approx([math.sqrt(2), 1.0, 1.0])
+    assert table["correlation"].iloc[2] == pytest.approx(1.0)
+
+
+def test_identical_members_gain_nothing_and_never_disagree():
+    probs = PROBS[1].expand(3, -1, -1)
+    curve = ensemble.ensemble_curve(probs, Y)
+    assert curve["gain"].tolist() == [0.0, 0.0, 0.0]
+    assert curve["accuracy"].tolist() == pytest.approx([0.75] * 3)
+    assert torch.equal(ensemble.disagreement(probs), torch.zeros(3, 3))
+    assert torch.allclose(ensemble.prediction_correlation(probs), torch.ones(3, 3, dtype=torch.float64))
+    weights = [torch.tensor([0.3, -1.2, 2.0])] * 3
+    assert torch.equal(ensemble.weight_distance(weights), torch.zeros(3, 3))
+    assert torch.allclose(ensemble.weight_cosine(weights), torch.ones(3, 3))
+
+
+def test_flat_weights_from_a_model_a_list_and_a_state_dict():
+    model = models.build("cnn", 1, 10, 8)
+    flat = ensemble.flat_weights(model)
+    assert flat.shape == (sum(p.numel() for p in models.trainable_parameters(model)),)
+    assert torch.equal(ensemble.flat_weights(models.trainable_parameters(model)), flat)
+    state = model.state_dict()  # holds BatchNorm buffers too
+    assert torch.equal(ensemble.flat_weights(state, ensemble.parameter_names(model)), flat)
+    with pytest.raises(ValueError, match="buffers"):
+        ensemble.flat_weights(state)
+    assert torch.equal(ensemble.flat_weights([torch.ones(2, 2), torch.zeros(3)]), torch.tensor([1.0] * 4 + [0.0] * 3))
+
+
+@pytest.mark.parametrize("m", [0, 3, -1, 1.0])
+def test_m_out_of_range(m):
+    with pytest.raises(ValueError, match=r"m must be an integer in 1\.\.2"):
+        ensemble.ensemble_probs(PROBS, m)
+
+
+def test_bad_shapes_are_named():
+    with pytest.raises(ValueError, match="probs must be a tensor of shape"):
+        ensemble.ensemble_probs(PROBS[0], 1)
+    with pytest.raises(ValueError, match="labels y must have shape"):
+        ensemble.accuracy(PROBS[0], Y[:3])
+    with pytest.raises(ValueError, match="labels y must have shape"):
+        ensemble.ensemble_curve(PROBS, Y[:3])
+    with pytest.raises(ValueError, match="integer class indices"):
+        ensemble.nll(PROBS[0], Y.double())
+    with pytest.raises(ValueError, match="bins"):
+        ensemble.ece(PROBS[0], Y, bins=0)
+
+
+def test_mismatched_members_are_named():
+    with pytest.raises(ValueError, match="mismatched sizes"):
+        ensemble.weight_distance([torch.zeros(2), torch.zeros(3)])
+    with pytest.raises(ValueError, match="flat 1-D"):
+        ensemble.weight_cosine([torch.zeros(2, 2), torch.zeros(4)])
+    with pytest.raises(ValueError, match="theta_c must be flat with 2 entries"):
+        ensemble.displacement_cosine(WEIGHTS, torch.zeros(3))
+    with pytest.raises(ValueError, match="mismatched members: probs has 2, weights has 3"):
+        ensemble.pairwise_table(PROBS, WEIGHTS, THETA_C)

@@ -8,7 +8,7 @@ from repel import ensemble, models
 # Two members (training order: member 0 first), four points, three classes.
 Y = torch.tensor([0, 1, 2, 2])
 PROBS = torch.tensor([
-    [[0.50, 0.30, 0.20],   # member 0: top-1 0 1? no: 0, 0, 2, 2 -> right, wrong, right, right
+    [[0.50, 0.30, 0.20],   # member 0: top-1 0, 0, 2, 2 -> right, wrong, right, right
      [0.50, 0.40, 0.10],
      [0.10, 0.10, 0.80],
      [0.10, 0.20, 0.70]],

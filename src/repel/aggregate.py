@@ -10,7 +10,8 @@ from . import storage
 from .grid import control_id
 
 RUN_KEYS = ["dataset", "model", "run"]
-GRID_COLUMNS = ["label", "strength", "kernel", "width", "gamma", "distance", "lr_init", "schedule", "epochs"]
+GRID_COLUMNS = ["label", "strength", "kernel", "width", "gamma", "distance", "checkpoint_every", "merge",
+                "lr_init", "schedule", "epochs"]
 FINAL_METRICS = {"val_acc": "final_val_acc", "test_acc": "final_test_acc", "dist": "final_dist"}
 
 

@@ -143,7 +143,8 @@ def prediction_correlation(probs: torch.Tensor) -> torch.Tensor:
 def _cosine(w: torch.Tensor) -> torch.Tensor:
     # no eps: a zero vector has no direction, and NaN says so instead of a made-up 0
     norms = w.norm(dim=1)
-    return (w @ w.T) / (norms[:, None] * norms[None, :])
+    # rounding can step just past +-1, as in torch.corrcoef, which clips the same way
+    return ((w @ w.T) / (norms[:, None] * norms[None, :])).clamp(-1.0, 1.0)
 
 
 def weight_cosine(weights) -> torch.Tensor:

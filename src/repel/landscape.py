@@ -52,7 +52,8 @@ def _endpoint_states(model, theta_c_state: dict, theta_state: dict) -> tuple[dic
         for key, ref in target.items():
             if state[key].shape != ref.shape:
                 raise ValueError(f"{name}['{key}'] has shape {tuple(state[key].shape)}, the model {tuple(ref.shape)}")
-    moved = [{k: s[k].to(v.device, v.dtype) for k, v in target.items()} for s in (theta_c_state, theta_state)]
+    # copies: a caller may pass model.state_dict() itself, whose tensors loading theta(alpha) overwrites
+    moved = [{k: s[k].to(v.device, v.dtype, copy=True) for k, v in target.items()} for s in (theta_c_state, theta_state)]
     params = [name for name, p in model.named_parameters() if p.is_floating_point()]
     return moved, params
 

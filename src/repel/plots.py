@@ -32,6 +32,8 @@ def describe(run: pd.Series, varying: set[str]) -> str:
         parts = [f"s={run['strength']:g}", f"{kernel} {scale}" if kernel != "none" else "no kernel"]
         if run["distance"] == "mean":
             parts.append("mean d")
+        if run["checkpoint_every"]:
+            parts.append(f"{'merged ' if run['merge'] else ''}checkpoint every {run['checkpoint_every']} ep")
     if "lr_init" in varying:
         parts.append(f"lr={run['lr_init']:g}")
     if "schedule" in varying:

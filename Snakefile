@@ -1,6 +1,7 @@
 # repel: push a trained network away from its own checkpoints, and measure what that does.
 #
-# data -> base training -> distance-regularized continuation -> aggregate -> plots.
+# data -> base training -> distance-regularized continuation -> landscape, ensembles
+#   -> aggregate -> plots.
 # Run:  snakemake --cores all            (the embedded default in config/config.yaml)
 #       snakemake --cores all --configfile config/other.yaml
 # Every stage is a rule calling `python -m repel <stage>`; see README.md.
@@ -28,6 +29,7 @@ wildcard_constraints:
     model="|".join(config["models"]),
     seed=r"\d+",
     run="|".join(RUNS),
+    method="|".join(grid.ENSEMBLE_METHODS),
 
 
 # Short jobs run where snakemake runs (on a cluster: the login node, which also has the network
@@ -36,12 +38,18 @@ localrules:
     all,
     prepare_data,
     aggregate,
+    aggregate_landscape,
+    evaluate_ensembles,
     plot,
+    plot_landscape,
+    plot_ensembles,
 
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/base.smk"
 include: "workflow/rules/continue.smk"
+include: "workflow/rules/landscape.smk"
+include: "workflow/rules/ensembles.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/plots.smk"
 

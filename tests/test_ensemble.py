@@ -176,3 +176,10 @@ def test_mismatched_members_are_named():
         ensemble.displacement_cosine(WEIGHTS, torch.zeros(3))
     with pytest.raises(ValueError, match="mismatched members: probs has 2, weights has 3"):
         ensemble.pairwise_table(PROBS, WEIGHTS, THETA_C)
+
+
+def test_a_member_at_the_checkpoint_has_no_displacement_direction():
+    # theta_0 = theta_c: its displacement is the zero vector, whose cosine is undefined (NaN), not 0
+    cos = ensemble.displacement_cosine(WEIGHTS, WEIGHTS[0])
+    assert cos[0].isnan().all() and cos[:, 0].isnan().all()
+    assert cos[1, 2] == pytest.approx(R)  # d1 = (-1, 1), d2 = (0, 1): 1 / sqrt 2

@@ -56,3 +56,21 @@ def test_repeated_and_merged_checkpoints_are_named_and_passed_on():
     merged = grid.cli_args(runs["s1-rbf-w1-every5-merged_lr0.01-const-e30"]["params"])
     assert "--checkpoint-every 5" in merged and "--merge" in merged.split()
     assert "--merge" not in grid.cli_args(runs["s1-rbf-w1_lr0.01-const-e30"]["params"]).split()
+
+
+ENSEMBLES = {"members": 3, "cycle": 4, "strength": 10, "width": 0.5, "lr": 0.05, "seeds": [0, 1, 2]}
+
+
+def test_every_ensemble_method_trains_the_same_epoch_budget():
+    plan = grid.ensemble_plan(ENSEMBLES, DEFAULTS)
+    runs = grid.expand({"defaults": DEFAULTS, "variants": [{"name": "push", "strength": 1}]}, [0], ENSEMBLES)
+    assert set(plan) == set(grid.ENSEMBLE_METHODS)
+    for method, p in plan.items():
+        assert runs[p["run"]]["params"]["epochs"] == 12, method  # 3 members x 4 epochs
+        assert set(p["seeds"]) <= set(runs[p["run"]]["seeds"])
+    assert plan["distance"]["run"] == "s10-rbf-w0.5-every4_lr0.05-const-e12"
+    assert plan["sgdr"]["run"] == "s0_lr0.05-sgdr4x1-e12"
+    assert plan["sgdr_distance"]["run"] == "s10-rbf-w0.5-every4_lr0.05-sgdr4x1-e12"
+    assert plan["independent"]["run"] == "s0_lr0.05-const-e12"
+    assert plan["distance"]["epochs"] == [4, 8, 12] and plan["distance"]["seeds"] == [0]
+    assert plan["independent"]["epochs"] == [12] and plan["independent"]["seeds"] == [0, 1, 2]

@@ -82,21 +82,25 @@ def test_plots_exist_as_png_and_pdf(finished):
 
 def test_every_job_wrote_its_log(finished):
     logs = list((finished / "results/logs").rglob("*.log"))
-    assert len(logs) == 1 + 1 + 3 + 1 + 1  # data, base, runs, aggregate, plot
+    # data, base, 3 runs and their landscapes, aggregate, aggregate_landscape, plot, plot_landscape
+    assert len(logs) == 1 + 1 + 3 + 3 + 1 + 1 + 1 + 1
     assert "epoch    4/4" in (finished / f"results/logs/continue_run/digits/cnn/{RUNS[1]}/seed0.log").read_text()
 
 
 def test_a_new_grid_point_runs_only_itself_and_what_follows(finished):
     config = copy.deepcopy(TINY)
     config["continuation"]["variants"].append({"name": "stronger", "strength": 20})
-    assert planned_jobs(snakemake(finished, config, "-n")) == {"continue_run": 1, "aggregate": 1, "plot": 1, "all": 1}
+    assert planned_jobs(snakemake(finished, config, "-n")) == {
+        "continue_run": 1, "landscape": 1, "aggregate": 1, "aggregate_landscape": 1, "plot": 1,
+        "plot_landscape": 1, "all": 1}
 
 
 def test_changing_the_base_training_reruns_everything_downstream(finished):
     config = copy.deepcopy(TINY)
     config["base"]["lr"] = 0.02
     assert planned_jobs(snakemake(finished, config, "-n")) == {
-        "train_base": 1, "continue_run": 3, "aggregate": 1, "plot": 1, "all": 1}
+        "train_base": 1, "continue_run": 3, "landscape": 3, "aggregate": 1, "aggregate_landscape": 1, "plot": 1,
+        "plot_landscape": 1, "all": 1}
 
 
 def test_nothing_to_do_when_nothing_changed(finished):
@@ -130,6 +134,7 @@ def test_a_given_config_replaces_the_embedded_default(tmp_path):
     defaults = config["continuation"]["defaults"]
     defaults["gamma"] = defaults.pop("width")  # would clash with the default config's width if merged
     config["continuation"]["variants"] = [{"name": "push", "strength": 10}]
+    config["landscape"] = False
     assert planned_jobs(snakemake(tmp_path, config, "-n")) == {
         "prepare_data": 1, "train_base": 1, "continue_run": 2, "aggregate": 1, "plot": 1, "all": 1}
 
@@ -140,3 +145,34 @@ def test_the_study_config_expands_to_every_grid_point_seed_model_and_dataset(tmp
     points = 1 + len(study["continuation"]["variants"])  # the variants and their one shared control
     cells = len(study["datasets"]) * len(study["models"]) * len(study["seeds"])
     assert jobs["train_base"] == cells and jobs["continue_run"] == cells * points
+
+
+def test_landscape_table_covers_every_run_from_minus_half_to_one_and_a_half(finished):
+    df = pd.read_parquet(finished / "results/aggregate/landscape.parquet")
+    assert sorted(df["run"].unique()) == sorted(RUNS)
+    for _, run in df.groupby("run"):
+        assert len(run) >= 21 and run["alpha"].min() == -0.5 and run["alpha"].max() == 1.5
+        assert {0.0, 1.0} <= set(run["alpha"]) and (run["barrier"] >= 0).all()
+    assert (finished / "results/plots/landscape.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_ensemble_method_is_evaluated_from_stored_predictions(tmp_path):
+    config = copy.deepcopy(TINY)
+    config.update(landscape=False, ensembles={"members": 2, "cycle": 1, "strength": 10, "seeds": [0, 1]})
+    result = snakemake(tmp_path, config, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-5000:]
+    summary = pd.read_csv(tmp_path / "results/aggregate/ensemble_summary.csv")
+    assert sorted(summary["method"]) == ["distance", "independent", "sgdr", "sgdr_distance"]
+    assert (summary["members"] == 2).all() and summary["accuracy"].between(0, 1).all()
+    curves = pd.read_parquet(tmp_path / "results/aggregate/ensembles.parquet")
+    assert sorted(curves["m"].unique()) == [1, 2]
+    pairs = pd.read_parquet(tmp_path / "results/aggregate/ensemble_pairs.parquet")
+    assert len(pairs) == 4  # one pair per method
+    for figure in ("ensemble_accuracy", "ensemble_disagreement", "diversity_vs_distance"):
+        assert (tmp_path / f"results/plots/{figure}.png").read_bytes()[:4] == b"\x89PNG"
+    # members of the snapshot methods: one per cycle of the first seed's run (epochs 3 and 4)
+    snapshots = tmp_path / "results/continue/digits/cnn/s10-rbf-w1-every1_lr0.01-const-e2/seed0/snapshots"
+    assert sorted(p.name for p in snapshots.iterdir()) == ["epoch3.pt", "epoch4.pt"]
+    # evaluating again (another metric, another m) re-runs no network, only the evaluation and its plots
+    jobs = planned_jobs(snakemake(tmp_path, config, "-n", "--forcerun", "evaluate_ensembles"))
+    assert jobs == {"evaluate_ensembles": 1, "plot_ensembles": 1, "all": 1}

@@ -59,3 +59,32 @@ def aggregate(paths, labels: dict[str, str], out_dir: Path) -> None:
     storage.save_parquet(summary, out_dir / "summary.parquet")
     storage.save_text(summary.to_csv(index=False), out_dir / "summary.csv")
     storage.save_text("# Continuation runs: final metrics\n\n" + summary_markdown(summary), out_dir / "summary.md")
+
+
+def aggregate_ensembles(paths, out_dir: Path) -> None:
+    """Stored member predictions -> ensemble metrics for m = 1..M, pairwise diversity, a summary.
+
+    Only tensors already on disk are read: another m or metric never re-runs a network.
+    """
+    from .ensemble import ensemble_curve, pairwise_table
+
+    curves, pairs = [], []
+    for path in paths:
+        pred = storage.load_torch(path)
+        keys = {"dataset": pred["dataset"], "model": pred["model"], "method": pred["method"]}
+        curve = ensemble_curve(pred["probs"], pred["labels"])
+        pair = pairwise_table(pred["probs"], list(pred["weights"]), pred["theta_c"])
+        curves.append(curve.assign(**keys))
+        pairs.append(pair.assign(**keys))
+    curves = pd.concat(curves, ignore_index=True)
+    pairs = pd.concat(pairs, ignore_index=True)
+    final = curves.loc[curves.groupby(["dataset", "model", "method"])["m"].idxmax()]
+    summary = final.merge(pairs.groupby(["dataset", "model", "method"])["disagreement"].mean().rename("mean_disagreement"),
+                          on=["dataset", "model", "method"])
+    summary = summary[["dataset", "model", "method", "m", "accuracy", "nll", "ece", "brier",
+                       "mean_member_accuracy", "gain", "mean_disagreement"]].rename(columns={"m": "members"})
+    storage.save_parquet(curves, out_dir / "ensembles.parquet")
+    storage.save_parquet(pairs, out_dir / "ensemble_pairs.parquet")
+    storage.save_text(summary.to_csv(index=False), out_dir / "ensemble_summary.csv")
+    storage.save_text("# Ensembles at an equal epoch budget\n\n" + summary.to_markdown(index=False, floatfmt=".4f") + "\n",
+                      out_dir / "ensemble_summary.md")

@@ -135,6 +135,51 @@ def cmd_continue(args) -> None:
     _log(f"{args.run}: final val acc {rows[-1]['val_acc']:.4f}, distance {rows[-1]['dist']:.4g} -> {out}")
 
 
+def cmd_predict(args) -> None:
+    from .predict import member_predictions
+
+    device = _setup(args)
+    prepared = data_mod.load(args.data)
+    ckpt = storage.load_torch(args.checkpoint)
+    members = [storage.load_torch(path) for path in args.members]
+    out = member_predictions(ckpt["arch"], ckpt["model"], members, prepared, device)
+    out.update(dataset=prepared["name"], model=ckpt["arch"]["model"], method=args.method,
+               members=[str(p) for p in args.members])
+    storage.save_torch(out, args.out)
+    acc = (out["probs"].argmax(-1) == out["labels"]).float().mean(1)
+    _log(f"{args.method}: {len(members)} members, test accuracy {', '.join(f'{a:.4f}' for a in acc.tolist())} -> {args.out}")
+
+
+def cmd_landscape(args) -> None:
+    from .landscape import alphas, barrier, interpolate
+
+    device = _setup(args)
+    prepared = data_mod.load(args.data)
+    ckpt = storage.load_torch(args.checkpoint)
+    arch = ckpt["arch"]
+    model = models.build(arch["model"], arch["in_channels"], arch["num_classes"], arch["image_size"]).to(device)
+    train, val = (data_mod.DeviceData(prepared, split, device) for split in ("train", "val"))
+    df = interpolate(model, ckpt["model"], storage.load_torch(args.weights), alphas(args.steps), train, val,
+                     bn_batches=args.bn_batches)
+    df = df.assign(split="val", dataset=prepared["name"], model=arch["model"], run=args.run,
+                   seed=ckpt["config"]["seed"], barrier=barrier(df))
+    storage.save_parquet(df, args.out)
+    _log(f"loss barrier between checkpoint and run: {barrier(df):.4g} -> {args.out}")
+
+
+def cmd_ensembles(args) -> None:
+    from .aggregate import aggregate_ensembles
+
+    aggregate_ensembles(args.predictions, Path(args.out_dir))
+    _log(f"evaluated {len(args.predictions)} ensembles -> {args.out_dir}")
+
+
+def cmd_aggregate_landscape(args) -> None:
+    df = pd.concat([pd.read_parquet(p) for p in args.landscapes], ignore_index=True)
+    storage.save_parquet(df, args.out)
+    _log(f"aggregated {len(args.landscapes)} landscapes -> {args.out}")
+
+
 def cmd_aggregate(args) -> None:
     from .aggregate import aggregate
 
@@ -144,9 +189,20 @@ def cmd_aggregate(args) -> None:
 
 
 def cmd_plot(args) -> None:
-    from .plots import plot_all
+    from . import plots
 
-    for path in plot_all(pd.read_parquet(args.metrics), Path(args.out_dir), args.formats):
+    out, written = Path(args.out_dir), []
+    if args.metrics:
+        written += plots.plot_all(pd.read_parquet(args.metrics), out, args.formats)
+    if args.landscape:
+        written += plots.plot_landscape(pd.read_parquet(args.landscape), out, args.formats)
+    if args.ensembles:
+        if not args.pairs:
+            raise ValueError("--ensembles needs --pairs (ensemble_pairs.parquet) too")
+        written += plots.plot_ensembles(pd.read_parquet(args.ensembles), pd.read_parquet(args.pairs), out, args.formats)
+    if not written:
+        raise ValueError("nothing to plot: give --metrics, --landscape or --ensembles")
+    for path in written:
         _log(f"wrote {path}")
 
 
@@ -214,8 +270,44 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_aggregate)
 
-    p = sub.add_parser("plot", help="figures from the aggregated metrics")
-    p.add_argument("--metrics", required=True)
+    p = sub.add_parser("predict", help="ensemble members' softmax outputs on the test split, stored once")
+    p.add_argument("--data", required=True)
+    p.add_argument("--checkpoint", required=True, help="the base checkpoint the members started from")
+    p.add_argument("--members", nargs="+", required=True, help="members' weight files, oldest first")
+    p.add_argument("--method", required=True, help="ensemble method name, recorded")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("landscape", help="loss and error along the line from the checkpoint to a run")
+    p.add_argument("--data", required=True)
+    p.add_argument("--checkpoint", required=True, help="theta_c: the base checkpoint")
+    p.add_argument("--weights", required=True, help="theta: the run's final.pt")
+    p.add_argument("--steps", type=int, default=21, help="points on alpha in [-0.5, 1.5] (default %(default)s)")
+    p.add_argument("--run", required=True, help="run id, recorded")
+    p.add_argument("--bn-batches", type=int, default=50,
+                   help="training batches (of 128) to recompute BatchNorm statistics at each alpha")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_landscape)
+
+    p = sub.add_parser("ensembles", help="ensemble metrics from stored predictions")
+    p.add_argument("--predictions", nargs="+", required=True, help="files written by predict")
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_ensembles)
+
+    p = sub.add_parser("aggregate-landscape", help="every run's landscape -> one table")
+    p.add_argument("--landscapes", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_aggregate_landscape)
+
+    p = sub.add_parser("plot", help="figures from the aggregated tables")
+    p.add_argument("--metrics", help="metrics.parquet: accuracy and distance curves")
+    p.add_argument("--landscape", help="landscape.parquet: loss along the line from the checkpoint")
+    p.add_argument("--ensembles", help="ensembles.parquet: ensemble metrics vs members")
+    p.add_argument("--pairs", help="ensemble_pairs.parquet: pairwise diversity")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--formats", nargs="+", default=["png", "pdf"])
     p.set_defaults(func=cmd_plot)

@@ -10,6 +10,12 @@ from __future__ import annotations
 PENALTY_KEYS = ("strength", "kernel", "width", "gamma", "distance", "checkpoint_every", "merge")
 TRAINING_KEYS = ("lr", "schedule", "epochs", "step_size", "step_gamma", "t0", "t_mult", "eta_min")
 CONTROL_LABEL = "control"
+ENSEMBLE_METHODS = {  # method -> how it gets its members, all at the same epoch budget
+    "distance": "distance snapshots",    # a new hill every cycle; the model before each is a member
+    "sgdr": "SGDR snapshots",            # cosine with warm restarts every cycle, no penalty
+    "sgdr_distance": "SGDR + distance",  # both
+    "independent": "independent seeds",  # one run per seed, no penalty: the deep-ensemble reference
+}
 # schedule settings a config may leave out (units: epochs, except the factors)
 SCHEDULE_DEFAULTS = {"step_size": 30, "step_gamma": 0.1, "t0": 10, "t_mult": 1, "eta_min": 0.0}
 PENALTY_DEFAULTS = {"checkpoint_every": 0, "merge": False}  # one checkpoint, one hill
@@ -71,8 +77,36 @@ def resolve_variant(defaults: dict, variant: dict) -> dict:
     return params
 
 
-def expand(continuation: dict, seeds: list[int]) -> dict[str, dict]:
-    """run id -> {"params", "seeds", "labels", "control"} for every variant and its control."""
+def ensemble_variants(ens: dict) -> dict[str, dict]:
+    """method -> the grid variant whose run gives its members; each trains members x cycle epochs."""
+    cycle = ens["cycle"]
+    common = {"epochs": ens["members"] * cycle, **{k: ens[k] for k in ("lr",) if k in ens}}
+    hill = {"strength": ens["strength"], "checkpoint_every": cycle,
+            **{k: ens[k] for k in ("kernel", "width", "gamma") if k in ens}}
+    sgdr = {"schedule": "cosine_restarts", "t0": cycle, "t_mult": 1}
+    first_seed = {"seeds": ens["seeds"][:1]}  # snapshot ensembles come from one run
+    return {
+        "distance": {**common, **hill, "schedule": "constant", **first_seed},
+        "sgdr": {**common, **sgdr, "strength": 0, **first_seed},
+        "sgdr_distance": {**common, **sgdr, **hill, **first_seed},
+        "independent": {**common, "schedule": "constant", "strength": 0, "seeds": ens["seeds"]},
+    }
+
+
+def ensemble_plan(ens: dict, defaults: dict) -> dict[str, dict]:
+    """method -> {"run": run id, "seeds": members' seeds, "epochs": members' epochs after the checkpoint}."""
+    plan = {}
+    for method, variant in ensemble_variants(ens).items():
+        rid = run_id(resolve_variant(defaults, variant))
+        budget = ens["members"] * ens["cycle"]
+        epochs = [budget] if method == "independent" else list(range(ens["cycle"], budget + 1, ens["cycle"]))
+        plan[method] = {"run": rid, "seeds": variant["seeds"], "epochs": epochs}
+    return plan
+
+
+def expand(continuation: dict, seeds: list[int], ensembles: dict | None = None) -> dict[str, dict]:
+    """run id -> {"params", "seeds", "labels", "control"} for every variant and its control,
+    and for the runs the ensemble methods take their members from."""
     runs: dict[str, dict] = {}
 
     def add(params: dict, run_seeds: list[int], label: str) -> str:
@@ -83,7 +117,10 @@ def expand(continuation: dict, seeds: list[int]) -> dict[str, dict]:
             run["labels"].append(label)
         return rid
 
-    for variant in continuation["variants"]:
+    variants = list(continuation["variants"])
+    if ensembles:
+        variants += [{"name": f"ensemble: {ENSEMBLE_METHODS[m]}", **v} for m, v in ensemble_variants(ensembles).items()]
+    for variant in variants:
         params = resolve_variant(continuation["defaults"], variant)
         run_seeds = variant.get("seeds", continuation["defaults"].get("seeds", seeds))
         add(control_of(params), run_seeds, CONTROL_LABEL)

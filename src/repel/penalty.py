@@ -165,4 +165,4 @@ class DistancePenalty:
             return penalty, torch.zeros_like(ce_norm)
         pen_norm = torch.stack(torch._foreach_norm(total)).norm()
         torch._foreach_add_(grads, total)
-        return penalty, pen_norm / ce_norm
+        return penalty, pen_norm / ce_norm.clamp_min(1e-30)  # a zero CE gradient gives a huge ratio, not NaN

@@ -12,6 +12,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 CONTROL_COLORS = ["tab:red", "darkred", "lightcoral", "orangered"]
@@ -99,10 +101,108 @@ def plot_all(df: pd.DataFrame, out_dir: Path, formats=("png", "pdf")) -> list[Pa
             ax.legend(fontsize=8, loc="best")
         fig.suptitle(f"{ylabel} vs epoch\ncontrol (s = 0, red) vs distance penalty; × marks a diverged run",
                      fontsize=10)
-        fig.tight_layout()
-        for fmt in formats:
-            path = out_dir / f"{stem}.{fmt}"
-            fig.savefig(path, dpi=130)
-            written.append(path)
-        plt.close(fig)
+        written += _save(fig, out_dir, stem, formats)
     return written
+
+
+def _save(fig, out_dir: Path, stem: str, formats) -> list[Path]:
+    fig.tight_layout()
+    paths = [out_dir / f"{stem}.{fmt}" for fmt in formats]
+    for path in paths:
+        fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return paths
+
+
+def plot_landscape(df: pd.DataFrame, out_dir: Path, formats=("png", "pdf")) -> list[Path]:
+    """Validation loss and error along θ(α) = (1−α)θ_c + αθ, one column per dataset/model."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    panels = list(df.groupby(["dataset", "model"], sort=True))
+    fig, axes = plt.subplots(2, len(panels), figsize=(7 * len(panels), 8), squeeze=False)
+    for col, ((dataset, model), panel) in enumerate(panels):
+        controls, variants = iter(CONTROL_COLORS * 8), iter(VARIANT_COLORS * 8)
+        for rid, run in sorted(panel.groupby("run"), key=lambda item: (not item[0].startswith("s0_"), item[0])):
+            color = next(controls) if rid.startswith("s0_") else next(variants)
+            curve = run.groupby("alpha")[["loss", "error"]].mean()  # mean over seeds
+            label = f"{rid} (barrier {run.groupby('seed')['barrier'].first().mean():.3g})"
+            for row, column in enumerate(("loss", "error")):
+                axes[row, col].plot(curve.index, curve[column], color=color, label=label, linewidth=1.3)
+        for row, ylabel in enumerate(("validation loss", "validation error")):
+            ax = axes[row, col]
+            for x in (0, 1):
+                ax.axvline(x, color="0.3", linestyle=":", linewidth=1)
+            ax.set_xlabel("α  (0: the checkpoint θ_c, 1: the run's final weights θ)")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+        axes[0, col].set_title(f"{dataset} / {model}")
+        axes[0, col].legend(fontsize=7)
+    fig.suptitle("Along the straight line from the checkpoint to each run (BatchNorm statistics recomputed "
+                 "at every α)\nbarrier = max over α in [0, 1] of the loss above the straight line between "
+                 "the endpoints' losses", fontsize=10)
+    return _save(fig, out_dir, "landscape", formats)
+
+
+def plot_ensembles(curves: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, formats=("png", "pdf")) -> list[Path]:
+    """Ensemble metrics vs members, pairwise disagreement, and diversity vs weight distance."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    panels = sorted(curves.groupby(["dataset", "model"]).groups)
+    methods = sorted(curves["method"].unique())
+    colors = dict(zip(methods, VARIANT_COLORS))
+    written = []
+
+    fig, axes = plt.subplots(len(panels), 2, figsize=(12, 4.5 * len(panels)), squeeze=False)
+    for row, (dataset, model) in enumerate(panels):
+        panel = curves[(curves["dataset"] == dataset) & (curves["model"] == model)]
+        for method, g in panel.groupby("method"):
+            axes[row, 0].plot(g["m"], g["accuracy"], "o-", color=colors[method], label=method)
+            axes[row, 0].plot(g["m"], g["mean_member_accuracy"], ":", color=colors[method])
+            axes[row, 1].plot(g["m"], g["nll"], "o-", color=colors[method], label=method)
+        axes[row, 0].set_ylabel("test accuracy (dotted: mean member)")
+        axes[row, 1].set_ylabel("test NLL")
+        for ax in axes[row]:
+            ax.set_title(f"{dataset} / {model}")
+            ax.set_xlabel("members m (the last m snapshots)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.suptitle("Ensembles of the last m members at an equal epoch budget", fontsize=10)
+    written += _save(fig, out_dir, "ensemble_accuracy", formats)
+
+    fig, axes = plt.subplots(len(panels), len(methods), figsize=(3.6 * len(methods), 3.4 * len(panels)), squeeze=False)
+    vmax = max(pairs["disagreement"].max(), 1e-3)  # one colour scale, so methods compare at a glance
+    for row, (dataset, model) in enumerate(panels):
+        for col, method in enumerate(methods):
+            g = pairs[(pairs["dataset"] == dataset) & (pairs["model"] == model) & (pairs["method"] == method)]
+            n = int(max(g["i"].max(), g["j"].max())) + 1 if len(g) else 1
+            image = axes[row, col].imshow(pair_matrix(g, n), vmin=0, vmax=vmax, cmap="viridis")
+            axes[row, col].set_xticks(range(n))
+            axes[row, col].set_yticks(range(n))
+            axes[row, col].set_title(f"{method}\n{dataset} / {model}", fontsize=9)
+            axes[row, col].set_xlabel("member")
+            axes[row, col].set_ylabel("member")
+            fig.colorbar(image, ax=axes[row, col], fraction=0.046)
+    fig.suptitle("Pairwise disagreement: fraction of test points whose predicted labels differ "
+                 "(members oldest first; one colour scale)", fontsize=10)
+    written += _save(fig, out_dir, "ensemble_disagreement", formats)
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    for ax, (dataset, model) in zip(axes[0], panels):
+        panel = pairs[(pairs["dataset"] == dataset) & (pairs["model"] == model)]
+        for method, g in panel.groupby("method"):
+            ax.scatter(g["weight_distance"], g["disagreement"], color=colors[method], label=method, s=30)
+        ax.set_title(f"{dataset} / {model}")
+        ax.set_xlabel("L2 distance between the two members' weights")
+        ax.set_ylabel("disagreement")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Diversity vs distance in weight space: one point per pair of members", fontsize=10)
+    written += _save(fig, out_dir, "diversity_vs_distance", formats)
+    return written
+
+
+def pair_matrix(pairs: pd.DataFrame, n: int):
+    """A symmetric (n, n) disagreement matrix with a zero diagonal, from one row per pair i < j."""
+    matrix = np.zeros((n, n))
+    for _, r in pairs.iterrows():
+        matrix[int(r["i"]), int(r["j"])] = matrix[int(r["j"]), int(r["i"])] = r["disagreement"]
+    return matrix

@@ -1,5 +1,6 @@
 # Helpers for the workflow: config validation, the run grid, input and params functions.
 import json
+import math
 import os
 import shlex
 import sys
@@ -17,8 +18,11 @@ sys.path.insert(0, SRC)
 shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 from repel import grid  # noqa: E402
 
-RUNS = grid.expand(config["continuation"], config["seeds"])
+ENSEMBLES = config.get("ensembles")
+RUNS = grid.expand(config["continuation"], config["seeds"], ENSEMBLES)
+ENSEMBLE_PLAN = grid.ensemble_plan(ENSEMBLES, config["continuation"]["defaults"]) if ENSEMBLES else {}
 FIGURES = ["val_acc", "distance"]
+ENSEMBLE_FIGURES = ["ensemble_accuracy", "ensemble_disagreement", "diversity_vs_distance"]
 SEEDS = sorted({s for run in RUNS.values() for s in run["seeds"]} | set(config["seeds"]))
 
 
@@ -47,6 +51,51 @@ def get_gres():
     return f"gpu:{r['gpu_model'] + ':' if r['gpu_model'] else ''}{r['gpu']}" if r["gpu"] else ""
 
 
+def get_snapshot_every(wildcards):
+    """Epochs between saved members, for runs an ensemble method takes members from (else 0)."""
+    every = [
+        plan["epochs"][0] if len(plan["epochs"]) == 1 else plan["epochs"][1] - plan["epochs"][0]
+        for plan in ENSEMBLE_PLAN.values()
+        if plan["run"] == wildcards.run
+    ]
+    return math.gcd(*every) if every else 0
+
+
+def get_ensemble_inputs(wildcards):
+    """The member runs' metrics (they finish after their snapshots) and the first seed's base."""
+    plan = ENSEMBLE_PLAN[wildcards.method]
+    run_dir = f"results/continue/{wildcards.dataset}/{wildcards.model}/{plan['run']}"
+    return {
+        "checkpoint": f"results/base/{wildcards.dataset}/{wildcards.model}/seed{plan['seeds'][0]}/checkpoint.pt",
+        "runs": [f"{run_dir}/seed{seed}/metrics.parquet" for seed in plan["seeds"]],
+    }
+
+
+def get_ensemble_members(wildcards):
+    """Members' weight files, oldest first: snapshots of the method's run (one per seed for independent)."""
+    plan = ENSEMBLE_PLAN[wildcards.method]
+    base_epochs = config["base"]["epochs"]
+    run_dir = f"results/continue/{wildcards.dataset}/{wildcards.model}/{plan['run']}"
+    return [
+        f"{run_dir}/seed{seed}/snapshots/epoch{base_epochs + epoch}.pt"
+        for seed in plan["seeds"]
+        for epoch in plan["epochs"]
+    ]
+
+
+def get_predictions():
+    return expand(
+        "results/ensembles/{dataset}/{model}/{method}/predictions.pt",
+        dataset=config["datasets"],
+        model=config["models"],
+        method=ENSEMBLE_PLAN,
+    )
+
+
+def get_landscapes():
+    return [path.replace("metrics.parquet", "landscape.parquet") for path in get_run_metrics()]
+
+
 def get_base_metrics():
     return expand(
         "results/base/{dataset}/{model}/seed{seed}/metrics.parquet",
@@ -72,8 +121,14 @@ def get_labels():
 
 
 def get_final_outputs():
-    return [
+    outputs = [
         "results/aggregate/metrics.parquet",
         "results/aggregate/summary.md",
         *expand("results/plots/{figure}.{ext}", figure=FIGURES, ext=["png", "pdf"]),
     ]
+    if config["landscape"]:
+        outputs += expand("results/plots/landscape.{ext}", ext=["png", "pdf"])
+    if ENSEMBLES:
+        outputs += ["results/aggregate/ensemble_summary.md"]
+        outputs += expand("results/plots/{figure}.{ext}", figure=ENSEMBLE_FIGURES, ext=["png", "pdf"])
+    return outputs

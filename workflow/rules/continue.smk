@@ -11,6 +11,7 @@ rule continue_run:
         args=get_run_args,
         device=config["device"],
         save_every=config["save_every"],
+        snapshot_every=get_snapshot_every,
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     threads: config["threads"]
     resources:
@@ -21,5 +22,5 @@ rule continue_run:
         "../../envs/repel.yaml"
     shell:
         "python -m repel continue --data {input.data} --checkpoint {input.checkpoint} "
-        "--run {wildcards.run} {params.args} --device {params.device} --save-every {params.save_every} "
+        "--run {wildcards.run} {params.args} --snapshot-every {params.snapshot_every} --device {params.device} --save-every {params.save_every} "
         "--threads {threads} --out-dir {params.out_dir} > {log} 2>&1"

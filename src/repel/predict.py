@@ -1,0 +1,33 @@
+"""Ensemble members' predictions, computed once and stored, so that every ensemble metric (and
+every m) is evaluated from the stored softmax outputs without running a network again."""
+
+from __future__ import annotations
+
+import torch
+
+from . import models
+from .data import DeviceData
+from .ensemble import flat_weights
+
+
+@torch.no_grad()
+def softmax_outputs(model, data: DeviceData, batch_size: int = 1024) -> torch.Tensor:
+    """(N, K) softmax outputs of `model` in evaluation mode on a split, in the split's order."""
+    model.eval()
+    return torch.cat([torch.softmax(model(xb).float(), dim=1) for xb, _ in data.batches(batch_size)])
+
+
+def member_predictions(arch: dict, checkpoint_state: dict, member_states: list[dict], prepared: dict,
+                       device: torch.device, split: str = "test") -> dict:
+    """Softmax outputs and flat weights of every member, and the checkpoint's flat weights."""
+    model = models.build(arch["model"], arch["in_channels"], arch["num_classes"], arch["image_size"]).to(device)
+    data = DeviceData(prepared, split, device)
+    model.load_state_dict(checkpoint_state)
+    theta_c = flat_weights(model).cpu()
+    probs, weights = [], []
+    for state in member_states:
+        model.load_state_dict(state)
+        probs.append(softmax_outputs(model, data).cpu())
+        weights.append(flat_weights(model).cpu())
+    return {"probs": torch.stack(probs), "labels": data.y.cpu(), "weights": torch.stack(weights),
+            "theta_c": theta_c, "split": split}

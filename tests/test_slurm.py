@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -44,7 +45,8 @@ TINY = {
         "variants": [{"name": "push", "strength": 10}],
     },
 }
-TRAINING_JOBS = {"train_base": 1, "continue_run": 2}  # the base, the variant and its control
+# several trainings in one SLURM job (profiles/slurm's commented `groups`)
+GROUPS = ["continue_run=train", "landscape=train"]
 TIMING = ["epoch_seconds", "train_seconds", "images_per_second"]
 # What the test adds to profiles/slurm: this cluster's partition, no account, and squeue for the
 # job status (sacct needs slurmdbd, which the test cluster does not run; MinJobAge keeps finished
@@ -57,7 +59,7 @@ SLURM_ARGS = [
     "--slurm-init-seconds-before-status-checks", "2",
     "--slurm-keep-successful-logs",
 ]
-SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
+SUBMITTED = re.compile(r"Job (\S+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -73,9 +75,12 @@ def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.Compl
     return result
 
 
-def metrics(workdir: Path) -> pd.DataFrame:
-    df = pd.read_parquet(workdir / "results/aggregate/metrics.parquet").drop(columns=TIMING)
-    return df.sort_values(["phase", "dataset", "model", "run", "seed", "epoch"]).reset_index(drop=True)
+def table(path: Path) -> pd.DataFrame:
+    """An aggregate table without its timing columns, its rows in a fixed order."""
+    df = pd.read_parquet(path)
+    df = df.drop(columns=[c for c in TIMING if c in df.columns])
+    keys = [c for c in ("phase", "split", "dataset", "model", "run", "seed", "epoch", "alpha") if c in df.columns]
+    return df.sort_values(keys).reset_index(drop=True)
 
 
 class SlurmRun:
@@ -125,44 +130,60 @@ def slurm_run(cluster, tmp_path_factory) -> SlurmRun:
 def test_training_jobs_went_through_slurm_with_a_gpu_request(slurm_run, cluster, record_property):
     record_property("slurm_jobs_submitted", len(slurm_run.submitted))
     record_property("slurm_wall_seconds", round(slurm_run.seconds, 1))
+    # every job of a rule that is not a local rule was submitted, and nothing else
+    remote = Counter(re.findall(r"^rule (\w+):$", slurm_run.output, re.M))
+    local = set(re.findall(r"^localrule (\w+):$", slurm_run.output, re.M))
+    assert {"train_base": 1, "continue_run": 2}.items() <= remote.items(), remote
+    assert {"prepare_data", "aggregate", "plot"} <= local, local
     jobs, completed = cluster.jobs(), cluster.jobcomp()
-    rules = {}
+    submitted = Counter()
     for jobid, log in slurm_run.submitted.items():
         job = jobs[jobid]  # slurmctld knows it (MinJobAge keeps finished jobs)
         rule = re.match(r"rule_(\w+?)_wildcards_", job["Comment"])[1]
-        rules[rule] = rules.get(rule, 0) + 1
+        submitted[rule] += 1
         assert job["JobState"] == "COMPLETED", job
-        assert job["Partition"] == PARTITION and job["WorkDir"] == str(slurm_run.workdir)
+        assert job["Partition"] == PARTITION and job["WorkDir"] == str(slurm_run.workdir), job
         assert job["TresPerNode"] == f"gres:gpu:{GPU_TYPE}:1", job  # what get_gres asked for
         assert "JobState=COMPLETED" in completed[jobid]  # slurmctld's completion record
         # the plugin's log of the job: the job step's snakemake ran the rule there
         assert log.is_file() and log.is_relative_to(slurm_run.workdir / ".snakemake/slurm_logs"), log
         assert f"rule {rule}:" in log.read_text()
-    assert rules == TRAINING_JOBS, rules
-    # local rules stay local; the trainings fell back to the CPU (no CUDA behind the fake GPU)
-    assert sorted(p.name for p in (slurm_run.workdir / ".snakemake/slurm_logs").iterdir()) == [
-        "rule_continue_run", "rule_train_base"]
-    for log in (slurm_run.workdir / "results/logs").glob("[tc]*/**/*.log"):
-        assert "device: cpu" in log.read_text(), log
+    assert submitted == remote, (submitted, remote)
+    assert {p.name for p in (slurm_run.workdir / ".snakemake/slurm_logs").iterdir()} == {
+        f"rule_{rule}" for rule in remote}
+    # no CUDA behind the fake GPU: the trainings fell back to the CPU (device: auto)
+    for rule in ("train_base", "continue_run"):
+        for log in (slurm_run.workdir / "results/logs" / rule).rglob("*.log"):
+            assert "device: cpu" in log.read_text(), log
+
+
+def assert_same_results(workdir: Path, reference: Path) -> None:
+    """Every aggregate table equals the reference run's, bit for bit, but for the timings."""
+    tables = sorted(p.name for p in (reference / "results/aggregate").glob("*.parquet"))
+    assert "metrics.parquet" in tables
+    for name in tables:
+        pd.testing.assert_frame_equal(table(workdir / "results/aggregate" / name),
+                                      table(reference / "results/aggregate" / name), check_exact=True,
+                                      obj=name)
 
 
 def test_results_equal_a_local_run(slurm_run, local_run):
-    pd.testing.assert_frame_equal(metrics(slurm_run.workdir), metrics(local_run), check_exact=True)
+    assert_same_results(slurm_run.workdir, local_run)
 
 
 def test_grouped_trainings_share_one_gpu(slurm_run, local_run, cluster, tmp_path_factory):
-    """profiles/slurm's commented grouping: two trainings in one SLURM job ask for one GPU."""
+    """profiles/slurm's commented grouping: the trainings of a group job share its one GPU."""
     workdir = tmp_path_factory.mktemp("grouped")
     shutil.copytree(slurm_run.workdir, workdir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("slurm_logs"))
-    run = run_on(cluster, workdir, "--forcerun", "continue_run", "--groups", "continue_run=train",
+    run = run_on(cluster, workdir, "--forcerun", "continue_run", "--groups", *GROUPS,
                  "--group-components", "train=2", "--verbose", what="grouped continuations on SLURM")
-    assert len(run.submitted) == 1, run.submitted
+    assert len(run.submitted) == 1, run.submitted  # both runs, and their landscapes, in one SLURM job
     [(jobid, log)] = run.submitted.items()
-    assert log.is_relative_to(workdir / ".snakemake/slurm_logs/group_train"), log
+    assert log.parent.name.startswith("group_train") and log.is_relative_to(workdir / ".snakemake/slurm_logs"), log
     [call] = re.findall(r"sbatch call: (.*)", run.output)
-    assert " --gres=gpu:fake:1" in call and "--gpus" not in call, call  # not gpu:2: one GPU, shared
+    assert " --gres=gpu:fake:1 " in call + " " and "--gpus" not in call, call  # gpu:1, not gpu:2
     assert "--cpus-per-task=2" in call and "--mem 1000" in call, call  # threads and memory add up
     job = cluster.jobs()[jobid]
     assert job["JobState"] == "COMPLETED" and job["TresPerNode"] == f"gres:gpu:{GPU_TYPE}:1", job
-    assert log.read_text().count("rule continue_run:") >= 2
-    pd.testing.assert_frame_equal(metrics(workdir), metrics(local_run), check_exact=True)
+    assert len(re.findall(r"^rule continue_run:$", log.read_text(), re.M)) >= 2
+    assert_same_results(workdir, local_run)

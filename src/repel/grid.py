@@ -124,8 +124,8 @@ def expand(continuation: dict, seeds: list[int], ensembles: dict | None = None) 
         params = resolve_variant(continuation["defaults"], variant)
         run_seeds = variant.get("seeds", continuation["defaults"].get("seeds", seeds))
         add(control_of(params), run_seeds, CONTROL_LABEL)
-        if params["strength"] != 0:
-            add(params, run_seeds, variant["name"])
+        # a variant without penalty is a control; its own name (e.g. an SGDR ensemble) says what for
+        add(params, run_seeds, variant["name"])
     return runs
 
 

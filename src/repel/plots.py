@@ -17,7 +17,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 CONTROL_COLORS = ["tab:red", "darkred", "lightcoral", "orangered"]
-VARIANT_COLORS = [c for c in plt.rcParams["axes.prop_cycle"].by_key()["color"] if c != "#d62728"]
+VARIANT_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
+                  "tab:olive", "tab:cyan", "navy", "teal", "goldenrod"]  # no red: red is the control
 FIGURES = {  # file stem -> (column, y-axis label, draw the base phase too)
     "val_acc": ("val_acc", "validation accuracy", True),
     "distance": ("dist", "distance to the checkpoint ‖θ − θ_c‖₂", False),
@@ -35,7 +36,7 @@ def describe(run: pd.Series, varying: set[str]) -> str:
         if run["distance"] == "mean":
             parts.append("mean d")
         if run["checkpoint_every"]:
-            parts.append(f"{'merged ' if run['merge'] else ''}checkpoint every {run['checkpoint_every']} ep")
+            parts.append(f"{'merged ' if run['merge'] else ''}checkpoint every {int(run['checkpoint_every'])} ep")
     if "lr_init" in varying:
         parts.append(f"lr={run['lr_init']:g}")
     if "schedule" in varying:
@@ -90,26 +91,30 @@ def plot_all(df: pd.DataFrame, out_dir: Path, formats=("png", "pdf")) -> list[Pa
     panels = list(df.groupby(["dataset", "model"], sort=True))
     written = []
     for stem, (column, ylabel, with_base) in FIGURES.items():
-        n = len(panels)
-        fig, axes = plt.subplots(1, n, figsize=(7 * n, 4.8), squeeze=False)
-        for ax, ((dataset, model), panel) in zip(axes[0], panels):
+        # one row per dataset/model, each with its legend on the right
+        fig, axes = plt.subplots(len(panels), 1, figsize=(8, 4.5 * len(panels)), squeeze=False)
+        for ax, ((dataset, model), panel) in zip(axes[:, 0], panels):
             _panel(ax, panel, column, with_base)
             seeds = panel["seed"].nunique()
-            ax.set_title(f"{dataset} / {model}" + (f" ({seeds} seeds: mean, min–max band)" if seeds > 1 else ""))
+            ax.set_title(f"{dataset} / {model}" + (" (several seeds: mean and min–max band)" if seeds > 1 else ""))
             ax.set_xlabel("epoch (dotted line: the checkpoint)")
             ax.set_ylabel(ylabel)
-            ax.legend(fontsize=8, loc="best")
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
         fig.suptitle(f"{ylabel} vs epoch\ncontrol (s = 0, red) vs distance penalty; × marks a diverged run",
                      fontsize=10)
-        written += _save(fig, out_dir, stem, formats)
+        fig.subplots_adjust(hspace=0.35)
+        written += _save(fig, out_dir, stem, formats, tight_layout=False)
     return written
 
 
-def _save(fig, out_dir: Path, stem: str, formats) -> list[Path]:
-    fig.tight_layout()
+def _save(fig, out_dir: Path, stem: str, formats, tight_layout: bool = True) -> list[Path]:
+    """Save in every format. Figures with legends outside their axes skip tight_layout, which
+    would shrink the axes to make room; bbox_inches="tight" widens the canvas instead."""
+    if tight_layout:
+        fig.tight_layout()
     paths = [out_dir / f"{stem}.{fmt}" for fmt in formats]
     for path in paths:
-        fig.savefig(path, dpi=130)
+        fig.savefig(path, dpi=130, bbox_inches="tight")  # legends sit outside the axes
     plt.close(fig)
     return paths
 
@@ -118,28 +123,30 @@ def plot_landscape(df: pd.DataFrame, out_dir: Path, formats=("png", "pdf")) -> l
     """Validation loss and error along θ(α) = (1−α)θ_c + αθ, one column per dataset/model."""
     out_dir.mkdir(parents=True, exist_ok=True)
     panels = list(df.groupby(["dataset", "model"], sort=True))
-    fig, axes = plt.subplots(2, len(panels), figsize=(7 * len(panels), 8), squeeze=False)
-    for col, ((dataset, model), panel) in enumerate(panels):
+    # one row per dataset/model: loss and error side by side, the legend on the right
+    fig, axes = plt.subplots(len(panels), 2, figsize=(12, 4.5 * len(panels)), squeeze=False)
+    for row, ((dataset, model), panel) in enumerate(panels):
         controls, variants = iter(CONTROL_COLORS * 8), iter(VARIANT_COLORS * 8)
         for rid, run in sorted(panel.groupby("run"), key=lambda item: (not item[0].startswith("s0_"), item[0])):
             color = next(controls) if rid.startswith("s0_") else next(variants)
             curve = run.groupby("alpha")[["loss", "error"]].mean()  # mean over seeds
             label = f"{rid} (barrier {run.groupby('seed')['barrier'].first().mean():.3g})"
-            for row, column in enumerate(("loss", "error")):
+            for col, column in enumerate(("loss", "error")):
                 axes[row, col].plot(curve.index, curve[column], color=color, label=label, linewidth=1.3)
-        for row, ylabel in enumerate(("validation loss", "validation error")):
+        for col, ylabel in enumerate(("validation loss", "validation error")):
             ax = axes[row, col]
             for x in (0, 1):
                 ax.axvline(x, color="0.3", linestyle=":", linewidth=1)
             ax.set_xlabel("α  (0: the checkpoint θ_c, 1: the run's final weights θ)")
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-        axes[0, col].set_title(f"{dataset} / {model}")
-        axes[0, col].legend(fontsize=7)
+            ax.set_title(f"{dataset} / {model}")
+        axes[row, 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     fig.suptitle("Along the straight line from the checkpoint to each run (BatchNorm statistics recomputed "
                  "at every α)\nbarrier = max over α in [0, 1] of the loss above the straight line between "
                  "the endpoints' losses", fontsize=10)
-    return _save(fig, out_dir, "landscape", formats)
+    fig.subplots_adjust(hspace=0.35, wspace=0.25)
+    return _save(fig, out_dir, "landscape", formats, tight_layout=False)
 
 
 def plot_ensembles(curves: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, formats=("png", "pdf")) -> list[Path]:

@@ -3,7 +3,8 @@
 For every dataset x model of the config it times training steps (batch, forward, backward,
 penalty, SGD step) on synthetic data of the dataset's shape on this machine's device, turns them
 into an epoch time (training pass only: evaluation adds roughly a tenth), and multiplies by the
-epochs of every job the config expands to (base trainings and continuation runs, all seeds).
+epochs of every job the config expands to (base trainings and continuation runs, all seeds,
+ensemble runs included; the landscape and predict jobs, a few forward passes each, are not).
 
     python benchmarks/study_cost.py --configfile config/config.yaml
     python benchmarks/study_cost.py --configfile config/study.yaml --device cuda
@@ -78,7 +79,7 @@ def main() -> None:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     config = yaml.safe_load(Path(args.configfile).read_text())
     batch = config["base"].get("batch_size", 128)
-    runs = grid.expand(config["continuation"], config["seeds"])
+    runs = grid.expand(config["continuation"], config["seeds"], config.get("ensembles"))
     run_epochs = sum(run["params"]["epochs"] * len(run["seeds"]) for run in runs.values())
     n_seeds = len({s for run in runs.values() for s in run["seeds"]} | set(config["seeds"]))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"

@@ -142,9 +142,13 @@ def test_a_given_config_replaces_the_embedded_default(tmp_path):
 def test_the_study_config_expands_to_every_grid_point_seed_model_and_dataset(tmp_path):
     study = yaml.safe_load((ROOT / "config/study.yaml").read_text())
     jobs = planned_jobs(snakemake(tmp_path, study, "-n"))
+    cells = len(study["datasets"]) * len(study["models"])
+    seeds = set(study["seeds"]) | set(study["ensembles"]["seeds"])  # independent seeds train bases too
     points = 1 + len(study["continuation"]["variants"])  # the variants and their one shared control
-    cells = len(study["datasets"]) * len(study["models"]) * len(study["seeds"])
-    assert jobs["train_base"] == cells and jobs["continue_run"] == cells * points
+    ensemble_runs = 3 * 1 + len(study["ensembles"]["seeds"])  # 3 snapshot methods on one seed, + independent
+    assert jobs["train_base"] == cells * len(seeds)
+    assert jobs["continue_run"] == cells * (points * len(study["seeds"]) + ensemble_runs)
+    assert jobs["predict"] == cells * 4 and jobs["landscape"] == jobs["continue_run"]
 
 
 def test_landscape_table_covers_every_run_from_minus_half_to_one_and_a_half(finished):

@@ -86,7 +86,7 @@ def main() -> None:
     print(f"{args.configfile}: {len(runs)} grid points (variants + controls), {n_seeds} seeds; "
           f"timed on {device} ({name}), batch {batch}, torch {torch.__version__}\n")
     print(f"{'dataset':14s} {'model':12s} {'step ms':>8s} {'epoch s':>8s} {'base h':>8s} {'point h':>8s} {'all h':>9s}")
-    total_hours, jobs = 0.0, len(config["datasets"]) + 2  # prepare_data per dataset, aggregate, plot
+    total_hours, jobs = 0.0, 0  # training jobs: base and continuation runs
     for dataset in config["datasets"]:
         steps_per_epoch = math.ceil(SHAPES[dataset][3] / batch)
         for model_name in config["models"]:
@@ -98,7 +98,7 @@ def main() -> None:
             jobs += n_seeds + sum(len(run["seeds"]) for run in runs.values())
             print(f"{dataset:14s} {model_name:12s} {epoch / steps_per_epoch * 1e3:8.1f} {epoch:8.1f} "
                   f"{base_hours:8.2f} {point_hours:8.2f} {all_hours:9.1f}")
-    print(f"\nin all: {jobs} jobs, {total_hours:.1f} device-hours on this device "
+    print(f"\nin all: {jobs} training jobs, {total_hours:.1f} device-hours on this device "
           "(base h: one base training; point h: the longest continuation run, one seed; all h: "
           "every base and continuation job of that dataset/model)")
 

@@ -80,7 +80,7 @@ def cmd_train_base(args) -> None:
     arch = {"model": args.model, "in_channels": int(in_channels), "num_classes": prepared["num_classes"],
             "image_size": int(image_size)}
     torch.manual_seed(args.seed)  # the model's initialisation
-    model = models.build(args.model, arch["in_channels"], arch["num_classes"], arch["image_size"]).to(device)
+    model = models.from_arch(arch).to(device)
     cfg = _train_config(args)
     resume = _resume_state(args, args.data)
     rows, optimizer, generator = fit(model, prepared, cfg, device, log=_log, resume=resume)
@@ -102,7 +102,7 @@ def cmd_continue(args) -> None:
     prepared = data_mod.load(args.data)
     ckpt = storage.load_torch(args.checkpoint)
     arch = ckpt["arch"]
-    model = models.build(arch["model"], arch["in_channels"], arch["num_classes"], arch["image_size"])
+    model = models.from_arch(arch)
     model.load_state_dict(ckpt["model"])
     model.to(device)
     penalty = DistancePenalty(args.strength, args.kernel, args.width, args.gamma, args.distance,
@@ -157,7 +157,7 @@ def cmd_landscape(args) -> None:
     prepared = data_mod.load(args.data)
     ckpt = storage.load_torch(args.checkpoint)
     arch = ckpt["arch"]
-    model = models.build(arch["model"], arch["in_channels"], arch["num_classes"], arch["image_size"]).to(device)
+    model = models.from_arch(arch).to(device)
     train, val = (data_mod.DeviceData(prepared, split, device) for split in ("train", "val"))
     df = interpolate(model, ckpt["model"], storage.load_torch(args.weights), alphas(args.steps), train, val,
                      bn_batches=args.bn_batches)

@@ -100,6 +100,11 @@ def build(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.
     raise ValueError(f"unknown model '{name}'; expected one of {', '.join(MODELS)}")
 
 
+def from_arch(arch: dict) -> nn.Module:
+    """The model a checkpoint's `arch` record describes (name, input channels, classes, image size)."""
+    return build(arch["model"], arch["in_channels"], arch["num_classes"], arch["image_size"])
+
+
 def trainable_parameters(model: nn.Module) -> list[torch.Tensor]:
     """The parameters the distance is taken over (BatchNorm running statistics are buffers, not in it)."""
     return [p for p in model.parameters() if p.requires_grad]

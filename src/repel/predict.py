@@ -20,7 +20,7 @@ def softmax_outputs(model, data: DeviceData, batch_size: int = 1024) -> torch.Te
 def member_predictions(arch: dict, checkpoint_state: dict, member_states: list[dict], prepared: dict,
                        device: torch.device, split: str = "test") -> dict:
     """Softmax outputs and flat weights of every member, and the checkpoint's flat weights."""
-    model = models.build(arch["model"], arch["in_channels"], arch["num_classes"], arch["image_size"]).to(device)
+    model = models.from_arch(arch).to(device)
     data = DeviceData(prepared, split, device)
     model.load_state_dict(checkpoint_state)
     theta_c = flat_weights(model).cpu()

@@ -41,21 +41,30 @@ class ResumeState:
         self.stop_requested = True
         self.log("SIGTERM: saving the state at the end of this epoch, then stopping")
 
-    def load(self) -> dict | None:
+    def restore(self, parts: dict) -> list[dict]:
+        """Load a saved state into `parts` (name -> object with load_state_dict, or a torch
+        Generator; None is skipped) and return the metrics rows so far; [] when there is none."""
         if not self.path.exists():
-            return None
+            return []
         state = storage.load_torch(self.path)
         if state.get("fingerprint") != self.fingerprint:
             self.log(f"ignoring {self.path}: it was written under other settings or inputs")
-            return None
+            return []
+        for name, obj in parts.items():
+            if isinstance(obj, torch.Generator):
+                obj.set_state(state[name])
+            elif obj is not None:
+                obj.load_state_dict(state[name])
+        torch.set_rng_state(state["torch_rng"])
         self.log(f"resuming from {self.path} after epoch {state['rows'][-1]['epoch']}")
-        return state
+        return state["rows"]
 
-    def save_if_due(self, make_state, rows: list[dict]) -> None:
+    def save_if_due(self, parts: dict, rows: list[dict]) -> None:
         """Save after every `every` epochs, and at once when SIGTERM arrived (then exit)."""
         if len(rows) % self.every and not self.stop_requested:
             return
-        state = make_state()
+        state = {name: obj.get_state() if isinstance(obj, torch.Generator) else obj.state_dict()
+                 for name, obj in parts.items() if obj is not None}
         state.update(fingerprint=self.fingerprint, rows=rows, torch_rng=torch.get_rng_state())
         storage.save_torch(state, self.path)
         if self.stop_requested:

@@ -77,9 +77,9 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
     With a penalty, the distances are measured to its first centre (the checkpoint the run starts
     from) and to the nearest active centre. A loss that becomes NaN or inf stops the run early;
     its last row has `diverged` set. `data_rng` (a checkpoint's data generator state) continues
-    that run's data order instead of starting one from `cfg.seed`. With `resume`, the run continues from a saved state if there
-    is one, and saves its own as it goes. `on_epoch_end(epochs_done, model)` is called after
-    every epoch (to save snapshots, for instance).
+    that run's data order instead of starting one from `cfg.seed`. With `resume`, the run
+    continues from a saved state if there is one, and saves its own as it goes.
+    `on_epoch_end(epochs_done, model)` is called after every epoch (to save snapshots).
     """
     params = trainable_parameters(model)
     train, val, test = (DeviceData(prepared, split, device) for split in ("train", "val", "test"))
@@ -97,22 +97,10 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
     origin = penalty.centers[0] if penalty is not None and penalty.centers else None
     origin_norm = flat_norm(origin).item() if origin is not None else None
 
-    rows = []
-    state = resume.load() if resume is not None else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["data_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if penalty is not None:
-            penalty.load_state_dict(state["penalty"])
-        rows = state["rows"]
-
-    def snapshot():
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "data_rng": generator.get_state(),
-                "penalty": penalty.state_dict() if penalty is not None else {}}
+    # everything that decides the rest of the run, for a resumable state
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "data_rng": generator,
+             "penalty": penalty}
+    rows = resume.restore(parts) if resume is not None else []
 
     for epoch in range(first_epoch + len(rows), first_epoch + cfg.epochs):
         model.train()
@@ -170,5 +158,5 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
         if on_epoch_end is not None:
             on_epoch_end(len(rows), model)
         if resume is not None:
-            resume.save_if_due(snapshot, rows)
+            resume.save_if_due(parts, rows)
     return rows, optimizer, generator

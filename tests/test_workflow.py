@@ -172,6 +172,10 @@ def test_every_ensemble_method_is_evaluated_from_stored_predictions(tmp_path):
     assert sorted(curves["m"].unique()) == [1, 2]
     pairs = pd.read_parquet(tmp_path / "results/aggregate/ensemble_pairs.parquet")
     assert len(pairs) == 4  # one pair per method
+    between = pd.read_parquet(tmp_path / "results/aggregate/member_landscape.parquet")
+    assert sorted(between["method"].unique()) == sorted(summary["method"])
+    assert (between.groupby("method")["pair"].nunique() == 1).all()  # 2 members: one line each
+    assert (summary["mean_member_barrier"] >= 0).all()
     for figure in ("ensemble_accuracy", "ensemble_disagreement", "diversity_vs_distance"):
         assert (tmp_path / f"results/plots/{figure}.png").read_bytes()[:4] == b"\x89PNG"
     # members of the snapshot methods: one per cycle of the first seed's run (epochs 3 and 4)

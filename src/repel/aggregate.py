@@ -61,8 +61,9 @@ def aggregate(paths, labels: dict[str, str], out_dir: Path) -> None:
     storage.save_text("# Continuation runs: final metrics\n\n" + summary_markdown(summary), out_dir / "summary.md")
 
 
-def aggregate_ensembles(paths, out_dir: Path) -> None:
-    """Stored member predictions -> ensemble metrics for m = 1..M, pairwise diversity, a summary.
+def aggregate_ensembles(paths, landscape_paths, out_dir: Path) -> None:
+    """Stored member predictions -> ensemble metrics for m = 1..M, pairwise diversity, a summary
+    with the mean loss barrier between consecutive members (from `landscape --between`).
 
     Only tensors already on disk are read: another m or metric never re-runs a network.
     """
@@ -81,10 +82,16 @@ def aggregate_ensembles(paths, out_dir: Path) -> None:
     final = curves.loc[curves.groupby(["dataset", "model", "method"])["m"].idxmax()]
     summary = final.merge(pairs.groupby(["dataset", "model", "method"])["disagreement"].mean().rename("mean_disagreement"),
                           on=["dataset", "model", "method"])
-    summary = summary[["dataset", "model", "method", "m", "accuracy", "nll", "ece", "brier",
-                       "mean_member_accuracy", "gain", "mean_disagreement"]].rename(columns={"m": "members"})
+    landscape = pd.concat([pd.read_parquet(p) for p in landscape_paths], ignore_index=True)
+    landscape = landscape.rename(columns={"run": "method"})
+    barriers = landscape.groupby(["dataset", "model", "method", "pair"])["barrier"].first()
+    summary = summary.merge(barriers.groupby(["dataset", "model", "method"]).mean().rename("mean_member_barrier"),
+                            on=["dataset", "model", "method"])
+    summary = summary[["dataset", "model", "method", "m", "accuracy", "nll", "ece", "brier", "mean_member_accuracy",
+                       "gain", "mean_disagreement", "mean_member_barrier"]].rename(columns={"m": "members"})
     storage.save_parquet(curves, out_dir / "ensembles.parquet")
     storage.save_parquet(pairs, out_dir / "ensemble_pairs.parquet")
+    storage.save_parquet(landscape, out_dir / "member_landscape.parquet")
     storage.save_text(summary.to_csv(index=False), out_dir / "ensemble_summary.csv")
     storage.save_text("# Ensembles at an equal epoch budget\n\n" + summary.to_markdown(index=False, floatfmt=".4f") + "\n",
                       out_dir / "ensemble_summary.md")

@@ -156,21 +156,28 @@ def cmd_landscape(args) -> None:
     device = _setup(args)
     prepared = data_mod.load(args.data)
     ckpt = storage.load_torch(args.checkpoint)
-    arch = ckpt["arch"]
-    model = models.from_arch(arch).to(device)
+    model = models.from_arch(ckpt["arch"]).to(device)
     train, val = (data_mod.DeviceData(prepared, split, device) for split in ("train", "val"))
-    df = interpolate(model, ckpt["model"], storage.load_torch(args.weights), alphas(args.steps), train, val,
-                     bn_batches=args.bn_batches)
-    df = df.assign(split="val", dataset=prepared["name"], model=arch["model"], run=args.run,
-                   seed=ckpt["config"]["seed"], barrier=barrier(df))
+    # from the checkpoint to the run, or (--between) from each weights file to the next
+    ends = [args.checkpoint, *args.weights] if not args.between else list(args.weights)
+    if len(ends) < 2:
+        raise ValueError("--between needs at least two --weights files")
+    states = [ckpt["model"] if path == args.checkpoint else storage.load_torch(path) for path in ends]
+    frames = []
+    for pair, (start, end) in enumerate(zip(states, states[1:])):
+        df = interpolate(model, start, end, alphas(args.steps), train, val, bn_batches=args.bn_batches)
+        frames.append(df.assign(pair=pair, start=str(ends[pair]), end=str(ends[pair + 1]), barrier=barrier(df)))
+        _log(f"loss barrier from {ends[pair]} to {ends[pair + 1]}: {barrier(df):.4g}")
+    df = pd.concat(frames, ignore_index=True).assign(
+        split="val", dataset=prepared["name"], model=ckpt["arch"]["model"], run=args.run, seed=ckpt["config"]["seed"])
     storage.save_parquet(df, args.out)
-    _log(f"loss barrier between checkpoint and run: {barrier(df):.4g} -> {args.out}")
+    _log(f"-> {args.out}")
 
 
 def cmd_ensembles(args) -> None:
     from .aggregate import aggregate_ensembles
 
-    aggregate_ensembles(args.predictions, Path(args.out_dir))
+    aggregate_ensembles(args.predictions, args.member_landscapes, Path(args.out_dir))
     _log(f"evaluated {len(args.predictions)} ensembles -> {args.out_dir}")
 
 
@@ -283,9 +290,11 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("landscape", help="loss and error along the line from the checkpoint to a run")
     p.add_argument("--data", required=True)
     p.add_argument("--checkpoint", required=True, help="theta_c: the base checkpoint")
-    p.add_argument("--weights", required=True, help="theta: the run's final.pt")
+    p.add_argument("--weights", nargs="+", required=True, help="theta: the run's final.pt")
+    p.add_argument("--between", action="store_true",
+                   help="lines between consecutive --weights files (ensemble members) instead")
     p.add_argument("--steps", type=int, default=21, help="points on alpha in [-0.5, 1.5] (default %(default)s)")
-    p.add_argument("--run", required=True, help="run id, recorded")
+    p.add_argument("--run", required=True, help="run id (or ensemble method), recorded")
     p.add_argument("--bn-batches", type=int, default=50,
                    help="training batches (of 128) to recompute BatchNorm statistics at each alpha")
     p.add_argument("--device", default="auto")
@@ -295,6 +304,8 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ensembles", help="ensemble metrics from stored predictions")
     p.add_argument("--predictions", nargs="+", required=True, help="files written by predict")
+    p.add_argument("--member-landscapes", nargs="+", required=True,
+                   help="landscape --between files: the lines between consecutive members")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_ensembles)
 

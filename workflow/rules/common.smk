@@ -92,6 +92,10 @@ def get_predictions():
     )
 
 
+def get_member_landscapes():
+    return [path.replace("predictions.pt", "member_landscape.parquet") for path in get_predictions()]
+
+
 def get_landscapes():
     return [path.replace("metrics.parquet", "landscape.parquet") for path in get_run_metrics()]
 

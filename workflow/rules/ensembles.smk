@@ -22,12 +22,38 @@ rule predict:
         "--threads {threads} --out {output} > {log} 2>&1"
 
 
+rule member_landscape:
+    input:
+        unpack(get_ensemble_inputs),
+        data="results/data/{dataset}.pt",
+    output:
+        "results/ensembles/{dataset}/{model}/{method}/member_landscape.parquet",
+    log:
+        "results/logs/member_landscape/{dataset}/{model}/{method}.log",
+    params:
+        members=get_ensemble_members,
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        gres=get_gres(),
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=config["resources"]["runtime"],
+    conda:
+        "../../envs/repel.yaml"
+    shell:
+        "python -m repel landscape --between --data {input.data} --checkpoint {input.checkpoint} "
+        "--weights {params.members} --run {wildcards.method} --device {params.device} "
+        "--threads {threads} --out {output} > {log} 2>&1"
+
+
 rule evaluate_ensembles:
     input:
-        get_predictions(),
+        predictions=get_predictions(),
+        landscapes=get_member_landscapes(),
     output:
         curves="results/aggregate/ensembles.parquet",
         pairs="results/aggregate/ensemble_pairs.parquet",
+        landscape="results/aggregate/member_landscape.parquet",
         summary=report(
             "results/aggregate/ensemble_summary.csv",
             caption="../report/ensemble_summary.rst",
@@ -41,7 +67,8 @@ rule evaluate_ensembles:
     conda:
         "../../envs/repel.yaml"
     shell:
-        "python -m repel ensembles --predictions {input} --out-dir {params.out_dir} > {log} 2>&1"
+        "python -m repel ensembles --predictions {input.predictions} "
+        "--member-landscapes {input.landscapes} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule plot_ensembles:

@@ -2,6 +2,7 @@
 
 import copy
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -184,3 +185,14 @@ def test_every_ensemble_method_is_evaluated_from_stored_predictions(tmp_path):
     # evaluating again (another metric, another m) re-runs no network, only the evaluation and its plots
     jobs = planned_jobs(snakemake(tmp_path, config, "-n", "--forcerun", "evaluate_ensembles"))
     assert jobs == {"evaluate_ensembles": 1, "plot_ensembles": 1, "all": 1}
+
+
+def test_a_lost_table_is_made_again_even_if_no_rule_reads_it(finished, tmp_path):
+    table = finished / "results/aggregate/summary.parquet"
+    kept = tmp_path / "summary.parquet"
+    shutil.copy2(table, kept)
+    table.unlink()
+    try:
+        assert "aggregate" in planned_jobs(snakemake(finished, TINY, "-n"))
+    finally:
+        shutil.copy2(kept, table)

@@ -125,14 +125,16 @@ def get_labels():
 
 
 def get_final_outputs():
-    outputs = [
-        "results/aggregate/metrics.parquet",
-        "results/aggregate/summary.md",
-        *expand("results/plots/{figure}.{ext}", figure=FIGURES, ext=["png", "pdf"]),
-    ]
+    """Every table and figure, so that snakemake checks (and makes) each of them, not only the
+    ones a later rule reads."""
+    outputs = expand("results/aggregate/{table}", table=["metrics.parquet", "summary.md", "summary.csv", "summary.parquet"])
+    outputs += expand("results/plots/{figure}.{ext}", figure=FIGURES, ext=["png", "pdf"])
     if config["landscape"]:
+        outputs += ["results/aggregate/landscape.parquet"]
         outputs += expand("results/plots/landscape.{ext}", ext=["png", "pdf"])
     if ENSEMBLES:
-        outputs += ["results/aggregate/ensemble_summary.md"]
+        tables = ["ensembles.parquet", "ensemble_pairs.parquet", "member_landscape.parquet", "ensemble_summary.csv",
+                  "ensemble_summary.md"]
+        outputs += expand("results/aggregate/{table}", table=tables)
         outputs += expand("results/plots/{figure}.{ext}", figure=ENSEMBLE_FIGURES, ext=["png", "pdf"])
     return outputs

@@ -196,3 +196,17 @@ def test_a_lost_table_is_made_again_even_if_no_rule_reads_it(finished, tmp_path)
         assert "aggregate" in planned_jobs(snakemake(finished, TINY, "-n"))
     finally:
         shutil.copy2(kept, table)
+
+
+def test_the_report_embeds_the_figures_and_tables(finished):
+    result = snakemake(finished, TINY, "--report", str(finished / "report.html"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = (finished / "report.html").read_text()
+    for name in ("val_acc.png", "distance.png", "landscape.png", "summary.csv"):
+        assert name in html, name
+
+
+def test_the_local_profile_is_valid():
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/local", "-n", "--quiet"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]

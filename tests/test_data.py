@@ -1,7 +1,6 @@
 import struct
 
 import numpy as np
-import pytest
 import torch
 
 from repel import data

@@ -213,6 +213,11 @@ def cmd_plot(args) -> None:
         _log(f"wrote {path}")
 
 
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+
+
 def _add_training_args(p: argparse.ArgumentParser, epochs_help: str) -> None:
     d = TrainConfig(epochs=0)
     p.add_argument("--data", required=True, help="prepared dataset file (python -m repel prepare)")
@@ -227,8 +232,7 @@ def _add_training_args(p: argparse.ArgumentParser, epochs_help: str) -> None:
     p.add_argument("--t0", type=int, default=d.t0, help="epochs of the first cycle (cosine_restarts)")
     p.add_argument("--t-mult", type=int, default=d.t_mult, help="cycle length multiplier (cosine_restarts)")
     p.add_argument("--eta-min", type=float, default=d.eta_min, help="lowest lr (cosine schedules)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    _add_device_args(p)
     p.add_argument("--save-every", type=int, default=0,
                    help="save a resumable state to OUT_DIR/resume.pt every N epochs (0: never)")
     p.add_argument("--out-dir", required=True)
@@ -282,8 +286,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="the base checkpoint the members started from")
     p.add_argument("--members", nargs="+", required=True, help="members' weight files, oldest first")
     p.add_argument("--method", required=True, help="ensemble method name, recorded")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
+    _add_device_args(p)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_predict)
 
@@ -297,8 +300,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run id (or ensemble method), recorded")
     p.add_argument("--bn-batches", type=int, default=50,
                    help="training batches (of 128) to recompute BatchNorm statistics at each alpha")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
+    _add_device_args(p)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_landscape)
 

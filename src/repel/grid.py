@@ -94,13 +94,15 @@ def ensemble_variants(ens: dict) -> dict[str, dict]:
 
 
 def ensemble_plan(ens: dict, defaults: dict) -> dict[str, dict]:
-    """method -> {"run": run id, "seeds": members' seeds, "epochs": members' epochs after the checkpoint}."""
+    """method -> {"run": run id, "seeds": members' seeds, "snapshot_every": epochs between saved
+    members, "epochs": members' epochs after the checkpoint}."""
+    budget = ens["members"] * ens["cycle"]
     plan = {}
     for method, variant in ensemble_variants(ens).items():
-        rid = run_id(resolve_variant(defaults, variant))
-        budget = ens["members"] * ens["cycle"]
-        epochs = [budget] if method == "independent" else list(range(ens["cycle"], budget + 1, ens["cycle"]))
-        plan[method] = {"run": rid, "seeds": variant["seeds"], "epochs": epochs}
+        # snapshot methods: a member every cycle; independent seeds: each run's end
+        every = budget if method == "independent" else ens["cycle"]
+        plan[method] = {"run": run_id(resolve_variant(defaults, variant)), "seeds": variant["seeds"],
+                        "snapshot_every": every, "epochs": list(range(every, budget + 1, every))}
     return plan
 
 

@@ -123,10 +123,10 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
         train_seconds = time.perf_counter() - start
         evals = torch.cat([sums, evaluate(model, val), evaluate(model, test), flat_norm(params).view(1)])
         if origin is not None:  # first checkpoint, nearest active centre, every checkpoint
-            dist_to_origin = flat_norm(torch._foreach_sub([p.detach() for p in params], origin))
-            nearest = penalty.sq_distances(params).min().sqrt()
-            to_each = penalty.sq_distances(params, penalty.checkpoints).sqrt()
-            evals = torch.cat([evals, dist_to_origin.view(1), nearest.view(1), to_each])
+            to_each = penalty.sq_distances(params, penalty.checkpoints).sqrt()  # [0]: the first
+            # the active centres are the checkpoints themselves unless they are merged
+            nearest = penalty.sq_distances(params).min().sqrt() if penalty.merged else to_each.min()
+            evals = torch.cat([evals, to_each[:1], nearest.view(1), to_each])
         values = evals.tolist()  # the epoch's one synchronisation
         seconds = time.perf_counter() - start
         ce_sum, correct, pen_sum, ratio_sum, val_loss, val_acc, test_loss, test_acc, weight_norm = values[:9]

@@ -53,18 +53,19 @@ def get_gres():
 
 def get_snapshot_every(wildcards):
     """Epochs between saved members, for runs an ensemble method takes members from (else 0)."""
-    every = [
-        plan["epochs"][0] if len(plan["epochs"]) == 1 else plan["epochs"][1] - plan["epochs"][0]
-        for plan in ENSEMBLE_PLAN.values()
-        if plan["run"] == wildcards.run
-    ]
+    every = [plan["snapshot_every"] for plan in ENSEMBLE_PLAN.values() if plan["run"] == wildcards.run]
     return math.gcd(*every) if every else 0
+
+
+def get_ensemble_run_dir(wildcards):
+    """The directory of the run an ensemble method takes its members from."""
+    return f"results/continue/{wildcards.dataset}/{wildcards.model}/{ENSEMBLE_PLAN[wildcards.method]['run']}"
 
 
 def get_ensemble_inputs(wildcards):
     """The member runs' metrics (they finish after their snapshots) and the first seed's base."""
     plan = ENSEMBLE_PLAN[wildcards.method]
-    run_dir = f"results/continue/{wildcards.dataset}/{wildcards.model}/{plan['run']}"
+    run_dir = get_ensemble_run_dir(wildcards)
     return {
         "checkpoint": f"results/base/{wildcards.dataset}/{wildcards.model}/seed{plan['seeds'][0]}/checkpoint.pt",
         "runs": [f"{run_dir}/seed{seed}/metrics.parquet" for seed in plan["seeds"]],
@@ -75,7 +76,7 @@ def get_ensemble_members(wildcards):
     """Members' weight files, oldest first: snapshots of the method's run (one per seed for independent)."""
     plan = ENSEMBLE_PLAN[wildcards.method]
     base_epochs = config["base"]["epochs"]
-    run_dir = f"results/continue/{wildcards.dataset}/{wildcards.model}/{plan['run']}"
+    run_dir = get_ensemble_run_dir(wildcards)
     return [
         f"{run_dir}/seed{seed}/snapshots/epoch{base_epochs + epoch}.pt"
         for seed in plan["seeds"]

@@ -6,6 +6,8 @@
 #       snakemake --cores all --configfile config/other.yaml
 # Every stage is a rule calling `python -m repel <stage>`; see README.md.
 
+import re
+
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -28,8 +30,9 @@ wildcard_constraints:
     dataset="|".join(config["datasets"]),
     model="|".join(config["models"]),
     seed=r"\d+",
-    run="|".join(RUNS),
+    run="|".join(map(re.escape, RUNS)),
     method="|".join(grid.ENSEMBLE_METHODS),
+    family="|".join(FAMILIES),
 
 
 # Short jobs run where snakemake runs (on a cluster: the login node, which also has the network
@@ -40,7 +43,7 @@ localrules:
     aggregate,
     aggregate_landscape,
     evaluate_ensembles,
-    plot,
+    plot_family,
     plot_landscape,
     plot_ensembles,
 

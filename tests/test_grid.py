@@ -5,11 +5,13 @@ from repel import grid
 DEFAULTS = {"epochs": 30, "lr": 0.01, "schedule": "constant", "kernel": "rbf", "width": 1.0, "distance": "sum"}
 
 
+def points(*pts: dict) -> dict:
+    """A continuation block with one family of explicit points."""
+    return {"defaults": DEFAULTS, "families": {"f": {"points": list(pts)}}}
+
+
 def test_every_variant_brings_its_control():
-    runs = grid.expand({"defaults": DEFAULTS, "variants": [
-        {"name": "push", "strength": 1},
-        {"name": "fast", "strength": 1, "lr": 0.1},
-    ]}, seeds=[0, 1])
+    runs = grid.expand(points({"strength": 1}, {"strength": 1, "lr": 0.1}), seeds=[0, 1])
     assert set(runs) == {"s1-rbf-w1_lr0.01-const-e30", "s0_lr0.01-const-e30",
                          "s1-rbf-w1_lr0.1-const-e30", "s0_lr0.1-const-e30"}
     assert runs["s1-rbf-w1_lr0.1-const-e30"]["control"] == "s0_lr0.1-const-e30"
@@ -18,10 +20,10 @@ def test_every_variant_brings_its_control():
 
 
 def test_gamma_replaces_the_default_width_and_ids_name_the_parameters():
-    runs = grid.expand({"defaults": DEFAULTS, "variants": [
-        {"name": "wide", "strength": 10, "gamma": 1e-4, "kernel": "laplacian", "distance": "mean",
+    runs = grid.expand(points(
+        {"strength": 10, "gamma": 1e-4, "kernel": "laplacian", "distance": "mean",
          "schedule": "cosine_restarts", "t0": 5, "t_mult": 2, "seeds": [3]},
-    ]}, seeds=[0])
+    ), seeds=[0])
     rid = "s10-laplacian-g0.0001-mean_lr0.01-sgdr5x2-e30"
     assert runs[rid]["params"]["width"] is None and runs[rid]["params"]["gamma"] == 1e-4
     assert runs[rid]["seeds"] == [3]
@@ -30,7 +32,7 @@ def test_gamma_replaces_the_default_width_and_ids_name_the_parameters():
 
 
 def test_an_explicit_zero_strength_is_the_shared_control():
-    runs = grid.expand({"defaults": DEFAULTS, "variants": [{"name": "ctl", "strength": 0, "width": 3}]}, seeds=[0])
+    runs = grid.expand(points({"strength": 0, "width": 3}), seeds=[0])
     assert list(runs) == ["s0_lr0.01-const-e30"]
     assert runs["s0_lr0.01-const-e30"]["params"]["kernel"] == "none"
 
@@ -46,11 +48,11 @@ def test_schedules_are_named_with_their_settings(schedule, extra, part):
 
 
 def test_repeated_and_merged_checkpoints_are_named_and_passed_on():
-    runs = grid.expand({"defaults": DEFAULTS, "variants": [
-        {"name": "multiple", "strength": 1, "checkpoint_every": 5},
-        {"name": "merged", "strength": 1, "checkpoint_every": 5, "merge": True},
-        {"name": "merge alone does nothing", "strength": 1, "merge": True},
-    ]}, seeds=[0])
+    runs = grid.expand(points(
+        {"strength": 1, "checkpoint_every": 5},
+        {"strength": 1, "checkpoint_every": 5, "merge": True},
+        {"strength": 1, "merge": True},  # one checkpoint: nothing to merge
+    ), seeds=[0])
     assert set(runs) == {"s1-rbf-w1-every5_lr0.01-const-e30", "s1-rbf-w1-every5-merged_lr0.01-const-e30",
                          "s1-rbf-w1_lr0.01-const-e30", "s0_lr0.01-const-e30"}
     merged = grid.cli_args(runs["s1-rbf-w1-every5-merged_lr0.01-const-e30"]["params"])
@@ -63,7 +65,7 @@ ENSEMBLES = {"members": 3, "cycle": 4, "strength": 10, "width": 0.5, "lr": 0.05,
 
 def test_every_ensemble_method_trains_the_same_epoch_budget():
     plan = grid.ensemble_plan(ENSEMBLES, DEFAULTS)
-    runs = grid.expand({"defaults": DEFAULTS, "variants": [{"name": "push", "strength": 1}]}, [0], ENSEMBLES)
+    runs = grid.expand(points({"strength": 1}), [0], ENSEMBLES)
     assert set(plan) == set(grid.ENSEMBLE_METHODS)
     for method, p in plan.items():
         assert runs[p["run"]]["params"]["epochs"] == 12, method  # 3 members x 4 epochs
@@ -74,3 +76,35 @@ def test_every_ensemble_method_trains_the_same_epoch_budget():
     assert plan["independent"]["run"] == "s0_lr0.05-const-e12"
     assert plan["distance"]["epochs"] == [4, 8, 12] and plan["distance"]["seeds"] == [0]
     assert plan["independent"]["epochs"] == [12] and plan["independent"]["seeds"] == [0, 1, 2]
+
+
+def test_a_sweep_expands_into_every_combination_over_the_fixed_settings():
+    family = {"fixed": {"width": 0.5}, "sweep": {"lr": [0.001, 0.1], "strength": [0, 10]}}
+    cont = {"defaults": DEFAULTS, "families": {"lr": family}}
+    runs = grid.expand(cont, seeds=[0])
+    assert set(runs) == {"s0_lr0.001-const-e30", "s10-rbf-w0.5_lr0.001-const-e30",
+                         "s0_lr0.1-const-e30", "s10-rbf-w0.5_lr0.1-const-e30"}
+    assert runs["s10-rbf-w0.5_lr0.1-const-e30"]["labels"] == ["lr"]
+    assert runs["s0_lr0.1-const-e30"]["labels"] == ["control"]  # an s = 0 point is its own control
+    spec = grid.families(cont)["lr"]
+    assert sorted(spec["runs"]) == sorted(runs) and spec["varying"] == ["lr", "strength"]
+    assert spec["x"] == "lr" and spec["figure"] == "curves" and spec["panels"] == ["val_acc", "dist"]
+
+
+def test_families_share_their_common_points_and_label_them_with_each_family():
+    cont = {"defaults": {**DEFAULTS, "strength": 10}, "families": {
+        "baseline": {"sweep": {"strength": [10]}},
+        "width": {"sweep": {"width": [0.5, 1.0]}},
+        "kernel": {"sweep": {"kernel": ["rbf", "imq"]}},
+    }}
+    runs = grid.expand(cont, seeds=[0])
+    assert set(runs) == {"s0_lr0.01-const-e30", "s10-rbf-w1_lr0.01-const-e30", "s10-rbf-w0.5_lr0.01-const-e30",
+                         "s10-imq-w1_lr0.01-const-e30"}
+    assert runs["s10-rbf-w1_lr0.01-const-e30"]["labels"] == ["baseline", "width", "kernel"]
+    assert grid.families(cont)["width"]["runs"] == ["s0_lr0.01-const-e30", "s10-rbf-w0.5_lr0.01-const-e30",
+                                                   "s10-rbf-w1_lr0.01-const-e30"]
+
+
+def test_a_point_without_strength_is_an_error_that_names_the_family():
+    with pytest.raises(ValueError, match="continuation.families.width: a grid point has no strength"):
+        grid.expand({"defaults": DEFAULTS, "families": {"width": {"sweep": {"width": [1.0]}}}}, seeds=[0])

@@ -16,8 +16,10 @@ FINAL_METRICS = {"val_acc": "final_val_acc", "test_acc": "final_test_acc", "dist
 
 
 def combine(paths, labels: dict[str, str]) -> pd.DataFrame:
-    """One row per run and epoch; `label` names the variant, `control` the run it is compared with."""
-    df = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    """One row per run and epoch; `label` names the run's families, `control` the run it is compared
+    with. The per-step learning rates stay in each run's own table: at the study's scale they
+    would make this one hundreds of times larger, and `lr` (the epoch's first) draws the schedule."""
+    df = pd.concat([pd.read_parquet(p).drop(columns="lr_steps", errors="ignore") for p in paths], ignore_index=True)
     is_run = df["phase"] == "continue"
     df["label"] = df["run"].map(lambda r: labels.get(r, r))
     df["control"] = df["run"]
@@ -30,7 +32,9 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     base = df[df["phase"] == "base"].groupby(["dataset", "model", "seed"])["val_acc"].last().rename("checkpoint_val_acc")
     runs = df[df["phase"] == "continue"].groupby(RUN_KEYS + ["seed"], sort=True)
     out = runs[GRID_COLUMNS].first()
-    out = out.join(runs[list(FINAL_METRICS)].last().rename(columns=FINAL_METRICS))
+    last = df[df["phase"] == "continue"].sort_values("epoch").groupby(RUN_KEYS + ["seed"]).tail(1)
+    # the last epoch's values, NaN included (GroupBy.last would skip back to a finite one)
+    out = out.join(last.set_index(RUN_KEYS + ["seed"])[list(FINAL_METRICS)].rename(columns=FINAL_METRICS))
     out["min_val_acc"] = runs["val_acc"].min()
     out["diverged"] = runs["diverged"].any()
     out = out.reset_index().join(base, on=["dataset", "model", "seed"])

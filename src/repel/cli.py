@@ -200,7 +200,9 @@ def cmd_plot(args) -> None:
 
     out, written = Path(args.out_dir), []
     if args.metrics:
-        written += plots.plot_all(pd.read_parquet(args.metrics), out, args.formats)
+        if not (args.family and args.spec):
+            raise ValueError("--metrics needs --family and --spec: the figures are drawn one family at a time")
+        written += plots.plot_family(pd.read_parquet(args.metrics), args.family, json.loads(args.spec), out, args.formats)
     if args.landscape:
         written += plots.plot_landscape(pd.read_parquet(args.landscape), out, args.formats)
     if args.ensembles:
@@ -317,7 +319,9 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_aggregate_landscape)
 
     p = sub.add_parser("plot", help="figures from the aggregated tables")
-    p.add_argument("--metrics", help="metrics.parquet: accuracy and distance curves")
+    p.add_argument("--metrics", help="metrics.parquet: one family's figure (with --family and --spec)")
+    p.add_argument("--family", help="the family's name: the figure's file name")
+    p.add_argument("--spec", help="the family as JSON: runs, varying keys, figure, panels, x (grid.families)")
     p.add_argument("--landscape", help="landscape.parquet: loss along the line from the checkpoint")
     p.add_argument("--ensembles", help="ensembles.parquet: ensemble metrics vs members")
     p.add_argument("--pairs", help="ensemble_pairs.parquet: pairwise diversity")

@@ -1,11 +1,16 @@
-"""The continuation grid: config variants -> runs with stable, readable ids.
+"""The continuation grid: config families -> runs with stable, readable ids.
 
-A run id names every parameter that makes the run what it is, e.g.
+A family is one question of the study (strength, width, kernel, ...): a block of the config whose
+`sweep` lists expand, in every combination, into grid points over the family's `fixed` settings
+and the continuation defaults. A run id names every parameter that makes the run what it is, e.g.
 `s1-rbf-w0.5_lr0.01-const-e30`: penalty part, then training part. Its control (the same training
-with s = 0) is `s0_lr0.01-const-e30`; every variant gets one, so the control is always run.
+with s = 0) is `s0_lr0.01-const-e30`; every grid point gets one, so the control is always run.
+Points that two families share (the default s and sigma, say) are one run.
 """
 
 from __future__ import annotations
+
+import itertools
 
 PENALTY_KEYS = ("strength", "kernel", "width", "gamma", "distance", "checkpoint_every", "merge")
 TRAINING_KEYS = ("lr", "schedule", "epochs", "step_size", "step_gamma", "t0", "t_mult", "eta_min")
@@ -22,7 +27,9 @@ PENALTY_DEFAULTS = {"checkpoint_every": 0, "merge": False}  # one checkpoint, on
 
 
 def _num(x) -> str:
-    return format(x, "g")
+    """Shortest readable form: 0.01, 1e6, 1e-5 (no '+' or padded exponents in file names)."""
+    mantissa, _, exponent = format(x, "g").partition("e")
+    return f"{mantissa}e{int(exponent)}" if exponent else mantissa
 
 
 def penalty_part(p: dict) -> str:
@@ -77,6 +84,39 @@ def resolve_variant(defaults: dict, variant: dict) -> dict:
     return params
 
 
+def family_points(family: dict) -> list[dict]:
+    """A family block -> its grid points (unresolved): each of its `points` (or one empty point)
+    with every combination of the `sweep` lists, over the family's `fixed` settings."""
+    sweep = family.get("sweep", {})
+    combos = [dict(zip(sweep, values)) for values in itertools.product(*sweep.values())]
+    return [{**family.get("fixed", {}), **point, **combo} for point in family.get("points", [{}]) for combo in combos]
+
+
+def resolve_point(defaults: dict, point: dict, family: str) -> dict:
+    if "strength" not in point and "strength" not in defaults:
+        raise ValueError(f"continuation.families.{family}: a grid point has no strength; give one in the "
+                         "family's fixed, sweep or points, or in continuation.defaults")
+    return resolve_variant(defaults, point)
+
+
+def families(continuation: dict) -> dict[str, dict]:
+    """family -> {"runs": its run ids and their controls, "varying": the keys its points set
+    (for legends), "figure", "panels", "x": the first swept key (the x axis of a 'final' figure)}."""
+    out = {}
+    for name, family in continuation["families"].items():
+        runs = []
+        for point in family_points(family):
+            params = resolve_point(continuation["defaults"], point, name)
+            for rid in (control_id(run_id(params)), run_id(params)):
+                if rid not in runs:
+                    runs.append(rid)
+        varying = list(family.get("sweep", {}))
+        varying += [k for p in family.get("points", []) for k in p if k not in varying + ["name", "seeds"]]
+        out[name] = {"runs": runs, "varying": varying, "figure": family.get("figure", "curves"),
+                     "panels": family.get("panels", ["val_acc", "dist"]), "x": (varying or [None])[0]}
+    return out
+
+
 def ensemble_variants(ens: dict) -> dict[str, dict]:
     """method -> the grid variant whose run gives its members; each trains members x cycle epochs."""
     cycle = ens["cycle"]
@@ -107,8 +147,9 @@ def ensemble_plan(ens: dict, defaults: dict) -> dict[str, dict]:
 
 
 def expand(continuation: dict, seeds: list[int], ensembles: dict | None = None) -> dict[str, dict]:
-    """run id -> {"params", "seeds", "labels", "control"} for every variant and its control,
-    and for the runs the ensemble methods take their members from."""
+    """run id -> {"params", "seeds", "labels", "control"} for every family's grid points and their
+    controls, and for the runs the ensemble methods take their members from. A run's labels are
+    the families it belongs to ("control" for s = 0)."""
     runs: dict[str, dict] = {}
 
     def add(params: dict, run_seeds: list[int], label: str) -> str:
@@ -119,15 +160,20 @@ def expand(continuation: dict, seeds: list[int], ensembles: dict | None = None) 
             run["labels"].append(label)
         return rid
 
-    variants = list(continuation["variants"])
+    default_seeds = continuation["defaults"].get("seeds", seeds)
+    for name, family in continuation["families"].items():
+        for point in family_points(family):
+            params = resolve_point(continuation["defaults"], point, name)
+            run_seeds = point.get("seeds", default_seeds)
+            add(control_of(params), run_seeds, CONTROL_LABEL)
+            if params["strength"] != 0:
+                add(params, run_seeds, name)
     if ensembles:
-        variants += [{"name": f"ensemble: {ENSEMBLE_METHODS[m]}", **v} for m, v in ensemble_variants(ensembles).items()]
-    for variant in variants:
-        params = resolve_variant(continuation["defaults"], variant)
-        run_seeds = variant.get("seeds", continuation["defaults"].get("seeds", seeds))
-        add(control_of(params), run_seeds, CONTROL_LABEL)
-        # a variant without penalty is a control; its own name (e.g. an SGDR ensemble) says what for
-        add(params, run_seeds, variant["name"])
+        for method, variant in ensemble_variants(ensembles).items():
+            params = resolve_variant(continuation["defaults"], variant)
+            add(control_of(params), variant["seeds"], CONTROL_LABEL)
+            # an ensemble's run without penalty is a control; its label says what it is for
+            add(params, variant["seeds"], f"ensemble: {ENSEMBLE_METHODS[method]}")
     return runs
 
 

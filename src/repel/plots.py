@@ -1,7 +1,8 @@
-"""Figures from the aggregated metrics table: the source study's curves, control vs each variant.
+"""Figures from the aggregated tables: one per family of the grid, the landscape, the ensembles.
 
-One panel per dataset/model. Several seeds are drawn as their mean with a min–max band. The base
-training before the checkpoint is grey, the control (s = 0) red, as in the source's figures.
+A family's figure has a row per dataset/model and a column per metric. Several seeds are drawn as
+their mean with a min–max band (curves) or mean ± 1 std (final values). The base training before
+the checkpoint is grey, the control (s = 0) red, as in the source's figures.
 """
 
 from __future__ import annotations
@@ -19,31 +20,44 @@ import pandas as pd  # noqa: E402
 CONTROL_COLORS = ["tab:red", "darkred", "lightcoral", "orangered"]
 VARIANT_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
                   "tab:olive", "tab:cyan", "navy", "teal", "goldenrod"]  # no red: red is the control
-FIGURES = {  # file stem -> (column, y-axis label, draw the base phase too)
-    "val_acc": ("val_acc", "validation accuracy", True),
-    "distance": ("dist", "distance to the checkpoint ‖θ − θ_c‖₂", False),
+PANELS = {  # metrics column -> y-axis label
+    "val_acc": "validation accuracy", "test_acc": "test accuracy", "train_acc": "training accuracy",
+    "val_loss": "validation loss", "train_loss": "training loss (CE + penalty)",
+    "dist": "distance to the checkpoint ‖θ − θ_c‖₂", "dist_min": "distance to the nearest checkpoint",
+    "dist_rel": "‖θ − θ_c‖ / ‖θ‖", "penalty": "penalty", "grad_ratio": "‖∇penalty‖ / ‖∇CE‖",
+    "lr": "learning rate", "weight_norm": "‖θ‖₂",
 }
+START_AT_ZERO = {"dist", "dist_min", "dist_rel", "penalty"}  # their value at the checkpoint itself
+NOT_IN_BASE = START_AT_ZERO | {"grad_ratio"}  # no meaning before the checkpoint
+COLUMNS = {"lr": "lr_init"}  # a swept key -> its metrics column, where the names differ
+LABELS = {  # a swept key -> how a run's value of it reads in a legend
+    "strength": lambda r: f"s={r['strength']:g}",
+    "kernel": lambda r: r["kernel"],
+    "width": lambda r: f"σ={r['width']:g}",
+    "gamma": lambda r: f"γ={r['gamma']:g}",
+    "distance": lambda r: f"{r['distance']} distance",
+    "checkpoint_every": lambda r: f"new checkpoint every {r['checkpoint_every']:g} ep" if r["checkpoint_every"] else "one checkpoint",
+    "merge": lambda r: "merged into their mean" if r["merge"] else "one hill each",
+    "lr": lambda r: f"lr={r['lr_init']:g}",
+    "schedule": lambda r: r["schedule"],
+    "epochs": lambda r: f"{r['epochs']:g} ep",
+}
+PENALTY_ONLY = {"kernel", "width", "gamma", "distance", "checkpoint_every", "merge"}  # a control has none
 
 
-def describe(run: pd.Series, varying: set[str]) -> str:
-    """Legend text: the variant's name and the parameter values that tell it apart."""
+def describe(run: pd.Series, varying: list[str]) -> str:
+    """Legend text: the values of the keys the family varies (all of the penalty's if none).
+
+    Schedule settings without a metrics column (t0, step_size, ...) are read from the run id."""
     if run["strength"] == 0:
-        parts = ["s=0"]
+        keys = [k for k in varying if k not in PENALTY_ONLY | {"strength"}]
+        parts = ["control (s=0)"]
     else:
-        kernel = run["kernel"]
-        scale = f"σ={run['width']:g}" if pd.notna(run["width"]) else f"γ={run['gamma']:g}"
-        parts = [f"s={run['strength']:g}", f"{kernel} {scale}" if kernel != "none" else "no kernel"]
-        if run["distance"] == "mean":
-            parts.append("mean d")
-        if run["checkpoint_every"]:
-            parts.append(f"{'merged ' if run['merge'] else ''}checkpoint every {int(run['checkpoint_every'])} ep")
-    if "lr_init" in varying:
-        parts.append(f"lr={run['lr_init']:g}")
-    if "schedule" in varying:
-        parts.append(run["schedule"])
-    if "epochs" in varying:
-        parts.append(f"{run['epochs']} ep")
-    return f"{run['label']} ({', '.join(parts)})"
+        keys = varying or ["strength", "kernel", "gamma" if pd.notna(run["gamma"]) else "width"]
+        parts = []
+    for key in keys:
+        parts.append(LABELS[key](run) if key in LABELS else f"{key} ({run.name.split('_', 1)[1]})")
+    return ", ".join(dict.fromkeys(parts))
 
 
 def _band(ax, df: pd.DataFrame, column: str, color, label: str, **style) -> None:
@@ -57,7 +71,7 @@ def _start(base: pd.DataFrame, rows: pd.DataFrame, column: str) -> pd.DataFrame:
     """Each seed's curve starts at the checkpoint: distance 0, or the base's last value."""
     first = rows.groupby("seed").head(1).copy()
     first["epoch"] = first["checkpoint_epoch"]
-    if column == "dist":
+    if column in START_AT_ZERO:
         first[column] = 0.0
     else:
         last_base = base.sort_values("epoch").groupby("seed")[column].last()
@@ -65,46 +79,89 @@ def _start(base: pd.DataFrame, rows: pd.DataFrame, column: str) -> pd.DataFrame:
     return first.dropna(subset=[column])
 
 
-def _panel(ax, panel: pd.DataFrame, column: str, with_base: bool) -> None:
+def _runs_in_order(firsts: pd.DataFrame, runs: list[str]):
+    """(run id, first row, colour): controls first and red, so the red curves sit under the others."""
+    controls, others = iter(CONTROL_COLORS * 8), iter(VARIANT_COLORS * 8)
+    ordered = sorted((r for r in runs if r in firsts.index), key=lambda r: firsts.loc[r, "strength"] != 0)
+    for rid in ordered:
+        yield rid, firsts.loc[rid], next(controls) if firsts.loc[rid, "strength"] == 0 else next(others)
+
+
+def _curves(ax, panel: pd.DataFrame, column: str, spec: dict) -> None:
     base = panel[panel["phase"] == "base"]
     runs = panel[panel["phase"] == "continue"]
-    if with_base and not base.empty:
+    if column not in NOT_IN_BASE and not base.empty:
         _band(ax, base, column, "0.55", "base training", linewidth=1.2)
     if not base.empty:
         ax.axvline(base["epoch"].max(), color="0.3", linestyle=":", linewidth=1)
-    firsts = runs.groupby("run").first()
-    varying = {c for c in ("lr_init", "schedule", "epochs") if firsts[c].nunique() > 1}
-    controls, variants = iter(CONTROL_COLORS * 8), iter(VARIANT_COLORS * 8)
-    # controls first, so the red curves sit under the variants
-    for rid, run in sorted(firsts.iterrows(), key=lambda item: (item[1]["strength"] != 0, item[0])):
-        color = next(controls) if run["strength"] == 0 else next(variants)
-        rows = pd.concat([_start(base, runs[runs["run"] == rid], column), runs[runs["run"] == rid]])
-        _band(ax, rows, column, color, describe(run, varying), linewidth=1.4)
+    for rid, run, color in _runs_in_order(runs.groupby("run").first(), spec["runs"]):
+        rows = runs[runs["run"] == rid]
+        if column != "lr":  # the lr has no value "at the checkpoint" to start from
+            rows = pd.concat([_start(base, rows, column), rows])
+        _band(ax, rows, column, color, describe(run, spec["varying"]), linewidth=1.4)
         for _, end in rows[rows["diverged"]].iterrows():
             ax.plot(end["epoch"], 0 if pd.isna(end[column]) else end[column], "x", color=color, markersize=9)
+    ax.set_xlabel("epoch (dotted line: the checkpoint)")
     ax.grid(alpha=0.3)
 
 
-def plot_all(df: pd.DataFrame, out_dir: Path, formats=("png", "pdf")) -> list[Path]:
-    """Write every figure in every format; return the paths written."""
+def _finals(ax, panel: pd.DataFrame, column: str, spec: dict) -> None:
+    """Each run's last value (mean ± std over seeds) against the first swept key; one line per
+    combination of the other keys the family varies."""
+    runs = panel[panel["phase"] == "continue"]
+    x_key = spec["x"]
+    x_column = COLUMNS.get(x_key, x_key)
+    last = runs.sort_values("epoch").groupby(["run", "seed"]).tail(1)  # a diverged run's too
+    last = last[last["run"].isin(spec["runs"])]
+    others = [k for k in spec["varying"] if k != x_key]
+    firsts = last.groupby("run").first()
+    lines: dict[str, tuple[list[str], str]] = {}  # legend text -> (its runs, the first run's colour)
+    for rid, run, color in _runs_in_order(firsts, spec["runs"]):
+        lines.setdefault(describe(run, others), ([], color))[0].append(rid)
+    for label, (ids, color) in lines.items():
+        g = last[last["run"].isin(ids)].groupby(x_column)
+        stats = g[column].agg(["mean", "std"]).sort_index()
+        diverged = int(last.loc[last["run"].isin(ids), "diverged"].sum())
+        text = label + (f" ({diverged} diverged)" if diverged else "")
+        ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), fmt="o-", capsize=3,
+                    color=color, label=text)
+    ax.set_xlabel(x_key)
+    if last[x_column].dtype.kind in "fi" and last[x_column].min() > 0 and last[x_column].max() / last[x_column].min() > 20:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+
+
+def plot_family(df: pd.DataFrame, name: str, spec: dict, out_dir: Path, formats=("png", "pdf")) -> list[Path]:
+    """One family's figure: a row per dataset/model, a column per panel (a metric)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    panels = list(df.groupby(["dataset", "model"], sort=True))
-    written = []
-    for stem, (column, ylabel, with_base) in FIGURES.items():
-        # one row per dataset/model, each with its legend on the right
-        fig, axes = plt.subplots(len(panels), 1, figsize=(8, 4.5 * len(panels)), squeeze=False)
-        for ax, ((dataset, model), panel) in zip(axes[:, 0], panels):
-            _panel(ax, panel, column, with_base)
-            seeds = panel["seed"].nunique()
-            ax.set_title(f"{dataset} / {model}" + (" (several seeds: mean and min–max band)" if seeds > 1 else ""))
-            ax.set_xlabel("epoch (dotted line: the checkpoint)")
-            ax.set_ylabel(ylabel)
-            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
-        fig.suptitle(f"{ylabel} vs epoch\ncontrol (s = 0, red) vs distance penalty; × marks a diverged run",
-                     fontsize=10)
-        fig.subplots_adjust(hspace=0.35)
-        written += _save(fig, out_dir, stem, formats, tight_layout=False)
-    return written
+    if spec["figure"] == "final" and COLUMNS.get(spec["x"], spec["x"]) not in df.columns:
+        raise ValueError(f"family '{name}': figure 'final' draws final values against the first swept key, "
+                         f"and '{spec['x']}' has no metrics column; sweep one of {', '.join(LABELS)} first")
+    df = df[(df["phase"] == "base") | df["run"].isin(spec["runs"])]
+    missing = sorted(set(spec["runs"]) - set(df["run"]))
+    if missing:
+        raise ValueError(f"family '{name}': no metrics for the runs {', '.join(missing)}; is the table up to date?")
+    cells = list(df.groupby(["dataset", "model"], sort=True))
+    panels = spec["panels"]
+    fig, axes = plt.subplots(len(cells), len(panels), figsize=(5.2 * len(panels), 4 * len(cells)), squeeze=False)
+    for row, ((dataset, model), cell) in enumerate(cells):
+        several = cell["seed"].nunique() > 1
+        for col, column in enumerate(panels):
+            ax = axes[row, col]
+            (_finals if spec["figure"] == "final" else _curves)(ax, cell, column, spec)
+            final = "final " if spec["figure"] == "final" else ""
+            ax.set_ylabel(final + PANELS[column])
+            ax.set_title(f"{dataset} / {model}", fontsize=9)
+        axes[row, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    if spec["figure"] == "final":
+        how = "mean ± 1 std over seeds" if df["seed"].nunique() > 1 else "one seed"
+        what = f"final values against {spec['x']} ({how})"
+    else:
+        how = "; several seeds: mean and min–max band" if df["seed"].nunique() > 1 else ""
+        what = f"per epoch; grey: base training, red: control (s = 0); × marks a diverged run{how}"
+    fig.suptitle(f"family '{name}': {what}", fontsize=10)
+    fig.subplots_adjust(hspace=0.35, wspace=0.3)
+    return _save(fig, out_dir, name, formats, tight_layout=False)
 
 
 def _save(fig, out_dir: Path, stem: str, formats, tight_layout: bool = True) -> list[Path]:

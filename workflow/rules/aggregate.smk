@@ -14,6 +14,7 @@ rule aggregate:
     log:
         "results/logs/aggregate.log",
     params:
+        configfiles=CONFIG_FILES,  # named in the report's caption
         labels=get_labels(),
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     conda:

@@ -6,6 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 
@@ -19,9 +20,13 @@ shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHO
 from repel import grid  # noqa: E402
 
 ENSEMBLES = config.get("ensembles")
-RUNS = grid.expand(config["continuation"], config["seeds"], ENSEMBLES)
+try:
+    RUNS = grid.expand(config["continuation"], config["seeds"], ENSEMBLES)
+    FAMILIES = grid.families(config["continuation"])
+except ValueError as error:  # a grid the schema cannot check (a point without a strength)
+    raise WorkflowError(f"config: {error}") from None
 ENSEMBLE_PLAN = grid.ensemble_plan(ENSEMBLES, config["continuation"]["defaults"]) if ENSEMBLES else {}
-FIGURES = ["val_acc", "distance"]
+CONFIG_FILES = ", ".join(map(str, workflow.configfiles))  # named in the report's captions
 ENSEMBLE_FIGURES = ["ensemble_accuracy", "ensemble_disagreement", "diversity_vs_distance"]
 SEEDS = sorted({s for run in RUNS.values() for s in run["seeds"]} | set(config["seeds"]))
 
@@ -121,7 +126,7 @@ def get_run_metrics():
 
 
 def get_labels():
-    """run id -> label (variant names) as JSON, for plots and tables."""
+    """run id -> label (its families, or "control") as JSON, for plots and tables."""
     return json.dumps({rid: " / ".join(run["labels"]) for rid, run in RUNS.items()})
 
 
@@ -129,7 +134,7 @@ def get_final_outputs():
     """Every table and figure, so that snakemake checks (and makes) each of them, not only the
     ones a later rule reads."""
     outputs = expand("results/aggregate/{table}", table=["metrics.parquet", "summary.md", "summary.csv", "summary.parquet"])
-    outputs += expand("results/plots/{figure}.{ext}", figure=FIGURES, ext=["png", "pdf"])
+    outputs += expand("results/plots/families/{family}.{ext}", family=FAMILIES, ext=["png", "pdf"])
     if config["landscape"]:
         outputs += ["results/aggregate/landscape.parquet"]
         outputs += expand("results/plots/landscape.{ext}", ext=["png", "pdf"])

@@ -63,6 +63,7 @@ rule evaluate_ensembles:
     log:
         "results/logs/evaluate_ensembles.log",
     params:
+        configfiles=CONFIG_FILES,  # named in the report's caption
         out_dir=lambda wildcards, output: os.path.dirname(output.curves),
     conda:
         "../../envs/repel.yaml"
@@ -85,6 +86,7 @@ rule plot_ensembles:
     log:
         "results/logs/plot_ensembles.log",
     params:
+        configfiles=CONFIG_FILES,  # named in the report's caption
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
     conda:
         "../../envs/repel.yaml"

@@ -48,6 +48,7 @@ rule plot_landscape:
     log:
         "results/logs/plot_landscape.log",
     params:
+        configfiles=CONFIG_FILES,  # named in the report's caption
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
     conda:
         "../../envs/repel.yaml"

@@ -1,19 +1,25 @@
-rule plot:
+rule plot_family:
     input:
         "results/aggregate/metrics.parquet",
     output:
-        report(
-            expand("results/plots/{figure}.png", figure=FIGURES),
-            caption="../report/figures.rst",
-            category="Figures",
+        png=report(
+            "results/plots/families/{family}.png",
+            caption="../report/family.rst",
+            category="Families",
+            subcategory="{family}",
         ),
-        expand("results/plots/{figure}.pdf", figure=FIGURES),
+        pdf="results/plots/families/{family}.pdf",
     log:
-        "results/logs/plot.log",
+        "results/logs/plot_family/{family}.log",
     params:
-        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
+        spec=lambda wildcards: json.dumps(FAMILIES[wildcards.family]),
+        # for the caption: the family's block as written, and the files it came from
+        block=lambda wildcards: json.dumps(config["continuation"]["families"][wildcards.family]),
+        defaults=json.dumps(config["continuation"]["defaults"]),
+        configfiles=CONFIG_FILES,
+        out_dir=lambda wildcards, output: os.path.dirname(output.png),
     conda:
         "../../envs/repel.yaml"
     shell:
-        "python -m repel plot --metrics {input} --out-dir {params.out_dir} "
-        "--formats png pdf > {log} 2>&1"
+        "python -m repel plot --metrics {input} --family {wildcards.family} --spec {params.spec:q} "
+        "--out-dir {params.out_dir} --formats png pdf > {log} 2>&1"

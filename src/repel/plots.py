@@ -137,15 +137,17 @@ def plot_family(df: pd.DataFrame, name: str, spec: dict, out_dir: Path, formats=
     if spec["figure"] == "final" and COLUMNS.get(spec["x"], spec["x"]) not in df.columns:
         raise ValueError(f"family '{name}': figure 'final' draws final values against the first swept key, "
                          f"and '{spec['x']}' has no metrics column; sweep one of {', '.join(LABELS)} first")
-    df = df[(df["phase"] == "base") | df["run"].isin(spec["runs"])]
-    missing = sorted(set(spec["runs"]) - set(df["run"]))
+    runs = df[(df["phase"] == "continue") & df["run"].isin(spec["runs"])]
+    # the base trainings of these runs' seeds only (other seeds may train bases for the ensembles)
+    df = pd.concat([df[(df["phase"] == "base") & df["seed"].isin(runs["seed"])], runs])
+    several = runs["seed"].nunique() > 1
+    missing = sorted(set(spec["runs"]) - set(runs["run"]))
     if missing:
         raise ValueError(f"family '{name}': no metrics for the runs {', '.join(missing)}; is the table up to date?")
     cells = list(df.groupby(["dataset", "model"], sort=True))
     panels = spec["panels"]
     fig, axes = plt.subplots(len(cells), len(panels), figsize=(5.2 * len(panels), 4 * len(cells)), squeeze=False)
     for row, ((dataset, model), cell) in enumerate(cells):
-        several = cell["seed"].nunique() > 1
         for col, column in enumerate(panels):
             ax = axes[row, col]
             (_finals if spec["figure"] == "final" else _curves)(ax, cell, column, spec)
@@ -154,10 +156,10 @@ def plot_family(df: pd.DataFrame, name: str, spec: dict, out_dir: Path, formats=
             ax.set_title(f"{dataset} / {model}", fontsize=9)
         axes[row, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     if spec["figure"] == "final":
-        how = "mean ± 1 std over seeds" if df["seed"].nunique() > 1 else "one seed"
+        how = "mean ± 1 std over seeds" if several else "one seed"
         what = f"final values against {spec['x']} ({how})"
     else:
-        how = "; several seeds: mean and min–max band" if df["seed"].nunique() > 1 else ""
+        how = "; several seeds: mean and min–max band" if several else ""
         what = f"per epoch; grey: base training, red: control (s = 0); × marks a diverged run{how}"
     fig.suptitle(f"family '{name}': {what}", fontsize=10)
     fig.subplots_adjust(hspace=0.35, wspace=0.3)

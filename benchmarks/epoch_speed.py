@@ -1,7 +1,7 @@
 """Epoch time of repel's training loop against a straightforward PyTorch reference, in one run.
 
 What it measures: the wall-clock time of one epoch, here a training pass over the train split
-followed by evaluating the val and test splits (batch 1024), in three variants on the same model,
+followed by evaluating the val and test splits (batch 1024), in these variants on the same model,
 data, batch size (128), optimiser settings, device and thread count:
 
   reference      torchvision.datasets.MNIST with per-image ToTensor + Normalize, a DataLoader
@@ -9,6 +9,14 @@ data, batch size (128), optimiser settings, device and thread count:
                  Python loop over parameters, autograd backward, loss.item() every step
   ours           repel.train.fit(epochs=1) with DistancePenalty(strength=1, kernel="rbf", width=1)
   ours, no pen.  the same fit() call with penalty=None: the penalty's overhead
+  ours + bf16    (--also bf16) fit() with amp="bf16": bf16 autocast, fast only on CPUs with AMX
+  ours + compile (--also compile) fit() with compile="on": torch.compile; its compile time falls
+                 in the warm-up epoch, which is printed apart
+
+"ours" is fit() with the default speed options (on CPU: channels_last on for conv nets, no
+autocast, no compile). The penalty's overhead is also measured per training step, steps with and
+without the penalty alternating on one model, which is much less exposed to the machine's noise
+than whole epochs.
 
 Each variant gets one warm-up epoch, then --repeats timed epochs; the variants take turns so that
 a slow phase of the machine hits all of them alike. Ours is timed around the whole fit() call
@@ -27,6 +35,7 @@ scikit-learn's 8x8 digits, upsampled, shifted and noised) into a temporary direc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import struct
@@ -42,14 +51,18 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from repel import data as repel_data
+from repel.data import DeviceData
 from repel.models import MODELS, build, trainable_parameters
 from repel.penalty import DistancePenalty
-from repel.train import TrainConfig, fit
+from repel.train import TrainConfig, fit, resolve_speed
 
 BATCH, EVAL_BATCH = 128, 1024
 LR, MOMENTUM, WEIGHT_DECAY = 1e-2, 0.9, 1e-3
 STRENGTH, WIDTH = 1.0, 1.0
 VAL_FRACTION, SEED = 0.1, 0
+# opt-in speed options, each timed as one more variant of ours with the penalty
+ALSO = {"bf16": ("ours + bf16 autocast, with penalty", {"amp": "bf16"}),
+        "compile": ("ours + torch.compile, with penalty", {"compile": "on"})}
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -134,6 +147,38 @@ def timed(run, device) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
+def penalty_step_times(model_name: str, prepared: dict, cfg: TrainConfig, device, steps: int):
+    """Seconds of training steps with and without the penalty, alternating on one model (ours, defaults)."""
+    model = new_model(model_name, prepared, device)
+    speed = resolve_speed(cfg, model, device)
+    if speed.channels_last:
+        model.to(memory_format=torch.channels_last)
+    params = trainable_parameters(model)
+    penalty = DistancePenalty(strength=STRENGTH, kernel="rbf", width=WIDTH)
+    penalty.add_checkpoint(params)
+    optimizer = torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    batches = DeviceData(prepared, "train", device).batches(BATCH, torch.Generator().manual_seed(SEED),
+                                                            channels_last=speed.channels_last)
+    xb, yb = next(batches)
+
+    def step(use_penalty: bool) -> None:
+        with torch.autocast(device.type, torch.bfloat16, enabled=speed.amp):
+            loss = F.cross_entropy(model(xb), yb)
+        optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        if use_penalty:
+            penalty.add_grad_(params)
+        optimizer.step()
+
+    times = ([], [])
+    for i in range(2 * (steps + 2)):  # the first two of each are warm-up
+        use_penalty = i % 2 == 0
+        t, _ = timed(lambda use=use_penalty: step(use), device)
+        if i >= 4:
+            times[0 if use_penalty else 1].append(t)
+    return times
+
+
 def device_name(device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -152,13 +197,14 @@ def benchmark(args, root: Path, source: str) -> None:
     mean, std = prepared["mean"].tolist(), prepared["std"].tolist()
     cfg = TrainConfig(epochs=1, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, batch_size=BATCH, seed=SEED)
 
-    def ours(penalty):
+    def ours(penalty, **speed):
         model = new_model(args.model, prepared, device)
         if penalty is not None:
             penalty.add_checkpoint(trainable_parameters(model))
+        run_cfg = dataclasses.replace(cfg, **speed)
 
         def run():
-            row = fit(model, prepared, cfg, device, penalty=penalty, log=lambda _: None)[0][-1]
+            row = fit(model, prepared, run_cfg, device, penalty=penalty, log=lambda _: None)[0][-1]
             return row["train_loss"], row["val_acc"]
         return run
 
@@ -172,13 +218,20 @@ def benchmark(args, root: Path, source: str) -> None:
         "ours, fit() with penalty": ours(DistancePenalty(strength=STRENGTH, kernel="rbf", width=WIDTH)),
         "ours, fit() without penalty": ours(None),
     }
+    for key in args.also:
+        name, speed = ALSO[key]
+        variants[name] = ours(DistancePenalty(strength=STRENGTH, kernel="rbf", width=WIDTH), **speed)
     seconds = {name: [] for name in variants}
+    warmup = {}  # the first epoch's time: includes torch.compile's compilation
     last = {}  # (train loss, val accuracy) of each variant's last epoch: all of them learn
     for round_ in range(1 + args.repeats):  # round 0 is the warm-up
         for name, run in variants.items():
             t, last[name] = timed(run, device)
             if round_ > 0:
                 seconds[name].append(t)
+            else:
+                warmup[name] = t
+    step_times = penalty_step_times(args.model, prepared, cfg, device, args.steps)
 
     n_params = sum(p.numel() for p in trainable_parameters(ref_model))
     print(f"device: {device} ({device_name(device)})  threads: {torch.get_num_threads()}  "
@@ -189,13 +242,23 @@ def benchmark(args, root: Path, source: str) -> None:
           f"momentum {MOMENTUM} weight decay {WEIGHT_DECAY}; penalty rbf, strength {STRENGTH}, width {WIDTH}")
     print(f"timed: one epoch = training pass + evaluation of val and test (batch {EVAL_BATCH}) in every "
           f"variant; 1 warm-up + {args.repeats} timed epochs each, variants interleaved\n")
-    print(f"{'variant':36s} {'min s':>8s} {'median s':>9s} {'train img/s':>12s} {'train loss':>11s} {'val acc':>8s}")
+    print(f"{'variant':36s} {'warm-up s':>9s} {'min s':>8s} {'median s':>9s} {'train img/s':>12s} "
+          f"{'train loss':>11s} {'val acc':>8s}")
     stats = {name: (min(ts), statistics.median(ts)) for name, ts in seconds.items()}
     for name, (lo, med) in stats.items():
-        print(f"{name:36s} {lo:8.2f} {med:9.2f} {n_train / med:12.0f} {last[name][0]:11.4f} {last[name][1]:8.3f}")
-    ref, pen, nopen = stats.values()
+        print(f"{name:36s} {warmup[name]:9.2f} {lo:8.2f} {med:9.2f} {n_train / med:12.0f} "
+              f"{last[name][0]:11.4f} {last[name][1]:8.3f}")
+    names = list(stats)
+    ref, pen, nopen = (stats[n] for n in names[:3])
     print(f"\nreference / ours (both with penalty): min {ref[0] / pen[0]:.2f}x, median {ref[1] / pen[1]:.2f}x")
-    print(f"penalty overhead, ours with / without: min {pen[0] / nopen[0]:.3f}x, median {pen[1] / nopen[1]:.3f}x")
+    for name in names[3:]:
+        print(f"reference / {name}: min {ref[0] / stats[name][0]:.2f}x, median {ref[1] / stats[name][1]:.2f}x")
+    print(f"penalty overhead, whole epochs, ours with / without: min {pen[0] / nopen[0]:.3f}x, "
+          f"median {pen[1] / nopen[1]:.3f}x")
+    with_pen, without = step_times
+    print(f"penalty overhead, single training steps ({args.steps} each, alternating), with / without: "
+          f"min {min(with_pen) / min(without):.3f}x, median {statistics.median(with_pen) / statistics.median(without):.3f}x "
+          f"(median step {statistics.median(without) * 1e3:.2f} ms without)")
     print("(img/s counts training images per whole epoch, evaluation included; all figures are from this "
           "one run: compare the ratios, not the seconds, across machines)")
 
@@ -206,6 +269,10 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default %(default)s)")
     ap.add_argument("--repeats", type=int, default=3, help="timed epochs per variant (default %(default)s)")
+    ap.add_argument("--also", nargs="*", choices=list(ALSO), default=list(ALSO),
+                    help="speed options timed as extra variants (default: %(default)s; none: --also)")
+    ap.add_argument("--steps", type=int, default=100,
+                    help="training steps with and without the penalty for the per-step overhead (default %(default)s)")
     ap.add_argument("--train-images", type=int, default=12000, help="synthetic training images (default %(default)s)")
     ap.add_argument("--data-dir", type=Path, help="use the real MNIST under DIR/MNIST/raw instead of synthetic data")
     args = ap.parse_args()

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from repel import grid, models  # noqa: E402
-from repel.penalty import DistancePenalty  # noqa: E402
+from repel import grid, models
+from repel.penalty import DistancePenalty
 
 # name -> (channels, image size, classes, training images after a 10 % validation split)
 SHAPES = {

@@ -159,6 +159,22 @@ def test_grad_ratio_compares_the_two_gradients():
     assert ratio.item() == pytest.approx(pen_norm / ce_norm, rel=1e-9)
 
 
+@pytest.mark.parametrize("centres", [1, 3])
+def test_grad_ratio_is_the_norm_of_the_whole_penalty_gradient(centres):
+    # one centre takes a shortcut (|coefficient| * distance), several sum their terms first
+    params = _params(0)
+    pen = DistancePenalty(2.0, "rbf", width=3.0)
+    pen.centers = [_params(i) for i in range(1, 1 + centres)]
+    _, alone = _fused_value_and_grad(pen, params)
+    pen_norm = math.sqrt(sum((g**2).sum().item() for g in alone))
+    for p in params:
+        p.grad = torch.full_like(p, 0.5)
+    _, ratio = pen.add_grad_(params)
+    ce_norm = math.sqrt(sum(p.numel() for p in params) * 0.25)
+    assert pen_norm > 0
+    assert ratio.item() == pytest.approx(pen_norm / ce_norm, rel=1e-9)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"strength": 1, "kernel": "gauss", "width": 1}, "unknown kernel 'gauss'"),
     ({"strength": 1, "kernel": "rbf", "width": -1}, "width must be > 0"),

@@ -138,3 +138,14 @@ def test_snapshots_are_saved_every_k_epochs(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run/snapshots").iterdir()) == ["epoch3.pt", "epoch5.pt"]
     last, final = load_torch(tmp_path / "run/snapshots/epoch5.pt"), load_torch(tmp_path / "run/final.pt")
     assert all(torch.equal(last[k], final[k]) for k in final)
+
+
+def test_every_step_s_learning_rate_is_recorded_as_the_scheduler_set_it(digits):
+    cfg = TrainConfig(epochs=2, lr=0.1, schedule="cosine")
+    rows, _, _ = fit(_model(digits), digits, cfg, torch.device("cpu"), log=lambda m: None)
+    steps = math.ceil(len(digits["train_y"]) / cfg.batch_size)
+    # the same schedule stepped by hand: cosine from 0.1 to 0 over every step of the run
+    expected = [0.5 * 0.1 * (1 + math.cos(math.pi * i / (2 * steps))) for i in range(2 * steps)]
+    recorded = [lr for row in rows for lr in row["lr_steps"]]
+    assert len(rows[0]["lr_steps"]) == steps and recorded == pytest.approx(expected, rel=1e-6)
+    assert [row["lr"] for row in rows] == [row["lr_steps"][0] for row in rows]  # the epoch's first step

@@ -22,7 +22,7 @@ from . import data as data_mod
 from . import models, storage
 from .penalty import DISTANCES, KERNELS, DistancePenalty
 from .resume import ResumeState, fingerprint
-from .train import SCHEDULES, TrainConfig, fit
+from .train import AMP, CHANNELS_LAST, COMPILE, SCHEDULES, TrainConfig, fit
 
 
 def resolve_device(name: str) -> torch.device:
@@ -220,6 +220,16 @@ def _add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
 
 
+def _add_speed_args(p: argparse.ArgumentParser) -> None:
+    """Training speed options (TrainConfig fields of the same names); see benchmarks/README.md."""
+    p.add_argument("--amp", choices=AMP, default=TrainConfig.amp,
+                   help="bf16 autocast of forward and loss (auto: on CUDA only; bf16 on CPU pays only with AMX)")
+    p.add_argument("--channels-last", choices=CHANNELS_LAST, default=TrainConfig.channels_last,
+                   help="NHWC memory layout for conv nets (auto: on)")
+    p.add_argument("--compile", choices=COMPILE, default=TrainConfig.compile,
+                   help="torch.compile of the model, 'on' or a mode (auto: off, not yet measured on a GPU)")
+
+
 def _add_training_args(p: argparse.ArgumentParser, epochs_help: str) -> None:
     d = TrainConfig(epochs=0)
     p.add_argument("--data", required=True, help="prepared dataset file (python -m repel prepare)")
@@ -235,6 +245,7 @@ def _add_training_args(p: argparse.ArgumentParser, epochs_help: str) -> None:
     p.add_argument("--t-mult", type=int, default=d.t_mult, help="cycle length multiplier (cosine_restarts)")
     p.add_argument("--eta-min", type=float, default=d.eta_min, help="lowest lr (cosine schedules)")
     _add_device_args(p)
+    _add_speed_args(p)
     p.add_argument("--save-every", type=int, default=0,
                    help="save a resumable state to OUT_DIR/resume.pt every N epochs (0: never)")
     p.add_argument("--out-dir", required=True)

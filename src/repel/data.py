@@ -12,8 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .storage import load_torch
-
 # name -> (torchvision class name, what the user must place under the data directory)
 TORCHVISION_SETS = {
     "mnist": ("MNIST", "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte(.gz)"),
@@ -91,13 +89,13 @@ def prepare(name: str, data_dir: str | Path, val_fraction: float, test_fraction:
     if name == "digits":
         x, y, test_x, test_y = _load_digits()
         perm = torch.randperm(len(y), generator=g)
-        n_test = int(round(test_fraction * len(y)))
+        n_test = round(test_fraction * len(y))
         test_x, test_y = x[perm[:n_test]], y[perm[:n_test]]
         x, y = x[perm[n_test:]], y[perm[n_test:]]
     else:
         x, y, test_x, test_y = _load_torchvision(name, Path(data_dir), download)
     perm = torch.randperm(len(y), generator=g)
-    n_val = int(round(val_fraction * len(y)))
+    n_val = round(val_fraction * len(y))
     val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
     train_x = x[train_idx]
     # one channel at a time keeps the float copy small (CIFAR's training set is 600 MB as float32)
@@ -117,6 +115,9 @@ def prepare(name: str, data_dir: str | Path, val_fraction: float, test_fraction:
 
 def load(path: str | Path) -> dict:
     """Load a prepared dataset file (plain tensors only: nothing in it can run code)."""
+    # imported here, not at the top: training needs only torch, and storage imports pandas
+    from .storage import load_torch
+
     return load_torch(path)
 
 
@@ -137,30 +138,51 @@ class DeviceData:
     def normalize(self, xb: torch.Tensor) -> torch.Tensor:
         return (xb.float() / 255 - self.mean) / self.std
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None):
-        """Yield (images, labels); shuffled and augmented when a CPU generator is given."""
+    def batches(self, batch_size: int, generator: torch.Generator | None = None, channels_last: bool = False):
+        """Yield (images, labels); shuffled and augmented when a CPU generator is given.
+
+        The epoch's random numbers are drawn on the CPU up front and moved to the device once: a
+        CPU tensor copied to a GPU inside the loop would make every step wait for the GPU.
+        """
         n = len(self)
-        order = torch.randperm(n, generator=generator).to(self.device) if generator is not None else None
+        order = offsets = flips = None
+        if generator is not None:
+            order = torch.randperm(n, generator=generator).to(self.device)
+            if self.augment:
+                offsets, flips = draw_crop_flip(n, generator)
+                offsets, flips = offsets.to(self.device), flips.to(self.device)
         for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)
+            end = start + batch_size
+            idx = order[start:end] if order is not None else slice(start, end)
             xb, yb = self.x[idx], self.y[idx]
-            if self.augment and generator is not None:
-                xb = random_crop_flip(xb, generator)
-            yield self.normalize(xb), yb
+            if offsets is not None:
+                xb = crop_flip(xb, offsets[:, start:end], flips[start:end])
+            xb = self.normalize(xb)
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            yield xb, yb
+
+
+def draw_crop_flip(n: int, generator: torch.Generator, pad: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random crop offsets (2, n) in [0, 2 pad] and horizontal flips (n,), from a CPU generator,
+    so a run is reproducible on any device."""
+    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator)
+    return offsets, torch.rand(n, generator=generator) < 0.5
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Pad-`pad` random crop and horizontal flip, one gather for the whole batch.
+    """Pad-`pad` random crop and horizontal flip of a batch."""
+    offsets, flips = draw_crop_flip(len(x), generator, pad)
+    return crop_flip(x, offsets.to(x.device), flips.to(x.device), pad)
 
-    Random numbers come from a CPU generator so a run is reproducible on any device.
-    """
+
+def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Crop each image at its (row, column) offset into the padded image and flip where asked, one gather."""
     b, c, h, w = x.shape
-    offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).to(x.device)
-    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     rows = offsets[0, :, None] + torch.arange(h, device=x.device)  # (B, H)
     cols = offsets[1, :, None] + torch.arange(w, device=x.device)  # (B, W)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
     bi = torch.arange(b, device=x.device)[:, None, None, None]
     ci = torch.arange(c, device=x.device)[None, :, None, None]
     return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]

@@ -4,8 +4,8 @@ a small CNN and an MLP for CPU-sized runs. Input channels and class count follow
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 RESNET_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56}
 MODELS = ("cnn", "mlp", "mobilenetv2", *RESNET_DEPTHS)

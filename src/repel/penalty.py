@@ -57,6 +57,11 @@ def kernel_and_slope(kernel: str, scale: float, d: torch.Tensor) -> tuple[torch.
     raise ValueError(f"unknown kernel '{kernel}'; expected one of {', '.join(KERNELS)}")
 
 
+def _like(t: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
+    """`t`'s values in `layout`'s memory layout."""
+    return torch.empty_like(layout).copy_(t)
+
+
 class DistancePenalty:
     """s * sum_c k(d(theta, theta_c)) over the active centres theta_c.
 
@@ -103,9 +108,15 @@ class DistancePenalty:
         self.merged = True
         self._update_centers()
 
+    def match_layout(self, params: list[torch.Tensor]) -> None:
+        """Store the checkpoints in the parameters' memory layout (channels_last, say): the fused
+        foreach kernels on CUDA need matching strides, else they fall back to one kernel per tensor."""
+        self.checkpoints = [[_like(c, p) for c, p in zip(ckpt, params)] for ckpt in self.checkpoints]
+        self._update_centers()
+
     def _update_centers(self) -> None:
         if self.merged and len(self.checkpoints) > 1:
-            self.centers = [[torch.stack(ts).mean(0) for ts in zip(*self.checkpoints)]]
+            self.centers = [[_like(torch.stack(ts).mean(0), ts[0]) for ts in zip(*self.checkpoints)]]
         else:
             self.centers = list(self.checkpoints)
 
@@ -148,21 +159,24 @@ class DistancePenalty:
         """
         grads = [p.grad for p in params]
         ce_norm = torch.stack(torch._foreach_norm(grads)).norm()
-        total = None
-        penalty = torch.zeros((), device=params[0].device)
+        detached = [p.detach() for p in params]
+        penalty = total = pen_norm = None
         for center in self.centers:
-            diffs = torch._foreach_sub([p.detach() for p in params], center)
+            diffs = torch._foreach_sub(detached, center)
             d_raw = torch.stack(torch._foreach_norm(diffs)).square().sum()
             d, n = self._scaled(d_raw, params)
             k, slope = kernel_and_slope(self.kernel, self.scale, d)
-            penalty = penalty + self.strength * k
-            torch._foreach_mul_(diffs, self.strength * slope * 2.0 / n)  # grad of one term
-            if total is None:
-                total = diffs
+            coef = slope * (2.0 * self.strength / n)  # this term's gradient is coef * (theta - theta_c)
+            penalty = self.strength * k if penalty is None else penalty + self.strength * k
+            torch._foreach_mul_(diffs, coef)
+            if total is None:  # one centre: the gradient's norm needs no further pass over the parameters
+                total, pen_norm = diffs, coef.abs() * d_raw.sqrt()
             else:
                 torch._foreach_add_(total, diffs)
+                pen_norm = None
         if total is None:
-            return penalty, torch.zeros_like(ce_norm)
-        pen_norm = torch.stack(torch._foreach_norm(total)).norm()
+            return torch.zeros_like(ce_norm), torch.zeros_like(ce_norm)
+        if pen_norm is None:
+            pen_norm = torch.stack(torch._foreach_norm(total)).norm()
         torch._foreach_add_(grads, total)
         return penalty, pen_norm / ce_norm.clamp_min(1e-30)  # a zero CE gradient gives a huge ratio, not NaN

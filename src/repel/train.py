@@ -2,7 +2,8 @@
 
 SGD with momentum over data resident on the device; the penalty (if any) adds its closed-form
 gradient after the cross-entropy backward. Per-step quantities are accumulated on the device and
-read once per epoch, so the loop never waits for the GPU inside an epoch.
+read once per epoch, so the loop never waits for the GPU inside an epoch. Speed options (bf16
+autocast, channels_last layout, torch.compile) are TrainConfig fields; benchmarks/ measures them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -19,9 +21,15 @@ from .data import DeviceData
 from .grid import SCHEDULE_DEFAULTS
 from .models import trainable_parameters
 from .penalty import DistancePenalty
-from .resume import ResumeState
+
+if TYPE_CHECKING:  # a type only: importing it at run time would pull in pandas via storage
+    from .resume import ResumeState
 
 SCHEDULES = ("constant", "step", "cosine", "cosine_restarts")
+# speed options: each changes how fast a run goes, not what it trains (bf16 and compile change rounding)
+AMP = ("auto", "off", "bf16")
+CHANNELS_LAST = ("auto", "on", "off")
+COMPILE = ("auto", "off", "on", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -38,6 +46,29 @@ class TrainConfig:
     t_mult: int = SCHEDULE_DEFAULTS["t_mult"]           # cycle length multiplier (cosine_restarts)
     eta_min: float = SCHEDULE_DEFAULTS["eta_min"]       # lowest lr (cosine, cosine_restarts)
     seed: int = 0                # data order and augmentation
+    amp: str = "auto"            # bf16 autocast of forward and loss: auto = on CUDA only | off | bf16
+    channels_last: str = "auto"  # NHWC layout for conv nets: auto = on (measured faster on CPU) | on | off
+    compile: str = "auto"        # torch.compile: auto = off (not yet measured on a GPU) | off | on | a mode
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The speed options resolved for one model on one device."""
+    amp: bool
+    channels_last: bool
+    compile_mode: str | None  # None: eager
+
+
+def resolve_speed(cfg: TrainConfig, model: torch.nn.Module, device: torch.device) -> Speed:
+    """What the `auto` values mean for this model and device (see benchmarks/README.md for the figures)."""
+    for name, choices in (("amp", AMP), ("channels_last", CHANNELS_LAST), ("compile", COMPILE)):
+        if getattr(cfg, name) not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}, got '{getattr(cfg, name)}'")
+    amp = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+    has_conv = any(p.dim() == 4 for p in model.parameters())  # an MLP gains nothing from NHWC
+    channels_last = has_conv and cfg.channels_last != "off"
+    compile_mode = {"auto": None, "off": None, "on": "default"}.get(cfg.compile, cfg.compile)
+    return Speed(amp, channels_last, compile_mode)
 
 
 def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
@@ -54,14 +85,16 @@ def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
     raise ValueError(f"unknown schedule '{cfg.schedule}'; expected one of {', '.join(SCHEDULES)}")
 
 
-@torch.no_grad()
-def evaluate(model, data: DeviceData, batch_size: int = 1024) -> torch.Tensor:
+@torch.inference_mode()
+def evaluate(model, data: DeviceData, batch_size: int = 1024, speed: Speed | None = None) -> torch.Tensor:
     """(mean cross-entropy, accuracy) on a split, as one device tensor."""
     model.eval()
+    amp, channels_last = (speed.amp, speed.channels_last) if speed is not None else (False, False)
     sums = torch.zeros(2, device=data.device)
-    for xb, yb in data.batches(batch_size):
-        out = model(xb)
-        sums += torch.stack([F.cross_entropy(out, yb, reduction="sum"), (out.argmax(1) == yb).sum()])
+    for xb, yb in data.batches(batch_size, channels_last=channels_last):
+        with torch.autocast(data.device.type, torch.bfloat16, enabled=amp):
+            out = model(xb)
+        sums += torch.stack([F.cross_entropy(out.float(), yb, reduction="sum"), (out.argmax(1) == yb).sum()])
     return sums / len(data)
 
 
@@ -80,7 +113,16 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
     that run's data order instead of starting one from `cfg.seed`. With `resume`, the run
     continues from a saved state if there is one, and saves its own as it goes.
     `on_epoch_end(epochs_done, model)` is called after every epoch (to save snapshots).
+    The speed options (`cfg.amp`, `channels_last`, `compile`) leave `model` itself as it was:
+    a compiled wrapper is used only inside, and the layout is back to the usual one at the end.
     """
+    speed = resolve_speed(cfg, model, device)
+    if speed.channels_last:
+        model.to(memory_format=torch.channels_last)
+        if penalty is not None:
+            penalty.match_layout(trainable_parameters(model))
+    # the wrapper shares the model's parameters; state dicts are taken from `model`, so keep their keys
+    net = torch.compile(model, mode=speed.compile_mode) if speed.compile_mode else model
     params = trainable_parameters(model)
     train, val, test = (DeviceData(prepared, split, device) for split in ("train", "val", "test"))
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -103,25 +145,29 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
     rows = resume.restore(parts) if resume is not None else []
 
     for epoch in range(first_epoch + len(rows), first_epoch + cfg.epochs):
-        model.train()
+        net.train()
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         # ce * n, correct, penalty * n, grad ratio: summed on the device, read once per epoch
         sums = torch.zeros(4, device=device)
         zero = torch.zeros((), device=device)
-        for xb, yb in train.batches(cfg.batch_size, generator):
-            out = model(xb)
-            ce = F.cross_entropy(out, yb)
+        lr_steps = []  # the lr each step used: schedules like cosine change it inside an epoch
+        for xb, yb in train.batches(cfg.batch_size, generator, channels_last=speed.channels_last):
+            with torch.autocast(device.type, torch.bfloat16, enabled=speed.amp):
+                out = net(xb)
+                ce = F.cross_entropy(out, yb)
             optimizer.zero_grad(set_to_none=False)
             ce.backward()
             pen, ratio = penalty.add_grad_(params) if penalty is not None else (zero, zero)
+            lr_steps.append(optimizer.param_groups[0]["lr"])
             optimizer.step()
             scheduler.step()
             sums += torch.stack([ce.detach() * len(yb), (out.argmax(1) == yb).sum(), pen * len(yb), ratio])
         if device.type == "cuda":  # the training pass's time, apart from evaluation
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - start
-        evals = torch.cat([sums, evaluate(model, val), evaluate(model, test), flat_norm(params).view(1)])
+        evals = torch.cat([sums, evaluate(net, val, speed=speed), evaluate(net, test, speed=speed),
+                           flat_norm(params).view(1)])
         if origin is not None:  # first checkpoint, nearest active centre, every checkpoint
             to_each = penalty.sq_distances(params, penalty.checkpoints).sqrt()  # [0]: the first
             # the active centres are the checkpoints themselves unless they are merged
@@ -133,7 +179,7 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
         train_ce = ce_sum / len(train)
         train_loss = train_ce + pen_sum / len(train)
         row = {
-            "epoch": epoch, "lr": lr, "train_loss": train_loss, "train_ce": train_ce,
+            "epoch": epoch, "lr": lr, "lr_steps": lr_steps, "train_loss": train_loss, "train_ce": train_ce,
             "train_acc": correct / len(train), "penalty": pen_sum / len(train),
             "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
             "dist": math.nan, "dist_rel": math.nan, "dist_min": math.nan,
@@ -159,4 +205,5 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
             on_epoch_end(len(rows), model)
         if resume is not None:
             resume.save_if_due(parts, rows)
+    model.to(memory_format=torch.contiguous_format)
     return rows, optimizer, generator

@@ -37,13 +37,21 @@ def get_optimizer_args():
     return f"--momentum {b['momentum']} --weight-decay {b['weight_decay']} --batch-size {b['batch_size']}"
 
 
+def get_speed_args():
+    """How training jobs run (bf16, memory layout, torch.compile). YAML reads a bare on/off as
+    true/false, so the schema takes both spellings and they are written back as on/off here."""
+    words = {True: "on", False: "off"}
+    speed = {key: words.get(value, value) for key, value in config["speed"].items()}
+    return f"--amp {speed['amp']} --channels-last {speed['channels_last']} --compile {speed['compile']}"
+
+
 def get_base_args():
     b = config["base"]
-    return f"--epochs {b['epochs']} --lr {b['lr']} {get_optimizer_args()}"
+    return f"--epochs {b['epochs']} --lr {b['lr']} {get_optimizer_args()} {get_speed_args()}"
 
 
 def get_run_args(wildcards):
-    return f"{grid.cli_args(RUNS[wildcards.run]['params'])} {get_optimizer_args()}"
+    return f"{grid.cli_args(RUNS[wildcards.run]['params'])} {get_optimizer_args()} {get_speed_args()}"
 
 
 def get_gres():

@@ -93,6 +93,7 @@ def family_points(family: dict) -> list[dict]:
 
 
 def resolve_point(defaults: dict, point: dict, family: str) -> dict:
+    """A family's point over the defaults; the schema cannot see that a strength comes from neither."""
     if "strength" not in point and "strength" not in defaults:
         raise ValueError(f"continuation.families.{family}: a grid point has no strength; give one in the "
                          "family's fixed, sweep or points, or in continuation.defaults")
@@ -111,7 +112,7 @@ def families(continuation: dict) -> dict[str, dict]:
                 if rid not in runs:
                     runs.append(rid)
         varying = list(family.get("sweep", {}))
-        varying += [k for p in family.get("points", []) for k in p if k not in varying + ["name", "seeds"]]
+        varying += [k for p in family.get("points", []) for k in p if k not in [*varying, "seeds"]]
         out[name] = {"runs": runs, "varying": varying, "figure": family.get("figure", "curves"),
                      "panels": family.get("panels", ["val_acc", "dist"]), "x": (varying or [None])[0]}
     return out

@@ -111,8 +111,8 @@ def families(continuation: dict) -> dict[str, dict]:
             for rid in (control_id(run_id(params)), run_id(params)):
                 if rid not in runs:
                     runs.append(rid)
-        varying = list(family.get("sweep", {}))
-        varying += [k for p in family.get("points", []) for k in p if k not in [*varying, "seeds"]]
+        keys = [*family.get("sweep", {}), *(k for p in family.get("points", []) for k in p)]
+        varying = [k for k in dict.fromkeys(keys) if k != "seeds"]
         out[name] = {"runs": runs, "varying": varying, "figure": family.get("figure", "curves"),
                      "panels": family.get("panels", ["val_acc", "dist"]), "x": (varying or [None])[0]}
     return out

@@ -17,6 +17,8 @@ def test_every_variant_brings_its_control():
     assert runs["s1-rbf-w1_lr0.1-const-e30"]["control"] == "s0_lr0.1-const-e30"
     assert runs["s0_lr0.01-const-e30"]["labels"] == ["control"]
     assert all(run["seeds"] == [0, 1] for run in runs.values())
+    # a family of explicit points varies the keys its points set, each once
+    assert grid.families(points({"strength": 1}, {"strength": 1, "lr": 0.1}))["f"]["varying"] == ["strength", "lr"]
 
 
 def test_gamma_replaces_the_default_width_and_ids_name_the_parameters():

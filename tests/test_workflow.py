@@ -176,8 +176,8 @@ def test_the_study_config_expands_to_every_grid_point_seed_model_and_dataset(tmp
 
 # every family of the study, and how many grid points (with their controls) it has in the default config
 FAMILIES = {"baseline", "strength", "width", "kernel", "multiple", "merge", "lr", "schedule", "epochs"}
-DEFAULT_POINTS = {"baseline": 2, "strength": 4, "width": 3, "kernel": 4, "multiple": 2, "merge": 3, "lr": 6,
-                  "schedule": 6, "epochs": 6}
+DEFAULT_POINTS = {"baseline": 2, "strength": 3, "width": 3, "kernel": 4, "multiple": 2, "merge": 3, "lr": 4,
+                  "schedule": 4, "epochs": 4}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

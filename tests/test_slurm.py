@@ -42,7 +42,7 @@ TINY = {
     "continuation": {
         "defaults": {"epochs": 2, "lr": 0.01, "schedule": "constant", "kernel": "rbf", "width": 1.0,
                      "distance": "sum"},
-        "variants": [{"name": "push", "strength": 10}],
+        "families": {"push": {"sweep": {"strength": [10]}}},
     },
 }
 # several trainings in one SLURM job (profiles/slurm's commented `groups`)
@@ -134,7 +134,7 @@ def test_training_jobs_went_through_slurm_with_a_gpu_request(slurm_run, cluster,
     remote = Counter(re.findall(r"^rule (\w+):$", slurm_run.output, re.M))
     local = set(re.findall(r"^localrule (\w+):$", slurm_run.output, re.M))
     assert {"train_base": 1, "continue_run": 2}.items() <= remote.items(), remote
-    assert {"prepare_data", "aggregate", "plot"} <= local, local
+    assert {"prepare_data", "aggregate", "plot_family"} <= local, local
     jobs, completed = cluster.jobs(), cluster.jobcomp()
     submitted = Counter()
     for jobid, log in slurm_run.submitted.items():

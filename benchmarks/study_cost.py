@@ -83,7 +83,7 @@ def main() -> None:
     run_epochs = sum(run["params"]["epochs"] * len(run["seeds"]) for run in runs.values())
     n_seeds = len({s for run in runs.values() for s in run["seeds"]} | set(config["seeds"]))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.configfile}: {len(runs)} grid points (variants + controls), {n_seeds} seeds; "
+    print(f"{args.configfile}: {len(runs)} grid points (family points, their controls, ensemble runs), {n_seeds} seeds; "
           f"timed on {device} ({name}), batch {batch}, torch {torch.__version__}\n")
     print(f"{'dataset':14s} {'model':12s} {'step ms':>8s} {'epoch s':>8s} {'base h':>8s} {'point h':>8s} {'all h':>9s}")
     total_hours, jobs = 0.0, 0  # training jobs: base and continuation runs

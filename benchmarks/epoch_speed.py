@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
+from machine import device_name  # benchmarks/, the script's own directory
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
@@ -177,15 +178,6 @@ def penalty_step_times(model_name: str, prepared: dict, cfg: TrainConfig, device
         if i >= 4:
             times[0 if use_penalty else 1].append(t)
     return times
-
-
-def device_name(device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def benchmark(args, root: Path, source: str) -> None:

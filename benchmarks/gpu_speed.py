@@ -39,6 +39,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from machine import device_name  # benchmarks/, the script's own directory
+
 from repel.models import build, trainable_parameters
 from repel.penalty import DistancePenalty
 from repel.train import TrainConfig, fit, resolve_speed
@@ -183,15 +185,6 @@ def sharing(args, k: int) -> float:
         if p.exitcode != 0:
             raise RuntimeError(f"a sharing worker failed (exit code {p.exitcode})")
     return images / seconds
-
-
-def device_name(device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def main() -> None:

@@ -112,7 +112,6 @@ def _finals(ax, panel: pd.DataFrame, column: str, spec: dict) -> None:
     x_key = spec["x"]
     x_column = COLUMNS.get(x_key, x_key)
     last = runs.sort_values("epoch").groupby(["run", "seed"]).tail(1)  # a diverged run's too
-    last = last[last["run"].isin(spec["runs"])]
     others = [k for k in spec["varying"] if k != x_key]
     firsts = last.groupby("run").first()
     lines: dict[str, tuple[list[str], str]] = {}  # legend text -> (its runs, the first run's colour)

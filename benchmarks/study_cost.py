@@ -80,8 +80,9 @@ def main() -> None:
     config = yaml.safe_load(Path(args.configfile).read_text())
     batch = config["base"].get("batch_size", 128)
     runs = grid.expand(config["continuation"], config["seeds"], config.get("ensembles"))
-    run_epochs = sum(run["params"]["epochs"] * len(run["seeds"]) for run in runs.values())
-    n_seeds = len({s for run in runs.values() for s in run["seeds"]} | set(config["seeds"]))
+    run_seeds = {rid: grid.training_seeds(run) for rid, run in runs.items()}  # members' seeds too
+    run_epochs = sum(run["params"]["epochs"] * len(run_seeds[rid]) for rid, run in runs.items())
+    n_seeds = len({s for seeds in run_seeds.values() for s in seeds})
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.configfile}: {len(runs)} grid points (family points, their controls, ensemble runs), {n_seeds} seeds; "
           f"timed on {device} ({name}), batch {batch}, torch {torch.__version__}\n")
@@ -95,7 +96,7 @@ def main() -> None:
             point_hours = epoch * max(r["params"]["epochs"] for r in runs.values()) / 3600
             all_hours = n_seeds * base_hours + epoch * run_epochs / 3600
             total_hours += all_hours
-            jobs += n_seeds + sum(len(run["seeds"]) for run in runs.values())
+            jobs += n_seeds + sum(len(seeds) for seeds in run_seeds.values())
             print(f"{dataset:14s} {model_name:12s} {epoch / steps_per_epoch * 1e3:8.1f} {epoch:8.1f} "
                   f"{base_hours:8.2f} {point_hours:8.2f} {all_hours:9.1f}")
     print(f"\nin all: {jobs} training jobs, {total_hours:.1f} device-hours on this device "

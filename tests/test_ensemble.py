@@ -111,6 +111,14 @@ def test_weight_geometry_by_hand():
     assert torch.allclose(ensemble.weight_distance(WEIGHTS), torch.tensor([[0, s, 1], [s, 0, 1], [1, 1, 0]]))
 
 
+def test_each_member_measured_from_its_own_checkpoint():
+    # independent seeds: member i started from its own theta_c,i. Displacements by hand:
+    # (1, 0) - (0, 0) = (1, 0); (0, 1) - (0, 2) = (0, -1); (1, 1) - (2, 1) = (-1, 0)
+    own = torch.tensor([[0.0, 0.0], [0.0, 2.0], [2.0, 1.0]])
+    assert torch.allclose(ensemble.displacement_cosine(WEIGHTS, own),
+                          torch.tensor([[1.0, 0, -1], [0, 1, 0], [-1, 0, 1]]), atol=1e-7)
+
+
 def test_pairwise_table_has_one_row_per_pair():
     probs = torch.stack([PROBS[0], PROBS[1], PROBS[1]])
     table = ensemble.pairwise_table(probs, WEIGHTS, THETA_C)
@@ -172,7 +180,7 @@ def test_mismatched_members_are_named():
         ensemble.weight_distance([torch.zeros(2), torch.zeros(3)])
     with pytest.raises(ValueError, match="flat 1-D"):
         ensemble.weight_cosine([torch.zeros(2, 2), torch.zeros(4)])
-    with pytest.raises(ValueError, match="theta_c must be flat with 2 entries"):
+    with pytest.raises(ValueError, match=r"theta_c must be \(2,\) or \(3, 2\)"):
         ensemble.displacement_cosine(WEIGHTS, torch.zeros(3))
     with pytest.raises(ValueError, match="mismatched members: probs has 2, weights has 3"):
         ensemble.pairwise_table(PROBS, WEIGHTS, THETA_C)

@@ -71,13 +71,24 @@ def test_every_ensemble_method_trains_the_same_epoch_budget():
     assert set(plan) == set(grid.ENSEMBLE_METHODS)
     for method, p in plan.items():
         assert runs[p["run"]]["params"]["epochs"] == 12, method  # 3 members x 4 epochs
-        assert set(p["seeds"]) <= set(runs[p["run"]]["seeds"])
+        # trained for the members' seeds, but compared over none: no family asked for these runs
+        assert runs[p["run"]]["member_seeds"] == p["seeds"] and runs[p["run"]]["seeds"] == [], method
     assert plan["distance"]["run"] == "s10-rbf-w0.5-every4_lr0.05-const-e12"
     assert plan["sgdr"]["run"] == "s0_lr0.05-sgdr4x1-e12"
     assert plan["sgdr_distance"]["run"] == "s10-rbf-w0.5-every4_lr0.05-sgdr4x1-e12"
     assert plan["independent"]["run"] == "s0_lr0.05-const-e12"
     assert plan["distance"]["epochs"] == [4, 8, 12] and plan["distance"]["seeds"] == [0]
-    assert plan["independent"]["epochs"] == [12] and plan["independent"]["seeds"] == [0, 1, 2]
+    assert plan["independent"]["epochs"] is None and plan["independent"]["seeds"] == [0, 1, 2]
+
+
+def test_a_control_shared_with_the_independent_ensemble_keeps_only_the_configs_seeds():
+    # the independent-seeds ensemble trains the default control for seeds 0-3; the family asked for
+    # seed 0 only, so the control is compared over seed 0 and seeds 1-3 are the ensemble's
+    ens = {"members": 2, "cycle": 15, "strength": 10, "lr": 0.01, "seeds": [0, 1, 2, 3]}
+    runs = grid.expand(points({"strength": 1}), [0], ens)
+    control = runs["s0_lr0.01-const-e30"]
+    assert control["seeds"] == [0] and control["member_seeds"] == [0, 1, 2, 3]
+    assert grid.training_seeds(control) == [0, 1, 2, 3]
 
 
 def test_a_sweep_expands_into_every_combination_over_the_fixed_settings():

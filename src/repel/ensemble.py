@@ -153,10 +153,11 @@ def weight_cosine(weights) -> torch.Tensor:
 
 
 def displacement_cosine(weights, theta_c: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of the displacements theta_i - theta_c from the checkpoint."""
+    """Cosine similarity of the displacements theta_i - theta_c from the checkpoint: one flat
+    theta_c for all members, or (M, P), each member's own (independent seeds start apart)."""
     w = _stack_weights(weights)
-    if theta_c.ndim != 1 or theta_c.numel() != w.shape[1]:
-        raise ValueError(f"theta_c must be flat with {w.shape[1]} entries like the members, got {tuple(theta_c.shape)}")
+    if theta_c.shape not in {(w.shape[1],), tuple(w.shape)}:
+        raise ValueError(f"theta_c must be ({w.shape[1]},) or {tuple(w.shape)} like the members, got {tuple(theta_c.shape)}")
     return _cosine(w - theta_c)
 
 

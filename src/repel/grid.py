@@ -135,47 +135,55 @@ def ensemble_variants(ens: dict) -> dict[str, dict]:
 
 
 def ensemble_plan(ens: dict, defaults: dict) -> dict[str, dict]:
-    """method -> {"run": run id, "seeds": members' seeds, "snapshot_every": epochs between saved
-    members, "epochs": members' epochs after the checkpoint}."""
+    """method -> {"run": run id, "seeds": members' seeds, "epochs": the epochs after the checkpoint
+    at which a snapshot is a member, or None where each seed's final weights are the member}."""
     budget = ens["members"] * ens["cycle"]
     plan = {}
     for method, variant in ensemble_variants(ens).items():
         # snapshot methods: a member every cycle; independent seeds: each run's end
-        every = budget if method == "independent" else ens["cycle"]
+        epochs = None if method == "independent" else list(range(ens["cycle"], budget + 1, ens["cycle"]))
         plan[method] = {"run": run_id(resolve_variant(defaults, variant)), "seeds": variant["seeds"],
-                        "snapshot_every": every, "epochs": list(range(every, budget + 1, every))}
+                        "epochs": epochs}
     return plan
 
 
 def expand(continuation: dict, seeds: list[int], ensembles: dict | None = None) -> dict[str, dict]:
-    """run id -> {"params", "seeds", "labels", "control"} for every family's grid points and their
-    controls, and for the runs the ensemble methods take their members from. A run's labels are
-    the families it belongs to ("control" for s = 0)."""
+    """run id -> {"params", "seeds", "member_seeds", "labels", "control"} for every family's grid
+    points and their controls, and for the runs the ensemble methods take their members from.
+
+    `seeds` are the seeds a run is compared over (its families'); `member_seeds` those it is
+    trained for as an ensemble's members: they are reported under the ensemble, never as extra
+    seeds of a control. A run's labels are the families it belongs to ("control" for s = 0);
+    a run that only gives ensemble members has none and no seeds.
+    """
     runs: dict[str, dict] = {}
 
-    def add(params: dict, run_seeds: list[int], label: str) -> str:
+    def add(params: dict, label: str | None, run_seeds=(), member_seeds=()) -> None:
         rid = run_id(params)
-        run = runs.setdefault(rid, {"params": params, "seeds": [], "labels": [], "control": control_id(rid)})
+        run = runs.setdefault(rid, {"params": params, "seeds": [], "member_seeds": [], "labels": [],
+                                    "control": control_id(rid)})
         run["seeds"] = sorted(set(run["seeds"]) | set(run_seeds))
-        if label not in run["labels"]:
+        run["member_seeds"] = sorted(set(run["member_seeds"]) | set(member_seeds))
+        if label is not None and label not in run["labels"]:
             run["labels"].append(label)
-        return rid
 
     default_seeds = continuation["defaults"].get("seeds", seeds)
     for name, family in continuation["families"].items():
         for point in family_points(family):
             params = resolve_point(continuation["defaults"], point, name)
             run_seeds = point.get("seeds", default_seeds)
-            add(control_of(params), run_seeds, CONTROL_LABEL)
+            add(control_of(params), CONTROL_LABEL, run_seeds)
             if params["strength"] != 0:
-                add(params, run_seeds, name)
+                add(params, name, run_seeds)
     if ensembles:
-        for method, variant in ensemble_variants(ensembles).items():
-            params = resolve_variant(continuation["defaults"], variant)
-            add(control_of(params), variant["seeds"], CONTROL_LABEL)
-            # an ensemble's run without penalty is a control; its label says what it is for
-            add(params, variant["seeds"], f"ensemble: {ENSEMBLE_METHODS[method]}")
+        for variant in ensemble_variants(ensembles).values():
+            add(resolve_variant(continuation["defaults"], variant), None, member_seeds=variant["seeds"])
     return runs
+
+
+def training_seeds(run: dict) -> list[int]:
+    """Every seed a run is trained for: its own and its ensemble members'."""
+    return sorted(set(run["seeds"]) | set(run["member_seeds"]))
 
 
 def cli_args(params: dict) -> str:

@@ -17,17 +17,20 @@ def softmax_outputs(model, data: DeviceData, batch_size: int = 1024) -> torch.Te
     return torch.cat([torch.softmax(model(xb).float(), dim=1) for xb, _ in data.batches(batch_size)])
 
 
-def member_predictions(arch: dict, checkpoint_state: dict, member_states: list[dict], prepared: dict,
+def member_predictions(arch: dict, checkpoint_states: list[dict], member_states: list[dict], prepared: dict,
                        device: torch.device, split: str = "test") -> dict:
-    """Softmax outputs and flat weights of every member, and the checkpoint's flat weights."""
+    """Softmax outputs and flat weights of every member, and the flat weights of the checkpoint
+    each member started from (members of independent seeds start from different ones)."""
+    if len(checkpoint_states) != len(member_states):
+        raise ValueError(f"one checkpoint per member: {len(member_states)} members, {len(checkpoint_states)} checkpoints")
     model = models.from_arch(arch).to(device)
     data = DeviceData(prepared, split, device)
-    model.load_state_dict(checkpoint_state)
-    theta_c = flat_weights(model).cpu()
-    probs, weights = [], []
-    for state in member_states:
+    probs, weights, theta_c = [], [], []
+    for checkpoint, state in zip(checkpoint_states, member_states):
+        model.load_state_dict(checkpoint)
+        theta_c.append(flat_weights(model).cpu())
         model.load_state_dict(state)
         probs.append(softmax_outputs(model, data).cpu())
         weights.append(flat_weights(model).cpu())
     return {"probs": torch.stack(probs), "labels": data.y.cpu(), "weights": torch.stack(weights),
-            "theta_c": theta_c, "split": split}
+            "theta_c": torch.stack(theta_c), "split": split}

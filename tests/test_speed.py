@@ -45,14 +45,16 @@ def plain(digits):
 # metrics within 0.3 % (relative) of the plain path, accuracies within 1 image, final weights
 # 1.6 % of the distance travelled apart; bf16 0.6 %, 1 image, 3 %. The limits leave room for
 # other CPUs; a real bug (a wrong layout, a lost gradient term) misses them by far.
+# (The CPU defaults are channels_last: the same case, run once.)
 @pytest.mark.parametrize("speed, rel, images, weights", [
-    ({}, 0.01, 2, 0.05),
     ({"channels_last": "on"}, 0.01, 2, 0.05),
     ({"amp": "bf16"}, 0.03, 3, 0.1),
-], ids=["defaults", "channels_last", "bf16"])
+], ids=["channels_last", "bf16"])
 def test_fast_options_match_the_plain_path(digits, plain, speed, rel, images, weights):
     ref_model, ref_rows, start = plain
     model, rows = _run(digits, **speed)
+    # the option took another path: its rounding differs from the plain path's somewhere
+    assert any(row[key] != ref[key] for row, ref in zip(rows, ref_rows) for key in METRICS)
     assert len(rows) == len(ref_rows) == 3
     smallest = min(len(digits[f"{s}_y"]) for s in ("train", "val", "test"))
     for row, ref in zip(rows, ref_rows):

@@ -50,18 +50,45 @@ def test_the_penalty_pushes_farther_from_the_checkpoint_than_the_control(digits)
     assert pushed[-1]["penalty"] > 0 and pushed[-1]["grad_ratio"] > 0
 
 
+def _flat(tensors) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
 def test_metrics_have_every_column_and_sane_values(digits):
     ckpt = _checkpoint(digits)
-    _, rows = _continue(digits, ckpt, {"strength": 1.0, "kernel": "rbf", "width": 1.0}, epochs=2)
+    model, rows = _continue(digits, ckpt, {"strength": 1.0, "kernel": "rbf", "width": 1.0}, epochs=2)
     assert [r["epoch"] for r in rows] == [4, 5]
     for r in rows:
         for key in ("train_acc", "val_acc", "test_acc"):
             assert 0 <= r[key] <= 1
-        assert r["train_loss"] == pytest.approx(r["train_ce"] + r["penalty"])
-        assert r["dist_min"] == pytest.approx(r["dist"], rel=1e-5)  # one checkpoint: nearest = first
-        assert r["dist_rel"] == pytest.approx(r["dist"] / r["weight_norm"], rel=0.2)
         assert r["epoch_seconds"] > 0 and r["images_per_second"] > 0
         assert r["diverged"] is False
+    # the last epoch's distances, from the weights themselves: the checkpoint's parameters are
+    # its state dict's entries that are parameters of the model (not BatchNorm buffers)
+    names = [name for name, _ in model.named_parameters()]
+    theta_c, theta = _flat(ckpt[0][n] for n in names), _flat(model.parameters())
+    last = rows[-1]
+    assert last["dist"] == pytest.approx((theta - theta_c).norm().item(), rel=1e-5)
+    assert last["dist_rel"] == pytest.approx((theta - theta_c).norm().item() / theta_c.norm().item(), rel=1e-5)
+    assert last["weight_norm"] == pytest.approx(theta.norm().item(), rel=1e-5)
+
+
+def test_the_penalty_column_is_the_kernel_of_the_distance_by_hand(digits):
+    """With lr 0 nothing moves, so every step sees the same distance to a centre placed 0.3 away
+    in every coordinate: penalty = s exp(-d / (2 sigma^2)) with d = 0.09 n, and the training
+    loss is the CE plus exactly that."""
+    model = _model(digits)
+    params = models.trainable_parameters(model)
+    n = sum(p.numel() for p in params)
+    penalty = DistancePenalty(3.0, "rbf", width=50.0)
+    penalty.add_checkpoint([p.detach() + 0.3 for p in params])
+    rows, _, _ = fit(model, digits, TrainConfig(epochs=1, lr=0.0), torch.device("cpu"), penalty=penalty,
+                     log=lambda m: None)
+    expected = 3.0 * math.exp(-0.09 * n / (2 * 50.0**2))
+    assert 0.01 < expected < 2.99  # the kernel is neither flat nor zero here
+    assert rows[0]["penalty"] == pytest.approx(expected, rel=1e-4)
+    assert rows[0]["train_loss"] - rows[0]["train_ce"] == pytest.approx(expected, rel=1e-4)
+    assert rows[0]["dist"] == pytest.approx(math.sqrt(0.09 * n), rel=1e-4)  # float32 sums of 0.3 - rounding
 
 
 def test_a_nan_loss_stops_the_run_and_is_marked_diverged(digits):
@@ -111,17 +138,24 @@ def test_repeated_checkpoints_are_taken_every_k_epochs_and_measured(digits):
     ckpt = _checkpoint(digits)
     model = _model(digits, seed=1)
     model.load_state_dict(ckpt[0])
+    start = _flat(model.parameters())
     penalty = DistancePenalty(10.0, "rbf", width=1.0, every=2)
     penalty.add_checkpoint(models.trainable_parameters(model))
+    after = {}  # the weights after each epoch, kept by the test itself
+
+    def keep(epochs_done, model):
+        after[epochs_done] = _flat(model.parameters())
+
     rows, _, _ = fit(model, digits, TrainConfig(epochs=5), torch.device("cpu"), penalty=penalty,
-                     optimizer_state=ckpt[1], log=lambda m: None)
+                     optimizer_state=ckpt[1], log=lambda m: None, on_epoch_end=keep)
     assert len(penalty.checkpoints) == 1 + 2  # after epochs 2 and 4
     assert [len(r["dist_checkpoints"]) for r in rows] == [1, 1, 2, 2, 3]
-    third = rows[2]
-    assert third["dist_checkpoints"][0] == pytest.approx(third["dist"], rel=1e-5)
-    # the newest checkpoint is the nearest: one epoch away instead of three
-    assert third["dist_min"] == pytest.approx(third["dist_checkpoints"][1], rel=1e-5)
-    assert third["dist_min"] < third["dist"]
+    # epoch 5: the nearest checkpoint is the one taken after epoch 4, one epoch away
+    final = after[5]
+    assert rows[-1]["dist"] == pytest.approx((final - start).norm().item(), rel=1e-5)
+    assert rows[-1]["dist_min"] == pytest.approx((final - after[4]).norm().item(), rel=1e-5)
+    assert rows[-1]["dist_checkpoints"][1] == pytest.approx((final - after[2]).norm().item(), rel=1e-5)
+    assert rows[-1]["dist_min"] < rows[-1]["dist"]
 
 
 def test_snapshots_are_saved_every_k_epochs(tmp_path):
@@ -148,4 +182,10 @@ def test_every_step_s_learning_rate_is_recorded_as_the_scheduler_set_it(digits):
     expected = [0.5 * 0.1 * (1 + math.cos(math.pi * i / (2 * steps))) for i in range(2 * steps)]
     recorded = [lr for row in rows for lr in row["lr_steps"]]
     assert len(rows[0]["lr_steps"]) == steps and recorded == pytest.approx(expected, rel=1e-6)
-    assert [row["lr"] for row in rows] == [row["lr_steps"][0] for row in rows]  # the epoch's first step
+
+
+def test_each_epoch_s_lr_is_the_step_schedule_s_value_by_hand(digits):
+    # step decay x0.5 every epoch: 0.1, 0.05, 0.025 at the epochs' starts
+    rows, _, _ = fit(_model(digits), digits, TrainConfig(epochs=3, lr=0.1, schedule="step", step_size=1,
+                                                          step_gamma=0.5), torch.device("cpu"), log=lambda m: None)
+    assert [row["lr"] for row in rows] == pytest.approx([0.1, 0.05, 0.025], rel=1e-12)

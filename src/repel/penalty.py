@@ -154,8 +154,9 @@ class DistancePenalty:
     def add_grad_(self, params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Add the penalty's gradient to each parameter's .grad (which holds the CE gradient).
 
-        Returns (penalty value, ||grad penalty|| / ||grad CE||) as device tensors, so the loop can
-        accumulate them without synchronising.
+        Returns (penalty value, [||grad penalty||, ||grad CE||]) as device tensors, so the loop can
+        accumulate them without synchronising. The loop reports the ratio of the epoch's summed
+        norms: a mean of per-step ratios would be ruled by one step whose CE gradient is near 0.
         """
         grads = [p.grad for p in params]
         ce_norm = torch.stack(torch._foreach_norm(grads)).norm()
@@ -175,8 +176,8 @@ class DistancePenalty:
                 torch._foreach_add_(total, diffs)
                 pen_norm = None
         if total is None:
-            return torch.zeros_like(ce_norm), torch.zeros_like(ce_norm)
+            return torch.zeros_like(ce_norm), torch.stack([torch.zeros_like(ce_norm), ce_norm])
         if pen_norm is None:
             pen_norm = torch.stack(torch._foreach_norm(total)).norm()
         torch._foreach_add_(grads, total)
-        return penalty, pen_norm / ce_norm.clamp_min(1e-30)  # a zero CE gradient gives a huge ratio, not NaN
+        return penalty, torch.stack([pen_norm, ce_norm])

@@ -148,9 +148,9 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
         net.train()
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        # ce * n, correct, penalty * n, grad ratio: summed on the device, read once per epoch
-        sums = torch.zeros(4, device=device)
-        zero = torch.zeros((), device=device)
+        # ce * n, correct, penalty * n, |grad penalty|, |grad CE|: summed on the device, read once per epoch
+        sums = torch.zeros(5, device=device)
+        zero, zeros = torch.zeros((), device=device), torch.zeros(2, device=device)
         lr_steps = []  # the lr each step used: schedules like cosine change it inside an epoch
         for xb, yb in train.batches(cfg.batch_size, generator, channels_last=speed.channels_last):
             with torch.autocast(device.type, torch.bfloat16, enabled=speed.amp):
@@ -158,11 +158,12 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
                 ce = F.cross_entropy(out, yb)
             optimizer.zero_grad(set_to_none=False)
             ce.backward()
-            pen, ratio = penalty.add_grad_(params) if penalty is not None else (zero, zero)
+            pen, grad_norms = penalty.add_grad_(params) if penalty is not None else (zero, zeros)
             lr_steps.append(optimizer.param_groups[0]["lr"])
             optimizer.step()
             scheduler.step()
-            sums += torch.stack([ce.detach() * len(yb), (out.argmax(1) == yb).sum(), pen * len(yb), ratio])
+            sums += torch.cat([torch.stack([ce.detach() * len(yb), (out.argmax(1) == yb).sum(), pen * len(yb)]),
+                               grad_norms])
         if device.type == "cuda":  # the training pass's time, apart from evaluation
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - start
@@ -175,7 +176,7 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
             evals = torch.cat([evals, to_each[:1], nearest.view(1), to_each])
         values = evals.tolist()  # the epoch's one synchronisation
         seconds = time.perf_counter() - start
-        ce_sum, correct, pen_sum, ratio_sum, val_loss, val_acc, test_loss, test_acc, weight_norm = values[:9]
+        ce_sum, correct, pen_sum, pen_grad_sum, ce_grad_sum, val_loss, val_acc, test_loss, test_acc, weight_norm = values[:10]
         train_ce = ce_sum / len(train)
         train_loss = train_ce + pen_sum / len(train)
         row = {
@@ -184,15 +185,16 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
             "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
             "dist": math.nan, "dist_rel": math.nan, "dist_min": math.nan,
             "weight_norm": weight_norm,
-            "grad_ratio": ratio_sum / steps_per_epoch if penalty is not None else math.nan,
+            # the ratio of the epoch's mean gradient norms (docs/DESIGN.md)
+            "grad_ratio": pen_grad_sum / ce_grad_sum if penalty is not None and ce_grad_sum > 0 else math.nan,
             "epoch_seconds": seconds, "train_seconds": train_seconds,
             "images_per_second": len(train) / train_seconds,
             "diverged": not math.isfinite(train_loss),
         }
         if origin is not None:
-            row["dist"], row["dist_min"] = values[9], values[10]
-            row["dist_checkpoints"] = values[11:]
-            row["dist_rel"] = values[9] / origin_norm
+            row["dist"], row["dist_min"] = values[10], values[11]
+            row["dist_checkpoints"] = values[12:]
+            row["dist_rel"] = values[10] / origin_norm  # relative to the checkpoint's norm
         rows.append(row)
         log(f"epoch {epoch:4d}/{first_epoch + cfg.epochs - 1}  lr {lr:.3g}  loss {train_loss:.4f}  "
             f"train {row['train_acc']:.3f}  val {val_acc:.3f}  dist {row['dist']:.4g}  {seconds:.2f}s")

@@ -1,5 +1,6 @@
 """A training job killed mid-way and run again ends exactly where an uninterrupted run ends."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from repel.cli import main
+from repel.resume import ResumeState
 from repel.storage import load_torch
 
 TIMING = ["epoch_seconds", "train_seconds", "images_per_second"]
@@ -34,7 +36,7 @@ def _continue_cmd(root, out, strength="10"):
 def _saved_epochs(path) -> int:
     try:
         return len(load_torch(path)["rows"])
-    except (FileNotFoundError, EOFError, RuntimeError):
+    except (OSError, EOFError, RuntimeError, ValueError):  # not there yet (ValueError: repel's BadFileError)
         return 0
 
 
@@ -73,6 +75,9 @@ def test_killed_run_resumes_to_the_identical_result(base, uninterrupted, sig):
 
     again = subprocess.run(_continue_cmd(base, out), capture_output=True, text=True, check=True)
     assert f"resuming from {out / 'resume.pt'} after epoch {2 + done_before}" in again.stdout
+    # the log of the second attempt (Snakemake starts it anew) holds every epoch once: 3 to 14
+    epochs = [int(line.split()[1].split("/")[0]) for line in again.stdout.splitlines() if line.startswith("epoch ")]
+    assert epochs == list(range(3, 15))
     _assert_same_run(uninterrupted, out)
 
 
@@ -86,3 +91,49 @@ def test_a_state_from_other_settings_is_not_resumed(base, uninterrupted):
     again = subprocess.run(_continue_cmd(base, out), capture_output=True, text=True, check=True)
     assert "ignoring" in again.stdout and "resuming" not in again.stdout
     _assert_same_run(uninterrupted, out)
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "truncated state"])
+def test_a_corrupt_state_is_moved_aside_and_the_run_starts_afresh(base, uninterrupted, damage, monkeypatch):
+    out = base / f"corrupt-{damage.replace(' ', '-')}"
+    out.mkdir()
+    state, aside = out / "resume.pt", out / "resume.pt.corrupt"
+    if damage == "random bytes":
+        state.write_bytes(os.urandom(50_000))
+        aside.write_bytes(b"an older corrupt state")  # replaced
+    else:  # a state as a job saves it, cut short
+        monkeypatch.setattr(signal, "signal", lambda *args: None)  # keep pytest's own SIGTERM handler
+        ResumeState(state, "any").save_if_due({"model": torch.nn.Linear(50, 50)}, [{"epoch": 3}])
+        whole = state.read_bytes()
+        state.write_bytes(whole[: len(whole) // 2])
+    damaged = state.read_bytes()
+
+    run = subprocess.run(_continue_cmd(base, out), capture_output=True, text=True)
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"warning: {state}" in run.stdout and str(aside) in run.stdout
+    assert "resuming" not in run.stdout
+    assert aside.read_bytes() == damaged
+    _assert_same_run(uninterrupted, out)
+
+
+def test_a_state_lacking_entries_is_moved_aside_before_anything_is_restored(tmp_path, monkeypatch):
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # keep pytest's own SIGTERM handler
+    path, logged = tmp_path / "resume.pt", []
+    model = torch.nn.Linear(3, 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    parts = {"model": model, "optimizer": torch.optim.SGD(model.parameters(), lr=0.1)}
+    # the optimizer's state is not there
+    torch.save({"fingerprint": "f", "rows": [{"epoch": 1}], "torch_rng": torch.get_rng_state(),
+                "model": {k: torch.zeros_like(v) for k, v in before.items()}}, path)
+
+    assert ResumeState(path, "f", log=logged.append).restore(parts) == []
+
+    assert not path.exists() and (tmp_path / "resume.pt.corrupt").exists()
+    assert any(str(path) in line and "resume.pt.corrupt" in line and "optimizer" in line for line in logged)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    # a state from other settings is ignored, as before, and left for the run to replace
+    torch.save({"fingerprint": "other", "rows": [{"epoch": 1}]}, path)
+    assert ResumeState(path, "f", log=logged.append).restore(parts) == []
+    assert path.exists() and "ignoring" in logged[-1]

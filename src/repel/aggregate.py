@@ -19,7 +19,8 @@ def combine(paths, labels: dict[str, str]) -> pd.DataFrame:
     """One row per run and epoch; `label` names the run's families, `control` the run it is compared
     with. The per-step learning rates stay in each run's own table: at the study's scale they
     would make this one hundreds of times larger, and `lr` (the epoch's first) draws the schedule."""
-    df = pd.concat([pd.read_parquet(p).drop(columns="lr_steps", errors="ignore") for p in paths], ignore_index=True)
+    df = pd.concat([storage.read_parquet(p, "metrics").drop(columns="lr_steps", errors="ignore") for p in paths],
+                   ignore_index=True)
     is_run = df["phase"] == "continue"
     df["label"] = df["run"].map(lambda r: labels.get(r, r))
     df["control"] = df["run"]
@@ -75,7 +76,7 @@ def aggregate_ensembles(paths, landscape_paths, out_dir: Path) -> None:
 
     curves, pairs = [], []
     for path in paths:
-        pred = storage.load_torch(path)
+        pred = storage.load_torch(path, "predictions")
         keys = {"dataset": pred["dataset"], "model": pred["model"], "method": pred["method"]}
         curve = ensemble_curve(pred["probs"], pred["labels"])
         pair = pairwise_table(pred["probs"], list(pred["weights"]), pred["theta_c"])
@@ -86,7 +87,7 @@ def aggregate_ensembles(paths, landscape_paths, out_dir: Path) -> None:
     final = curves.loc[curves.groupby(["dataset", "model", "method"])["m"].idxmax()]
     summary = final.merge(pairs.groupby(["dataset", "model", "method"])["disagreement"].mean().rename("mean_disagreement"),
                           on=["dataset", "model", "method"])
-    landscape = pd.concat([pd.read_parquet(p) for p in landscape_paths], ignore_index=True)
+    landscape = pd.concat([storage.read_parquet(p, "member landscape") for p in landscape_paths], ignore_index=True)
     landscape = landscape.rename(columns={"run": "method"})
     barriers = landscape.groupby(["dataset", "model", "method", "pair"])["barrier"].first()
     summary = summary.merge(barriers.groupby(["dataset", "model", "method"]).mean().rename("mean_member_barrier"),

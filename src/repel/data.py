@@ -97,6 +97,10 @@ def prepare(name: str, data_dir: str | Path, val_fraction: float, test_fraction:
     perm = torch.randperm(len(y), generator=g)
     n_val = round(val_fraction * len(y))
     val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+    if min(len(train_idx), len(val_idx), len(test_y)) < 1:  # the workflow checks this before any job
+        fractions = f"val_fraction {val_fraction}" + (f", test_fraction {test_fraction}" if name == "digits" else "")
+        raise ValueError(f"{name} would be split into {len(train_idx)} training, {len(val_idx)} validation and "
+                         f"{len(test_y)} test images ({fractions}); every split needs at least one image")
     train_x = x[train_idx]
     # one channel at a time keeps the float copy small (CIFAR's training set is 600 MB as float32)
     channels = (train_x[:, c].float() / 255 for c in range(train_x.shape[1]))
@@ -118,7 +122,7 @@ def load(path: str | Path) -> dict:
     # imported here, not at the top: training needs only torch, and storage imports pandas
     from .storage import load_torch
 
-    return load_torch(path)
+    return load_torch(path, "data")
 
 
 class DeviceData:

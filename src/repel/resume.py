@@ -3,13 +3,15 @@
 Every `every` epochs the loop saves everything that decides the rest of the run (model, optimizer,
 scheduler, RNG states, penalty centres, metrics so far) atomically to one file. A run started
 again with the same settings continues from there and ends bit-for-bit where an uninterrupted run
-ends (on CPU). A state written under other settings is ignored and replaced, never resumed.
+ends (on CPU). A state written under other settings is ignored and replaced, never resumed; one
+that cannot be used (cut short, damaged) is moved aside, so that it cannot block the job's retries.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -28,14 +30,25 @@ def fingerprint(settings: dict, *files) -> str:
 
 
 class ResumeState:
-    """Periodic save and restore of a training run's complete state, in `path`."""
+    """Periodic save and restore of a training run's complete state, in `path`.
+
+    The state keeps the lines logged through `log` too: Snakemake starts each attempt's log file
+    anew, so a resumed job writes the lines of the epochs before its stop again, and its log
+    holds every epoch once.
+    """
 
     def __init__(self, path, fingerprint: str, every: int = 1, log=print):
         if every < 1:
             raise ValueError(f"save interval must be >= 1 epoch, got {every}")
-        self.path, self.fingerprint, self.every, self.log = Path(path), fingerprint, every, log
+        self.path, self.fingerprint, self.every, self._print = Path(path), fingerprint, every, log
+        self.lines: list[str] = []  # what this run logged, saved with the state
         self.stop_requested = False
         signal.signal(signal.SIGTERM, self._on_sigterm)  # SLURM's time limit: save, then stop
+
+    def log(self, msg: str) -> None:
+        """Log a line of the run and keep it for the saved state."""
+        self.lines.append(msg)
+        self._print(msg)
 
     def _on_sigterm(self, signum, frame):
         self.stop_requested = True
@@ -46,18 +59,41 @@ class ResumeState:
         Generator; None is skipped) and return the metrics rows so far; [] when there is none."""
         if not self.path.exists():
             return []
-        state = storage.load_torch(self.path)
-        if state.get("fingerprint") != self.fingerprint:
+        try:
+            state = storage.load_torch(self.path)
+        except storage.BadFileError as err:
+            return self._set_aside(err.problem)
+        if not isinstance(state, dict) or "fingerprint" not in state:
+            return self._set_aside("is not a saved training state")
+        if state["fingerprint"] != self.fingerprint:
             self.log(f"ignoring {self.path}: it was written under other settings or inputs")
             return []
+        # checked before any part is changed: a half-restored run could not start afresh
+        lacking = [name for name, obj in parts.items() if obj is not None and name not in state]
+        lacking += [name for name in ("rows", "torch_rng") if name not in state]
+        if lacking:
+            return self._set_aside(f"lacks the entries {', '.join(lacking)}")
         for name, obj in parts.items():
             if isinstance(obj, torch.Generator):
                 obj.set_state(state[name])
             elif obj is not None:
                 obj.load_state_dict(state[name])
         torch.set_rng_state(state["torch_rng"])
-        self.log(f"resuming from {self.path} after epoch {state['rows'][-1]['epoch']}")
+        self.lines = state.get("log", []) + self.lines
+        self._print(f"resuming from {self.path} after epoch {state['rows'][-1]['epoch']}; "
+                    "the run's log up to there:")
+        for line in state.get("log", []):
+            self._print(line)
+        self.log(f"resumed from {self.path} after epoch {state['rows'][-1]['epoch']}")
         return state["rows"]
+
+    def _set_aside(self, problem: str) -> list[dict]:
+        """A state that cannot be resumed would stop the job at every retry: move it aside (for a
+        look, replacing an older one) and start the run from its beginning."""
+        aside = self.path.with_name(self.path.name + ".corrupt")
+        os.replace(self.path, aside)
+        self.log(f"warning: {self.path} {problem}; moved it to {aside} and starting the run from its beginning")
+        return []
 
     def save_if_due(self, parts: dict, rows: list[dict]) -> None:
         """Save after every `every` epochs, and at once when SIGTERM arrived (then exit)."""
@@ -65,7 +101,7 @@ class ResumeState:
             return
         state = {name: obj.get_state() if isinstance(obj, torch.Generator) else obj.state_dict()
                  for name, obj in parts.items() if obj is not None}
-        state.update(fingerprint=self.fingerprint, rows=rows, torch_rng=torch.get_rng_state())
+        state.update(fingerprint=self.fingerprint, rows=rows, torch_rng=torch.get_rng_state(), log=self.lines)
         storage.save_torch(state, self.path)
         if self.stop_requested:
             raise SystemExit(f"stopped by SIGTERM after epoch {rows[-1]['epoch']}; state saved to {self.path}")

@@ -1,12 +1,57 @@
-"""Writing results: every file appears whole or not at all (write to a temporary name, then rename)."""
+"""Writing results: every file appears whole or not at all (write to a temporary name, then rename).
+
+Reading them back: a missing or unreadable input stops the job with one message that says which
+file it is, what it should be, which step makes it and what to do.
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from pathlib import Path
 
 import pandas as pd
 import torch
+
+# what each kind of input file is, and the command (Snakemake rule) that makes it
+KINDS = {
+    "data": ("a prepared dataset", "`repel prepare` (Snakemake rule prepare_data)"),
+    "checkpoint": ("a base checkpoint", "`repel train-base` (Snakemake rule train_base)"),
+    "weights": ("a continuation run's weights", "`repel continue` (Snakemake rule continue_run)"),
+    "member": ("an ensemble member's weights",
+               "`repel continue` (Snakemake rules continue_run_snapshots, continue_run for independent seeds)"),
+    "predictions": ("stored ensemble predictions", "`repel predict` (Snakemake rule predict)"),
+    "metrics": ("a run's metrics table",
+                "`repel train-base` or `repel continue` (Snakemake rules train_base, continue_run)"),
+    "landscape": ("a run's landscape table", "`repel landscape` (Snakemake rule landscape)"),
+    "member landscape": ("the loss between ensemble members",
+                         "`repel landscape --between` (Snakemake rule member_landscape)"),
+    "aggregated metrics": ("the aggregated metrics table", "`repel aggregate` (Snakemake rule aggregate)"),
+    "summary": ("the summary table", "`repel aggregate` (Snakemake rule aggregate)"),
+    "aggregated landscape": ("the aggregated landscape table",
+                             "`repel aggregate-landscape` (Snakemake rule aggregate_landscape)"),
+    "ensemble curves": ("the ensembles' metrics table", "`repel ensembles` (Snakemake rule evaluate_ensembles)"),
+    "ensemble pairs": ("the ensembles' pairwise table", "`repel ensembles` (Snakemake rule evaluate_ensembles)"),
+}
+MISSING = "is missing (not found)"
+DAMAGED = "cannot be read: it is cut short, damaged or not a torch file"
+UNSAFE = ("was not loaded: it holds objects other than tensors and plain containers, which repel never "
+          "writes, so nothing in it was run")
+DAMAGED_TABLE = "cannot be read: it is cut short, damaged or not a Parquet table"
+# how a cut-short or garbled file shows itself (torch and pyarrow say it in many ways)
+_UNREADABLE = (OSError, EOFError, RuntimeError, ValueError, TypeError, KeyError, IndexError)
+
+
+class BadFileError(ValueError):
+    """An input file that is missing or cannot be used; `problem` says what is wrong with it."""
+
+    def __init__(self, path, problem: str, kind: str | None = None):
+        what, made_by = KINDS.get(kind, ("a file repel writes", "an earlier step of the workflow"))
+        todo = ("run the workflow, which makes it" if problem == MISSING
+                else "delete it and run the workflow again; it will be made anew")
+        super().__init__(f"{path} {problem}. It should be {what}, made by {made_by}: {todo}.")
+        self.path, self.problem = Path(path), problem
 
 
 def _tmp(path: Path) -> Path:
@@ -21,9 +66,30 @@ def save_torch(obj, path) -> None:
     os.replace(tmp, path)
 
 
-def load_torch(path) -> dict:
-    """Load a checkpoint or weights file; weights_only: nothing in it can run code."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+def load_torch(path, kind: str | None = None) -> dict:
+    """Load a file written by save_torch; weights_only: nothing in it can run code.
+    `kind` (a key of KINDS) names the file in the error when it is missing or cannot be used."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise BadFileError(path, MISSING, kind) from None
+    except pickle.UnpicklingError:
+        # weights_only refused it. Never pass torch's text on: it suggests weights_only=False,
+        # which would run whatever the file holds. save_torch always writes a zip, so a whole zip
+        # was refused for what it holds, anything else is damaged.
+        raise BadFileError(path, UNSAFE if zipfile.is_zipfile(path) else DAMAGED, kind) from None
+    except _UNREADABLE as err:
+        raise BadFileError(path, DAMAGED, kind) from err
+
+
+def read_parquet(path, kind: str | None = None) -> pd.DataFrame:
+    """Read a table written by save_parquet; `kind` as for load_torch."""
+    try:
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise BadFileError(path, MISSING, kind) from None
+    except _UNREADABLE as err:
+        raise BadFileError(path, DAMAGED_TABLE, kind) from err
 
 
 def save_parquet(df: pd.DataFrame, path) -> None:

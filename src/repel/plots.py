@@ -2,7 +2,11 @@
 
 A family's figure has a row per dataset/model and a column per metric. Several seeds are drawn as
 their mean with a min–max band (curves) or mean ± 1 std (final values). The base training before
-the checkpoint is grey, the control (s = 0) red, as in the source's figures.
+the checkpoint is grey, the control (s = 0) red, as in the source's figures. The landscape figure
+has a row per family and dataset/model, its lines labelled as in the family's figure.
+
+Each figure is built by a `*_figure` function that returns it (for tests to inspect) and saved by
+the `plot_*` function that calls it.
 """
 
 from __future__ import annotations
@@ -24,11 +28,14 @@ PANELS = {  # metrics column -> y-axis label
     "val_acc": "validation accuracy", "test_acc": "test accuracy", "train_acc": "training accuracy",
     "val_loss": "validation loss", "train_loss": "training loss (CE + penalty)",
     "dist": "distance to the checkpoint ‖θ − θ_c‖₂", "dist_min": "distance to the nearest checkpoint",
-    "dist_rel": "‖θ − θ_c‖ / ‖θ‖", "penalty": "penalty", "grad_ratio": "‖∇penalty‖ / ‖∇CE‖",
+    "dist_rel": "‖θ − θ_c‖ / ‖θ_c‖", "penalty": "penalty", "grad_ratio": "‖∇penalty‖ / ‖∇CE‖",
     "lr": "learning rate", "weight_norm": "‖θ‖₂",
 }
 START_AT_ZERO = {"dist", "dist_min", "dist_rel", "penalty"}  # their value at the checkpoint itself
 NOT_IN_BASE = START_AT_ZERO | {"grad_ratio"}  # no meaning before the checkpoint
+LOG_PANELS = {"grad_ratio"}  # ratios that span orders of magnitude
+ZOOM_BELOW = 0.25  # an inset zooms on the continuation where its y-range is under this share of the panel's
+BARRIER_SHOWN = 1e-3  # smaller landscape barriers are noise: the line stays in the basin
 COLUMNS = {"lr": "lr_init"}  # a swept key -> its metrics column, where the names differ
 LABELS = {  # a swept key -> how a run's value of it reads in a legend
     "strength": lambda r: f"s={r['strength']:g}",
@@ -79,28 +86,97 @@ def _start(base: pd.DataFrame, rows: pd.DataFrame, column: str) -> pd.DataFrame:
     return first.dropna(subset=[column])
 
 
+def _distinct(palette: list[str], cmap: str, n: int) -> list:
+    """n distinct colours: the palette's, or evenly spaced ones of a colormap where it has too few."""
+    if n <= len(palette):
+        return palette[:n]
+    return [matplotlib.colormaps[cmap](x) for x in np.linspace(0.3, 0.95, n)]
+
+
 def _runs_in_order(firsts: pd.DataFrame, runs: list[str]):
-    """(run id, first row, colour): controls first and red, so the red curves sit under the others."""
-    controls, others = iter(CONTROL_COLORS * 8), iter(VARIANT_COLORS * 8)
-    ordered = sorted((r for r in runs if r in firsts.index), key=lambda r: firsts.loc[r, "strength"] != 0)
-    for rid in ordered:
-        yield rid, firsts.loc[rid], next(controls) if firsts.loc[rid, "strength"] == 0 else next(others)
+    """(run id, first row, colour): controls first and red, so the red curves sit under the others;
+    every run its own colour."""
+    present = [r for r in runs if r in firsts.index]
+    controls = [r for r in present if firsts.loc[r, "strength"] == 0]
+    others = [r for r in present if firsts.loc[r, "strength"] != 0]
+    colors = _distinct(CONTROL_COLORS, "Reds", len(controls)) + _distinct(VARIANT_COLORS, "viridis", len(others))
+    for rid, color in zip(controls + others, colors):
+        yield rid, firsts.loc[rid], color
+
+
+def _continuations(base: pd.DataFrame, runs: pd.DataFrame, column: str, spec: dict):
+    """(first row, colour, its rows from the checkpoint on) for each of the family's runs."""
+    for rid, run, color in _runs_in_order(runs.groupby("run").first(), spec["runs"]):
+        rows = runs[runs["run"] == rid]
+        if column != "lr":  # the lr has no value "at the checkpoint" to start from
+            rows = pd.concat([_start(base, rows, column), rows])
+        if column in LOG_PANELS:  # a log axis has no place for them (a control's ratio is 0)
+            rows = rows.assign(**{column: rows[column].where(rows[column] > 0)})
+        yield run, color, rows
+
+
+def _draw_runs(ax, curves: list, column: str, spec: dict) -> None:
+    for run, color, rows in curves:
+        _band(ax, rows, column, color, describe(run, spec["varying"]), linewidth=1.4)
+        for _, end in rows[rows["diverged"]].iterrows():
+            ax.plot(end["epoch"], 0 if pd.isna(end[column]) else end[column], "x", color=color, markersize=9)
+
+
+def checkpoint_epochs(run: pd.Series) -> list[int]:
+    """The epochs after which a run took a new checkpoint: every K epochs of its continuation,
+    before its last epoch."""
+    if not run["checkpoint_every"] > 0:
+        return []
+    start, every = int(run["checkpoint_epoch"]), int(run["checkpoint_every"])
+    return list(range(start + every, start + int(run["epochs"]), every))
+
+
+def _mark_checkpoints(ax, curves: list, column: str) -> None:
+    """A tick on each run's mean curve where it took a new checkpoint (dist_min drops after it)."""
+    for run, color, rows in curves:
+        mean = rows.groupby("epoch")[column].mean()
+        epochs = [e for e in checkpoint_epochs(run) if e in mean.index]
+        if epochs:
+            ax.plot(epochs, mean.loc[epochs], linestyle="none", marker="|", markersize=12,
+                    markeredgewidth=1.8, color=color)
+
+
+def _zoom(ax, base: pd.DataFrame, curves: list, column: str, spec: dict) -> None:
+    """An inset on the continuation where the base's range dwarfs it (accuracies: 0.1 to 0.99 in
+    the base, 0.95 to 0.99 after the checkpoint), on the side away from the continuation."""
+    rows = pd.concat([r for _, _, r in curves])
+    values = rows[column][np.isfinite(rows[column])]
+    everything = pd.concat([values, base[column][np.isfinite(base[column])]])
+    lo, hi = values.min(), values.max()
+    if values.empty or hi - lo >= ZOOM_BELOW * (everything.max() - everything.min()):
+        return
+    high = (lo + hi) / 2 > (everything.min() + everything.max()) / 2
+    inset = ax.inset_axes([0.42, 0.07, 0.55, 0.5] if high else [0.42, 0.45, 0.55, 0.5])
+    _draw_runs(inset, curves, column, spec)
+    pad = 0.08 * (hi - lo) or 0.01 * max(abs(hi), 1e-3)  # flat curves still get a visible range
+    inset.set_xlim(rows["checkpoint_epoch"].min(), rows["epoch"].max())
+    inset.set_ylim(lo - pad, hi + pad)
+    inset.tick_params(labelsize=7)
+    inset.grid(alpha=0.3)
+    ax.indicate_inset_zoom(inset, edgecolor="0.4")
 
 
 def _curves(ax, panel: pd.DataFrame, column: str, spec: dict) -> None:
     base = panel[panel["phase"] == "base"]
     runs = panel[panel["phase"] == "continue"]
-    if column not in NOT_IN_BASE and not base.empty:
+    with_base = column not in NOT_IN_BASE and not base.empty
+    if with_base:
         _band(ax, base, column, "0.55", "base training", linewidth=1.2)
     if not base.empty:
         ax.axvline(base["epoch"].max(), color="0.3", linestyle=":", linewidth=1)
-    for rid, run, color in _runs_in_order(runs.groupby("run").first(), spec["runs"]):
-        rows = runs[runs["run"] == rid]
-        if column != "lr":  # the lr has no value "at the checkpoint" to start from
-            rows = pd.concat([_start(base, rows, column), rows])
-        _band(ax, rows, column, color, describe(run, spec["varying"]), linewidth=1.4)
-        for _, end in rows[rows["diverged"]].iterrows():
-            ax.plot(end["epoch"], 0 if pd.isna(end[column]) else end[column], "x", color=color, markersize=9)
+    curves = list(_continuations(base, runs, column, spec))
+    _draw_runs(ax, curves, column, spec)
+    if column == "dist_min":
+        _mark_checkpoints(ax, curves, column)
+    if column in LOG_PANELS and any((rows[column] > 0).any() for _, _, rows in curves):
+        ax.set_yscale("log")
+    if with_base:
+        _zoom(ax, base, curves, column, spec)
     ax.set_xlabel("epoch (dotted line: the checkpoint)")
     ax.grid(alpha=0.3)
 
@@ -131,8 +207,13 @@ def _finals(ax, panel: pd.DataFrame, column: str, spec: dict) -> None:
 
 
 def plot_family(df: pd.DataFrame, name: str, spec: dict, out_dir: Path, formats=("png", "pdf")) -> list[Path]:
-    """One family's figure: a row per dataset/model, a column per panel (a metric)."""
+    """One family's figure (`family_figure`), saved as out_dir/<name>.<format>."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    return _save(family_figure(df, name, spec), out_dir, name, formats, tight_layout=False)
+
+
+def family_figure(df: pd.DataFrame, name: str, spec: dict):
+    """One family's figure: a row per dataset/model, a column per panel (a metric)."""
     if spec["figure"] == "final" and COLUMNS.get(spec["x"], spec["x"]) not in df.columns:
         raise ValueError(f"family '{name}': figure 'final' draws final values against the first swept key, "
                          f"and '{spec['x']}' has no metrics column; sweep one of {', '.join(LABELS)} first")
@@ -160,9 +241,11 @@ def plot_family(df: pd.DataFrame, name: str, spec: dict, out_dir: Path, formats=
     else:
         how = "; several seeds: mean and min–max band" if several else ""
         what = f"per epoch; grey: base training, red: control (s = 0); × marks a diverged run{how}"
+        if "dist_min" in panels and (runs["checkpoint_every"] > 0).any():
+            what += "; | on a dist_min curve: a new checkpoint"
     fig.suptitle(f"family '{name}': {what}", fontsize=10)
     fig.subplots_adjust(hspace=0.35, wspace=0.3)
-    return _save(fig, out_dir, name, formats, tight_layout=False)
+    return fig
 
 
 def _save(fig, out_dir: Path, stem: str, formats, tight_layout: bool = True) -> list[Path]:
@@ -177,34 +260,75 @@ def _save(fig, out_dir: Path, stem: str, formats, tight_layout: bool = True) -> 
     return paths
 
 
-def plot_landscape(df: pd.DataFrame, out_dir: Path, formats=("png", "pdf")) -> list[Path]:
-    """Validation loss and error along θ(α) = (1−α)θ_c + αθ, one column per dataset/model."""
+def plot_landscape(df: pd.DataFrame, runs: pd.DataFrame, families: dict, out_dir: Path,
+                   formats=("png", "pdf")) -> list[Path]:
+    """The landscape figure (`landscape_figure`), saved as out_dir/landscape.<format>."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    panels = list(df.groupby(["dataset", "model"], sort=True))
-    # one row per dataset/model: loss and error side by side, the legend on the right
-    fig, axes = plt.subplots(len(panels), 2, figsize=(12, 4.5 * len(panels)), squeeze=False)
-    for row, ((dataset, model), panel) in enumerate(panels):
-        controls, variants = iter(CONTROL_COLORS * 8), iter(VARIANT_COLORS * 8)
-        for rid, run in sorted(panel.groupby("run"), key=lambda item: (not item[0].startswith("s0_"), item[0])):
-            color = next(controls) if rid.startswith("s0_") else next(variants)
-            curve = run.groupby("alpha")[["loss", "error"]].mean()  # mean over seeds
-            label = f"{rid} (barrier {run.groupby('seed')['barrier'].first().mean():.3g})"
-            for col, column in enumerate(("loss", "error")):
-                axes[row, col].plot(curve.index, curve[column], color=color, label=label, linewidth=1.3)
-        for col, ylabel in enumerate(("validation loss", "validation error")):
-            ax = axes[row, col]
+    return _save(landscape_figure(df, runs, families), out_dir, "landscape", formats, tight_layout=False)
+
+
+def _landscape_groups(df: pd.DataFrame, families: dict):
+    """(title, varying keys or None, run ids) for each family with a landscape, then the runs of no family."""
+    present, seen = set(df["run"]), set()
+    for name, spec in families.items():
+        ids = [r for r in spec["runs"] if r in present]
+        seen.update(ids)
+        if ids:
+            yield f"family '{name}'", spec["varying"], ids
+    if present - seen:
+        yield "runs of no family", None, sorted(present - seen)
+
+
+def _landscape_row(axes, cell: pd.DataFrame, firsts: pd.DataFrame, varying, ids: list[str]) -> None:
+    """One line per run (mean over seeds), labelled by its swept values (its id if in no family)."""
+    present = set(cell["run"])
+    for rid, run, color in _runs_in_order(firsts, [r for r in ids if r in present]):
+        rows = cell[cell["run"] == rid]
+        curve = rows.groupby("alpha")[["loss", "error"]].mean()
+        height = rows.groupby("seed")["barrier"].first().mean()
+        label = (rid if varying is None else describe(run, varying)) + (
+            f" (barrier {height:.3g})" if height >= BARRIER_SHOWN else "")
+        for ax, column in zip(axes, ("loss", "error")):
+            ax.plot(curve.index, curve[column], color=color, label=label, linewidth=1.3)
+
+
+def landscape_figure(df: pd.DataFrame, runs: pd.DataFrame, families: dict):
+    """Validation loss and error along θ(α) = (1−α)θ_c + αθ: a row per family and dataset/model.
+
+    `df` is the landscape table, `runs` the summary table (each run's grid settings, for the
+    legends), `families` as grid.families returns it."""
+    firsts = runs.groupby("run").first()
+    missing = sorted(set(df["run"]) - set(firsts.index))
+    if missing:
+        raise ValueError(f"no summary rows for the runs {', '.join(missing)}; is summary.parquet up to date?")
+    groups = [(f"{title}: {dataset} / {model}", varying, ids, cell)
+              for title, varying, ids in _landscape_groups(df, families)
+              for (dataset, model), cell in df.groupby(["dataset", "model"], sort=True) if cell["run"].isin(ids).any()]
+    lines = ["Validation loss and error along θ(α) = (1−α)θ_c + αθ: α = 0 is the checkpoint θ_c, "
+             "α = 1 a run's final weights θ; mean over seeds, red: control (s = 0)",
+             f"barrier (in the legend where ≥ {BARRIER_SHOWN:g}): the most the loss rises above the straight line "
+             "between its values at α = 0 and α = 1"]
+    # tables written before bn_recomputed existed lack it (or hold NaN): say nothing rather than guess
+    with_bn = sorted(df.loc[df["bn_recomputed"].eq(True), "model"].unique()) if "bn_recomputed" in df else []
+    if with_bn:
+        lines.append(f"BatchNorm statistics recomputed at every α ({', '.join(with_bn)})")
+    top_in, row_in = 0.3 + 0.2 * len(lines), 3.0  # the title's height and a row's, in inches
+    height = top_in + row_in * len(groups)
+    fig, axes = plt.subplots(len(groups), 2, figsize=(10, height), squeeze=False)
+    for (title, varying, ids, cell), row in zip(groups, axes):
+        _landscape_row(row, cell, firsts, varying, ids)
+        for ax, ylabel in zip(row, ("validation loss", "validation error")):
             for x in (0, 1):
                 ax.axvline(x, color="0.3", linestyle=":", linewidth=1)
-            ax.set_xlabel("α  (0: the checkpoint θ_c, 1: the run's final weights θ)")
+            ax.set_xlabel("α  (0: θ_c, 1: θ)")
             ax.set_ylabel(ylabel)
+            ax.set_title(title, fontsize=9)
             ax.grid(alpha=0.3)
-            ax.set_title(f"{dataset} / {model}")
-        axes[row, 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
-    fig.suptitle("Along the straight line from the checkpoint to each run (BatchNorm statistics recomputed "
-                 "at every α)\nbarrier = max over α in [0, 1] of the loss above the straight line between "
-                 "the endpoints' losses", fontsize=10)
-    fig.subplots_adjust(hspace=0.35, wspace=0.25)
-    return _save(fig, out_dir, "landscape", formats, tight_layout=False)
+        row[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    # the title keeps its inches whatever the number of rows, so it never reaches the panels' titles
+    fig.suptitle("\n".join(lines), fontsize=9, y=1 - 0.1 / height, va="top")
+    fig.subplots_adjust(top=1 - top_in / height, bottom=0.5 / height, hspace=0.45, wspace=0.25)
+    return fig
 
 
 def plot_ensembles(curves: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, formats=("png", "pdf")) -> list[Path]:

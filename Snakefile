@@ -8,6 +8,8 @@
 
 import re
 
+import yaml
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -16,6 +18,11 @@ min_version("9.0")
 # The embedded default, unless a config is given with --configfile: merging the two would mix
 # their grids (a default `width` beside a study's `gamma`).
 if not workflow.overwrite_configfiles:
+    try:  # snakemake's own message for a YAML syntax error names neither the file nor the line
+        with open("config/config.yaml") as f:
+            yaml.safe_load(f)
+    except yaml.YAMLError as error:
+        raise WorkflowError(f"config/config.yaml is not valid YAML: {error}") from None
 
     configfile: "config/config.yaml"
 

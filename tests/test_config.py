@@ -1,0 +1,267 @@
+"""A bad config stops before any job, with a message that names the key and its value; and the
+config's keys are the same in the schema, in config/README.md and on the command line."""
+
+import argparse
+import copy
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from repel import cli, config_check, data, grid
+from workflow_run import ROOT, snakemake
+SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
+TINY = {
+    "datasets": ["digits"],
+    "models": ["cnn"],
+    "seeds": [0],
+    "base": {"epochs": 2},
+    "continuation": {
+        "defaults": {"epochs": 2, "lr": 0.01, "schedule": "constant", "kernel": "rbf", "width": 1.0,
+                     "distance": "sum", "strength": 10},
+        "families": {"width": {"sweep": {"width": [1.0, 0.5]}}},
+    },
+}
+
+
+def refused(workdir: Path, change) -> str:
+    """Snakemake's output for TINY changed by `change`, which must stop before any job."""
+    config = copy.deepcopy(TINY)
+    change(config)
+    result = snakemake(workdir, config, "--cores", "1")
+    assert result.returncode != 0
+    assert not (workdir / "results").exists()
+    return result.stdout + result.stderr
+
+
+def families(**blocks):
+    """A change of TINY: these families instead of its own."""
+    return lambda config: config["continuation"].update(families=blocks)
+
+
+def validated(config: dict) -> dict:
+    config = copy.deepcopy(config)
+    validate(config, str(SCHEMA))  # fills in the schema's defaults, as the workflow does
+    return config
+
+
+# the schema's own checks name the exact key path of the bad value
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["continuation"]["families"]["width"].update(fixed={"kernel": "gauss"}),
+     "On instance['continuation']['families']['width']['fixed']['kernel']:\n    'gauss'"),
+    (lambda c: c["continuation"]["families"]["width"]["sweep"].update(width=[-1]),
+     "On instance['continuation']['families']['width']['sweep']['width'][0]:\n    -1"),
+    (lambda c: c["continuation"]["families"]["width"]["sweep"].update(colour=[1]),
+     "('colour' was unexpected)\n\nFailed validating 'additionalProperties'"),
+    (lambda c: c["continuation"]["defaults"].pop("strength"),
+     "config: continuation.families.width: a grid point has no strength"),
+    (lambda c: c.pop("datasets"), "'datasets' is a required property"),
+    (lambda c: c["base"].update(epoch=3), "On instance['base']:\n    {'epoch': 3,"),
+], ids=["kernel", "width", "sweep_key", "no_strength", "datasets", "base_key"])
+def test_a_bad_value_or_key_is_named_by_its_path(tmp_path, change, message):
+    assert message in refused(tmp_path, change)
+
+
+# 1. patterns: Python's `$` matches before a final newline; `\Z` does not
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.update(device="cpu\n"), "On instance['device']:\n    'cpu\\n'"),
+    (lambda c: c.update(resources={"gpu": 1, "gpu_model": "a100\n"}),
+     "On instance['resources']['gpu_model']:\n    'a100\\n'"),
+    (lambda c: c["continuation"]["families"].update({"nl\n": {"sweep": {"width": [2.0]}}}),
+     "On instance['continuation']['families']:\n    'nl\\n'"),
+], ids=["device", "gpu_model", "family"])
+def test_a_value_with_a_trailing_newline_is_refused(tmp_path, change, message):
+    assert message in refused(tmp_path, change)
+
+
+def test_every_schema_pattern_ends_at_the_very_end_of_the_string():
+    def patterns(node):
+        if isinstance(node, dict):
+            yield from ([node["pattern"]] if isinstance(node.get("pattern"), str) else [])
+            yield from (p for value in node.values() for p in patterns(value))
+        elif isinstance(node, list):
+            yield from (p for value in node for p in patterns(value))
+
+    found = list(patterns(yaml.safe_load(SCHEMA.read_text())))
+    assert len(found) >= 4 and all(p.endswith(r"\Z") for p in found), found
+
+
+# 2. values the schema lets through that would make broken or no-op runs
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["continuation"]["families"]["width"]["sweep"].update(lr=[0.1, math.nan]),
+     "config: continuation.families.width.sweep.lr[1] is nan: every number must be finite"),
+    (lambda c: c["continuation"]["defaults"].update(strength=math.inf),
+     "config: continuation.defaults.strength is inf: every number must be finite"),
+], ids=["nan", "inf"])
+def test_a_number_that_is_not_finite_is_refused(tmp_path, change, message):
+    assert message in refused(tmp_path, change)
+
+
+def test_minus_infinity_is_refused_by_the_schema_or_the_check():
+    config = validated(TINY)
+    config["split"]["seed"] = -math.inf  # not through validate: its own minimums stop -inf
+    with pytest.raises(ValueError, match=r"^split\.seed is -inf: every number must be finite$"):
+        config_check.check(config)
+
+
+GRID_CASES = {
+    "checkpoint_every": (
+        families(multiple={"fixed": {"checkpoint_every": 2}, "sweep": {"merge": [False]}}),
+        "config: continuation.families.multiple, point {checkpoint_every: 2, merge: false}: "
+        "checkpoint_every 2 >= epochs 2 (from continuation.defaults): the new checkpoint would come after the last "
+        "epoch"),
+    "step_size": (
+        families(step={"sweep": {"schedule": ["step"]}}),
+        "config: continuation.families.step, point {schedule: step}: step_size 30 (the default) >= epochs 2 "
+        "(from continuation.defaults): the step schedule would never lower the lr"),
+    "t0": (
+        families(sgdr={"sweep": {"schedule": ["cosine_restarts"], "epochs": [20, 5]}, "fixed": {"t0": 5}}),
+        "config: continuation.families.sgdr, point {t0: 5, epochs: 5, schedule: cosine_restarts}: t0 5 >= epochs 5: "
+        "cosine_restarts would never restart"),
+    "eta_min": (
+        families(cos={"sweep": {"schedule": ["cosine"], "eta_min": [0.001, 0.01]}}),
+        "config: continuation.families.cos, point {eta_min: 0.01, schedule: cosine}: eta_min 0.01 >= lr 0.01 "
+        "(from continuation.defaults): the cosine schedule would never lower the lr"),
+    "ensemble": (
+        lambda c: (c["continuation"]["defaults"].update(eta_min=0.05),
+                   c.update(ensembles={"members": 2, "cycle": 1, "strength": 10, "seeds": [0, 1]})),
+        "ensembles, method sgdr: eta_min 0.05 (from continuation.defaults) >= lr 0.01 (from continuation.defaults): "
+        "the cosine_restarts schedule would never lower the lr"),
+}
+
+
+@pytest.mark.parametrize("case", GRID_CASES)
+def test_a_grid_point_whose_setting_changes_nothing_is_refused(tmp_path, case):
+    change, message = GRID_CASES[case]
+    assert message in refused(tmp_path, change)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.update(split={"test_fraction": 0.999}),
+     "config: split.val_fraction 0.1, split.test_fraction 0.999: digits would have 2 training, 0 validation and "
+     "1795 test images; every split needs at least one image"),
+    (lambda c: c.update(datasets=["mnist"], split={"val_fraction": 5e-6}),
+     "config: split.val_fraction 5e-06: mnist would have 60000 training, 0 validation and 10000 test images"),
+], ids=["digits_test_fraction", "mnist_val_fraction"])
+def test_a_split_without_images_is_refused(tmp_path, change, message):
+    assert message in refused(tmp_path, change)
+
+
+def test_the_split_sizes_the_check_computes_are_those_prepare_makes(digits):
+    sizes = config_check.split_sizes("digits", val_fraction=0.1, test_fraction=0.2)
+    assert sizes == {"training": len(digits["train_y"]), "validation": len(digits["val_y"]),
+                     "test": len(digits["test_y"])}
+
+
+def test_prepare_refuses_an_empty_split():
+    with pytest.raises(ValueError, match=r"^digits would be split into 2 training, 0 validation and 1795 test images "
+                                         r"\(val_fraction 0\.1, test_fraction 0\.999\); every split needs"):
+        data.prepare("digits", "unused", val_fraction=0.1, test_fraction=0.999, seed=0)
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "reduced.yaml", "study.yaml"])
+def test_the_shipped_configs_pass_the_check(name):
+    config_check.check(validated(yaml.safe_load((ROOT / "config" / name).read_text())))
+
+
+# 3. a YAML syntax error names the file and the line
+
+BROKEN_YAML = "datasets: [digits]\nmodels: cnn: x\n"  # line 2: a colon inside a plain value
+
+
+def test_a_yaml_error_in_the_embedded_default_names_the_file_and_line(tmp_path):
+    shutil.copy(ROOT / "Snakefile", tmp_path)  # the workflow as it is, with a broken default config
+    shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config/config.yaml").write_text(BROKEN_YAML)
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(tmp_path / "Snakefile"), "-d", str(tmp_path), "-n"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert 'in "config/config.yaml", line 2, column 12' in result.stdout + result.stderr
+
+
+def test_a_yaml_error_in_a_configfile_is_located_by_verbose(tmp_path):
+    # snakemake 9 reads --configfile before the workflow and words the error itself, without the
+    # file or line; with --verbose it shows the parser's message (config/README.md says so)
+    path = tmp_path / "bad.yaml"
+    path.write_text(BROKEN_YAML)
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
+           "--configfile", str(path), "-n", "--verbose"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert f'in "{path}", line 2, column 12' in result.stdout + result.stderr
+
+
+# 4. one set of keys: the schema, config/README.md's key tables, the command line
+
+# config/README.md section (its heading up to a colon) -> the schema blocks its key tables document
+# ("" is the top level; "family" and "training" are the schema's $defs)
+README_SECTIONS = {
+    "Top level": [""],
+    "`speed`": ["speed"],
+    "`resources`": ["resources"],
+    "`landscape`, `ensembles`": ["", "ensembles"],
+    "`split`": ["split"],
+    "`base`": ["base"],
+    "`continuation`": ["continuation", "family", "training"],
+}
+
+
+def schema_blocks() -> dict[str, set[str]]:
+    """block -> its keys: the top level, every block of it that has keys, and the $defs a grid uses."""
+    schema = yaml.safe_load(SCHEMA.read_text())
+    top = schema["properties"]
+    blocks = {"": set(top)}
+    blocks.update({name: set(prop["properties"]) for name, prop in top.items() if "properties" in prop})
+    blocks.update({name: set(schema["$defs"][name]["properties"]) for name in ("family", "training")})
+    return blocks
+
+
+def readme_keys() -> dict[str, list[str]]:
+    """section -> the backticked words in the first column of its key tables ("| key | ...")."""
+    keys, section, in_table = {}, None, False
+    for line in (ROOT / "config/README.md").read_text().splitlines():
+        if line.startswith("## "):
+            section, in_table = line[3:].split(":")[0], False
+        elif line.startswith("| key |"):
+            in_table = True
+            keys.setdefault(section, [])
+        elif in_table and line.startswith("|") and not line.startswith("|---"):
+            keys[section] += re.findall(r"`([^`]+)`", line.split("|")[1])
+        elif not line.startswith("|"):
+            in_table = False
+    return keys
+
+
+def test_every_schema_key_is_in_a_config_readme_table_and_every_table_key_is_in_the_schema():
+    blocks, documented = schema_blocks(), readme_keys()
+    assert set(documented) == set(README_SECTIONS), "a section of key tables that the test does not map, or lost"
+    for section, words in documented.items():
+        names = set().union(*(blocks[b] for b in README_SECTIONS[section]))
+        for word in words:  # `key`, or `block.key`
+            block, _, key = word.rpartition(".")
+            known = blocks.get(block, set()) if block else names
+            assert key in known, f"config/README.md, {section}: `{word}` is not in the schema"
+    for block, block_keys in blocks.items():
+        words = [w for s, ws in documented.items() if block in README_SECTIONS[s] for w in ws]
+        for key in block_keys:
+            where = f"{block}.{key}" if block else key
+            assert key in words or where in words, f"schema key `{where}` is not in config/README.md's key tables"
+
+
+def test_every_training_key_is_an_option_of_continue_and_a_grid_key():
+    training = schema_blocks()["training"] - {"seeds"}  # seeds pick jobs, not a run's settings
+    subparsers = next(a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction))
+    options = {option for action in subparsers.choices["continue"]._actions for option in action.option_strings}
+    missing = {key for key in training if f"--{key.replace('_', '-')}" not in options}
+    assert not missing, f"training keys without a `python -m repel continue` option: {sorted(missing)}"
+    assert set(grid.PENALTY_KEYS + grid.TRAINING_KEYS) == training  # grid.cli_args passes exactly these

@@ -1,19 +1,27 @@
-"""The whole Snakemake workflow on a tiny config, in a temporary directory, with --cores 2."""
+"""The whole Snakemake workflow on a tiny config, in a temporary directory, with --cores 2.
+
+The tiny config runs once (the `finished` fixture) and most tests read what it left or dry-run
+changes of it; expected job counts are counted by hand from the config, not by the grid code.
+"""
 
 import copy
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
-from repel import grid
+from repel import models
+from workflow_run import ROOT, planned_jobs, planned_outputs, snakemake
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "datasets": ["digits"],
     "models": ["cnn"],
@@ -27,24 +35,15 @@ TINY = {
             "unstable": {"sweep": {"lr": [1e6]}, "figure": "final"},  # a loss that becomes NaN
         },
     },
+    # 2 members 1 epoch apart; the independent seeds 0 and 1 train the width family's control
+    # (lr 0.01, constant, 2 epochs) for seed 1 too, a seed the config's families do not use
+    "ensembles": {"members": 2, "cycle": 1, "strength": 10, "seeds": [0, 1]},
 }
 RUNS = ["s0_lr0.01-const-e2", "s10-rbf-w1_lr0.01-const-e2", "s10-rbf-w0.5_lr0.01-const-e2"]
 DIVERGED = ["s0_lr1e6-const-e2", "s10-rbf-w1_lr1e6-const-e2"]
-
-
-def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(path), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-
-
-def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
-    """rule -> job count from a dry run's 'Job stats' table."""
-    assert result.returncode == 0, result.stderr + result.stdout
-    table = (result.stdout + result.stderr).split("Job stats:")[1]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+# the runs the ensemble methods take their members from (seed 0; independent: seeds 0 and 1)
+ENSEMBLE_RUNS = {"distance": "s10-rbf-w1-every1_lr0.01-const-e2", "sgdr": "s0_lr0.01-sgdr1x1-e2",
+                 "sgdr_distance": "s10-rbf-w1-every1_lr0.01-sgdr1x1-e2", "independent": "s0_lr0.01-const-e2"}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +62,7 @@ def test_metrics_table_has_the_schema_and_one_row_per_run_and_epoch(finished):
                    "run", "label", "control", "strength", "kernel", "width", "gamma", "lr_init", "schedule"):
         assert column in df.columns, column
     runs = df[(df["phase"] == "continue") & df["run"].isin(RUNS)]
-    assert len(df[df["phase"] == "base"]) == 2
+    assert len(df[df["phase"] == "base"]) == 2  # seed 0's two epochs
     assert sorted(df.loc[df["phase"] == "continue", "run"].unique()) == sorted(RUNS + DIVERGED)
     assert len(runs) == 3 * 2
     assert runs["epoch"].min() == 3  # continuation epochs follow the checkpoint's
@@ -72,6 +71,38 @@ def test_metrics_table_has_the_schema_and_one_row_per_run_and_epoch(finished):
     assert "lr_steps" not in df.columns  # per-step lrs stay in each run's own table
     assert runs.loc[runs["strength"] == 0, "penalty"].eq(0).all()
     assert runs.loc[runs["strength"] > 0, "penalty"].gt(0).all()
+
+
+def test_controls_are_compared_over_the_configs_seeds_only(finished):
+    """The independent-seeds ensemble trains the control for seed 1 too: that seed is the
+    ensemble's, and neither the summary, the metrics table nor the figures' base curves pool it."""
+    assert (finished / f"results/continue/digits/cnn/{RUNS[0]}/seed1/final.pt").exists()  # it was trained
+    for table in ("metrics.parquet", "summary.parquet"):
+        df = pd.read_parquet(finished / "results/aggregate" / table)
+        assert set(df["seed"]) == set(TINY["seeds"]), table
+    summary = pd.read_parquet(finished / "results/aggregate/summary.parquet")
+    # only the families' runs: the ensembles' own runs are reported under the ensembles
+    assert sorted(summary["run"]) == sorted(RUNS + DIVERGED)
+
+
+def test_independent_members_are_measured_from_their_own_checkpoints(finished):
+    def flat_parameters(path):
+        ckpt = torch.load(path, weights_only=True)
+        model = models.from_arch(ckpt["arch"])
+        model.load_state_dict(ckpt["model"])
+        return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    bases = [flat_parameters(finished / f"results/base/digits/cnn/seed{seed}/checkpoint.pt") for seed in (0, 1)]
+    assert not torch.equal(bases[0], bases[1])
+    independent = torch.load(finished / "results/ensembles/digits/cnn/independent/predictions.pt", weights_only=True)
+    assert torch.equal(independent["theta_c"], torch.stack(bases))  # member i from seed i's checkpoint
+    distance = torch.load(finished / "results/ensembles/digits/cnn/distance/predictions.pt", weights_only=True)
+    assert torch.equal(distance["theta_c"], torch.stack([bases[0], bases[0]]))  # both members from seed 0's
+    # the stored cosine of the two displacements, by hand from the weights and their own checkpoints
+    d = independent["weights"] - torch.stack(bases)
+    cosine = (d[0] @ d[1] / (d[0].norm() * d[1].norm())).item()
+    pairs = pd.read_parquet(finished / "results/aggregate/ensemble_pairs.parquet").set_index("method")
+    assert pairs.loc["independent", "displacement_cosine"] == pytest.approx(cosine, abs=1e-5)
 
 
 def test_summary_has_one_row_per_grid_point(finished):
@@ -101,8 +132,10 @@ def test_a_run_whose_loss_becomes_nan_is_marked_diverged_and_the_workflow_goes_o
 
 def test_every_job_wrote_its_log(finished):
     logs = list((finished / "results/logs").rglob("*.log"))
-    # data, base, 5 runs and their landscapes, aggregate, aggregate_landscape, 2 families, plot_landscape
-    assert len(logs) == 1 + 1 + 5 + 5 + 1 + 1 + 2 + 1
+    # data, 2 bases (seeds 0, 1), 5 family runs and their landscapes, 4 ensemble runs (3 snapshot
+    # runs, the control for seed 1), 4 predictions and 4 member landscapes, aggregate,
+    # aggregate_landscape, evaluate_ensembles, 2 families, plot_landscape, plot_ensembles
+    assert len(logs) == 1 + 2 + 5 + 5 + 4 + 4 + 4 + 1 + 1 + 1 + 2 + 1 + 1
     assert "epoch    4/4" in (finished / f"results/logs/continue_run/digits/cnn/{RUNS[1]}/seed0.log").read_text()
 
 
@@ -119,8 +152,41 @@ def test_changing_the_base_training_reruns_everything_downstream(finished):
     config = copy.deepcopy(TINY)
     config["base"]["lr"] = 0.02
     assert planned_jobs(snakemake(finished, config, "-n")) == {
-        "train_base": 1, "continue_run": 5, "landscape": 5, "aggregate": 1, "aggregate_landscape": 1, "plot_family": 2,
-        "plot_landscape": 1, "all": 1}
+        "train_base": 2, "continue_run": 5 + 1, "continue_run_snapshots": 3, "landscape": 5, "predict": 4,
+        "member_landscape": 4, "aggregate": 1, "aggregate_landscape": 1, "evaluate_ensembles": 1, "plot_family": 2,
+        "plot_landscape": 1, "plot_ensembles": 1, "all": 1}
+
+
+def test_options_that_change_how_a_job_runs_rerun_nothing(finished):
+    config = copy.deepcopy(TINY)
+    config.update(device="cpu", threads=2, save_every=1, resources={"gpu": 1, "mem_mb": 100, "runtime": 5},
+                  speed={"amp": "bf16", "channels_last": "off", "compile": "on"})
+    result = snakemake(finished, config, "-n")
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_a_lost_snapshot_is_made_again_when_its_ensemble_is(finished, tmp_path):
+    snapshot = finished / f"results/continue/digits/cnn/{ENSEMBLE_RUNS['sgdr']}/seed0/snapshots/epoch3.pt"
+    kept = tmp_path / snapshot.name
+    shutil.move(snapshot, kept)
+    try:
+        result = snakemake(finished, TINY, "-n", "--forcerun", "predict")
+        jobs = planned_jobs(result)
+        assert jobs["continue_run_snapshots"] == 1 and jobs["predict"] == 4
+        assert str(snapshot.relative_to(finished)) in planned_outputs(result)
+    finally:
+        shutil.move(kept, snapshot)
+
+
+def test_each_config_writes_under_its_own_results_root(finished):
+    config = copy.deepcopy(TINY)
+    config["results"] = "results/other"
+    outputs = planned_outputs(snakemake(finished, config, "-n"))
+    assert len(outputs) > 50 and all(path.startswith("results/other/") for path in outputs)
+    # the shipped configs name three different roots
+    roots = [yaml.safe_load((ROOT / f"config/{name}.yaml").read_text())["results"]
+             for name in ("config", "reduced", "study")]
+    assert len(set(roots)) == 3
 
 
 def test_nothing_to_do_when_nothing_changed(finished):
@@ -128,27 +194,13 @@ def test_nothing_to_do_when_nothing_changed(finished):
     assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("change, names", [
-    (lambda c: c["continuation"]["families"]["width"].update(fixed={"kernel": "gauss"}), ["kernel", "gauss"]),
-    (lambda c: c["continuation"]["families"]["width"]["sweep"].update(width=[-1]), ["width", "-1"]),
-    (lambda c: c["continuation"]["families"]["width"]["sweep"].update(colour=[1]), ["colour"]),
-    (lambda c: c["continuation"]["defaults"].pop("strength"), ["continuation.families.", "no strength"]),
-    (lambda c: c.pop("datasets"), ["datasets", "required"]),
-    (lambda c: c["base"].update(epoch=3), ["epoch", "Additional properties"]),
-])
-def test_a_bad_config_stops_before_any_job_and_names_the_key(tmp_path, change, names):
-    config = copy.deepcopy(TINY)
-    change(config)
-    result = snakemake(tmp_path, config, "--cores", "1")
-    assert result.returncode != 0
-    for name in names:
-        assert name in result.stderr + result.stdout
-    assert not (tmp_path / "results").exists()
-
-
-def test_lint_finds_nothing():
+def test_lint_finds_nothing_but_the_options_kept_out_of_provenance():
     result = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
+    # RUN_OPTIONS and DEVICE (device, save_every, speed) reach the shell from outside params on
+    # purpose: they change how a job runs, not what it computes, so they must not re-run it
+    lints = re.findall(r"^    \* (.*)$", result.stdout + result.stderr, re.M)
+    assert set(lints) <= {f"Shell command directly uses variable {name} from outside of the rule:"
+                          for name in ("RUN_OPTIONS", "DEVICE")}, result.stdout + result.stderr
 
 
 def test_a_given_config_replaces_the_embedded_default(tmp_path):
@@ -157,21 +209,40 @@ def test_a_given_config_replaces_the_embedded_default(tmp_path):
     defaults["gamma"] = defaults.pop("width")  # would clash with the default config's width if merged
     config["continuation"]["families"] = {"push": {"sweep": {"strength": [10]}}}
     config["landscape"] = False
+    config.pop("ensembles")
     assert planned_jobs(snakemake(tmp_path, config, "-n")) == {
         "prepare_data": 1, "train_base": 1, "continue_run": 2, "aggregate": 1, "plot_family": 1, "all": 1}
+
+
+# config/study.yaml's grid counted by hand: the points each family adds to those before it, with
+# their controls (defaults: s 10, rbf, gamma 1e-3, lr 0.01, constant, 800 epochs)
+STUDY_NEW_POINTS = {
+    "baseline": 2,  # s10 and its control s0 (lr 0.01, constant, e800)
+    "strength": 3,  # s 0.1, 1, 100 (s10 and the control are the baseline's)
+    "width": 4,     # gamma 1, 0.1, 0.01, 1e-4 (1e-3 is the baseline)
+    "kernel": 2,    # laplacian, imq
+    "multiple": 2,  # a new hill every 100, every 200 epochs
+    "merge": 1,     # every 100 merged (every 100 unmerged is the multiple family's)
+    "lr": 4,        # s10 and s0 at lr 0.001 and 0.1 (lr 0.01 is the baseline)
+    "schedule": 6,  # s10 and s0 with step, cosine, SGDR (constant is the baseline)
+    "epochs": 6,    # s10 and s0 at 100, 200, 400 epochs (800 is the baseline)
+}
 
 
 def test_the_study_config_expands_to_every_grid_point_seed_model_and_dataset(tmp_path):
     study = yaml.safe_load((ROOT / "config/study.yaml").read_text())
     jobs = planned_jobs(snakemake(tmp_path, study, "-n"))
     cells = len(study["datasets"]) * len(study["models"])
-    seeds = set(study["seeds"]) | set(study["ensembles"]["seeds"])  # independent seeds train bases too
-    runs = grid.expand(study["continuation"], study["seeds"], study["ensembles"])
-    assert jobs["train_base"] == cells * len(seeds)
-    assert jobs["continue_run"] == cells * sum(len(run["seeds"]) for run in runs.values())
-    assert jobs["predict"] == cells * 4 and jobs["landscape"] == jobs["continue_run"]
+    points = sum(STUDY_NEW_POINTS.values())
+    # the ensembles: 3 snapshot runs on the first seed, and the independent run on each of 4 seeds
+    ensemble_runs = 3 + len(study["ensembles"]["seeds"])
+    assert jobs["train_base"] == cells * 4  # seeds 0-2, and 3 for the independent ensemble
+    assert jobs["continue_run"] + jobs["continue_run_snapshots"] == cells * (points * len(study["seeds"]) + ensemble_runs)
+    assert jobs["continue_run_snapshots"] == cells * 3
+    assert jobs["landscape"] == cells * points * len(study["seeds"])  # the families' runs
+    assert jobs["predict"] == cells * 4
     assert jobs["plot_family"] == len(study["continuation"]["families"])
-    assert set(study["continuation"]["families"]) >= FAMILIES
+    assert set(study["continuation"]["families"]) == set(STUDY_NEW_POINTS) == FAMILIES
 
 
 # every family of the study, and how many grid points (with their controls) it has in the default config
@@ -200,30 +271,51 @@ def test_landscape_table_covers_every_run_from_minus_half_to_one_and_a_half(fini
     assert (finished / "results/plots/landscape.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_every_ensemble_method_is_evaluated_from_stored_predictions(tmp_path):
-    config = copy.deepcopy(TINY)
-    config.update(landscape=False, ensembles={"members": 2, "cycle": 1, "strength": 10, "seeds": [0, 1]})
-    result = snakemake(tmp_path, config, "--cores", "2")
-    assert result.returncode == 0, result.stderr[-5000:]
-    summary = pd.read_csv(tmp_path / "results/aggregate/ensemble_summary.csv")
+def test_every_ensemble_method_is_evaluated_from_stored_predictions(finished):
+    summary = pd.read_csv(finished / "results/aggregate/ensemble_summary.csv")
     assert sorted(summary["method"]) == ["distance", "independent", "sgdr", "sgdr_distance"]
     assert (summary["members"] == 2).all() and summary["accuracy"].between(0, 1).all()
-    curves = pd.read_parquet(tmp_path / "results/aggregate/ensembles.parquet")
+    curves = pd.read_parquet(finished / "results/aggregate/ensembles.parquet")
     assert sorted(curves["m"].unique()) == [1, 2]
-    pairs = pd.read_parquet(tmp_path / "results/aggregate/ensemble_pairs.parquet")
+    pairs = pd.read_parquet(finished / "results/aggregate/ensemble_pairs.parquet")
     assert len(pairs) == 4  # one pair per method
-    between = pd.read_parquet(tmp_path / "results/aggregate/member_landscape.parquet")
+    between = pd.read_parquet(finished / "results/aggregate/member_landscape.parquet")
     assert sorted(between["method"].unique()) == sorted(summary["method"])
     assert (between.groupby("method")["pair"].nunique() == 1).all()  # 2 members: one line each
     assert (summary["mean_member_barrier"] >= 0).all()
     for figure in ("ensemble_accuracy", "ensemble_disagreement", "diversity_vs_distance"):
-        assert (tmp_path / f"results/plots/{figure}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (finished / f"results/plots/{figure}.png").read_bytes()[:4] == b"\x89PNG"
     # members of the snapshot methods: one per cycle of the first seed's run (epochs 3 and 4)
-    snapshots = tmp_path / "results/continue/digits/cnn/s10-rbf-w1-every1_lr0.01-const-e2/seed0/snapshots"
+    snapshots = finished / f"results/continue/digits/cnn/{ENSEMBLE_RUNS['distance']}/seed0/snapshots"
     assert sorted(p.name for p in snapshots.iterdir()) == ["epoch3.pt", "epoch4.pt"]
     # evaluating again (another metric, another m) re-runs no network, only the evaluation and its plots
-    jobs = planned_jobs(snakemake(tmp_path, config, "-n", "--forcerun", "evaluate_ensembles"))
+    jobs = planned_jobs(snakemake(finished, TINY, "-n", "--forcerun", "evaluate_ensembles"))
     assert jobs == {"evaluate_ensembles": 1, "plot_ensembles": 1, "all": 1}
+
+
+def test_after_snakemake_itself_is_killed_unlock_and_rerun_incomplete_finish_the_run(tmp_path):
+    """What the README says to do when snakemake itself dies (SIGKILL, a lost login node)."""
+    config = copy.deepcopy(TINY)
+    config.pop("ensembles")
+    config.update(landscape=False, base={"epochs": 6})
+    config["continuation"]["families"] = {"push": {"sweep": {"strength": [10]}}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
+           "--configfile", str(path), "--cores", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "results/logs/train_base/digits/cnn/seed0.log"
+    deadline = time.time() + 120
+    while time.time() < deadline and "epoch" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # snakemake and its running job, as when a node dies
+    proc.wait()
+    again = snakemake(tmp_path, config, "--cores", "1")
+    assert again.returncode != 0 and "--unlock" in again.stdout + again.stderr
+    assert snakemake(tmp_path, config, "--unlock").returncode == 0
+    done = snakemake(tmp_path, config, "--cores", "1", "--rerun-incomplete")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(pd.read_csv(tmp_path / "results/aggregate/summary.csv")) == 2  # the push and its control
 
 
 def test_a_lost_table_is_made_again_even_if_no_rule_reads_it(finished, tmp_path):

@@ -1,10 +1,17 @@
 """Command line: one subcommand per pipeline stage, every input and setting an explicit argument.
+The workflow's rules call it; by hand, write into scratch/, which the workflow never reads:
 
-    python -m repel prepare    --dataset digits --out results/data/digits.pt
-    python -m repel train-base --data results/data/digits.pt --model cnn --epochs 20 --out-dir DIR
-    python -m repel continue   --data ... --checkpoint DIR/checkpoint.pt --strength 1 --width 1 ...
-    python -m repel aggregate  --runs A/metrics.parquet B/metrics.parquet ... --out-dir results/aggregate
-    python -m repel plot       --metrics results/aggregate/metrics.parquet --out-dir results/plots
+    python -m repel prepare    --dataset digits --out scratch/digits.pt
+    python -m repel train-base --data scratch/digits.pt --model cnn --epochs 15 --out-dir scratch/base
+    python -m repel continue   --data scratch/digits.pt --checkpoint scratch/base/checkpoint.pt \
+                               --run s10-rbf-w1_lr0.01-const-e30 --strength 10 --width 1 --epochs 30 --out-dir scratch/s10
+    python -m repel aggregate  --runs scratch/base/metrics.parquet scratch/s10/metrics.parquet --out-dir scratch/aggregate
+    python -m repel plot       --metrics scratch/aggregate/metrics.parquet --family push --out-dir scratch/plots \
+        --spec '{"runs": ["s10-rbf-w1_lr0.01-const-e30"], "varying": [], "figure": "curves", "panels": ["val_acc", "dist"], "x": null}'
+
+(--run names the run in the tables: the workflow uses the grid's ids, which name the parameters.)
+
+Every option has a help text: python -m repel COMMAND --help.
 """
 
 from __future__ import annotations
@@ -62,6 +69,11 @@ def _resume_state(args, *inputs) -> ResumeState | None:
     return ResumeState(Path(args.out_dir) / "resume.pt", fingerprint(settings, *inputs), args.save_every, _log)
 
 
+def _job_log(resume: ResumeState | None):
+    """Where a training loop logs: through its resumable state, which keeps the lines, if it has one."""
+    return resume.log if resume is not None else _log
+
+
 def _train_config(args, **given) -> TrainConfig:
     return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name not in given}, **given)
 
@@ -83,7 +95,7 @@ def cmd_train_base(args) -> None:
     model = models.from_arch(arch).to(device)
     cfg = _train_config(args)
     resume = _resume_state(args, args.data)
-    rows, optimizer, generator = fit(model, prepared, cfg, device, log=_log, resume=resume)
+    rows, optimizer, generator = fit(model, prepared, cfg, device, log=_job_log(resume), resume=resume)
     out = Path(args.out_dir)
     storage.save_torch({
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": rows[-1]["epoch"],
@@ -100,7 +112,7 @@ def cmd_train_base(args) -> None:
 def cmd_continue(args) -> None:
     device = _setup(args)
     prepared = data_mod.load(args.data)
-    ckpt = storage.load_torch(args.checkpoint)
+    ckpt = storage.load_torch(args.checkpoint, "checkpoint")
     arch = ckpt["arch"]
     model = models.from_arch(arch)
     model.load_state_dict(ckpt["model"])
@@ -121,7 +133,7 @@ def cmd_continue(args) -> None:
             storage.save_torch(model.state_dict(), out / "snapshots" / f"epoch{ckpt['epoch'] + epochs_done}.pt")
 
     rows, _, _ = fit(model, prepared, cfg, device, penalty=penalty, first_epoch=ckpt["epoch"] + 1,
-                     optimizer_state=ckpt["optimizer"], data_rng=ckpt["rng"]["data"], log=_log, resume=resume,
+                     optimizer_state=ckpt["optimizer"], data_rng=ckpt["rng"]["data"], log=_job_log(resume), resume=resume,
                      on_epoch_end=save_snapshot)
     columns = {"phase": "continue", "dataset": prepared["name"], "model": arch["model"], "seed": seed,
                "run": args.run, "checkpoint_epoch": ckpt["epoch"], "strength": args.strength,
@@ -140,11 +152,16 @@ def cmd_predict(args) -> None:
 
     device = _setup(args)
     prepared = data_mod.load(args.data)
-    ckpt = storage.load_torch(args.checkpoint)
-    members = [storage.load_torch(path) for path in args.members]
-    out = member_predictions(ckpt["arch"], ckpt["model"], members, prepared, device)
-    out.update(dataset=prepared["name"], model=ckpt["arch"]["model"], method=args.method,
-               members=[str(p) for p in args.members])
+    if len(args.checkpoints) != len(args.members):
+        raise ValueError(f"give one --checkpoints file per member: {len(args.members)} members, "
+                         f"{len(args.checkpoints)} checkpoints")
+    # members of one run share its checkpoint: load each file once
+    ckpts = {path: storage.load_torch(path, "checkpoint") for path in dict.fromkeys(args.checkpoints)}
+    arch = ckpts[args.checkpoints[0]]["arch"]
+    members = [storage.load_torch(path, "member") for path in args.members]
+    out = member_predictions(arch, [ckpts[path]["model"] for path in args.checkpoints], members, prepared, device)
+    out.update(dataset=prepared["name"], model=arch["model"], method=args.method,
+               members=[str(p) for p in args.members], checkpoints=[str(p) for p in args.checkpoints])
     storage.save_torch(out, args.out)
     acc = (out["probs"].argmax(-1) == out["labels"]).float().mean(1)
     _log(f"{args.method}: {len(members)} members, test accuracy {', '.join(f'{a:.4f}' for a in acc.tolist())} -> {args.out}")
@@ -155,18 +172,21 @@ def cmd_landscape(args) -> None:
 
     device = _setup(args)
     prepared = data_mod.load(args.data)
-    ckpt = storage.load_torch(args.checkpoint)
+    ckpt = storage.load_torch(args.checkpoint, "checkpoint")
     model = models.from_arch(ckpt["arch"]).to(device)
     train, val = (data_mod.DeviceData(prepared, split, device) for split in ("train", "val"))
     # from the checkpoint to the run, or (--between) from each weights file to the next
     ends = [args.checkpoint, *args.weights] if not args.between else list(args.weights)
     if len(ends) < 2:
         raise ValueError("--between needs at least two --weights files")
-    states = [ckpt["model"] if path == args.checkpoint else storage.load_torch(path) for path in ends]
+    kind = "member" if args.between else "weights"
+    states = [ckpt["model"] if path == args.checkpoint else storage.load_torch(path, kind) for path in ends]
     frames = []
     for pair, (start, end) in enumerate(zip(states, states[1:])):
         df = interpolate(model, start, end, alphas(args.steps), train, val, bn_batches=args.bn_batches)
-        frames.append(df.assign(pair=pair, start=str(ends[pair]), end=str(ends[pair + 1]), barrier=barrier(df)))
+        frames.append(df.assign(pair=pair, start=str(ends[pair]), end=str(ends[pair + 1]), barrier=barrier(df),
+                                bn_recomputed=any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                                                  for m in model.modules())))
         _log(f"loss barrier from {ends[pair]} to {ends[pair + 1]}: {barrier(df):.4g}")
     df = pd.concat(frames, ignore_index=True).assign(
         split="val", dataset=prepared["name"], model=ckpt["arch"]["model"], run=args.run, seed=ckpt["config"]["seed"])
@@ -182,7 +202,7 @@ def cmd_ensembles(args) -> None:
 
 
 def cmd_aggregate_landscape(args) -> None:
-    df = pd.concat([pd.read_parquet(p) for p in args.landscapes], ignore_index=True)
+    df = pd.concat([storage.read_parquet(p, "landscape") for p in args.landscapes], ignore_index=True)
     storage.save_parquet(df, args.out)
     _log(f"aggregated {len(args.landscapes)} landscapes -> {args.out}")
 
@@ -202,13 +222,19 @@ def cmd_plot(args) -> None:
     if args.metrics:
         if not (args.family and args.spec):
             raise ValueError("--metrics needs --family and --spec: the figures are drawn one family at a time")
-        written += plots.plot_family(pd.read_parquet(args.metrics), args.family, json.loads(args.spec), out, args.formats)
+        written += plots.plot_family(storage.read_parquet(args.metrics, "aggregated metrics"), args.family,
+                                     json.loads(args.spec), out, args.formats)
     if args.landscape:
-        written += plots.plot_landscape(pd.read_parquet(args.landscape), out, args.formats)
+        if not (args.summary and args.families):
+            raise ValueError("--landscape needs --summary and --families: its lines are labelled as the families'")
+        written += plots.plot_landscape(storage.read_parquet(args.landscape, "aggregated landscape"),
+                                        storage.read_parquet(args.summary, "summary"),
+                                        json.loads(args.families), out, args.formats)
     if args.ensembles:
         if not args.pairs:
             raise ValueError("--ensembles needs --pairs (ensemble_pairs.parquet) too")
-        written += plots.plot_ensembles(pd.read_parquet(args.ensembles), pd.read_parquet(args.pairs), out, args.formats)
+        written += plots.plot_ensembles(storage.read_parquet(args.ensembles, "ensemble curves"),
+                                        storage.read_parquet(args.pairs, "ensemble pairs"), out, args.formats)
     if not written:
         raise ValueError("nothing to plot: give --metrics, --landscape or --ensembles")
     for path in written:
@@ -216,7 +242,7 @@ def cmd_plot(args) -> None:
 
 
 def _add_device_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N or mps, as the config's `device` takes")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
 
 
@@ -235,9 +261,9 @@ def _add_training_args(p: argparse.ArgumentParser, epochs_help: str) -> None:
     p.add_argument("--data", required=True, help="prepared dataset file (python -m repel prepare)")
     p.add_argument("--epochs", type=int, required=True, help=epochs_help)
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default %(default)s)")
-    p.add_argument("--momentum", type=float, default=d.momentum)
+    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (default %(default)s)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 coefficient of SGD")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step (default %(default)s)")
     p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="lr schedule, stepped every batch")
     p.add_argument("--step-size", type=int, default=d.step_size, help="epochs between decays (step)")
     p.add_argument("--step-gamma", type=float, default=d.step_gamma, help="decay factor (step)")
@@ -248,7 +274,7 @@ def _add_training_args(p: argparse.ArgumentParser, epochs_help: str) -> None:
     _add_speed_args(p)
     p.add_argument("--save-every", type=int, default=0,
                    help="save a resumable state to OUT_DIR/resume.pt every N epochs (0: never)")
-    p.add_argument("--out-dir", required=True)
+    p.add_argument("--out-dir", required=True, help="directory for the outputs (and the resumable state)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -256,19 +282,19 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(required=True, metavar="COMMAND")
 
     p = sub.add_parser("prepare", help="read a dataset once into one compact tensor file")
-    p.add_argument("--dataset", required=True, choices=data_mod.DATASETS)
+    p.add_argument("--dataset", required=True, choices=data_mod.DATASETS, help="which dataset to prepare")
     p.add_argument("--data-dir", default="data", help="where torchvision datasets are (or are downloaded to)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="of the training set, held out for validation")
     p.add_argument("--test-fraction", type=float, default=0.2, help="test split for sets without one (digits)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the prepared file to write (.pt)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train-base", help="train from scratch to the checkpoint epoch")
     _add_training_args(p, "epochs to train: the checkpoint epoch")
     p.add_argument("--seed", type=int, default=0, help="initialisation and data order")
-    p.add_argument("--model", required=True, choices=models.MODELS)
+    p.add_argument("--model", required=True, choices=models.MODELS, help="the network to train")
     p.set_defaults(func=cmd_train_base)
 
     p = sub.add_parser("continue", help="continue from a checkpoint with the distance penalty")
@@ -277,7 +303,7 @@ def parser() -> argparse.ArgumentParser:
                    help="checkpoint.pt written by train-base (its seed and data order carry on)")
     p.add_argument("--run", required=True, help="run id written into the metrics")
     p.add_argument("--strength", type=float, required=True, help="s; 0 is the control")
-    p.add_argument("--kernel", choices=KERNELS, default="rbf")
+    p.add_argument("--kernel", choices=KERNELS, default="rbf", help="the hill's shape (penalty.py lists the formulas)")
     p.add_argument("--width", type=float, help="sigma of exp(-d / (2 sigma^2)) (give width or gamma)")
     p.add_argument("--gamma", type=float, help="gamma of exp(-gamma d) (give width or gamma)")
     p.add_argument("--distance", choices=DISTANCES, default="sum", help="d summed over parameters, or their mean")
@@ -291,20 +317,21 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("aggregate", help="all runs' metrics -> one table and a summary")
     p.add_argument("--runs", nargs="+", required=True, help="metrics.parquet files (base and continuation)")
     p.add_argument("--labels", help="JSON object: run id -> label for plots and tables")
-    p.add_argument("--out-dir", required=True)
+    p.add_argument("--out-dir", required=True, help="directory for metrics.parquet and the summary tables")
     p.set_defaults(func=cmd_aggregate)
 
     p = sub.add_parser("predict", help="ensemble members' softmax outputs on the test split, stored once")
-    p.add_argument("--data", required=True)
-    p.add_argument("--checkpoint", required=True, help="the base checkpoint the members started from")
+    p.add_argument("--data", required=True, help="prepared dataset file (python -m repel prepare)")
+    p.add_argument("--checkpoints", nargs="+", required=True,
+                   help="the base checkpoint each member started from, one per member (in --members' order)")
     p.add_argument("--members", nargs="+", required=True, help="members' weight files, oldest first")
     p.add_argument("--method", required=True, help="ensemble method name, recorded")
     _add_device_args(p)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the predictions file to write (.pt)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("landscape", help="loss and error along the line from the checkpoint to a run")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help="prepared dataset file (python -m repel prepare)")
     p.add_argument("--checkpoint", required=True, help="theta_c: the base checkpoint")
     p.add_argument("--weights", nargs="+", required=True, help="theta: the run's final.pt")
     p.add_argument("--between", action="store_true",
@@ -314,30 +341,33 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bn-batches", type=int, default=50,
                    help="training batches (of 128) to recompute BatchNorm statistics at each alpha")
     _add_device_args(p)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the landscape table to write (.parquet)")
     p.set_defaults(func=cmd_landscape)
 
     p = sub.add_parser("ensembles", help="ensemble metrics from stored predictions")
     p.add_argument("--predictions", nargs="+", required=True, help="files written by predict")
     p.add_argument("--member-landscapes", nargs="+", required=True,
                    help="landscape --between files: the lines between consecutive members")
-    p.add_argument("--out-dir", required=True)
+    p.add_argument("--out-dir", required=True, help="directory for the ensemble tables")
     p.set_defaults(func=cmd_ensembles)
 
     p = sub.add_parser("aggregate-landscape", help="every run's landscape -> one table")
-    p.add_argument("--landscapes", nargs="+", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--landscapes", nargs="+", required=True, help="landscape.parquet files written by landscape")
+    p.add_argument("--out", required=True, help="the combined table to write (.parquet)")
     p.set_defaults(func=cmd_aggregate_landscape)
 
     p = sub.add_parser("plot", help="figures from the aggregated tables")
     p.add_argument("--metrics", help="metrics.parquet: one family's figure (with --family and --spec)")
     p.add_argument("--family", help="the family's name: the figure's file name")
     p.add_argument("--spec", help="the family as JSON: runs, varying keys, figure, panels, x (grid.families)")
-    p.add_argument("--landscape", help="landscape.parquet: loss along the line from the checkpoint")
+    p.add_argument("--landscape", help="landscape.parquet: loss along the line from the checkpoint "
+                   "(with --summary and --families)")
+    p.add_argument("--summary", help="summary.parquet: every run's grid settings, for the landscape's legends")
+    p.add_argument("--families", help="every family as JSON, name -> spec (grid.families): the landscape's rows")
     p.add_argument("--ensembles", help="ensembles.parquet: ensemble metrics vs members")
     p.add_argument("--pairs", help="ensemble_pairs.parquet: pairwise diversity")
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--formats", nargs="+", default=["png", "pdf"])
+    p.add_argument("--out-dir", required=True, help="directory for the figures")
+    p.add_argument("--formats", nargs="+", default=["png", "pdf"], help="file formats to write (default %(default)s)")
     p.set_defaults(func=cmd_plot)
     return ap
 

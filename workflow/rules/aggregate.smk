@@ -3,16 +3,16 @@ rule aggregate:
         get_base_metrics(),
         get_run_metrics(),
     output:
-        metrics="results/aggregate/metrics.parquet",
+        metrics=res("aggregate/metrics.parquet"),
         summary=report(
-            "results/aggregate/summary.csv",
+            res("aggregate/summary.csv"),
             caption="../report/summary.rst",
             category="Tables",
         ),
-        summary_md="results/aggregate/summary.md",
-        summary_parquet="results/aggregate/summary.parquet",
+        summary_md=res("aggregate/summary.md"),
+        summary_parquet=res("aggregate/summary.parquet"),
     log:
-        "results/logs/aggregate.log",
+        res("logs/aggregate.log"),
     params:
         configfiles=CONFIG_FILES,  # named in the report's caption
         labels=get_labels(),

@@ -1,15 +1,13 @@
 rule train_base:
     input:
-        "results/data/{dataset}.pt",
+        res("data/{dataset}.pt"),
     output:
-        checkpoint="results/base/{dataset}/{model}/seed{seed}/checkpoint.pt",
-        metrics="results/base/{dataset}/{model}/seed{seed}/metrics.parquet",
+        checkpoint=res("base/{dataset}/{model}/seed{seed}/checkpoint.pt"),
+        metrics=res("base/{dataset}/{model}/seed{seed}/metrics.parquet"),
     log:
-        "results/logs/train_base/{dataset}/{model}/seed{seed}.log",
+        res("logs/train_base/{dataset}/{model}/seed{seed}.log"),
     params:
         args=get_base_args(),
-        device=config["device"],
-        save_every=config["save_every"],
         out_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
     threads: config["threads"]
     resources:
@@ -20,5 +18,4 @@ rule train_base:
         "../../envs/repel.yaml"
     shell:
         "python -m repel train-base --data {input} --model {wildcards.model} --seed {wildcards.seed} "
-        "{params.args} --device {params.device} --save-every {params.save_every} --threads {threads} --out-dir {params.out_dir} "
-        "> {log} 2>&1"
+        "{params.args} {RUN_OPTIONS} --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"

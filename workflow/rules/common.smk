@@ -18,6 +18,12 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 from repel import grid  # noqa: E402
+from repel import config_check  # noqa: E402
+
+try:
+    config_check.check(config)
+except ValueError as error:
+    raise WorkflowError(f"config: {error}") from None
 
 ENSEMBLES = config.get("ensembles")
 try:
@@ -28,7 +34,28 @@ except ValueError as error:  # a grid the schema cannot check (a point without a
 ENSEMBLE_PLAN = grid.ensemble_plan(ENSEMBLES, config["continuation"]["defaults"]) if ENSEMBLES else {}
 CONFIG_FILES = ", ".join(map(str, workflow.configfiles))  # named in the report's captions
 ENSEMBLE_FIGURES = ["ensemble_accuracy", "ensemble_disagreement", "diversity_vs_distance"]
-SEEDS = sorted({s for run in RUNS.values() for s in run["seeds"]} | set(config["seeds"]))
+# the seeds every comparison is made over; seeds that only ensemble members use are not among them
+SEEDS = sorted({s for run in RUNS.values() for s in run["seeds"]})
+# runs whose snapshots are ensemble members: their training job declares the snapshot files
+SNAPSHOT_RUNS = sorted({plan["run"] for plan in ENSEMBLE_PLAN.values() if plan["epochs"]})
+PLAIN_RUNS = sorted(set(RUNS) - set(SNAPSHOT_RUNS))
+RESULTS = config["results"]
+
+
+def res(path):
+    """A path under this config's results root (config key `results`)."""
+    return f"{RESULTS}/{path}"
+
+
+# How jobs run, not what they compute: the shell commands read these globals rather than params,
+# so that changing one re-runs nothing (params are a rerun trigger). bf16 and compile change
+# rounding only. YAML reads a bare on/off as true/false; they are written back as on/off here.
+RUN_OPTIONS = " ".join([
+    f"--device {shlex.quote(config['device'])} --save-every {config['save_every']}",
+    *(f"--{key.replace('_', '-')} {shlex.quote({True: 'on', False: 'off'}.get(value, value))}"
+      for key, value in config["speed"].items()),
+])
+DEVICE = shlex.quote(config["device"])  # for the jobs that run a network without training it
 
 
 def get_optimizer_args():
@@ -37,21 +64,13 @@ def get_optimizer_args():
     return f"--momentum {b['momentum']} --weight-decay {b['weight_decay']} --batch-size {b['batch_size']}"
 
 
-def get_speed_args():
-    """How training jobs run (bf16, memory layout, torch.compile). YAML reads a bare on/off as
-    true/false, so the schema takes both spellings and they are written back as on/off here."""
-    words = {True: "on", False: "off"}
-    speed = {key: words.get(value, value) for key, value in config["speed"].items()}
-    return f"--amp {speed['amp']} --channels-last {speed['channels_last']} --compile {speed['compile']}"
-
-
 def get_base_args():
     b = config["base"]
-    return f"--epochs {b['epochs']} --lr {b['lr']} {get_optimizer_args()} {get_speed_args()}"
+    return f"--epochs {b['epochs']} --lr {b['lr']} {get_optimizer_args()}"
 
 
 def get_run_args(wildcards):
-    return f"{grid.cli_args(RUNS[wildcards.run]['params'])} {get_optimizer_args()} {get_speed_args()}"
+    return f"{grid.cli_args(RUNS[wildcards.run]['params'])} {get_optimizer_args()}"
 
 
 def get_gres():
@@ -64,42 +83,38 @@ def get_gres():
     return f"gpu:{r['gpu_model'] + ':' if r['gpu_model'] else ''}{r['gpu']}" if r["gpu"] else ""
 
 
-def get_snapshot_every(wildcards):
-    """Epochs between saved members, for runs an ensemble method takes members from (else 0)."""
-    every = [plan["snapshot_every"] for plan in ENSEMBLE_PLAN.values() if plan["run"] == wildcards.run]
-    return math.gcd(*every) if every else 0
+def get_member_epochs():
+    """The absolute epochs of the snapshot members (every snapshot method has the same)."""
+    epochs = {tuple(plan["epochs"]) for plan in ENSEMBLE_PLAN.values() if plan["epochs"]}
+    return [config["base"]["epochs"] + epoch for epoch in (epochs.pop() if epochs else ())]
 
 
-def get_ensemble_run_dir(wildcards):
-    """The directory of the run an ensemble method takes its members from."""
-    return f"results/continue/{wildcards.dataset}/{wildcards.model}/{ENSEMBLE_PLAN[wildcards.method]['run']}"
+def get_snapshot_every():
+    return config["ensembles"]["cycle"] if SNAPSHOT_RUNS else 0
+
+
+def get_run_dir(wildcards, run):
+    return res(f"continue/{wildcards.dataset}/{wildcards.model}/{run}")
 
 
 def get_ensemble_inputs(wildcards):
-    """The member runs' metrics (they finish after their snapshots) and the first seed's base."""
+    """Every member's weights, oldest first (snapshots of one run, or each seed's final weights for
+    independent seeds), and the base checkpoint each member started from, one per member."""
     plan = ENSEMBLE_PLAN[wildcards.method]
-    run_dir = get_ensemble_run_dir(wildcards)
-    return {
-        "checkpoint": f"results/base/{wildcards.dataset}/{wildcards.model}/seed{plan['seeds'][0]}/checkpoint.pt",
-        "runs": [f"{run_dir}/seed{seed}/metrics.parquet" for seed in plan["seeds"]],
-    }
-
-
-def get_ensemble_members(wildcards):
-    """Members' weight files, oldest first: snapshots of the method's run (one per seed for independent)."""
-    plan = ENSEMBLE_PLAN[wildcards.method]
-    base_epochs = config["base"]["epochs"]
-    run_dir = get_ensemble_run_dir(wildcards)
-    return [
-        f"{run_dir}/seed{seed}/snapshots/epoch{base_epochs + epoch}.pt"
-        for seed in plan["seeds"]
-        for epoch in plan["epochs"]
-    ]
+    run_dir = get_run_dir(wildcards, plan["run"])
+    base = res(f"base/{wildcards.dataset}/{wildcards.model}")
+    if plan["epochs"] is None:
+        members = [(seed, f"{run_dir}/seed{seed}/final.pt") for seed in plan["seeds"]]
+    else:
+        members = [(seed, f"{run_dir}/seed{seed}/snapshots/epoch{epoch}.pt")
+                   for seed in plan["seeds"] for epoch in get_member_epochs()]
+    return {"members": [path for _, path in members],
+            "checkpoints": [f"{base}/seed{seed}/checkpoint.pt" for seed, _ in members]}
 
 
 def get_predictions():
     return expand(
-        "results/ensembles/{dataset}/{model}/{method}/predictions.pt",
+        res("ensembles/{dataset}/{model}/{method}/predictions.pt"),
         dataset=config["datasets"],
         model=config["models"],
         method=ENSEMBLE_PLAN,
@@ -116,7 +131,7 @@ def get_landscapes():
 
 def get_base_metrics():
     return expand(
-        "results/base/{dataset}/{model}/seed{seed}/metrics.parquet",
+        res("base/{dataset}/{model}/seed{seed}/metrics.parquet"),
         dataset=config["datasets"],
         model=config["models"],
         seed=SEEDS,
@@ -125,7 +140,7 @@ def get_base_metrics():
 
 def get_run_metrics():
     return [
-        f"results/continue/{dataset}/{model}/{rid}/seed{seed}/metrics.parquet"
+        res(f"continue/{dataset}/{model}/{rid}/seed{seed}/metrics.parquet")
         for dataset in config["datasets"]
         for model in config["models"]
         for rid, run in RUNS.items()
@@ -141,14 +156,14 @@ def get_labels():
 def get_final_outputs():
     """Every table and figure, so that snakemake checks (and makes) each of them, not only the
     ones a later rule reads."""
-    outputs = expand("results/aggregate/{table}", table=["metrics.parquet", "summary.md", "summary.csv", "summary.parquet"])
-    outputs += expand("results/plots/families/{family}.{ext}", family=FAMILIES, ext=["png", "pdf"])
+    outputs = expand(res("aggregate/{table}"), table=["metrics.parquet", "summary.md", "summary.csv", "summary.parquet"])
+    outputs += expand(res("plots/families/{family}.{ext}"), family=FAMILIES, ext=["png", "pdf"])
     if config["landscape"]:
-        outputs += ["results/aggregate/landscape.parquet"]
-        outputs += expand("results/plots/landscape.{ext}", ext=["png", "pdf"])
+        outputs += [res("aggregate/landscape.parquet")]
+        outputs += expand(res("plots/landscape.{ext}"), ext=["png", "pdf"])
     if ENSEMBLES:
         tables = ["ensembles.parquet", "ensemble_pairs.parquet", "member_landscape.parquet", "ensemble_summary.csv",
                   "ensemble_summary.md"]
-        outputs += expand("results/aggregate/{table}", table=tables)
-        outputs += expand("results/plots/{figure}.{ext}", figure=ENSEMBLE_FIGURES, ext=["png", "pdf"])
+        outputs += expand(res("aggregate/{table}"), table=tables)
+        outputs += expand(res("plots/{figure}.{ext}"), figure=ENSEMBLE_FIGURES, ext=["png", "pdf"])
     return outputs

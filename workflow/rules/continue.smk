@@ -1,18 +1,18 @@
 rule continue_run:
     input:
-        data="results/data/{dataset}.pt",
-        checkpoint="results/base/{dataset}/{model}/seed{seed}/checkpoint.pt",
+        data=res("data/{dataset}.pt"),
+        checkpoint=res("base/{dataset}/{model}/seed{seed}/checkpoint.pt"),
     output:
-        metrics="results/continue/{dataset}/{model}/{run}/seed{seed}/metrics.parquet",
-        weights="results/continue/{dataset}/{model}/{run}/seed{seed}/final.pt",
+        metrics=res("continue/{dataset}/{model}/{run}/seed{seed}/metrics.parquet"),
+        weights=res("continue/{dataset}/{model}/{run}/seed{seed}/final.pt"),
     log:
-        "results/logs/continue_run/{dataset}/{model}/{run}/seed{seed}.log",
+        res("logs/continue_run/{dataset}/{model}/{run}/seed{seed}.log"),
     params:
         args=get_run_args,
-        device=config["device"],
-        save_every=config["save_every"],
-        snapshot_every=get_snapshot_every,
+        snapshot_every=0,
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
+    wildcard_constraints:
+        run="|".join(map(re.escape, PLAIN_RUNS)),
     threads: config["threads"]
     resources:
         gres=get_gres(),
@@ -22,5 +22,21 @@ rule continue_run:
         "../../envs/repel.yaml"
     shell:
         "python -m repel continue --data {input.data} --checkpoint {input.checkpoint} "
-        "--run {wildcards.run} {params.args} --snapshot-every {params.snapshot_every} --device {params.device} --save-every {params.save_every} "
+        "--run {wildcards.run} {params.args} --snapshot-every {params.snapshot_every} {RUN_OPTIONS} "
         "--threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+# The runs whose snapshots are ensemble members: the same job, with every member's file declared,
+# so that a lost snapshot is noticed and made again.
+use rule continue_run as continue_run_snapshots with:
+    output:
+        metrics=res("continue/{dataset}/{model}/{run}/seed{seed}/metrics.parquet"),
+        weights=res("continue/{dataset}/{model}/{run}/seed{seed}/final.pt"),
+        snapshots=[res(f"continue/{{dataset}}/{{model}}/{{run}}/seed{{seed}}/snapshots/epoch{epoch}.pt")
+                   for epoch in get_member_epochs()],
+    params:
+        args=get_run_args,
+        snapshot_every=get_snapshot_every(),
+        out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
+    wildcard_constraints:
+        run="|".join(map(re.escape, SNAPSHOT_RUNS)) or "$^",

@@ -1,8 +1,8 @@
 rule prepare_data:
     output:
-        "results/data/{dataset}.pt",
+        res("data/{dataset}.pt"),
     log:
-        "results/logs/prepare_data/{dataset}.log",
+        res("logs/prepare_data/{dataset}.log"),
     params:
         data_dir=config["data_dir"],
         download="" if config["download"] else "--no-download",

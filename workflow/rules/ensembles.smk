@@ -1,14 +1,11 @@
 rule predict:
     input:
         unpack(get_ensemble_inputs),
-        data="results/data/{dataset}.pt",
+        data=res("data/{dataset}.pt"),
     output:
-        "results/ensembles/{dataset}/{model}/{method}/predictions.pt",
+        res("ensembles/{dataset}/{model}/{method}/predictions.pt"),
     log:
-        "results/logs/predict/{dataset}/{model}/{method}.log",
-    params:
-        members=get_ensemble_members,
-        device=config["device"],
+        res("logs/predict/{dataset}/{model}/{method}.log"),
     threads: config["threads"]
     resources:
         gres=get_gres(),
@@ -17,22 +14,19 @@ rule predict:
     conda:
         "../../envs/repel.yaml"
     shell:
-        "python -m repel predict --data {input.data} --checkpoint {input.checkpoint} "
-        "--members {params.members} --method {wildcards.method} --device {params.device} "
+        "python -m repel predict --data {input.data} --checkpoints {input.checkpoints} "
+        "--members {input.members} --method {wildcards.method} --device {DEVICE} "
         "--threads {threads} --out {output} > {log} 2>&1"
 
 
 rule member_landscape:
     input:
         unpack(get_ensemble_inputs),
-        data="results/data/{dataset}.pt",
+        data=res("data/{dataset}.pt"),
     output:
-        "results/ensembles/{dataset}/{model}/{method}/member_landscape.parquet",
+        res("ensembles/{dataset}/{model}/{method}/member_landscape.parquet"),
     log:
-        "results/logs/member_landscape/{dataset}/{model}/{method}.log",
-    params:
-        members=get_ensemble_members,
-        device=config["device"],
+        res("logs/member_landscape/{dataset}/{model}/{method}.log"),
     threads: config["threads"]
     resources:
         gres=get_gres(),
@@ -41,8 +35,8 @@ rule member_landscape:
     conda:
         "../../envs/repel.yaml"
     shell:
-        "python -m repel landscape --between --data {input.data} --checkpoint {input.checkpoint} "
-        "--weights {params.members} --run {wildcards.method} --device {params.device} "
+        "python -m repel landscape --between --data {input.data} --checkpoint {input.checkpoints[0]} "
+        "--weights {input.members} --run {wildcards.method} --device {DEVICE} "
         "--threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -51,17 +45,17 @@ rule evaluate_ensembles:
         predictions=get_predictions(),
         landscapes=get_member_landscapes(),
     output:
-        curves="results/aggregate/ensembles.parquet",
-        pairs="results/aggregate/ensemble_pairs.parquet",
-        landscape="results/aggregate/member_landscape.parquet",
+        curves=res("aggregate/ensembles.parquet"),
+        pairs=res("aggregate/ensemble_pairs.parquet"),
+        landscape=res("aggregate/member_landscape.parquet"),
         summary=report(
-            "results/aggregate/ensemble_summary.csv",
+            res("aggregate/ensemble_summary.csv"),
             caption="../report/ensemble_summary.rst",
             category="Tables",
         ),
-        summary_md="results/aggregate/ensemble_summary.md",
+        summary_md=res("aggregate/ensemble_summary.md"),
     log:
-        "results/logs/evaluate_ensembles.log",
+        res("logs/evaluate_ensembles.log"),
     params:
         configfiles=CONFIG_FILES,  # named in the report's caption
         out_dir=lambda wildcards, output: os.path.dirname(output.curves),
@@ -74,17 +68,17 @@ rule evaluate_ensembles:
 
 rule plot_ensembles:
     input:
-        curves="results/aggregate/ensembles.parquet",
-        pairs="results/aggregate/ensemble_pairs.parquet",
+        curves=res("aggregate/ensembles.parquet"),
+        pairs=res("aggregate/ensemble_pairs.parquet"),
     output:
         report(
-            expand("results/plots/{figure}.png", figure=ENSEMBLE_FIGURES),
+            expand(res("plots/{figure}.png"), figure=ENSEMBLE_FIGURES),
             caption="../report/ensembles.rst",
             category="Ensembles",
         ),
-        expand("results/plots/{figure}.pdf", figure=ENSEMBLE_FIGURES),
+        expand(res("plots/{figure}.pdf"), figure=ENSEMBLE_FIGURES),
     log:
-        "results/logs/plot_ensembles.log",
+        res("logs/plot_ensembles.log"),
     params:
         configfiles=CONFIG_FILES,  # named in the report's caption
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),

@@ -1,14 +1,12 @@
 rule landscape:
     input:
-        data="results/data/{dataset}.pt",
-        checkpoint="results/base/{dataset}/{model}/seed{seed}/checkpoint.pt",
-        weights="results/continue/{dataset}/{model}/{run}/seed{seed}/final.pt",
+        data=res("data/{dataset}.pt"),
+        checkpoint=res("base/{dataset}/{model}/seed{seed}/checkpoint.pt"),
+        weights=res("continue/{dataset}/{model}/{run}/seed{seed}/final.pt"),
     output:
-        "results/continue/{dataset}/{model}/{run}/seed{seed}/landscape.parquet",
+        res("continue/{dataset}/{model}/{run}/seed{seed}/landscape.parquet"),
     log:
-        "results/logs/landscape/{dataset}/{model}/{run}/seed{seed}.log",
-    params:
-        device=config["device"],
+        res("logs/landscape/{dataset}/{model}/{run}/seed{seed}.log"),
     threads: config["threads"]
     resources:
         gres=get_gres(),
@@ -18,7 +16,7 @@ rule landscape:
         "../../envs/repel.yaml"
     shell:
         "python -m repel landscape --data {input.data} --checkpoint {input.checkpoint} "
-        "--weights {input.weights} --run {wildcards.run} --device {params.device} "
+        "--weights {input.weights} --run {wildcards.run} --device {DEVICE} "
         "--threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -26,9 +24,9 @@ rule aggregate_landscape:
     input:
         get_landscapes(),
     output:
-        "results/aggregate/landscape.parquet",
+        res("aggregate/landscape.parquet"),
     log:
-        "results/logs/aggregate_landscape.log",
+        res("logs/aggregate_landscape.log"),
     conda:
         "../../envs/repel.yaml"
     shell:
@@ -37,20 +35,23 @@ rule aggregate_landscape:
 
 rule plot_landscape:
     input:
-        "results/aggregate/landscape.parquet",
+        landscape=res("aggregate/landscape.parquet"),
+        summary=res("aggregate/summary.parquet"),  # each run's grid parameters, for the legends
     output:
         report(
-            "results/plots/landscape.png",
+            res("plots/landscape.png"),
             caption="../report/landscape.rst",
             category="Landscape",
         ),
-        "results/plots/landscape.pdf",
+        res("plots/landscape.pdf"),
     log:
-        "results/logs/plot_landscape.log",
+        res("logs/plot_landscape.log"),
     params:
         configfiles=CONFIG_FILES,  # named in the report's caption
+        families=json.dumps(FAMILIES),
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
     conda:
         "../../envs/repel.yaml"
     shell:
-        "python -m repel plot --landscape {input} --out-dir {params.out_dir} > {log} 2>&1"
+        "python -m repel plot --landscape {input.landscape} --summary {input.summary} --families {params.families:q} "
+        "--out-dir {params.out_dir} > {log} 2>&1"

@@ -1,16 +1,16 @@
 rule plot_family:
     input:
-        "results/aggregate/metrics.parquet",
+        res("aggregate/metrics.parquet"),
     output:
         png=report(
-            "results/plots/families/{family}.png",
+            res("plots/families/{family}.png"),
             caption="../report/family.rst",
             category="Families",
             subcategory="{family}",
         ),
-        pdf="results/plots/families/{family}.pdf",
+        pdf=res("plots/families/{family}.pdf"),
     log:
-        "results/logs/plot_family/{family}.log",
+        res("logs/plot_family/{family}.log"),
     params:
         spec=lambda wildcards: json.dumps(FAMILIES[wildcards.family]),
         # for the caption: the family's block as written, and the files it came from

@@ -1,0 +1,51 @@
+"""The command line as a user meets it: every option explained, and the README's by-hand commands."""
+
+import re
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from repel import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _options():
+    """(command, argparse action) for every option of every subcommand."""
+    commands = next(a for a in cli.parser()._actions if a.__class__.__name__ == "_SubParsersAction").choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                yield name, action
+
+
+def test_every_option_has_a_help_text():
+    assert [f"{name} {a.option_strings[0]}" for name, a in _options() if not a.help] == []
+
+
+def test_device_help_lists_what_the_config_accepts():
+    pattern = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())["properties"]["device"]["pattern"]
+    accepted = re.findall(r"[a-z]+", pattern.replace("\\Z", ""))  # auto, cpu, cuda, mps
+    assert set(accepted) == {"auto", "cpu", "cuda", "mps"}
+    helps = [a.help for _, a in _options() if a.dest == "device"]
+    assert helps and all(word in h for h in helps for word in accepted + ["cuda:N"])
+
+
+def _commands(text: str) -> list[str]:
+    """The `python -m repel ...` commands of a text, continuation lines joined."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return [" ".join(line.split()) for line in joined.splitlines() if line.strip().startswith("python -m repel")]
+
+
+def test_the_readme_by_hand_commands_run_and_write_only_under_scratch(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Running stages by hand")[1].split("```bash")[1].split("```")[0]
+    commands = _commands(block)
+    assert commands[:-1] == _commands(cli.__doc__)  # `repel --help` shows the same commands
+    for command in commands:
+        assert "results/" not in command and "/tmp" not in command
+        result = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, (command, result.stderr[-2000:])
+    assert [p.name for p in tmp_path.iterdir()] == ["scratch"]
+    assert (tmp_path / "scratch/plots/push.png").read_bytes()[:4] == b"\x89PNG"

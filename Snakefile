@@ -23,6 +23,8 @@ if not workflow.overwrite_configfiles:
             yaml.safe_load(f)
     except yaml.YAMLError as error:
         raise WorkflowError(f"config/config.yaml is not valid YAML: {error}") from None
+    except OSError:
+        pass  # no such file: the configfile line below says so
 
     configfile: "config/config.yaml"
 

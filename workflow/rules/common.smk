@@ -1,6 +1,5 @@
 # Helpers for the workflow: config validation, the run grid, input and params functions.
 import json
-import math
 import os
 import shlex
 import sys
@@ -17,19 +16,14 @@ validate(config, schema="../schemas/config.schema.yaml")
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
-from repel import grid  # noqa: E402
-from repel import config_check  # noqa: E402
-
-try:
-    config_check.check(config)
-except ValueError as error:
-    raise WorkflowError(f"config: {error}") from None
+from repel import config_check, grid  # noqa: E402
 
 ENSEMBLES = config.get("ensembles")
-try:
+try:  # what the schema cannot check: NaN, settings that never act, empty splits, a point without strength
+    config_check.check(config)
     RUNS = grid.expand(config["continuation"], config["seeds"], ENSEMBLES)
     FAMILIES = grid.families(config["continuation"])
-except ValueError as error:  # a grid the schema cannot check (a point without a strength)
+except ValueError as error:
     raise WorkflowError(f"config: {error}") from None
 ENSEMBLE_PLAN = grid.ensemble_plan(ENSEMBLES, config["continuation"]["defaults"]) if ENSEMBLES else {}
 CONFIG_FILES = ", ".join(map(str, workflow.configfiles))  # named in the report's captions

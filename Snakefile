@@ -41,6 +41,7 @@ wildcard_constraints:
     seed=r"\d+",
     run="|".join(map(re.escape, RUNS)),
     method="|".join(grid.ENSEMBLE_METHODS),
+    ensemble=r"seeds?[0-9-]+",
     family="|".join(FAMILIES),
 
 
@@ -52,6 +53,8 @@ localrules:
     aggregate,
     aggregate_landscape,
     evaluate_ensembles,
+    claims,
+    plot_claims,
     plot_family,
     plot_landscape,
     plot_ensembles,
@@ -63,6 +66,7 @@ include: "workflow/rules/continue.smk"
 include: "workflow/rules/landscape.smk"
 include: "workflow/rules/ensembles.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/claims.smk"
 include: "workflow/rules/plots.smk"
 
 

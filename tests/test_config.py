@@ -210,6 +210,7 @@ README_SECTIONS = {
     "`speed`": ["speed"],
     "`resources`": ["resources"],
     "`landscape`, `ensembles`": ["", "ensembles"],
+    "`claims`": ["claims"],
     "`split`": ["split"],
     "`base`": ["base"],
     "`continuation`": ["continuation", "family", "training"],

@@ -1,5 +1,6 @@
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -72,7 +73,8 @@ def test_nll_clamps_a_zero_probability():
 
 def test_the_curve_over_the_last_m_members():
     curve = ensemble.ensemble_curve(PROBS, Y)
-    assert list(curve.columns) == ["m", "accuracy", "nll", "brier", "ece", "mean_member_accuracy", "gain"]
+    assert list(curve.columns) == ["m", "accuracy", "nll", "brier", "ece", "mean_member_accuracy", "gain",
+                                   "gain_best"]
     assert curve["m"].tolist() == [1, 2]
     assert curve["accuracy"].tolist() == pytest.approx([0.75, 1.0])
     assert curve["nll"].tolist() == pytest.approx([0.691155, 0.545951], abs=1e-6)
@@ -80,6 +82,16 @@ def test_the_curve_over_the_last_m_members():
     assert curve["ece"].tolist() == pytest.approx([0.105, 0.4125])
     assert curve["mean_member_accuracy"].tolist() == pytest.approx([0.75, 0.75])  # both members 3/4
     assert curve["gain"].tolist() == pytest.approx([0.0, 0.25])  # 1 - .75
+    assert curve["gain_best"].tolist() == pytest.approx([0.0, 0.25])  # both members are the best, 3/4
+
+
+def test_gain_over_the_best_member_by_hand():
+    # member 0 right on both points (acc 1), member 1 wrong on both (acc 0); their mean (.55, .45)
+    # is right on both: 1 above the mean member's 0.5, nothing above the best member
+    probs = torch.tensor([[[0.9, 0.1], [0.9, 0.1]], [[0.2, 0.8], [0.2, 0.8]]])
+    curve = ensemble.ensemble_curve(probs, torch.tensor([0, 0]))
+    assert curve["gain"].tolist() == pytest.approx([0.0, 0.5])
+    assert curve["gain_best"].tolist() == pytest.approx([0.0, 0.0])
 
 
 def test_disagreement_by_hand():
@@ -191,3 +203,34 @@ def test_a_member_at_the_checkpoint_has_no_displacement_direction():
     cos = ensemble.displacement_cosine(WEIGHTS, WEIGHTS[0])
     assert cos[0].isnan().all() and cos[:, 0].isnan().all()
     assert cos[1, 2] == pytest.approx(R)  # d1 = (-1, 1), d2 = (0, 1): 1 / sqrt 2
+
+
+def test_a_method_s_ensembles_are_kept_apart_and_summarised_as_mean_and_std(tmp_path):
+    """Two ensembles of one method (seeds 0 and 1), written as predict and landscape --between
+    write them; the summary's mean and std over the two are computed by hand."""
+    from repel import storage
+    from repel.aggregate import aggregate_ensembles
+
+    y = torch.tensor([0, 0])
+    right, wrong = [[0.9, 0.1], [0.9, 0.1]], [[0.2, 0.8], [0.2, 0.8]]
+    # seed0: both members right, accuracy 1; seed1: mean probabilities (.4, .6) and (.2, .8), accuracy 0
+    members = {"seed0": [right, right], "seed1": [wrong, [[0.6, 0.4], [0.2, 0.8]]]}
+    paths, landscapes = [], []
+    for k, (name, probs) in enumerate(members.items()):
+        pred = {"probs": torch.tensor(probs), "labels": y, "weights": torch.eye(2), "theta_c": torch.zeros(2),
+                "dataset": "d", "model": "m", "method": "distance", "ensemble": name}
+        paths.append(tmp_path / f"{name}.pt")
+        storage.save_torch(pred, paths[-1])
+        landscapes.append(tmp_path / f"{name}.parquet")
+        barrier = 0.2 * (k + 1)  # 0.2 and 0.4
+        storage.save_parquet(pd.DataFrame({"alpha": [0.0, 1.0], "loss": [1.0, 1.0], "pair": 0, "barrier": barrier,
+                                           "dataset": "d", "model": "m", "run": f"distance/{name}"}), landscapes[-1])
+    aggregate_ensembles(paths, landscapes, tmp_path)
+    curves = pd.read_parquet(tmp_path / "ensembles.parquet")
+    assert sorted(curves["ensemble"].unique()) == ["seed0", "seed1"] and len(curves) == 4  # m = 1, 2 each
+    summary = pd.read_csv(tmp_path / "ensemble_summary.csv").iloc[0]
+    assert summary["ensembles"] == "seed0 seed1" and summary["members"] == 2
+    assert summary["accuracy"] == pytest.approx(0.5)  # (1 + 0) / 2
+    assert summary["accuracy_std"] == pytest.approx(math.sqrt(0.5))  # sample std of 1 and 0
+    assert summary["mean_member_barrier"] == pytest.approx(0.3)
+    assert "0.5000 ± 0.7071" in (tmp_path / "ensemble_summary.md").read_text()

@@ -66,19 +66,29 @@ ENSEMBLES = {"members": 3, "cycle": 4, "strength": 10, "width": 0.5, "lr": 0.05,
 
 
 def test_every_ensemble_method_trains_the_same_epoch_budget():
-    plan = grid.ensemble_plan(ENSEMBLES, DEFAULTS)
-    runs = grid.expand(points({"strength": 1}), [0], ENSEMBLES)
+    plan = grid.ensemble_plan(ENSEMBLES, DEFAULTS, seeds=[0, 1])
+    runs = grid.expand(points({"strength": 1}), [0, 1], ENSEMBLES)
     assert set(plan) == set(grid.ENSEMBLE_METHODS)
-    for method, p in plan.items():
-        assert runs[p["run"]]["params"]["epochs"] == 12, method  # 3 members x 4 epochs
-        # trained for the members' seeds, but compared over none: no family asked for these runs
-        assert runs[p["run"]]["member_seeds"] == p["seeds"] and runs[p["run"]]["seeds"] == [], method
-    assert plan["distance"]["run"] == "s10-rbf-w0.5-every4_lr0.05-const-e12"
-    assert plan["sgdr"]["run"] == "s0_lr0.05-sgdr4x1-e12"
-    assert plan["sgdr_distance"]["run"] == "s10-rbf-w0.5-every4_lr0.05-sgdr4x1-e12"
-    assert plan["independent"]["run"] == "s0_lr0.05-const-e12"
-    assert plan["distance"]["epochs"] == [4, 8, 12] and plan["distance"]["seeds"] == [0]
-    assert plan["independent"]["epochs"] is None and plan["independent"]["seeds"] == [0, 1, 2]
+    for method, ensembles in plan.items():
+        for name, e in ensembles.items():
+            assert runs[e["run"]]["params"]["epochs"] == 12, method  # 3 members x 4 epochs
+            # trained for the members' seeds, but compared over none: no family asked for these runs
+            assert set(e["seeds"]) <= set(runs[e["run"]]["member_seeds"]) and runs[e["run"]]["seeds"] == [], name
+    assert plan["distance"]["seed0"]["run"] == "s10-rbf-w0.5-every4_lr0.05-const-e12"
+    assert plan["sgdr"]["seed0"]["run"] == "s0_lr0.05-sgdr4x1-e12"
+    assert plan["sgdr_distance"]["seed0"]["run"] == "s10-rbf-w0.5-every4_lr0.05-sgdr4x1-e12"
+    assert plan["independent"]["seeds0-1-2"]["run"] == "s0_lr0.05-const-e12"
+    # a snapshot method: one ensemble per seed of the study, each from that seed's run
+    assert plan["distance"] == {f"seed{k}": {"run": "s10-rbf-w0.5-every4_lr0.05-const-e12", "seeds": [k],
+                                             "epochs": [4, 8, 12]} for k in (0, 1)}
+    # independent seeds: 3 seeds are fewer than two groups of 3 members, so one ensemble of them all
+    assert plan["independent"] == {"seeds0-1-2": {"run": "s0_lr0.05-const-e12", "seeds": [0, 1, 2], "epochs": None}}
+
+
+def test_independent_seeds_form_one_ensemble_per_disjoint_group_of_m():
+    assert grid.independent_groups([0, 1, 2, 3, 4, 5, 6, 7], 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert grid.independent_groups([0, 1, 2, 3, 4, 5, 6], 3) == [[0, 1, 2], [3, 4, 5]]  # 6 is left over
+    assert grid.independent_groups([0, 1, 2, 3, 4, 5], 4) == [[0, 1, 2, 3, 4, 5]]  # not two groups: one
 
 
 def test_a_control_shared_with_the_independent_ensemble_keeps_only_the_configs_seeds():

@@ -94,15 +94,26 @@ def test_independent_members_are_measured_from_their_own_checkpoints(finished):
 
     bases = [flat_parameters(finished / f"results/base/digits/cnn/seed{seed}/checkpoint.pt") for seed in (0, 1)]
     assert not torch.equal(bases[0], bases[1])
-    independent = torch.load(finished / "results/ensembles/digits/cnn/independent/predictions.pt", weights_only=True)
+    ensembles = finished / "results/ensembles/digits/cnn"
+    independent = torch.load(ensembles / "independent/seeds0-1/predictions.pt", weights_only=True)
     assert torch.equal(independent["theta_c"], torch.stack(bases))  # member i from seed i's checkpoint
-    distance = torch.load(finished / "results/ensembles/digits/cnn/distance/predictions.pt", weights_only=True)
+    distance = torch.load(ensembles / "distance/seed0/predictions.pt", weights_only=True)
     assert torch.equal(distance["theta_c"], torch.stack([bases[0], bases[0]]))  # both members from seed 0's
     # the stored cosine of the two displacements, by hand from the weights and their own checkpoints
     d = independent["weights"] - torch.stack(bases)
     cosine = (d[0] @ d[1] / (d[0].norm() * d[1].norm())).item()
     pairs = pd.read_parquet(finished / "results/aggregate/ensemble_pairs.parquet").set_index("method")
     assert pairs.loc["independent", "displacement_cosine"] == pytest.approx(cosine, abs=1e-5)
+
+
+def test_every_claim_has_a_verdict_and_one_seed_decides_none(finished):
+    claims = pd.read_parquet(finished / "results/aggregate/claims.parquet")
+    assert len(claims) == 16 and claims["claim"].is_unique  # every claim of the source, one dataset/model
+    # the tiny config has the width family and ensembles; its other families are not run
+    by_family = claims.groupby("family")["verdict"].agg(set)
+    assert by_family["baseline"] == {"not run"} and by_family["width"] == {"inconclusive"}
+    assert set(claims["verdict"]) == {"inconclusive", "not run"}  # one seed decides nothing
+    assert (finished / "results/plots/claims.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_summary_has_one_row_per_grid_point(finished):
@@ -134,8 +145,8 @@ def test_every_job_wrote_its_log(finished):
     logs = list((finished / "results/logs").rglob("*.log"))
     # data, 2 bases (seeds 0, 1), 5 family runs and their landscapes, 4 ensemble runs (3 snapshot
     # runs, the control for seed 1), 4 predictions and 4 member landscapes, aggregate,
-    # aggregate_landscape, evaluate_ensembles, 2 families, plot_landscape, plot_ensembles
-    assert len(logs) == 1 + 2 + 5 + 5 + 4 + 4 + 4 + 1 + 1 + 1 + 2 + 1 + 1
+    # aggregate_landscape, evaluate_ensembles, 2 families, plot_landscape, plot_ensembles, claims, plot_claims
+    assert len(logs) == 1 + 2 + 5 + 5 + 4 + 4 + 4 + 1 + 1 + 1 + 2 + 1 + 1 + 1 + 1
     assert "epoch    4/4" in (finished / f"results/logs/continue_run/digits/cnn/{RUNS[1]}/seed0.log").read_text()
 
 
@@ -145,7 +156,7 @@ def test_a_new_grid_point_runs_only_itself_and_what_follows(finished):
     # the new point's run and landscape, the tables, and every family's figure (the table changed)
     assert planned_jobs(snakemake(finished, config, "-n")) == {
         "continue_run": 1, "landscape": 1, "aggregate": 1, "aggregate_landscape": 1, "plot_family": 2,
-        "plot_landscape": 1, "all": 1}
+        "plot_landscape": 1, "claims": 1, "plot_claims": 1, "all": 1}
 
 
 def test_changing_the_base_training_reruns_everything_downstream(finished):
@@ -154,7 +165,7 @@ def test_changing_the_base_training_reruns_everything_downstream(finished):
     assert planned_jobs(snakemake(finished, config, "-n")) == {
         "train_base": 2, "continue_run": 5 + 1, "continue_run_snapshots": 3, "landscape": 5, "predict": 4,
         "member_landscape": 4, "aggregate": 1, "aggregate_landscape": 1, "evaluate_ensembles": 1, "plot_family": 2,
-        "plot_landscape": 1, "plot_ensembles": 1, "all": 1}
+        "plot_landscape": 1, "plot_ensembles": 1, "claims": 1, "plot_claims": 1, "all": 1}
 
 
 def test_options_that_change_how_a_job_runs_rerun_nothing(finished):
@@ -211,7 +222,8 @@ def test_a_given_config_replaces_the_embedded_default(tmp_path):
     config["landscape"] = False
     config.pop("ensembles")
     assert planned_jobs(snakemake(tmp_path, config, "-n")) == {
-        "prepare_data": 1, "train_base": 1, "continue_run": 2, "aggregate": 1, "plot_family": 1, "all": 1}
+        "prepare_data": 1, "train_base": 1, "continue_run": 2, "aggregate": 1, "plot_family": 1, "claims": 1,
+        "plot_claims": 1, "all": 1}
 
 
 # config/study.yaml's grid counted by hand: the points each family adds to those before it, with
@@ -234,13 +246,15 @@ def test_the_study_config_expands_to_every_grid_point_seed_model_and_dataset(tmp
     jobs = planned_jobs(snakemake(tmp_path, study, "-n"))
     cells = len(study["datasets"]) * len(study["models"])
     points = sum(STUDY_NEW_POINTS.values())
-    # the ensembles: 3 snapshot runs on the first seed, and the independent run on each of 4 seeds
-    ensemble_runs = 3 + len(study["ensembles"]["seeds"])
+    # the ensembles: 3 snapshot runs on each of the 3 seeds, and the independent run on each of 4 seeds
+    seeds = len(study["seeds"])
+    ensemble_runs = 3 * seeds + len(study["ensembles"]["seeds"])
     assert jobs["train_base"] == cells * 4  # seeds 0-2, and 3 for the independent ensemble
-    assert jobs["continue_run"] + jobs["continue_run_snapshots"] == cells * (points * len(study["seeds"]) + ensemble_runs)
-    assert jobs["continue_run_snapshots"] == cells * 3
-    assert jobs["landscape"] == cells * points * len(study["seeds"])  # the families' runs
-    assert jobs["predict"] == cells * 4
+    assert jobs["continue_run"] + jobs["continue_run_snapshots"] == cells * (points * seeds + ensemble_runs)
+    assert jobs["continue_run_snapshots"] == cells * 3 * seeds
+    assert jobs["landscape"] == cells * points * seeds  # the families' runs
+    # one ensemble per snapshot method and seed; the 4 independent seeds are one group of M = 4
+    assert jobs["predict"] == cells * (3 * seeds + 1)
     assert jobs["plot_family"] == len(study["continuation"]["families"])
     assert set(study["continuation"]["families"]) == set(STUDY_NEW_POINTS) == FAMILIES
 
@@ -290,7 +304,7 @@ def test_every_ensemble_method_is_evaluated_from_stored_predictions(finished):
     assert sorted(p.name for p in snapshots.iterdir()) == ["epoch3.pt", "epoch4.pt"]
     # evaluating again (another metric, another m) re-runs no network, only the evaluation and its plots
     jobs = planned_jobs(snakemake(finished, TINY, "-n", "--forcerun", "evaluate_ensembles"))
-    assert jobs == {"evaluate_ensembles": 1, "plot_ensembles": 1, "all": 1}
+    assert jobs == {"evaluate_ensembles": 1, "plot_ensembles": 1, "claims": 1, "plot_claims": 1, "all": 1}
 
 
 def test_after_snakemake_itself_is_killed_unlock_and_rerun_incomplete_finish_the_run(tmp_path):
@@ -333,7 +347,7 @@ def test_the_report_embeds_the_figures_and_tables(finished):
     result = snakemake(finished, TINY, "--report", str(finished / "report.html"))
     assert result.returncode == 0, result.stderr[-3000:]
     html = (finished / "report.html").read_text()
-    for name in ("width.png", "unstable.png", "landscape.png", "summary.csv"):
+    for name in ("width.png", "unstable.png", "landscape.png", "summary.csv", "claims.csv", "claims.png"):
         assert name in html, name
     # each family's caption names the config file and quotes the family's block
     assert html.count(f"from the config {finished / 'config.yaml'}") == len(TINY["continuation"]["families"])

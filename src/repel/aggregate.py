@@ -66,9 +66,16 @@ def aggregate(paths, labels: dict[str, str], out_dir: Path) -> None:
     storage.save_text("# Continuation runs: final metrics\n\n" + summary_markdown(summary), out_dir / "summary.md")
 
 
+ENSEMBLE_KEYS = ["dataset", "model", "method", "ensemble"]
+ENSEMBLE_SUMMARY = ["accuracy", "nll", "ece", "brier", "mean_member_accuracy", "gain", "gain_best",
+                    "mean_disagreement", "mean_member_barrier"]
+
+
 def aggregate_ensembles(paths, landscape_paths, out_dir: Path) -> None:
     """Stored member predictions -> ensemble metrics for m = 1..M, pairwise diversity, a summary
     with the mean loss barrier between consecutive members (from `landscape --between`).
+    Each method has one ensemble per seed (or per group of independent seeds): the tables keep
+    them apart (`ensemble`), the summary gives their mean ± std.
 
     Only tensors already on disk are read: another m or metric never re-runs a network.
     """
@@ -77,26 +84,45 @@ def aggregate_ensembles(paths, landscape_paths, out_dir: Path) -> None:
     curves, pairs = [], []
     for path in paths:
         pred = storage.load_torch(path, "predictions")
-        keys = {"dataset": pred["dataset"], "model": pred["model"], "method": pred["method"]}
-        curve = ensemble_curve(pred["probs"], pred["labels"])
-        pair = pairwise_table(pred["probs"], list(pred["weights"]), pred["theta_c"])
-        curves.append(curve.assign(**keys))
-        pairs.append(pair.assign(**keys))
+        keys = {key: pred[key] for key in ENSEMBLE_KEYS}
+        curves.append(ensemble_curve(pred["probs"], pred["labels"]).assign(**keys))
+        pairs.append(pairwise_table(pred["probs"], list(pred["weights"]), pred["theta_c"]).assign(**keys))
     curves = pd.concat(curves, ignore_index=True)
     pairs = pd.concat(pairs, ignore_index=True)
-    final = curves.loc[curves.groupby(["dataset", "model", "method"])["m"].idxmax()]
-    summary = final.merge(pairs.groupby(["dataset", "model", "method"])["disagreement"].mean().rename("mean_disagreement"),
-                          on=["dataset", "model", "method"])
+    # each ensemble at its full size, with its mean pairwise disagreement and member barrier
+    final = curves.loc[curves.groupby(ENSEMBLE_KEYS)["m"].idxmax()].rename(columns={"m": "members"})
+    final = final.join(pairs.groupby(ENSEMBLE_KEYS)["disagreement"].mean().rename("mean_disagreement"), on=ENSEMBLE_KEYS)
     landscape = pd.concat([storage.read_parquet(p, "member landscape") for p in landscape_paths], ignore_index=True)
-    landscape = landscape.rename(columns={"run": "method"})
-    barriers = landscape.groupby(["dataset", "model", "method", "pair"])["barrier"].first()
-    summary = summary.merge(barriers.groupby(["dataset", "model", "method"]).mean().rename("mean_member_barrier"),
-                            on=["dataset", "model", "method"])
-    summary = summary[["dataset", "model", "method", "m", "accuracy", "nll", "ece", "brier", "mean_member_accuracy",
-                       "gain", "mean_disagreement", "mean_member_barrier"]].rename(columns={"m": "members"})
+    # `landscape --between` records its run as method/ensemble
+    landscape[["method", "ensemble"]] = landscape.pop("run").str.split("/", n=1, expand=True)
+    barriers = landscape.groupby(ENSEMBLE_KEYS + ["pair"])["barrier"].first().groupby(ENSEMBLE_KEYS).mean()
+    final = final.join(barriers.rename("mean_member_barrier"), on=ENSEMBLE_KEYS)
+    summary = ensemble_summary(final)
     storage.save_parquet(curves, out_dir / "ensembles.parquet")
     storage.save_parquet(pairs, out_dir / "ensemble_pairs.parquet")
     storage.save_parquet(landscape, out_dir / "member_landscape.parquet")
     storage.save_text(summary.to_csv(index=False), out_dir / "ensemble_summary.csv")
-    storage.save_text("# Ensembles at an equal epoch budget\n\n" + summary.to_markdown(index=False, floatfmt=".4f") + "\n",
+    storage.save_text("# Ensembles at an equal epoch budget\n\n" + ensemble_markdown(summary) + "\n",
                       out_dir / "ensemble_summary.md")
+
+
+def ensemble_summary(final: pd.DataFrame) -> pd.DataFrame:
+    """One row per method: each metric's mean and std over the method's ensembles (std NaN for one)."""
+    groups = final.groupby(["dataset", "model", "method"], sort=True)
+    summary = groups[ENSEMBLE_SUMMARY].agg(["mean", "std"])
+    summary.columns = [f"{metric}_std" if stat == "std" else metric for metric, stat in summary.columns]
+    summary.insert(0, "members", groups["members"].first())
+    summary.insert(1, "ensembles", groups["ensemble"].apply(" ".join))
+    return summary.reset_index()
+
+
+def ensemble_markdown(summary: pd.DataFrame) -> str:
+    """Methods as rows, each metric as mean ± std over the method's ensembles (std with several)."""
+    rows = []
+    for _, r in summary.iterrows():
+        several = len(r["ensembles"].split()) > 1
+        row = {key: r[key] for key in ("dataset", "model", "method", "members", "ensembles")}
+        for metric in ENSEMBLE_SUMMARY:
+            row[metric] = f"{r[metric]:.4f}" + (f" ± {r[metric + '_std']:.4f}" if several else "")
+        rows.append(row)
+    return pd.DataFrame(rows).to_markdown(index=False)

@@ -160,11 +160,11 @@ def cmd_predict(args) -> None:
     arch = ckpts[args.checkpoints[0]]["arch"]
     members = [storage.load_torch(path, "member") for path in args.members]
     out = member_predictions(arch, [ckpts[path]["model"] for path in args.checkpoints], members, prepared, device)
-    out.update(dataset=prepared["name"], model=arch["model"], method=args.method,
+    out.update(dataset=prepared["name"], model=arch["model"], method=args.method, ensemble=args.ensemble,
                members=[str(p) for p in args.members], checkpoints=[str(p) for p in args.checkpoints])
     storage.save_torch(out, args.out)
     acc = (out["probs"].argmax(-1) == out["labels"]).float().mean(1)
-    _log(f"{args.method}: {len(members)} members, test accuracy {', '.join(f'{a:.4f}' for a in acc.tolist())} -> {args.out}")
+    _log(f"{args.method} {args.ensemble}: {len(members)} members, test accuracy {', '.join(f'{a:.4f}' for a in acc.tolist())} -> {args.out}")
 
 
 def cmd_landscape(args) -> None:
@@ -215,6 +215,27 @@ def cmd_aggregate(args) -> None:
     _log(f"aggregated {len(args.runs)} runs -> {args.out_dir}")
 
 
+def cmd_claims(args) -> None:
+    from . import claims
+
+    def json_arg(text: str) -> dict:  # JSON text, or a file holding it
+        return json.loads(text if text.lstrip().startswith("{") else Path(text).read_text())
+
+    if bool(args.ensembles) != bool(args.pairs):
+        raise ValueError("give --ensembles and --pairs together (ensembles.parquet and ensemble_pairs.parquet)")
+    table = claims.evaluate(
+        storage.read_parquet(args.metrics, "aggregated metrics"), json_arg(args.families),
+        storage.read_parquet(args.ensembles, "ensemble curves") if args.ensembles else None,
+        storage.read_parquet(args.pairs, "ensemble pairs") if args.pairs else None,
+        json_arg(args.settings) if args.settings else None)
+    out = Path(args.out_dir)
+    storage.save_parquet(table, out / "claims.parquet")
+    storage.save_text(table.to_csv(index=False), out / "claims.csv")
+    storage.save_text(claims.markdown(table), out / "claims.md")
+    counts = table["verdict"].value_counts()
+    _log(f"{len(table)} claim rows ({', '.join(f'{n} {v}' for v, n in counts.items())}) -> {out}")
+
+
 def cmd_plot(args) -> None:
     from . import plots
 
@@ -235,8 +256,10 @@ def cmd_plot(args) -> None:
             raise ValueError("--ensembles needs --pairs (ensemble_pairs.parquet) too")
         written += plots.plot_ensembles(storage.read_parquet(args.ensembles, "ensemble curves"),
                                         storage.read_parquet(args.pairs, "ensemble pairs"), out, args.formats)
+    if args.claims:
+        written += plots.plot_claims(storage.read_parquet(args.claims, "claims"), out, args.formats)
     if not written:
-        raise ValueError("nothing to plot: give --metrics, --landscape or --ensembles")
+        raise ValueError("nothing to plot: give --metrics, --landscape, --ensembles or --claims")
     for path in written:
         _log(f"wrote {path}")
 
@@ -320,12 +343,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, help="directory for metrics.parquet and the summary tables")
     p.set_defaults(func=cmd_aggregate)
 
+    p = sub.add_parser("claims", help="the source study's claims as verdicts, from the aggregated tables")
+    p.add_argument("--metrics", required=True, help="metrics.parquet written by aggregate (every run's epochs)")
+    p.add_argument("--families", required=True,
+                   help="every family as JSON, name -> spec (grid.families), or a .json file holding it")
+    p.add_argument("--ensembles", help="ensembles.parquet written by ensembles (with --pairs); "
+                   "without them the ensemble claims are 'not run'")
+    p.add_argument("--pairs", help="ensemble_pairs.parquet written by ensembles (with --ensembles)")
+    p.add_argument("--settings", help="the config's claims block as JSON (or a .json file): thresholds over "
+                   "claims.DEFAULTS (margin, early_epochs, last_fraction, plateau, confidence, weak_rho)")
+    p.add_argument("--out-dir", required=True, help="directory for claims.parquet, claims.csv and claims.md")
+    p.set_defaults(func=cmd_claims)
+
     p = sub.add_parser("predict", help="ensemble members' softmax outputs on the test split, stored once")
     p.add_argument("--data", required=True, help="prepared dataset file (python -m repel prepare)")
     p.add_argument("--checkpoints", nargs="+", required=True,
                    help="the base checkpoint each member started from, one per member (in --members' order)")
     p.add_argument("--members", nargs="+", required=True, help="members' weight files, oldest first")
     p.add_argument("--method", required=True, help="ensemble method name, recorded")
+    p.add_argument("--ensemble", default="seed0",
+                   help="which of the method's ensembles: seed<k> (a snapshot method's, from seed k) or seeds<a-b-...>")
     _add_device_args(p)
     p.add_argument("--out", required=True, help="the predictions file to write (.pt)")
     p.set_defaults(func=cmd_predict)
@@ -366,6 +403,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--families", help="every family as JSON, name -> spec (grid.families): the landscape's rows")
     p.add_argument("--ensembles", help="ensembles.parquet: ensemble metrics vs members")
     p.add_argument("--pairs", help="ensemble_pairs.parquet: pairwise diversity")
+    p.add_argument("--claims", help="claims.parquet written by claims: the verdicts as one figure (claims.<format>)")
     p.add_argument("--out-dir", required=True, help="directory for the figures")
     p.add_argument("--formats", nargs="+", default=["png", "pdf"], help="file formats to write (default %(default)s)")
     p.set_defaults(func=cmd_plot)

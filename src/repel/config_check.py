@@ -51,7 +51,7 @@ def grid_problems(config: dict) -> list[str]:
             where = f"continuation.families.{name}, point {describe(point)}"
             problems += [f"{where}: {problem}" for problem in point_problems(params, point, defaults)]
     if config.get("ensembles"):
-        for method, variant in grid.ensemble_variants(config["ensembles"]).items():
+        for method, variant in grid.ensemble_variants(config["ensembles"], config["seeds"]).items():
             params = grid.resolve_variant(defaults, variant)
             where = f"ensembles, method {method}"
             problems += [f"{where}: {problem}" for problem in point_problems(params, variant, defaults)]

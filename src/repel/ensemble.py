@@ -107,9 +107,10 @@ def ece(p: torch.Tensor, y: torch.Tensor, bins: int = 15) -> torch.Tensor:
 
 
 def ensemble_curve(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> pd.DataFrame:
-    """One row per ensemble of the last m members, m = 1..M: its metrics and its gain.
+    """One row per ensemble of the last m members, m = 1..M: its metrics and its gains.
 
-    gain = ensemble accuracy - mean accuracy of the same m members.
+    gain = ensemble accuracy - mean accuracy of the same m members; gain_best = ensemble accuracy -
+    the best of those members' accuracies (what choosing an ensemble over one model buys).
     """
     n_members = _check_probs(probs)
     _check_pair(probs[0], y)
@@ -117,10 +118,12 @@ def ensemble_curve(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> pd.D
     rows = []
     for m in range(1, n_members + 1):
         p = ensemble_probs(probs, m)
-        acc, mean_member = accuracy(p, y), member_acc[-m:].mean()
-        rows.append(torch.stack([acc, nll(p, y), brier(p, y), ece(p, y, bins), mean_member, acc - mean_member]))
+        acc, mean_member, best_member = accuracy(p, y), member_acc[-m:].mean(), member_acc[-m:].max()
+        rows.append(torch.stack([acc, nll(p, y), brier(p, y), ece(p, y, bins), mean_member, acc - mean_member,
+                                 acc - best_member]))
     values = torch.stack(rows).double().cpu().numpy()  # one synchronisation for the whole table
-    frame = pd.DataFrame(values, columns=["accuracy", "nll", "brier", "ece", "mean_member_accuracy", "gain"])
+    frame = pd.DataFrame(values, columns=["accuracy", "nll", "brier", "ece", "mean_member_accuracy", "gain",
+                                          "gain_best"])
     frame.insert(0, "m", range(1, n_members + 1))
     return frame
 

@@ -118,32 +118,46 @@ def families(continuation: dict) -> dict[str, dict]:
     return out
 
 
-def ensemble_variants(ens: dict) -> dict[str, dict]:
-    """method -> the grid variant whose run gives its members; each trains members x cycle epochs."""
+def ensemble_variants(ens: dict, seeds: list[int]) -> dict[str, dict]:
+    """method -> the grid variant whose run gives its members; each trains members x cycle epochs.
+    The snapshot methods run on every seed of the study (`seeds`), one ensemble each; the
+    independent seeds on `ensembles.seeds`."""
     cycle = ens["cycle"]
     common = {"epochs": ens["members"] * cycle, **{k: ens[k] for k in ("lr",) if k in ens}}
     hill = {"strength": ens["strength"], "checkpoint_every": cycle,
             **{k: ens[k] for k in ("kernel", "width", "gamma") if k in ens}}
     sgdr = {"schedule": "cosine_restarts", "t0": cycle, "t_mult": 1}
-    first_seed = {"seeds": ens["seeds"][:1]}  # snapshot ensembles come from one run
     return {
-        "distance": {**common, **hill, "schedule": "constant", **first_seed},
-        "sgdr": {**common, **sgdr, "strength": 0, **first_seed},
-        "sgdr_distance": {**common, **sgdr, **hill, **first_seed},
+        "distance": {**common, **hill, "schedule": "constant", "seeds": seeds},
+        "sgdr": {**common, **sgdr, "strength": 0, "seeds": seeds},
+        "sgdr_distance": {**common, **sgdr, **hill, "seeds": seeds},
         "independent": {**common, "schedule": "constant", "strength": 0, "seeds": ens["seeds"]},
     }
 
 
-def ensemble_plan(ens: dict, defaults: dict) -> dict[str, dict]:
-    """method -> {"run": run id, "seeds": members' seeds, "epochs": the epochs after the checkpoint
-    at which a snapshot is a member, or None where each seed's final weights are the member}."""
+def independent_groups(seeds: list[int], members: int) -> list[list[int]]:
+    """The independent-seeds ensembles: disjoint groups of `members` seeds where the list holds
+    at least two such groups (seeds left over join none), else one ensemble of all the seeds."""
+    if len(seeds) < 2 * members:
+        return [list(seeds)]
+    return [list(seeds[i:i + members]) for i in range(0, len(seeds) - members + 1, members)]
+
+
+def ensemble_plan(ens: dict, defaults: dict, seeds: list[int]) -> dict[str, dict[str, dict]]:
+    """method -> ensemble name -> {"run": run id, "seeds": its members' seeds, "epochs": the epochs
+    after the checkpoint at which a snapshot is a member, or None where each seed's final weights
+    are the members}. A snapshot method has one ensemble per seed ("seed0", ...), from that seed's
+    own run; the independent seeds one per group ("seeds0-1-2-3")."""
     budget = ens["members"] * ens["cycle"]
     plan = {}
-    for method, variant in ensemble_variants(ens).items():
-        # snapshot methods: a member every cycle; independent seeds: each run's end
-        epochs = None if method == "independent" else list(range(ens["cycle"], budget + 1, ens["cycle"]))
-        plan[method] = {"run": run_id(resolve_variant(defaults, variant)), "seeds": variant["seeds"],
-                        "epochs": epochs}
+    for method, variant in ensemble_variants(ens, seeds).items():
+        run = run_id(resolve_variant(defaults, variant))
+        if method == "independent":  # each seed's run's end is a member
+            plan[method] = {"seeds" + "-".join(map(str, group)): {"run": run, "seeds": group, "epochs": None}
+                            for group in independent_groups(variant["seeds"], ens["members"])}
+        else:  # a member every cycle of one seed's run
+            epochs = list(range(ens["cycle"], budget + 1, ens["cycle"]))
+            plan[method] = {f"seed{seed}": {"run": run, "seeds": [seed], "epochs": epochs} for seed in variant["seeds"]}
     return plan
 
 
@@ -176,7 +190,7 @@ def expand(continuation: dict, seeds: list[int], ensembles: dict | None = None) 
             if params["strength"] != 0:
                 add(params, name, run_seeds)
     if ensembles:
-        for variant in ensemble_variants(ensembles).values():
+        for variant in ensemble_variants(ensembles, default_seeds).values():
             add(resolve_variant(continuation["defaults"], variant), None, member_seeds=variant["seeds"])
     return runs
 

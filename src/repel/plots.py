@@ -332,7 +332,10 @@ def landscape_figure(df: pd.DataFrame, runs: pd.DataFrame, families: dict):
 
 
 def plot_ensembles(curves: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, formats=("png", "pdf")) -> list[Path]:
-    """Ensemble metrics vs members, pairwise disagreement, and diversity vs weight distance."""
+    """Ensemble metrics vs members, pairwise disagreement, and diversity vs weight distance.
+
+    A method has one ensemble per seed (or group of independent seeds): curves are their mean with
+    a min-max band, heatmaps their mean disagreement, the scatter every pair of every ensemble."""
     out_dir.mkdir(parents=True, exist_ok=True)
     panels = sorted(curves.groupby(["dataset", "model"]).groups)
     methods = sorted(curves["method"].unique())
@@ -343,9 +346,13 @@ def plot_ensembles(curves: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, for
     for row, (dataset, model) in enumerate(panels):
         panel = curves[(curves["dataset"] == dataset) & (curves["model"] == model)]
         for method, g in panel.groupby("method"):
-            axes[row, 0].plot(g["m"], g["accuracy"], "o-", color=colors[method], label=method)
-            axes[row, 0].plot(g["m"], g["mean_member_accuracy"], ":", color=colors[method])
-            axes[row, 1].plot(g["m"], g["nll"], "o-", color=colors[method], label=method)
+            stats = g.groupby("m")[["accuracy", "mean_member_accuracy", "nll"]].agg(["mean", "min", "max"])
+            label = f"{method} ({g['ensemble'].nunique()} ensembles)" if g["ensemble"].nunique() > 1 else method
+            for ax, column in ((axes[row, 0], "accuracy"), (axes[row, 1], "nll")):
+                ax.plot(stats.index, stats[(column, "mean")], "o-", color=colors[method], label=label)
+                ax.fill_between(stats.index, stats[(column, "min")], stats[(column, "max")], color=colors[method],
+                                alpha=0.15, linewidth=0)
+            axes[row, 0].plot(stats.index, stats[("mean_member_accuracy", "mean")], ":", color=colors[method])
         axes[row, 0].set_ylabel("test accuracy (dotted: mean member)")
         axes[row, 1].set_ylabel("test NLL")
         for ax in axes[row]:
@@ -354,7 +361,8 @@ def plot_ensembles(curves: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, for
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-    fig.suptitle("Ensembles of the last m members at an equal epoch budget", fontsize=10)
+    fig.suptitle("Ensembles of the last m members at an equal epoch budget "
+                 "(several ensembles per method: mean and min-max band)", fontsize=10)
     written += _save(fig, out_dir, "ensemble_accuracy", formats)
 
     fig, axes = plt.subplots(len(panels), len(methods), figsize=(3.6 * len(methods), 3.4 * len(panels)), squeeze=False)
@@ -363,7 +371,8 @@ def plot_ensembles(curves: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, for
         for col, method in enumerate(methods):
             g = pairs[(pairs["dataset"] == dataset) & (pairs["model"] == model) & (pairs["method"] == method)]
             n = int(max(g["i"].max(), g["j"].max())) + 1 if len(g) else 1
-            image = axes[row, col].imshow(pair_matrix(g, n), vmin=0, vmax=vmax, cmap="viridis")
+            mean = g.groupby(["i", "j"], as_index=False)["disagreement"].mean()  # over the method's ensembles
+            image = axes[row, col].imshow(pair_matrix(mean, n), vmin=0, vmax=vmax, cmap="viridis")
             axes[row, col].set_xticks(range(n))
             axes[row, col].set_yticks(range(n))
             axes[row, col].set_title(f"{method}\n{dataset} / {model}", fontsize=9)
@@ -371,7 +380,7 @@ def plot_ensembles(curves: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, for
             axes[row, col].set_ylabel("member")
             fig.colorbar(image, ax=axes[row, col], fraction=0.046)
     fig.suptitle("Pairwise disagreement: fraction of test points whose predicted labels differ "
-                 "(members oldest first; one colour scale)", fontsize=10)
+                 "(members oldest first; mean over a method's ensembles; one colour scale)", fontsize=10)
     written += _save(fig, out_dir, "ensemble_disagreement", formats)
 
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
@@ -395,3 +404,50 @@ def pair_matrix(pairs: pd.DataFrame, n: int):
     for _, r in pairs.iterrows():
         matrix[int(r["i"]), int(r["j"])] = matrix[int(r["j"]), int(r["i"])] = r["disagreement"]
     return matrix
+
+
+VERDICT_COLORS = {"holds": "#8fd19e", "does not hold": "#f08c8c", "inconclusive": "#f3d08b", "not run": "#f4f4f4"}
+
+
+def claims_figure(table: pd.DataFrame):
+    """The claims' verdicts (claims.evaluate's table): a row per claim, a column per dataset/model,
+    each cell coloured by its verdict and labelled with its statistic's value."""
+    import textwrap
+
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    claim_ids = list(dict.fromkeys(table["claim"]))
+    cells = list(dict.fromkeys(zip(table["dataset"], table["model"])))
+    verdicts = list(VERDICT_COLORS)
+    wrap = textwrap.TextWrapper(width=34, max_lines=3, placeholder=" …")
+    rows = table.set_index(["claim", "dataset", "model"])
+    codes = np.array([[verdicts.index(rows.loc[(c, *cell), "verdict"]) for cell in cells] for c in claim_ids])
+    fig, ax = plt.subplots(figsize=(3.5 + 2.4 * len(cells), 1.2 + 0.5 * len(claim_ids)))
+    ax.imshow(codes, cmap=ListedColormap(list(VERDICT_COLORS.values())), vmin=-0.5, vmax=len(verdicts) - 0.5,
+              aspect="auto")
+    for i, claim in enumerate(claim_ids):
+        for j, cell in enumerate(cells):
+            row = rows.loc[(claim, *cell)]
+            label = "not run" if row["verdict"] == "not run" else (row["value_text"] or row["verdict"])
+            # a crossing's epochs run long: shorter words, at most three lines (claims.md has them whole)
+            label = label.replace("no crossing within the budget", "none").replace("epoch ", "ep ")
+            ax.text(j, i, wrap.fill(label), ha="center", va="center", fontsize=7, color="0.15")
+    ax.set_xticks(range(len(cells)), [f"{d} / {m}" for d, m in cells], fontsize=8)
+    ax.xaxis.tick_top()
+    ax.set_yticks(range(len(claim_ids)), claim_ids, fontsize=8)
+    ax.set_xticks(np.arange(len(cells) + 1) - 0.5, minor=True)
+    ax.set_yticks(np.arange(len(claim_ids) + 1) - 0.5, minor=True)
+    ax.grid(which="minor", color="white", linewidth=2)
+    ax.tick_params(which="minor", length=0)
+    ax.legend(handles=[Patch(facecolor=c, edgecolor="0.6", label=v) for v, c in VERDICT_COLORS.items()],
+              loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, borderaxespad=0)
+    ax.set_title("The source study's claims: verdict per dataset/model\n(cell: the statistic's value; "
+                 "claims.md gives each statistic, interval and rule)", fontsize=9)
+    return fig
+
+
+def plot_claims(table: pd.DataFrame, out_dir: Path, formats=("png", "pdf")) -> list[Path]:
+    """The claims figure (`claims_figure`), saved as out_dir/claims.<format>."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _save(claims_figure(table), out_dir, "claims", formats, tight_layout=False)

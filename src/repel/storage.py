@@ -33,6 +33,7 @@ KINDS = {
                              "`repel aggregate-landscape` (Snakemake rule aggregate_landscape)"),
     "ensemble curves": ("the ensembles' metrics table", "`repel ensembles` (Snakemake rule evaluate_ensembles)"),
     "ensemble pairs": ("the ensembles' pairwise table", "`repel ensembles` (Snakemake rule evaluate_ensembles)"),
+    "claims": ("the claims' verdicts table", "`repel claims` (Snakemake rule claims)"),
 }
 MISSING = "is missing (not found)"
 DAMAGED = "cannot be read: it is cut short, damaged or not a torch file"

@@ -25,13 +25,15 @@ try:  # what the schema cannot check: NaN, settings that never act, empty splits
     FAMILIES = grid.families(config["continuation"])
 except ValueError as error:
     raise WorkflowError(f"config: {error}") from None
-ENSEMBLE_PLAN = grid.ensemble_plan(ENSEMBLES, config["continuation"]["defaults"]) if ENSEMBLES else {}
+DEFAULTS = config["continuation"]["defaults"]
+# method -> ensemble name (one per seed, or per group of independent seeds) -> its run and members
+ENSEMBLE_PLAN = grid.ensemble_plan(ENSEMBLES, DEFAULTS, DEFAULTS.get("seeds", config["seeds"])) if ENSEMBLES else {}
 CONFIG_FILES = ", ".join(map(str, workflow.configfiles))  # named in the report's captions
 ENSEMBLE_FIGURES = ["ensemble_accuracy", "ensemble_disagreement", "diversity_vs_distance"]
 # the seeds every comparison is made over; seeds that only ensemble members use are not among them
 SEEDS = sorted({s for run in RUNS.values() for s in run["seeds"]})
 # runs whose snapshots are ensemble members: their training job declares the snapshot files
-SNAPSHOT_RUNS = sorted({plan["run"] for plan in ENSEMBLE_PLAN.values() if plan["epochs"]})
+SNAPSHOT_RUNS = sorted({e["run"] for method in ENSEMBLE_PLAN.values() for e in method.values() if e["epochs"]})
 PLAIN_RUNS = sorted(set(RUNS) - set(SNAPSHOT_RUNS))
 RESULTS = config["results"]
 
@@ -79,7 +81,7 @@ def get_gres():
 
 def get_member_epochs():
     """The absolute epochs of the snapshot members (every snapshot method has the same)."""
-    epochs = {tuple(plan["epochs"]) for plan in ENSEMBLE_PLAN.values() if plan["epochs"]}
+    epochs = {tuple(e["epochs"]) for method in ENSEMBLE_PLAN.values() for e in method.values() if e["epochs"]}
     return [config["base"]["epochs"] + epoch for epoch in (epochs.pop() if epochs else ())]
 
 
@@ -94,7 +96,7 @@ def get_run_dir(wildcards, run):
 def get_ensemble_inputs(wildcards):
     """Every member's weights, oldest first (snapshots of one run, or each seed's final weights for
     independent seeds), and the base checkpoint each member started from, one per member."""
-    plan = ENSEMBLE_PLAN[wildcards.method]
+    plan = ENSEMBLE_PLAN[wildcards.method][wildcards.ensemble]
     run_dir = get_run_dir(wildcards, plan["run"])
     base = res(f"base/{wildcards.dataset}/{wildcards.model}")
     if plan["epochs"] is None:
@@ -107,12 +109,13 @@ def get_ensemble_inputs(wildcards):
 
 
 def get_predictions():
-    return expand(
-        res("ensembles/{dataset}/{model}/{method}/predictions.pt"),
-        dataset=config["datasets"],
-        model=config["models"],
-        method=ENSEMBLE_PLAN,
-    )
+    return [
+        res(f"ensembles/{dataset}/{model}/{method}/{ensemble}/predictions.pt")
+        for dataset in config["datasets"]
+        for model in config["models"]
+        for method, ensembles in ENSEMBLE_PLAN.items()
+        for ensemble in ensembles
+    ]
 
 
 def get_member_landscapes():
@@ -147,11 +150,21 @@ def get_labels():
     return json.dumps({rid: " / ".join(run["labels"]) for rid, run in RUNS.items()})
 
 
+def get_claims_inputs(wildcards):
+    """The tables the claims are computed from: the metrics, and the ensembles' when there are some."""
+    inputs = {"metrics": res("aggregate/metrics.parquet")}
+    if ENSEMBLES:
+        inputs.update(ensembles=res("aggregate/ensembles.parquet"), pairs=res("aggregate/ensemble_pairs.parquet"))
+    return inputs
+
+
 def get_final_outputs():
     """Every table and figure, so that snakemake checks (and makes) each of them, not only the
     ones a later rule reads."""
     outputs = expand(res("aggregate/{table}"), table=["metrics.parquet", "summary.md", "summary.csv", "summary.parquet"])
     outputs += expand(res("plots/families/{family}.{ext}"), family=FAMILIES, ext=["png", "pdf"])
+    outputs += expand(res("aggregate/claims.{ext}"), ext=["md", "csv", "parquet"])
+    outputs += expand(res("plots/claims.{ext}"), ext=["png", "pdf"])
     if config["landscape"]:
         outputs += [res("aggregate/landscape.parquet")]
         outputs += expand(res("plots/landscape.{ext}"), ext=["png", "pdf"])

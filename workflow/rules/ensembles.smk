@@ -3,9 +3,9 @@ rule predict:
         unpack(get_ensemble_inputs),
         data=res("data/{dataset}.pt"),
     output:
-        res("ensembles/{dataset}/{model}/{method}/predictions.pt"),
+        res("ensembles/{dataset}/{model}/{method}/{ensemble}/predictions.pt"),
     log:
-        res("logs/predict/{dataset}/{model}/{method}.log"),
+        res("logs/predict/{dataset}/{model}/{method}/{ensemble}.log"),
     threads: config["threads"]
     resources:
         gres=get_gres(),
@@ -15,7 +15,7 @@ rule predict:
         "../../envs/repel.yaml"
     shell:
         "python -m repel predict --data {input.data} --checkpoints {input.checkpoints} "
-        "--members {input.members} --method {wildcards.method} --device {DEVICE} "
+        "--members {input.members} --method {wildcards.method} --ensemble {wildcards.ensemble} --device {DEVICE} "
         "--threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -24,9 +24,9 @@ rule member_landscape:
         unpack(get_ensemble_inputs),
         data=res("data/{dataset}.pt"),
     output:
-        res("ensembles/{dataset}/{model}/{method}/member_landscape.parquet"),
+        res("ensembles/{dataset}/{model}/{method}/{ensemble}/member_landscape.parquet"),
     log:
-        res("logs/member_landscape/{dataset}/{model}/{method}.log"),
+        res("logs/member_landscape/{dataset}/{model}/{method}/{ensemble}.log"),
     threads: config["threads"]
     resources:
         gres=get_gres(),
@@ -36,7 +36,7 @@ rule member_landscape:
         "../../envs/repel.yaml"
     shell:
         "python -m repel landscape --between --data {input.data} --checkpoint {input.checkpoints[0]} "
-        "--weights {input.members} --run {wildcards.method} --device {DEVICE} "
+        "--weights {input.members} --run {wildcards.method}/{wildcards.ensemble} --device {DEVICE} "
         "--threads {threads} --out {output} > {log} 2>&1"
 
 

@@ -15,19 +15,9 @@ import yaml
 from snakemake.utils import validate
 
 from repel import cli, config_check, data, grid
-from workflow_run import ROOT, snakemake
+from workflow_run import ROOT, TINY, snakemake
+
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
-TINY = {
-    "datasets": ["digits"],
-    "models": ["cnn"],
-    "seeds": [0],
-    "base": {"epochs": 2},
-    "continuation": {
-        "defaults": {"epochs": 2, "lr": 0.01, "schedule": "constant", "kernel": "rbf", "width": 1.0,
-                     "distance": "sum", "strength": 10},
-        "families": {"width": {"sweep": {"width": [1.0, 0.5]}}},
-    },
-}
 
 
 def refused(workdir: Path, change) -> str:

@@ -20,25 +20,14 @@ import torch
 import yaml
 
 from repel import models
+import workflow_run
 from workflow_run import ROOT, planned_jobs, planned_outputs, snakemake
 
-TINY = {
-    "datasets": ["digits"],
-    "models": ["cnn"],
-    "seeds": [0],
-    "base": {"epochs": 2},
-    "continuation": {
-        "defaults": {"epochs": 2, "lr": 0.01, "schedule": "constant", "kernel": "rbf", "width": 1.0,
-                     "distance": "sum", "strength": 10},
-        "families": {
-            "width": {"sweep": {"width": [1.0, 0.5]}},
-            "unstable": {"sweep": {"lr": [1e6]}, "figure": "final"},  # a loss that becomes NaN
-        },
-    },
-    # 2 members 1 epoch apart; the independent seeds 0 and 1 train the width family's control
-    # (lr 0.01, constant, 2 epochs) for seed 1 too, a seed the config's families do not use
-    "ensembles": {"members": 2, "cycle": 1, "strength": 10, "seeds": [0, 1]},
-}
+TINY = copy.deepcopy(workflow_run.TINY)
+TINY["continuation"]["families"]["unstable"] = {"sweep": {"lr": [1e6]}, "figure": "final"}  # a loss that becomes NaN
+# 2 members 1 epoch apart; the independent seeds 0 and 1 train the width family's control
+# (lr 0.01, constant, 2 epochs) for seed 1 too, a seed the config's families do not use
+TINY["ensembles"] = {"members": 2, "cycle": 1, "strength": 10, "seeds": [0, 1]}
 RUNS = ["s0_lr0.01-const-e2", "s10-rbf-w1_lr0.01-const-e2", "s10-rbf-w0.5_lr0.01-const-e2"]
 DIVERGED = ["s0_lr1e6-const-e2", "s10-rbf-w1_lr1e6-const-e2"]
 # the runs the ensemble methods take their members from (seed 0; independent: seeds 0 and 1)

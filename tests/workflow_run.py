@@ -8,6 +8,18 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# the smallest config that runs: 2 epochs to the checkpoint, 2 after it, one family of two widths
+TINY = {
+    "datasets": ["digits"],
+    "models": ["cnn"],
+    "seeds": [0],
+    "base": {"epochs": 2},
+    "continuation": {
+        "defaults": {"epochs": 2, "lr": 0.01, "schedule": "constant", "kernel": "rbf", "width": 1.0,
+                     "distance": "sum", "strength": 10},
+        "families": {"width": {"sweep": {"width": [1.0, 0.5]}}},
+    },
+}
 
 
 def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:

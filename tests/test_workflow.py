@@ -159,7 +159,8 @@ def test_changing_the_base_training_reruns_everything_downstream(finished):
 
 def test_options_that_change_how_a_job_runs_rerun_nothing(finished):
     config = copy.deepcopy(TINY)
-    config.update(device="cpu", threads=2, save_every=1, resources={"gpu": 1, "mem_mb": 100, "runtime": 5},
+    config.update(device="cpu", threads=2, save_every=1, tensorboard=False,
+                  resources={"gpu": 1, "mem_mb": 100, "runtime": 5},
                   speed={"amp": "bf16", "channels_last": "off", "compile": "on"})
     result = snakemake(finished, config, "-n")
     assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr

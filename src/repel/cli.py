@@ -29,6 +29,7 @@ from . import data as data_mod
 from . import models, storage
 from .penalty import DISTANCES, KERNELS, DistancePenalty
 from .resume import ResumeState, fingerprint
+from .tensorboard import EventLog, run_dir
 from .train import AMP, CHANNELS_LAST, COMPILE, SCHEDULES, TrainConfig, fit
 
 
@@ -65,13 +66,20 @@ def _resume_state(args, *inputs) -> ResumeState | None:
     """The job's resumable state in its output directory, keyed to its settings and inputs."""
     if not args.save_every:
         return None
-    settings = {k: v for k, v in vars(args).items() if k not in ("func", "device", "threads", "save_every")}
+    # how the job runs, not what it trains: a state saved under other values is still this run's
+    how = ("func", "device", "threads", "save_every", "tensorboard")
+    settings = {k: v for k, v in vars(args).items() if k not in how}
     return ResumeState(Path(args.out_dir) / "resume.pt", fingerprint(settings, *inputs), args.save_every, _log)
 
 
 def _job_log(resume: ResumeState | None):
     """Where a training loop logs: through its resumable state, which keeps the lines, if it has one."""
     return resume.log if resume is not None else _log
+
+
+def _event_log(args, log, dataset: str, model: str, run: str, seed: int) -> EventLog | None:
+    """The job's TensorBoard run, under --tensorboard DIR (none without it)."""
+    return EventLog(run_dir(args.tensorboard, dataset, model, run, seed), log) if args.tensorboard else None
 
 
 def _train_config(args, **given) -> TrainConfig:
@@ -95,15 +103,20 @@ def cmd_train_base(args) -> None:
     model = models.from_arch(arch).to(device)
     cfg = _train_config(args)
     resume = _resume_state(args, args.data)
-    rows, optimizer, generator = fit(model, prepared, cfg, device, log=_job_log(resume), resume=resume)
+    log = _job_log(resume)
+    events = _event_log(args, log, prepared["name"], args.model, "base", args.seed)
+    rows, optimizer, generator = fit(model, prepared, cfg, device, log=log, resume=resume,
+                                     on_row=events.row if events else None)
     out = Path(args.out_dir)
+    columns = {"phase": "base", "dataset": prepared["name"], "model": args.model, "seed": args.seed, "run": "base"}
     storage.save_torch({
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": rows[-1]["epoch"],
         "rng": {"torch": torch.get_rng_state(), "data": generator.get_state()},
         "arch": arch, "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
     }, out / "checkpoint.pt")
-    storage.save_parquet(_frame(rows, {"phase": "base", "dataset": prepared["name"], "model": args.model,
-                                       "seed": args.seed, "run": "base"}), out / "metrics.parquet")
+    storage.save_parquet(_frame(rows, columns), out / "metrics.parquet")
+    if events is not None:
+        events.finish(columns, rows[-1]["epoch"])
     if resume is not None:
         resume.clear()
     _log(f"base checkpoint at epoch {rows[-1]['epoch']} -> {out / 'checkpoint.pt'}")
@@ -123,6 +136,8 @@ def cmd_continue(args) -> None:
     seed = ckpt["config"]["seed"]
     cfg = _train_config(args, seed=seed)
     resume = _resume_state(args, args.data, args.checkpoint)
+    log = _job_log(resume)
+    events = _event_log(args, log, prepared["name"], arch["model"], args.run, seed)
     # the continuation goes on with the base's optimizer state and data order: with s = 0 it is
     # exactly the base training, continued
     torch.set_rng_state(ckpt["rng"]["torch"])
@@ -133,8 +148,8 @@ def cmd_continue(args) -> None:
             storage.save_torch(model.state_dict(), out / "snapshots" / f"epoch{ckpt['epoch'] + epochs_done}.pt")
 
     rows, _, _ = fit(model, prepared, cfg, device, penalty=penalty, first_epoch=ckpt["epoch"] + 1,
-                     optimizer_state=ckpt["optimizer"], data_rng=ckpt["rng"]["data"], log=_job_log(resume), resume=resume,
-                     on_epoch_end=save_snapshot)
+                     optimizer_state=ckpt["optimizer"], data_rng=ckpt["rng"]["data"], log=log, resume=resume,
+                     on_epoch_end=save_snapshot, on_row=events.row if events else None)
     columns = {"phase": "continue", "dataset": prepared["name"], "model": arch["model"], "seed": seed,
                "run": args.run, "checkpoint_epoch": ckpt["epoch"], "strength": args.strength,
                "kernel": args.kernel, "width": args.width, "gamma": args.gamma, "distance": args.distance,
@@ -142,6 +157,8 @@ def cmd_continue(args) -> None:
                "lr_init": args.lr, "schedule": args.schedule, "epochs": args.epochs}
     storage.save_torch(model.state_dict(), out / "final.pt")
     storage.save_parquet(_frame(rows, columns), out / "metrics.parquet")
+    if events is not None:  # the grid point's parameters, as its metrics.parquet names them
+        events.finish(columns, rows[-1]["epoch"])
     if resume is not None:
         resume.clear()
     _log(f"{args.run}: final val acc {rows[-1]['val_acc']:.4f}, distance {rows[-1]['dist']:.4g} -> {out}")
@@ -297,6 +314,9 @@ def _add_training_args(p: argparse.ArgumentParser, epochs_help: str) -> None:
     _add_speed_args(p)
     p.add_argument("--save-every", type=int, default=0,
                    help="save a resumable state to OUT_DIR/resume.pt every N epochs (0: never)")
+    p.add_argument("--tensorboard", default="", metavar="DIR",
+                   help="write TensorBoard event files (every epoch's metrics, the run's parameters as HParams) "
+                        "to DIR/<dataset>/<model>/<run>/seed<k> (run 'base' for train-base); empty: none")
     p.add_argument("--out-dir", required=True, help="directory for the outputs (and the resumable state)")
 
 

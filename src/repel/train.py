@@ -104,7 +104,7 @@ def flat_norm(tensors) -> torch.Tensor:
 
 def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: DistancePenalty | None = None,
         first_epoch: int = 1, optimizer_state: dict | None = None, data_rng: torch.Tensor | None = None,
-        log=print, resume: ResumeState | None = None, on_epoch_end=None):
+        log=print, resume: ResumeState | None = None, on_epoch_end=None, on_row=None):
     """Train `cfg.epochs` epochs; return (one metrics dict per epoch, optimizer, data generator).
 
     With a penalty, the distances are measured to its first centre (the checkpoint the run starts
@@ -113,6 +113,8 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
     that run's data order instead of starting one from `cfg.seed`. With `resume`, the run
     continues from a saved state if there is one, and saves its own as it goes.
     `on_epoch_end(epochs_done, model)` is called after every epoch (to save snapshots).
+    `on_row(row)` is called with every epoch's metrics as soon as they are known (a diverged
+    epoch's too), before the resumable state is saved (TensorBoard events).
     The speed options (`cfg.amp`, `channels_last`, `compile`) leave `model` itself as it was:
     a compiled wrapper is used only inside, and the layout is back to the usual one at the end.
     """
@@ -198,6 +200,8 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
         rows.append(row)
         log(f"epoch {epoch:4d}/{first_epoch + cfg.epochs - 1}  lr {lr:.3g}  loss {train_loss:.4f}  "
             f"train {row['train_acc']:.3f}  val {val_acc:.3f}  dist {row['dist']:.4g}  {seconds:.2f}s")
+        if on_row is not None:
+            on_row(row)
         if row["diverged"]:
             log(f"diverged at epoch {epoch}: the training loss is {train_loss}; stopping this run")
             break

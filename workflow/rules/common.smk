@@ -46,10 +46,14 @@ def res(path):
 # How jobs run, not what they compute: the shell commands read these globals rather than params,
 # so that changing one re-runs nothing (params are a rerun trigger). bf16 and compile change
 # rounding only. YAML reads a bare on/off as true/false; they are written back as on/off here.
+# TensorBoard events are a side channel, never a declared output: the job puts its own run under
+# the root, as <dataset>/<model>/<run>/seed<k> (a per-job path here would need the wildcards,
+# which a global string cannot take, and params would make it a rerun trigger).
 RUN_OPTIONS = " ".join([
     f"--device {shlex.quote(config['device'])} --save-every {config['save_every']}",
     *(f"--{key.replace('_', '-')} {shlex.quote({True: 'on', False: 'off'}.get(value, value))}"
       for key, value in config["speed"].items()),
+    *([f"--tensorboard {shlex.quote(res('tensorboard'))}"] if config["tensorboard"] else []),
 ])
 DEVICE = shlex.quote(config["device"])  # for the jobs that run a network without training it
 

@@ -198,12 +198,12 @@ def cmd_landscape(args) -> None:
         raise ValueError("--between needs at least two --weights files")
     kind = "member" if args.between else "weights"
     states = [ckpt["model"] if path == args.checkpoint else storage.load_torch(path, kind) for path in ends]
+    bn_recomputed = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     frames = []
     for pair, (start, end) in enumerate(zip(states, states[1:])):
         df = interpolate(model, start, end, alphas(args.steps), train, val, bn_batches=args.bn_batches)
         frames.append(df.assign(pair=pair, start=str(ends[pair]), end=str(ends[pair + 1]), barrier=barrier(df),
-                                bn_recomputed=any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                                                  for m in model.modules())))
+                                bn_recomputed=bn_recomputed))
         _log(f"loss barrier from {ends[pair]} to {ends[pair + 1]}: {barrier(df):.4g}")
     df = pd.concat(frames, ignore_index=True).assign(
         split="val", dataset=prepared["name"], model=ckpt["arch"]["model"], run=args.run, seed=ckpt["config"]["seed"])

@@ -79,10 +79,11 @@ class ResumeState:
             elif obj is not None:
                 obj.load_state_dict(state[name])
         torch.set_rng_state(state["torch_rng"])
-        self.lines = state.get("log", []) + self.lines
+        earlier = state.get("log", [])  # states saved before the log was kept have none
+        self.lines = earlier + self.lines
         self._print(f"resuming from {self.path} after epoch {state['rows'][-1]['epoch']}; "
                     "the run's log up to there:")
-        for line in state.get("log", []):
+        for line in earlier:
             self._print(line)
         self.log(f"resumed from {self.path} after epoch {state['rows'][-1]['epoch']}")
         return state["rows"]

@@ -49,13 +49,13 @@ def res(path):
 # TensorBoard events are a side channel, never a declared output: the job puts its own run under
 # the root, as <dataset>/<model>/<run>/seed<k> (a per-job path here would need the wildcards,
 # which a global string cannot take, and params would make it a rerun trigger).
+DEVICE = shlex.quote(config["device"])  # alone, for the jobs that run a network without training it
 RUN_OPTIONS = " ".join([
-    f"--device {shlex.quote(config['device'])} --save-every {config['save_every']}",
+    f"--device {DEVICE} --save-every {config['save_every']}",
     *(f"--{key.replace('_', '-')} {shlex.quote({True: 'on', False: 'off'}.get(value, value))}"
       for key, value in config["speed"].items()),
     *([f"--tensorboard {shlex.quote(res('tensorboard'))}"] if config["tensorboard"] else []),
 ])
-DEVICE = shlex.quote(config["device"])  # for the jobs that run a network without training it
 
 
 def get_optimizer_args():

@@ -189,3 +189,46 @@ def test_each_epoch_s_lr_is_the_step_schedule_s_value_by_hand(digits):
     rows, _, _ = fit(_model(digits), digits, TrainConfig(epochs=3, lr=0.1, schedule="step", step_size=1,
                                                           step_gamma=0.5), torch.device("cpu"), log=lambda m: None)
     assert [row["lr"] for row in rows] == pytest.approx([0.1, 0.05, 0.025], rel=1e-12)
+
+
+@pytest.mark.parametrize("t0", [1, 2])
+def test_fge_lr_follows_the_triangular_cycle_and_members_sit_at_its_lowest(digits, t0):
+    high, low = 0.05, 0.001
+    cfg = TrainConfig(epochs=2 * t0, lr=high, schedule="cyclic", t0=t0, eta_min=low)
+    members = []
+    rows, _, _ = fit(_model(digits), digits, cfg, torch.device("cpu"), log=lambda m: None,
+                     on_epoch_end=lambda done, model: members.append(done) if done % t0 == 0 else None)
+    steps = math.ceil(len(digits["train_y"]) / cfg.batch_size)
+    cycle = t0 * steps  # steps per cycle (an odd count puts the peak between two steps)
+
+    def garipov(i):  # Garipov et al. (2018), eq. 2, with t the position in the cycle, shifted by half a cycle
+        t = ((i + cycle / 2) % cycle) / cycle
+        return (1 - 2 * t) * high + 2 * t * low if t <= 0.5 else (2 - 2 * t) * low + (2 * t - 1) * high
+
+    recorded = [lr for row in rows for lr in row["lr_steps"]]
+    assert recorded == pytest.approx([garipov(i) for i in range(2 * cycle)], rel=1e-9)
+    assert max(recorded) > 0.8 * high  # the cycle does reach up
+    # a member after every t0 epochs: the last step of a cycle is still going down, the next one
+    # starts at the lowest lr
+    assert members == [t0, 2 * t0]
+    for k in (1, 2):
+        assert recorded[k * cycle - 1] < recorded[k * cycle - 2]
+    assert recorded[cycle] == pytest.approx(low, rel=1e-12) and min(recorded) == pytest.approx(low, rel=1e-12)
+
+
+def test_swa_anneals_to_its_lr_and_averages_the_weights_of_every_epoch(digits):
+    from torch.optim.swa_utils import AveragedModel
+
+    model = _model(digits)
+    averaged = AveragedModel(model)
+    kept = []
+    cfg = TrainConfig(epochs=3, lr=0.05, schedule="swa", eta_min=0.01)
+    rows, _, _ = fit(model, digits, cfg, torch.device("cpu"), log=lambda m: None, averaged=averaged,
+                     on_epoch_end=lambda done, model: kept.append(_flat(model.parameters())))
+    first, later = rows[0]["lr_steps"], [lr for row in rows[1:] for lr in row["lr_steps"]]
+    assert first[0] == 0.05 and all(a > b for a, b in zip(first, first[1:]))  # annealed down over epoch 1
+    assert later == pytest.approx([0.01] * len(later), rel=1e-12)  # then SWA's constant lr
+    assert int(averaged.n_averaged) == 3
+    mean = torch.stack(kept).mean(0)
+    assert torch.allclose(_flat(averaged.module.parameters()), mean, atol=1e-6)
+    assert not torch.allclose(mean, kept[-1], atol=1e-4)  # the average is not the last epoch's weights

@@ -8,12 +8,10 @@ mode). A barrier > 0 means that the path from the checkpoint leaves its basin.
 
 from __future__ import annotations
 
-import itertools
-
 import pandas as pd
 import torch
-from torch.optim.swa_utils import update_bn
 
+from .averaging import recompute_bn
 from .data import DeviceData
 from .train import evaluate
 
@@ -27,18 +25,6 @@ def alphas(n: int = 21, lo: float = -0.5, hi: float = 1.5) -> list[float]:
     # rounding snaps -0.5 + 5 * 0.1 = 5.6e-17 to 0.0; + 0.0 turns -0.0 into 0.0
     grid = {round(lo + (hi - lo) * i / (n - 1), 12) + 0.0 for i in range(n)}
     return sorted(grid | {0.0, 1.0})
-
-
-def recompute_bn(model: torch.nn.Module, data: DeviceData, batches: int | None = None,
-                 batch_size: int = 128) -> None:
-    """Reset BatchNorm running statistics and re-estimate them on the first `batches` batches.
-
-    The batches come in the split's stored order, without augmentation, so the same weights always
-    get the same statistics. Models without BatchNorm are left as they are.
-    """
-    if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 1):
-        raise ValueError(f"batches must be None (the whole split) or an integer >= 1, got {batches!r}")
-    update_bn(itertools.islice(data.batches(batch_size), batches), model)
 
 
 def _endpoint_states(model, theta_c_state: dict, theta_state: dict) -> tuple[dict, list[str]]:

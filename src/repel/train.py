@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import SWALR
 
 from .data import DeviceData
 from .grid import SCHEDULE_DEFAULTS
@@ -25,7 +26,7 @@ from .penalty import DistancePenalty
 if TYPE_CHECKING:  # a type only: importing it at run time would pull in pandas via storage
     from .resume import ResumeState
 
-SCHEDULES = ("constant", "step", "cosine", "cosine_restarts")
+SCHEDULES = ("constant", "step", "cosine", "cosine_restarts", "cyclic", "swa")
 # speed options: each changes how fast a run goes, not what it trains (bf16 and compile change rounding)
 AMP = ("auto", "off", "bf16")
 CHANNELS_LAST = ("auto", "on", "off")
@@ -39,12 +40,12 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-3   # L2, applied by SGD
     batch_size: int = 128
-    schedule: str = "constant"   # constant | step | cosine | cosine_restarts, stepped every batch
+    schedule: str = "constant"   # constant | step | cosine | cosine_restarts | cyclic | swa, stepped every batch
     step_size: int = SCHEDULE_DEFAULTS["step_size"]     # epochs between decays (step)
     step_gamma: float = SCHEDULE_DEFAULTS["step_gamma"]  # decay factor (step)
-    t0: int = SCHEDULE_DEFAULTS["t0"]                   # epochs in the first cycle (cosine_restarts)
+    t0: int = SCHEDULE_DEFAULTS["t0"]                   # epochs in the first cycle (cosine_restarts, cyclic)
     t_mult: int = SCHEDULE_DEFAULTS["t_mult"]           # cycle length multiplier (cosine_restarts)
-    eta_min: float = SCHEDULE_DEFAULTS["eta_min"]       # lowest lr (cosine, cosine_restarts)
+    eta_min: float = SCHEDULE_DEFAULTS["eta_min"]       # lowest lr (cosine, cosine_restarts, cyclic); swa: its lr
     seed: int = 0                # data order and augmentation
     amp: str = "auto"            # bf16 autocast of forward and loss: auto = on CUDA only | off | bf16
     channels_last: str = "auto"  # NHWC layout for conv nets: auto = on (measured faster on CPU) | on | off
@@ -82,6 +83,13 @@ def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
         return sched.CosineAnnealingLR(optimizer, cfg.epochs * steps_per_epoch, cfg.eta_min)
     if cfg.schedule == "cosine_restarts":
         return sched.CosineAnnealingWarmRestarts(optimizer, cfg.t0 * steps_per_epoch, cfg.t_mult, cfg.eta_min)
+    if cfg.schedule == "cyclic":  # FGE (Garipov et al. 2018): linear from eta_min up to lr and back every t0 epochs.
+        # CyclicLR starts at its low end, so each cycle ends at its lowest lr, where FGE takes a member
+        # (the paper's cycle shifted by half a cycle). Momentum stays the optimizer's own.
+        return sched.CyclicLR(optimizer, cfg.eta_min, cfg.lr, step_size_up=cfg.t0 * steps_per_epoch / 2,
+                              cycle_momentum=False)
+    if cfg.schedule == "swa":  # SWA (Izmailov et al. 2018): cosine from lr to the SWA lr over the first epoch, then constant
+        return SWALR(optimizer, cfg.eta_min, anneal_epochs=steps_per_epoch, anneal_strategy="cos")
     raise ValueError(f"unknown schedule '{cfg.schedule}'; expected one of {', '.join(SCHEDULES)}")
 
 
@@ -104,7 +112,7 @@ def flat_norm(tensors) -> torch.Tensor:
 
 def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: DistancePenalty | None = None,
         first_epoch: int = 1, optimizer_state: dict | None = None, data_rng: torch.Tensor | None = None,
-        log=print, resume: ResumeState | None = None, on_epoch_end=None, on_row=None):
+        log=print, resume: ResumeState | None = None, on_epoch_end=None, on_row=None, averaged=None):
     """Train `cfg.epochs` epochs; return (one metrics dict per epoch, optimizer, data generator).
 
     With a penalty, the distances are measured to its first centre (the checkpoint the run starts
@@ -115,6 +123,8 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
     `on_epoch_end(epochs_done, model)` is called after every epoch (to save snapshots).
     `on_row(row)` is called with every epoch's metrics as soon as they are known (a diverged
     epoch's too), before the resumable state is saved (TensorBoard events).
+    With `averaged` (a torch.optim.swa_utils.AveragedModel of `model`), the weights are averaged
+    into it after every epoch (SWA); it is part of the resumable state.
     The speed options (`cfg.amp`, `channels_last`, `compile`) leave `model` itself as it was:
     a compiled wrapper is used only inside, and the layout is back to the usual one at the end.
     """
@@ -143,7 +153,7 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
 
     # everything that decides the rest of the run, for a resumable state
     parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "data_rng": generator,
-             "penalty": penalty}
+             "penalty": penalty, "averaged": averaged}
     rows = resume.restore(parts) if resume is not None else []
 
     for epoch in range(first_epoch + len(rows), first_epoch + cfg.epochs):
@@ -207,6 +217,8 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
             break
         if penalty is not None:
             penalty.end_of_epoch(len(rows), params)
+        if averaged is not None:
+            averaged.update_parameters(model)
         if on_epoch_end is not None:
             on_epoch_end(len(rows), model)
         if resume is not None:

@@ -116,7 +116,7 @@ GRID_CASES = {
     "t0": (
         families(sgdr={"sweep": {"schedule": ["cosine_restarts"], "epochs": [20, 5]}, "fixed": {"t0": 5}}),
         "config: continuation.families.sgdr, point {t0: 5, epochs: 5, schedule: cosine_restarts}: t0 5 >= epochs 5: "
-        "cosine_restarts would never restart"),
+        "cosine_restarts would never complete a cycle"),
     "eta_min": (
         families(cos={"sweep": {"schedule": ["cosine"], "eta_min": [0.001, 0.01]}}),
         "config: continuation.families.cos, point {eta_min: 0.01, schedule: cosine}: eta_min 0.01 >= lr 0.01 "
@@ -126,6 +126,24 @@ GRID_CASES = {
                    c.update(ensembles={"members": 2, "cycle": 1, "strength": 10, "seeds": [0, 1]})),
         "ensembles, method sgdr: eta_min 0.05 (from continuation.defaults) >= lr 0.01 (from continuation.defaults): "
         "the cosine_restarts schedule would never lower the lr"),
+    "fge_divides": (  # a budget of 3 x 2 = 6 epochs, cycles of 4
+        lambda c: (c["continuation"]["defaults"].update(epochs=8),
+                   c.update(ensembles={"members": 3, "cycle": 2, "strength": 10, "seeds": [0, 1],
+                                       "fge": {"cycle": 4, "lr_low": 0.001}})),
+        "config: ensembles.fge.cycle 4 does not divide the budget members x cycle = 6 epochs: FGE would end mid-cycle"),
+    "fge_members": (
+        lambda c: c.update(ensembles={"members": 2, "cycle": 1, "strength": 10, "seeds": [0, 1],
+                                      "fge": {"cycle": 2, "lr_low": 0.001}}),
+        "ensembles, method fge: t0 2 >= epochs 2: cyclic would never complete a cycle"),
+    "fge_lr": (
+        lambda c: c.update(ensembles={"members": 2, "cycle": 1, "strength": 10, "seeds": [0, 1],
+                                      "fge": {"cycle": 1, "lr_low": 0.5}}),
+        "ensembles, method fge: eta_min 0.5 >= lr 0.01 (from continuation.defaults): the cyclic schedule would never "
+        "lower the lr"),
+    "swa_lr": (
+        families(swa={"sweep": {"schedule": ["swa"]}}),
+        "config: continuation.families.swa, point {schedule: swa}: eta_min 0.0 (the default): swa's lr is eta_min, "
+        "and at lr 0 the weights never move"),
 }
 
 

@@ -218,7 +218,8 @@ def test_a_method_s_ensembles_are_kept_apart_and_summarised_as_mean_and_std(tmp_
     paths, landscapes = [], []
     for k, (name, probs) in enumerate(members.items()):
         pred = {"probs": torch.tensor(probs), "labels": y, "weights": torch.eye(2), "theta_c": torch.zeros(2),
-                "dataset": "d", "model": "m", "method": "distance", "ensemble": name}
+                "dataset": "d", "model": "m", "method": "distance", "ensemble": name,
+                "average_probs": torch.tensor(right), "swa_probs": None}
         paths.append(tmp_path / f"{name}.pt")
         storage.save_torch(pred, paths[-1])
         landscapes.append(tmp_path / f"{name}.parquet")
@@ -234,3 +235,41 @@ def test_a_method_s_ensembles_are_kept_apart_and_summarised_as_mean_and_std(tmp_
     assert summary["accuracy_std"] == pytest.approx(math.sqrt(0.5))  # sample std of 1 and 0
     assert summary["mean_member_barrier"] == pytest.approx(0.3)
     assert "0.5000 ± 0.7071" in (tmp_path / "ensemble_summary.md").read_text()
+
+
+def test_weight_averages_sit_beside_their_ensembles(tmp_path):
+    """An SWA ensemble's predictions with its members' average and SWA's own model: one row each,
+    with the ensemble's accuracy and its best member's beside them, all by hand."""
+    from repel import storage
+    from repel.aggregate import aggregate_ensembles
+
+    y = torch.tensor([0, 1])
+    # members: right on x0 only, right on both; the ensemble (.75, .25), (.3, .7): right on both
+    probs = torch.tensor([[[0.6, 0.4], [0.6, 0.4]], [[0.9, 0.1], [0.0, 1.0]]])
+    average, swa = torch.tensor([[0.5, 0.5], [0.25, 0.75]]), torch.tensor([[[0.2, 0.8], [0.2, 0.8]]])
+    pred = {"probs": probs, "labels": y, "weights": torch.eye(2), "theta_c": torch.zeros(2), "dataset": "d",
+            "model": "m", "method": "swa", "ensemble": "seed0", "average_probs": average, "swa_probs": swa}
+    storage.save_torch(pred, tmp_path / "p.pt")
+    storage.save_parquet(pd.DataFrame({"alpha": [0.0, 1.0], "loss": [1.0, 1.0], "pair": 0, "barrier": 0.0,
+                                       "dataset": "d", "model": "m", "run": "swa/seed0"}), tmp_path / "l.parquet")
+    aggregate_ensembles([tmp_path / "p.pt"], [tmp_path / "l.parquet"], tmp_path)
+    rows = pd.read_parquet(tmp_path / "weight_averages.parquet").set_index("averaged")
+    assert sorted(rows.index) == ["members", "swa"]
+    # the average: argmax ties go to class 0 on x0 (right), x1 right -> 1.0; SWA: class 1 twice -> 0.5
+    assert rows.loc["members", "accuracy"] == 1.0 and rows.loc["swa", "accuracy"] == 0.5
+    assert rows.loc["members", "nll"] == pytest.approx(-(math.log(0.5) + math.log(0.75)) / 2)
+    assert rows.loc["swa", "brier"] == pytest.approx((2 * 0.8 ** 2 + 2 * 0.2 ** 2) / 2)
+    assert (rows["ensemble_accuracy"] == 1.0).all() and (rows["best_member_accuracy"] == 1.0).all()
+    text = (tmp_path / "ensemble_summary.md").read_text()
+    assert "SWA: the average over every epoch of the run" in text and "the members' weight average" in text
+
+
+def test_predictions_stored_before_weight_averages_are_named(tmp_path):
+    from repel import storage
+    from repel.aggregate import aggregate_ensembles
+
+    pred = {"probs": PROBS, "labels": Y, "weights": torch.eye(2), "theta_c": torch.zeros(2), "dataset": "d",
+            "model": "m", "method": "sgdr", "ensemble": "seed3"}
+    storage.save_torch(pred, tmp_path / "p.pt")
+    with pytest.raises(ValueError, match=r"^sgdr/seed3: its predictions file was written before .* --forcerun predict"):
+        aggregate_ensembles([tmp_path / "p.pt"], [], tmp_path)

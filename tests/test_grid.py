@@ -62,7 +62,8 @@ def test_repeated_and_merged_checkpoints_are_named_and_passed_on():
     assert "--merge" not in grid.cli_args(runs["s1-rbf-w1_lr0.01-const-e30"]["params"]).split()
 
 
-ENSEMBLES = {"members": 3, "cycle": 4, "strength": 10, "width": 0.5, "lr": 0.05, "seeds": [0, 1, 2]}
+ENSEMBLES = {"members": 3, "cycle": 4, "strength": 10, "width": 0.5, "lr": 0.05, "seeds": [0, 1, 2],
+             "fge": {"cycle": 2, "lr_low": 0.001}, "swa": {"lr": 0.01}}
 
 
 def test_every_ensemble_method_trains_the_same_epoch_budget():
@@ -78,11 +79,19 @@ def test_every_ensemble_method_trains_the_same_epoch_budget():
     assert plan["sgdr"]["seed0"]["run"] == "s0_lr0.05-sgdr4x1-e12"
     assert plan["sgdr_distance"]["seed0"]["run"] == "s10-rbf-w0.5-every4_lr0.05-sgdr4x1-e12"
     assert plan["independent"]["seeds0-1-2"]["run"] == "s0_lr0.05-const-e12"
+    assert plan["fge"]["seed1"] == {"run": "s0_lr0.05-cyc2min0.001-e12", "seeds": [1], "epochs": [2, 4, 6, 8, 10, 12]}
+    assert plan["swa"]["seed1"] == {"run": "s0_lr0.05-swa0.01-e12", "seeds": [1], "epochs": [4, 8, 12]}
+    assert "--schedule cyclic" in grid.cli_args(runs[plan["fge"]["seed0"]["run"]]["params"])
     # a snapshot method: one ensemble per seed of the study, each from that seed's run
     assert plan["distance"] == {f"seed{k}": {"run": "s10-rbf-w0.5-every4_lr0.05-const-e12", "seeds": [k],
                                              "epochs": [4, 8, 12]} for k in (0, 1)}
     # independent seeds: 3 seeds are fewer than two groups of 3 members, so one ensemble of them all
     assert plan["independent"] == {"seeds0-1-2": {"run": "s0_lr0.05-const-e12", "seeds": [0, 1, 2], "epochs": None}}
+
+
+def test_fge_and_swa_run_only_where_the_block_has_their_settings():
+    plain = {k: v for k, v in ENSEMBLES.items() if k not in ("fge", "swa")}
+    assert set(grid.ensemble_plan(plain, DEFAULTS, seeds=[0])) == {"distance", "sgdr", "sgdr_distance", "independent"}
 
 
 def test_independent_seeds_form_one_ensemble_per_disjoint_group_of_m():

@@ -193,3 +193,46 @@ def test_plot_command_draws_the_landscape(tmp_path):
     families = json.dumps({"strength": FAMILIES["strength"]})
     assert cli.main([*args, "--summary", str(tmp_path / "summary.parquet"), "--families", families]) == 0
     assert (tmp_path / "plots/landscape.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _two_seed_tables():
+    """FGE and SWA, each with two ensembles (seeds 0 and 1) of 2 members, accuracies by hand."""
+    curves, averages = [], []
+    for method, accs in (("fge", {"seed0": (0.80, 0.90), "seed1": (0.70, 0.84)}),
+                         ("swa", {"seed0": (0.60, 0.66), "seed1": (0.62, 0.70)})):
+        for ensemble, (one, two) in accs.items():
+            curves += [{"dataset": "d", "model": "m", "method": method, "ensemble": ensemble, "m": m, "accuracy": a,
+                        "mean_member_accuracy": a, "nll": 1 - a} for m, a in ((1, one), (2, two))]
+            for kind in ("members", "swa") if method == "swa" else ("members",):
+                averages.append({"dataset": "d", "model": "m", "method": method, "ensemble": ensemble,
+                                 "averaged": kind, "accuracy": two - 0.1, "ensemble_accuracy": two,
+                                 "best_member_accuracy": one})
+    return pd.DataFrame(curves), pd.DataFrame(averages)
+
+
+def test_with_two_seeds_the_ensemble_band_spans_both_ensembles():
+    curves, _ = _two_seed_tables()
+    assert len(curves[curves["m"] == 2].groupby(["method", "ensemble"])) == 4  # two rows per method
+    fig = plots.ensemble_accuracy_figure(curves, {"fge": "tab:blue", "swa": "tab:orange"})
+    ax = fig.axes[0]
+    bands = ax.collections  # one fill_between per method, in method order
+    for band, (low, high) in zip(bands, [((0.70, 0.84), (0.80, 0.90)), ((0.60, 0.66), (0.62, 0.70))]):
+        ys = band.get_paths()[0].vertices[:, 1]
+        assert ys.min() == pytest.approx(min(low)) and ys.max() == pytest.approx(max(high))
+    means = [line.get_ydata() for line in ax.get_lines() if line.get_linestyle() == "-"]
+    assert np.allclose(means[0], [0.75, 0.87]) and np.allclose(means[1], [0.61, 0.68])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["fge (2 ensembles)", "swa (2 ensembles)"]
+
+
+def test_weight_averages_sit_beside_their_ensembles_with_bars_over_the_seeds():
+    _, averages = _two_seed_tables()
+    fig = plots.weight_average_figure(averages)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["ensemble", "best member", "members' weight average", "SWA (average over every epoch)"]
+    swa = ax.containers[labels.index("SWA (average over every epoch)")]
+    # one point, at the swa column, the mean of 0.56 and 0.60, its bar from min to max
+    (x, y), = swa.lines[0].get_xydata()
+    assert round(x) == 1 and y == pytest.approx(0.58)
+    segment = swa.lines[2][0].get_segments()[0]
+    assert segment[:, 1].min() == pytest.approx(0.56) and segment[:, 1].max() == pytest.approx(0.60)

@@ -81,6 +81,33 @@ def test_killed_run_resumes_to_the_identical_result(base, uninterrupted, sig):
     _assert_same_run(uninterrupted, out)
 
 
+@pytest.mark.parametrize("schedule", [["--schedule", "swa", "--eta-min", "0.005"],
+                                      ["--schedule", "cyclic", "--t0", "2", "--eta-min", "0.001"]],
+                         ids=["swa", "fge"])
+def test_swa_and_fge_resume_to_the_identical_result(base, schedule):
+    """Their schedulers, and SWA's running average, are part of the saved state."""
+    def cmd(out):
+        return [sys.executable, "-m", "repel", "continue", "--data", str(base / "digits.pt"),
+                "--checkpoint", str(base / "base" / "checkpoint.pt"), "--run", "r", "--strength", "0",
+                "--kernel", "none", "--epochs", "8", *schedule, "--threads", "1", "--device", "cpu",
+                "--save-every", "1", "--out-dir", str(out)]
+
+    whole, out = base / f"whole-{schedule[1]}", base / f"killed-{schedule[1]}"
+    subprocess.run(cmd(whole), check=True, capture_output=True)
+    proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while _saved_epochs(out / "resume.pt") < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert 3 <= _saved_epochs(out / "resume.pt") < 8, "the run finished before it could be killed"
+    subprocess.run(cmd(out), check=True, capture_output=True)
+    _assert_same_run(whole, out)
+    if schedule[1] == "swa":
+        wa, wb = load_torch(whole / "swa.pt"), load_torch(out / "swa.pt")
+        assert all(torch.equal(wa[key], wb[key]) for key in wa)
+
+
 def test_a_state_from_other_settings_is_not_resumed(base, uninterrupted):
     out = base / "changed"
     proc = subprocess.Popen(_continue_cmd(base, out, strength="3"), stdout=subprocess.DEVNULL)

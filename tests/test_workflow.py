@@ -27,12 +27,14 @@ TINY = copy.deepcopy(workflow_run.TINY)
 TINY["continuation"]["families"]["unstable"] = {"sweep": {"lr": [1e6]}, "figure": "final"}  # a loss that becomes NaN
 # 2 members 1 epoch apart; the independent seeds 0 and 1 train the width family's control
 # (lr 0.01, constant, 2 epochs) for seed 1 too, a seed the config's families do not use
-TINY["ensembles"] = {"members": 2, "cycle": 1, "strength": 10, "seeds": [0, 1]}
+TINY["ensembles"] = {"members": 2, "cycle": 1, "strength": 10, "seeds": [0, 1], "fge": {"cycle": 1, "lr_low": 0.001},
+                     "swa": {"lr": 0.005}}
 RUNS = ["s0_lr0.01-const-e2", "s10-rbf-w1_lr0.01-const-e2", "s10-rbf-w0.5_lr0.01-const-e2"]
 DIVERGED = ["s0_lr1e6-const-e2", "s10-rbf-w1_lr1e6-const-e2"]
 # the runs the ensemble methods take their members from (seed 0; independent: seeds 0 and 1)
 ENSEMBLE_RUNS = {"distance": "s10-rbf-w1-every1_lr0.01-const-e2", "sgdr": "s0_lr0.01-sgdr1x1-e2",
-                 "sgdr_distance": "s10-rbf-w1-every1_lr0.01-sgdr1x1-e2", "independent": "s0_lr0.01-const-e2"}
+                 "sgdr_distance": "s10-rbf-w1-every1_lr0.01-sgdr1x1-e2", "independent": "s0_lr0.01-const-e2",
+                 "fge": "s0_lr0.01-cyc1min0.001-e2", "swa": "s0_lr0.01-swa0.005-e2"}
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +134,11 @@ def test_a_run_whose_loss_becomes_nan_is_marked_diverged_and_the_workflow_goes_o
 
 def test_every_job_wrote_its_log(finished):
     logs = list((finished / "results/logs").rglob("*.log"))
-    # data, 2 bases (seeds 0, 1), 5 family runs and their landscapes, 4 ensemble runs (3 snapshot
-    # runs, the control for seed 1), 4 predictions and 4 member landscapes, aggregate,
-    # aggregate_landscape, evaluate_ensembles, 2 families, plot_landscape, plot_ensembles, claims, plot_claims
-    assert len(logs) == 1 + 2 + 5 + 5 + 4 + 4 + 4 + 1 + 1 + 1 + 2 + 1 + 1 + 1 + 1
+    # data, 2 bases (seeds 0, 1), 5 family runs and their landscapes, 6 ensemble runs (5 snapshot
+    # runs: distance, sgdr, sgdr_distance, fge, swa; the control for seed 1), 6 predictions and 6
+    # member landscapes, aggregate, aggregate_landscape, evaluate_ensembles, 2 families,
+    # plot_landscape, plot_ensembles, claims, plot_claims
+    assert len(logs) == 1 + 2 + 5 + 5 + 6 + 6 + 6 + 1 + 1 + 1 + 2 + 1 + 1 + 1 + 1
     assert "epoch    4/4" in (finished / f"results/logs/continue_run/digits/cnn/{RUNS[1]}/seed0.log").read_text()
 
 
@@ -152,8 +155,8 @@ def test_changing_the_base_training_reruns_everything_downstream(finished):
     config = copy.deepcopy(TINY)
     config["base"]["lr"] = 0.02
     assert planned_jobs(snakemake(finished, config, "-n")) == {
-        "train_base": 2, "continue_run": 5 + 1, "continue_run_snapshots": 3, "landscape": 5, "predict": 4,
-        "member_landscape": 4, "aggregate": 1, "aggregate_landscape": 1, "evaluate_ensembles": 1, "plot_family": 2,
+        "train_base": 2, "continue_run": 5 + 1, "continue_run_snapshots": 3, "continue_run_fge": 1,
+        "continue_run_swa": 1, "landscape": 5, "predict": 6, "member_landscape": 6, "aggregate": 1, "aggregate_landscape": 1, "evaluate_ensembles": 1, "plot_family": 2,
         "plot_landscape": 1, "plot_ensembles": 1, "claims": 1, "plot_claims": 1, "all": 1}
 
 
@@ -166,14 +169,19 @@ def test_options_that_change_how_a_job_runs_rerun_nothing(finished):
     assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
 
 
-def test_a_lost_snapshot_is_made_again_when_its_ensemble_is(finished, tmp_path):
-    snapshot = finished / f"results/continue/digits/cnn/{ENSEMBLE_RUNS['sgdr']}/seed0/snapshots/epoch3.pt"
+@pytest.mark.parametrize("method, member, rule", [
+    ("sgdr", "snapshots/epoch3.pt", "continue_run_snapshots"),
+    ("fge", "snapshots/epoch4.pt", "continue_run_fge"),
+    ("swa", "swa.pt", "continue_run_swa"),
+])
+def test_a_lost_snapshot_is_made_again_when_its_ensemble_is(finished, tmp_path, method, member, rule):
+    snapshot = finished / f"results/continue/digits/cnn/{ENSEMBLE_RUNS[method]}/seed0/{member}"
     kept = tmp_path / snapshot.name
     shutil.move(snapshot, kept)
     try:
         result = snakemake(finished, TINY, "-n", "--forcerun", "predict")
         jobs = planned_jobs(result)
-        assert jobs["continue_run_snapshots"] == 1 and jobs["predict"] == 4
+        assert jobs[rule] == 1 and jobs["predict"] == 6
         assert str(snapshot.relative_to(finished)) in planned_outputs(result)
     finally:
         shutil.move(kept, snapshot)
@@ -236,15 +244,18 @@ def test_the_study_config_expands_to_every_grid_point_seed_model_and_dataset(tmp
     jobs = planned_jobs(snakemake(tmp_path, study, "-n"))
     cells = len(study["datasets"]) * len(study["models"])
     points = sum(STUDY_NEW_POINTS.values())
-    # the ensembles: 3 snapshot runs on each of the 3 seeds, and the independent run on each of 4 seeds
+    # the ensembles: 5 snapshot runs (distance, SGDR, SGDR + distance, FGE, SWA) on each of the 3
+    # seeds, and the independent run on each of 4 seeds
     seeds = len(study["seeds"])
-    ensemble_runs = 3 * seeds + len(study["ensembles"]["seeds"])
+    ensemble_runs = 5 * seeds + len(study["ensembles"]["seeds"])
+    training = ["continue_run", "continue_run_snapshots", "continue_run_fge", "continue_run_swa"]
     assert jobs["train_base"] == cells * 4  # seeds 0-2, and 3 for the independent ensemble
-    assert jobs["continue_run"] + jobs["continue_run_snapshots"] == cells * (points * seeds + ensemble_runs)
+    assert sum(jobs[rule] for rule in training) == cells * (points * seeds + ensemble_runs)
     assert jobs["continue_run_snapshots"] == cells * 3 * seeds
+    assert jobs["continue_run_fge"] == jobs["continue_run_swa"] == cells * seeds
     assert jobs["landscape"] == cells * points * seeds  # the families' runs
     # one ensemble per snapshot method and seed; the 4 independent seeds are one group of M = 4
-    assert jobs["predict"] == cells * (3 * seeds + 1)
+    assert jobs["predict"] == cells * (5 * seeds + 1)
     assert jobs["plot_family"] == len(study["continuation"]["families"])
     assert set(study["continuation"]["families"]) == set(STUDY_NEW_POINTS) == FAMILIES
 
@@ -277,21 +288,28 @@ def test_landscape_table_covers_every_run_from_minus_half_to_one_and_a_half(fini
 
 def test_every_ensemble_method_is_evaluated_from_stored_predictions(finished):
     summary = pd.read_csv(finished / "results/aggregate/ensemble_summary.csv")
-    assert sorted(summary["method"]) == ["distance", "independent", "sgdr", "sgdr_distance"]
+    assert sorted(summary["method"]) == ["distance", "fge", "independent", "sgdr", "sgdr_distance", "swa"]
     assert (summary["members"] == 2).all() and summary["accuracy"].between(0, 1).all()
     curves = pd.read_parquet(finished / "results/aggregate/ensembles.parquet")
     assert sorted(curves["m"].unique()) == [1, 2]
     pairs = pd.read_parquet(finished / "results/aggregate/ensemble_pairs.parquet")
-    assert len(pairs) == 4  # one pair per method
+    assert len(pairs) == 6  # one pair per method
+    # beside each ensemble its members' weight average; SWA's own average beside SWA's
+    averages = pd.read_parquet(finished / "results/aggregate/weight_averages.parquet")
+    assert sorted(averages["method"] + "/" + averages["averaged"]) == sorted(
+        [f"{method}/members" for method in summary["method"]] + ["swa/swa"])
+    assert averages["accuracy"].between(0, 1).all()
     between = pd.read_parquet(finished / "results/aggregate/member_landscape.parquet")
     assert sorted(between["method"].unique()) == sorted(summary["method"])
     assert (between.groupby("method")["pair"].nunique() == 1).all()  # 2 members: one line each
     assert (summary["mean_member_barrier"] >= 0).all()
-    for figure in ("ensemble_accuracy", "ensemble_disagreement", "diversity_vs_distance"):
+    for figure in ("ensemble_accuracy", "ensemble_disagreement", "diversity_vs_distance", "weight_averages"):
         assert (finished / f"results/plots/{figure}.png").read_bytes()[:4] == b"\x89PNG"
     # members of the snapshot methods: one per cycle of the first seed's run (epochs 3 and 4)
     snapshots = finished / f"results/continue/digits/cnn/{ENSEMBLE_RUNS['distance']}/seed0/snapshots"
     assert sorted(p.name for p in snapshots.iterdir()) == ["epoch3.pt", "epoch4.pt"]
+    fge = finished / f"results/continue/digits/cnn/{ENSEMBLE_RUNS['fge']}/seed0/snapshots"  # FGE's cycle is 1 too
+    assert sorted(p.name for p in fge.iterdir()) == ["epoch3.pt", "epoch4.pt"]
     # evaluating again (another metric, another m) re-runs no network, only the evaluation and its plots
     jobs = planned_jobs(snakemake(finished, TINY, "-n", "--forcerun", "evaluate_ensembles"))
     assert jobs == {"evaluate_ensembles": 1, "plot_ensembles": 1, "claims": 1, "plot_claims": 1, "all": 1}

@@ -77,18 +77,24 @@ def aggregate_ensembles(paths, landscape_paths, out_dir: Path) -> None:
     Each method has one ensemble per seed (or per group of independent seeds): the tables keep
     them apart (`ensemble`), the summary gives their mean ± std.
 
+    Beside each ensemble, its weight-averaged models (weight_averages.parquet): the members'
+    average, and SWA's own average over every epoch for the swa method.
+
     Only tensors already on disk are read: another m or metric never re-runs a network.
     """
     from .ensemble import ensemble_curve, pairwise_table
 
-    curves, pairs = [], []
+    curves, pairs, averages = [], [], []
     for path in paths:
         pred = storage.load_torch(path, "predictions")
         keys = {key: pred[key] for key in ENSEMBLE_KEYS}
-        curves.append(ensemble_curve(pred["probs"], pred["labels"]).assign(**keys))
+        curve = ensemble_curve(pred["probs"], pred["labels"]).assign(**keys)
+        curves.append(curve)
         pairs.append(pairwise_table(pred["probs"], list(pred["weights"]), pred["theta_c"]).assign(**keys))
+        averages += weight_average_rows(pred, curve.iloc[-1], keys)
     curves = pd.concat(curves, ignore_index=True)
     pairs = pd.concat(pairs, ignore_index=True)
+    averages = pd.DataFrame(averages)
     # each ensemble at its full size, with its mean pairwise disagreement and member barrier
     final = curves.loc[curves.groupby(ENSEMBLE_KEYS)["m"].idxmax()].rename(columns={"m": "members"})
     final = final.join(pairs.groupby(ENSEMBLE_KEYS)["disagreement"].mean().rename("mean_disagreement"), on=ENSEMBLE_KEYS)
@@ -101,9 +107,43 @@ def aggregate_ensembles(paths, landscape_paths, out_dir: Path) -> None:
     storage.save_parquet(curves, out_dir / "ensembles.parquet")
     storage.save_parquet(pairs, out_dir / "ensemble_pairs.parquet")
     storage.save_parquet(landscape, out_dir / "member_landscape.parquet")
+    storage.save_parquet(averages, out_dir / "weight_averages.parquet")
     storage.save_text(summary.to_csv(index=False), out_dir / "ensemble_summary.csv")
-    storage.save_text("# Ensembles at an equal epoch budget\n\n" + ensemble_markdown(summary) + "\n",
-                      out_dir / "ensemble_summary.md")
+    storage.save_text("# Ensembles at an equal epoch budget\n\n" + ensemble_markdown(summary) + "\n\n"
+                      "## Weight-averaged models beside their ensembles\n\n"
+                      "BatchNorm statistics recomputed on the training split; mean ± std over a method's ensembles.\n\n"
+                      + average_markdown(averages) + "\n", out_dir / "ensemble_summary.md")
+
+
+AVERAGES = {"members": "the members' weight average", "swa": "SWA: the average over every epoch of the run"}
+
+
+def weight_average_rows(pred: dict, ensemble: pd.Series, keys: dict) -> list[dict]:
+    """One row per weight-averaged model of an ensemble's predictions: its metrics, and the
+    full ensemble's accuracy and NLL beside them."""
+    from .ensemble import model_metrics
+
+    if "average_probs" not in pred:
+        raise ValueError(f"{pred['method']}/{pred['ensemble']}: its predictions file was written before repel "
+                         "stored weight averages; make it again with `snakemake --forcerun predict`")
+    swa = pred["swa_probs"] if pred["swa_probs"] is not None else []
+    models = [("members", pred["average_probs"]), *(("swa", probs) for probs in swa)]
+    return [{**keys, "averaged": kind, **model_metrics(probs, pred["labels"]),
+             "ensemble_accuracy": ensemble["accuracy"], "ensemble_nll": ensemble["nll"],
+             "best_member_accuracy": ensemble["accuracy"] - ensemble["gain_best"]} for kind, probs in models]
+
+
+def average_markdown(averages: pd.DataFrame) -> str:
+    """Methods x averaged model as rows, metrics as mean ± std over the method's ensembles."""
+    rows = []
+    metrics = ["accuracy", "nll", "ece", "brier", "ensemble_accuracy", "best_member_accuracy"]
+    for (dataset, model, method, kind), g in averages.groupby(["dataset", "model", "method", "averaged"], sort=True):
+        row = {"dataset": dataset, "model": model, "method": method, "averaged model": AVERAGES[kind],
+               "ensembles": len(g)}
+        for metric in metrics:
+            row[metric] = f"{g[metric].mean():.4f}" + (f" ± {g[metric].std():.4f}" if len(g) > 1 else "")
+        rows.append(row)
+    return pd.DataFrame(rows).to_markdown(index=False)
 
 
 def ensemble_summary(final: pd.DataFrame) -> pd.DataFrame:

@@ -24,11 +24,13 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from . import data as data_mod
 from . import models, storage
 from .penalty import DISTANCES, KERNELS, DistancePenalty
 from .resume import ResumeState, fingerprint
+from .averaging import recompute_bn
 from .tensorboard import EventLog, run_dir
 from .train import AMP, CHANNELS_LAST, COMPILE, SCHEDULES, TrainConfig, fit
 
@@ -147,15 +149,21 @@ def cmd_continue(args) -> None:
         if args.snapshot_every and epochs_done % args.snapshot_every == 0:
             storage.save_torch(model.state_dict(), out / "snapshots" / f"epoch{ckpt['epoch'] + epochs_done}.pt")
 
+    # SWA: the weights averaged after every epoch, beside the trajectory the run follows
+    averaged = AveragedModel(model) if args.schedule == "swa" else None
     rows, _, _ = fit(model, prepared, cfg, device, penalty=penalty, first_epoch=ckpt["epoch"] + 1,
                      optimizer_state=ckpt["optimizer"], data_rng=ckpt["rng"]["data"], log=log, resume=resume,
-                     on_epoch_end=save_snapshot, on_row=events.row if events else None)
+                     on_epoch_end=save_snapshot, on_row=events.row if events else None, averaged=averaged)
     columns = {"phase": "continue", "dataset": prepared["name"], "model": arch["model"], "seed": seed,
                "run": args.run, "checkpoint_epoch": ckpt["epoch"], "strength": args.strength,
                "kernel": args.kernel, "width": args.width, "gamma": args.gamma, "distance": args.distance,
                "checkpoint_every": args.checkpoint_every, "merge": args.merge,
                "lr_init": args.lr, "schedule": args.schedule, "epochs": args.epochs}
     storage.save_torch(model.state_dict(), out / "final.pt")
+    if averaged is not None:
+        recompute_bn(averaged.module, data_mod.DeviceData(prepared, "train", device))
+        storage.save_torch(averaged.module.state_dict(), out / "swa.pt")
+        log(f"SWA: the average of {int(averaged.n_averaged)} epochs' weights -> {out / 'swa.pt'}")
     storage.save_parquet(_frame(rows, columns), out / "metrics.parquet")
     if events is not None:  # the grid point's parameters, as its metrics.parquet names them
         events.finish(columns, rows[-1]["epoch"])
@@ -176,9 +184,12 @@ def cmd_predict(args) -> None:
     ckpts = {path: storage.load_torch(path, "checkpoint") for path in dict.fromkeys(args.checkpoints)}
     arch = ckpts[args.checkpoints[0]]["arch"]
     members = [storage.load_torch(path, "member") for path in args.members]
-    out = member_predictions(arch, [ckpts[path]["model"] for path in args.checkpoints], members, prepared, device)
+    swa = [storage.load_torch(path, "SWA model") for path in args.swa]
+    out = member_predictions(arch, [ckpts[path]["model"] for path in args.checkpoints], members, prepared, device,
+                             swa_states=swa)
     out.update(dataset=prepared["name"], model=arch["model"], method=args.method, ensemble=args.ensemble,
-               members=[str(p) for p in args.members], checkpoints=[str(p) for p in args.checkpoints])
+               members=[str(p) for p in args.members], checkpoints=[str(p) for p in args.checkpoints],
+               swa=[str(p) for p in args.swa])
     storage.save_torch(out, args.out)
     acc = (out["probs"].argmax(-1) == out["labels"]).float().mean(1)
     _log(f"{args.method} {args.ensemble}: {len(members)} members, test accuracy {', '.join(f'{a:.4f}' for a in acc.tolist())} -> {args.out}")
@@ -271,8 +282,10 @@ def cmd_plot(args) -> None:
     if args.ensembles:
         if not args.pairs:
             raise ValueError("--ensembles needs --pairs (ensemble_pairs.parquet) too")
+        averages = storage.read_parquet(args.averages, "weight averages") if args.averages else None
         written += plots.plot_ensembles(storage.read_parquet(args.ensembles, "ensemble curves"),
-                                        storage.read_parquet(args.pairs, "ensemble pairs"), out, args.formats)
+                                        storage.read_parquet(args.pairs, "ensemble pairs"), out, args.formats,
+                                        averages)
     if args.claims:
         written += plots.plot_claims(storage.read_parquet(args.claims, "claims"), out, args.formats)
     if not written:
@@ -380,6 +393,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", nargs="+", required=True,
                    help="the base checkpoint each member started from, one per member (in --members' order)")
     p.add_argument("--members", nargs="+", required=True, help="members' weight files, oldest first")
+    p.add_argument("--swa", nargs="*", default=[], help="SWA models (swa.pt of a run with --schedule swa) to "
+                   "evaluate beside the members' weight average")
     p.add_argument("--method", required=True, help="ensemble method name, recorded")
     p.add_argument("--ensemble", default="seed0",
                    help="which of the method's ensembles: seed<k> (a snapshot method's, from seed k) or seeds<a-b-...>")
@@ -423,6 +438,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--families", help="every family as JSON, name -> spec (grid.families): the landscape's rows")
     p.add_argument("--ensembles", help="ensembles.parquet: ensemble metrics vs members")
     p.add_argument("--pairs", help="ensemble_pairs.parquet: pairwise diversity")
+    p.add_argument("--averages", help="weight_averages.parquet: each weight-averaged model beside its ensemble "
+                   "(with --ensembles)")
     p.add_argument("--claims", help="claims.parquet written by claims: the verdicts as one figure (claims.<format>)")
     p.add_argument("--out-dir", required=True, help="directory for the figures")
     p.add_argument("--formats", nargs="+", default=["png", "pdf"], help="file formats to write (default %(default)s)")

@@ -55,6 +55,7 @@ def grid_problems(config: dict) -> list[str]:
             params = grid.resolve_variant(defaults, variant)
             where = f"ensembles, method {method}"
             problems += [f"{where}: {problem}" for problem in point_problems(params, variant, defaults)]
+        problems += fge_problems(config["ensembles"])
     return list(dict.fromkeys(problems))
 
 
@@ -71,11 +72,26 @@ def point_problems(params: dict, point: dict, defaults: dict) -> list[str]:
                         "last epoch, so this is the same training as without it, under another run id")
     if schedule == "step" and params["step_size"] >= epochs:
         problems.append(f"{show('step_size')} >= {show('epochs')}: the step schedule would never lower the lr")
-    if schedule == "cosine_restarts" and params["t0"] >= epochs:
-        problems.append(f"{show('t0')} >= {show('epochs')}: cosine_restarts would never restart")
-    if schedule in ("cosine", "cosine_restarts") and params["eta_min"] >= params["lr"]:
+    if schedule in ("cosine_restarts", "cyclic") and params["t0"] >= epochs:
+        problems.append(f"{show('t0')} >= {show('epochs')}: {schedule} would never complete a cycle")
+    if schedule in ("cosine", "cosine_restarts", "cyclic") and params["eta_min"] >= params["lr"]:
         problems.append(f"{show('eta_min')} >= {show('lr')}: the {schedule} schedule would never lower the lr")
+    if schedule == "swa" and params["eta_min"] == 0:
+        problems.append(f"{show('eta_min')}: swa's lr is eta_min, and at lr 0 the weights never move")
     return problems
+
+
+def fge_problems(ens: dict) -> list[str]:
+    """FGE's cycles must tile the budget that every method gets, and give at least two members."""
+    if "fge" not in ens:
+        return []
+    cycle, budget = ens["fge"]["cycle"], ens["members"] * ens["cycle"]
+    where = f"ensembles.fge.cycle {cycle}"
+    if budget % cycle:
+        return [f"{where} does not divide the budget members x cycle = {budget} epochs: FGE would end mid-cycle"]
+    if budget // cycle < 2:
+        return [f"{where} gives {budget // cycle} member in the budget of {budget} epochs: an ensemble needs two"]
+    return []
 
 
 def source(key: str, point: dict, defaults: dict) -> str:

@@ -106,6 +106,12 @@ def ece(p: torch.Tensor, y: torch.Tensor, bins: int = 15) -> torch.Tensor:
     return gap.abs().sum() / len(y)
 
 
+def model_metrics(p: torch.Tensor, y: torch.Tensor, bins: int = 15) -> dict[str, float]:
+    """Accuracy, NLL, Brier and ECE of one model's (or one ensemble's) softmax outputs (N, K)."""
+    values = torch.stack([accuracy(p, y), nll(p, y), brier(p, y), ece(p, y, bins)]).double().cpu().tolist()
+    return dict(zip(["accuracy", "nll", "brier", "ece"], values))
+
+
 def ensemble_curve(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> pd.DataFrame:
     """One row per ensemble of the last m members, m = 1..M: its metrics and its gains.
 

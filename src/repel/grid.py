@@ -20,6 +20,8 @@ ENSEMBLE_METHODS = {  # method -> how it gets its members, all at the same epoch
     "sgdr": "SGDR snapshots",            # cosine with warm restarts every cycle, no penalty
     "sgdr_distance": "SGDR + distance",  # both
     "independent": "independent seeds",  # one run per seed, no penalty: the deep-ensemble reference
+    "fge": "fast geometric ensembles",   # short triangular lr cycles, a member at each one's lowest lr
+    "swa": "SWA",                        # SWALR's constant lr; its members every cycle, its weights averaged every epoch
 }
 # schedule settings a config may leave out (units: epochs, except the factors)
 SCHEDULE_DEFAULTS = {"step_size": 30, "step_gamma": 0.1, "t0": 10, "t_mult": 1, "eta_min": 0.0}
@@ -52,6 +54,8 @@ def training_part(p: dict) -> str:
         "step": f"step{p['step_size']}x{_num(p['step_gamma'])}",
         "cosine": "cos" + (f"min{_num(p['eta_min'])}" if p["eta_min"] else ""),
         "cosine_restarts": f"sgdr{p['t0']}x{p['t_mult']}" + (f"min{_num(p['eta_min'])}" if p["eta_min"] else ""),
+        "cyclic": f"cyc{p['t0']}min{_num(p['eta_min'])}",
+        "swa": f"swa{_num(p['eta_min'])}",
     }[p["schedule"]]
     return f"lr{_num(p['lr'])}-{schedule}-e{p['epochs']}"
 
@@ -121,18 +125,34 @@ def families(continuation: dict) -> dict[str, dict]:
 def ensemble_variants(ens: dict, seeds: list[int]) -> dict[str, dict]:
     """method -> the grid variant whose run gives its members; each trains members x cycle epochs.
     The snapshot methods run on every seed of the study (`seeds`), one ensemble each; the
-    independent seeds on `ensembles.seeds`."""
+    independent seeds on `ensembles.seeds`. FGE and SWA run where the block has their settings."""
     cycle = ens["cycle"]
     common = {"epochs": ens["members"] * cycle, **{k: ens[k] for k in ("lr",) if k in ens}}
     hill = {"strength": ens["strength"], "checkpoint_every": cycle,
             **{k: ens[k] for k in ("kernel", "width", "gamma") if k in ens}}
     sgdr = {"schedule": "cosine_restarts", "t0": cycle, "t_mult": 1}
-    return {
+    variants = {
         "distance": {**common, **hill, "schedule": "constant", "seeds": seeds},
         "sgdr": {**common, **sgdr, "strength": 0, "seeds": seeds},
         "sgdr_distance": {**common, **sgdr, **hill, "seeds": seeds},
         "independent": {**common, "schedule": "constant", "strength": 0, "seeds": ens["seeds"]},
     }
+    if "fge" in ens:  # the peak lr is every method's; the low one FGE's own
+        variants["fge"] = {**common, "schedule": "cyclic", "t0": ens["fge"]["cycle"], "eta_min": ens["fge"]["lr_low"],
+                           "strength": 0, "seeds": seeds}
+    if "swa" in ens:
+        variants["swa"] = {**common, "schedule": "swa", "eta_min": ens["swa"]["lr"], "strength": 0, "seeds": seeds}
+    return variants
+
+
+def member_epochs(ens: dict, method: str) -> list[int] | None:
+    """The epochs after the checkpoint at which a method's run gives a member: every cycle (FGE:
+    every one of its own shorter cycles) up to the budget; None for the independent seeds, whose
+    members are each seed's final weights."""
+    if method == "independent":
+        return None
+    every = ens["fge"]["cycle"] if method == "fge" else ens["cycle"]
+    return list(range(every, ens["members"] * ens["cycle"] + 1, every))
 
 
 def independent_groups(seeds: list[int], members: int) -> list[list[int]]:
@@ -148,7 +168,6 @@ def ensemble_plan(ens: dict, defaults: dict, seeds: list[int]) -> dict[str, dict
     after the checkpoint at which a snapshot is a member, or None where each seed's final weights
     are the members}. A snapshot method has one ensemble per seed ("seed0", ...), from that seed's
     own run; the independent seeds one per group ("seeds0-1-2-3")."""
-    budget = ens["members"] * ens["cycle"]
     plan = {}
     for method, variant in ensemble_variants(ens, seeds).items():
         run = run_id(resolve_variant(defaults, variant))
@@ -156,7 +175,7 @@ def ensemble_plan(ens: dict, defaults: dict, seeds: list[int]) -> dict[str, dict
             plan[method] = {"seeds" + "-".join(map(str, group)): {"run": run, "seeds": group, "epochs": None}
                             for group in independent_groups(variant["seeds"], ens["members"])}
         else:  # a member every cycle of one seed's run
-            epochs = list(range(ens["cycle"], budget + 1, ens["cycle"]))
+            epochs = member_epochs(ens, method)
             plan[method] = {f"seed{seed}": {"run": run, "seeds": [seed], "epochs": epochs} for seed in variant["seeds"]}
     return plan
 

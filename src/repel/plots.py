@@ -331,17 +331,25 @@ def landscape_figure(df: pd.DataFrame, runs: pd.DataFrame, families: dict):
     return fig
 
 
-def plot_ensembles(curves: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, formats=("png", "pdf")) -> list[Path]:
-    """Ensemble metrics vs members, pairwise disagreement, and diversity vs weight distance.
+def plot_ensembles(curves: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, formats=("png", "pdf"),
+                   averages: pd.DataFrame | None = None) -> list[Path]:
+    """Ensemble metrics vs members, pairwise disagreement, diversity vs weight distance, and (with
+    `averages`) each weight-averaged model beside its ensemble.
 
     A method has one ensemble per seed (or group of independent seeds): curves are their mean with
     a min-max band, heatmaps their mean disagreement, the scatter every pair of every ensemble."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    panels = sorted(curves.groupby(["dataset", "model"]).groups)
-    methods = sorted(curves["method"].unique())
-    colors = dict(zip(methods, VARIANT_COLORS))
-    written = []
+    colors = dict(zip(sorted(curves["method"].unique()), VARIANT_COLORS))
+    written = _save(ensemble_accuracy_figure(curves, colors), out_dir, "ensemble_accuracy", formats)
+    written += _save(disagreement_figure(pairs), out_dir, "ensemble_disagreement", formats)
+    written += _save(diversity_figure(pairs, colors), out_dir, "diversity_vs_distance", formats)
+    if averages is not None:
+        written += _save(weight_average_figure(averages), out_dir, "weight_averages", formats)
+    return written
 
+
+def ensemble_accuracy_figure(curves: pd.DataFrame, colors: dict):
+    panels = sorted(curves.groupby(["dataset", "model"]).groups)
     fig, axes = plt.subplots(len(panels), 2, figsize=(12, 4.5 * len(panels)), squeeze=False)
     for row, (dataset, model) in enumerate(panels):
         panel = curves[(curves["dataset"] == dataset) & (curves["model"] == model)]
@@ -363,8 +371,12 @@ def plot_ensembles(curves: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, for
             ax.legend(fontsize=8)
     fig.suptitle("Ensembles of the last m members at an equal epoch budget "
                  "(several ensembles per method: mean and min-max band)", fontsize=10)
-    written += _save(fig, out_dir, "ensemble_accuracy", formats)
+    return fig
 
+
+def disagreement_figure(pairs: pd.DataFrame):
+    panels = sorted(pairs.groupby(["dataset", "model"]).groups)
+    methods = sorted(pairs["method"].unique())
     fig, axes = plt.subplots(len(panels), len(methods), figsize=(3.6 * len(methods), 3.4 * len(panels)), squeeze=False)
     vmax = max(pairs["disagreement"].max(), 1e-3)  # one colour scale, so methods compare at a glance
     for row, (dataset, model) in enumerate(panels):
@@ -381,8 +393,11 @@ def plot_ensembles(curves: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, for
             fig.colorbar(image, ax=axes[row, col], fraction=0.046)
     fig.suptitle("Pairwise disagreement: fraction of test points whose predicted labels differ "
                  "(members oldest first; mean over a method's ensembles; one colour scale)", fontsize=10)
-    written += _save(fig, out_dir, "ensemble_disagreement", formats)
+    return fig
 
+
+def diversity_figure(pairs: pd.DataFrame, colors: dict):
+    panels = sorted(pairs.groupby(["dataset", "model"]).groups)
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
     for ax, (dataset, model) in zip(axes[0], panels):
         panel = pairs[(pairs["dataset"] == dataset) & (pairs["model"] == model)]
@@ -394,8 +409,42 @@ def plot_ensembles(curves: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, for
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Diversity vs distance in weight space: one point per pair of members", fontsize=10)
-    written += _save(fig, out_dir, "diversity_vs_distance", formats)
-    return written
+    return fig
+
+
+AVERAGE_MARKERS = {  # what is drawn for each method: column of weight_averages.parquet, its rows, style
+    "ensemble": ("ensemble_accuracy", "members", dict(marker="o", color="black")),
+    "best member": ("best_member_accuracy", "members", dict(marker="_", color="gray", markersize=14)),
+    "members' weight average": ("accuracy", "members", dict(marker="s", color="tab:blue")),
+    "SWA (average over every epoch)": ("accuracy", "swa", dict(marker="D", color="tab:green")),
+}
+
+
+def weight_average_figure(averages: pd.DataFrame):
+    """Per method: the ensemble's accuracy, its best member's, its members' weight average and (SWA)
+    the run's own average; the mean over the method's ensembles, bars from min to max."""
+    panels = sorted(averages.groupby(["dataset", "model"]).groups)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0, 1.3 * averages["method"].nunique() + 2) * len(panels),
+                                                      4.6), squeeze=False)
+    for ax, (dataset, model) in zip(axes[0], panels):
+        panel = averages[(averages["dataset"] == dataset) & (averages["model"] == model)]
+        methods = sorted(panel["method"].unique())
+        for k, (label, (column, kind, style)) in enumerate(AVERAGE_MARKERS.items()):
+            rows = panel[panel["averaged"] == kind]
+            stats = rows.groupby("method")[column].agg(["mean", "min", "max"]).reindex(methods).dropna()
+            if stats.empty:
+                continue
+            x = np.array([methods.index(m) for m in stats.index]) + (k - 1.5) * 0.12
+            ax.errorbar(x, stats["mean"], yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
+                        linestyle="none", capsize=3, label=label, **style)
+        ax.set_xticks(range(len(methods)), methods, rotation=20)
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"{dataset} / {model}")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    fig.suptitle("Weight-averaged models beside their ensembles (BatchNorm recomputed; "
+                 "mean over a method's ensembles, bars from min to max)", fontsize=10)
+    return fig
 
 
 def pair_matrix(pairs: pd.DataFrame, n: int):

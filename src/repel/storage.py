@@ -20,7 +20,9 @@ KINDS = {
     "checkpoint": ("a base checkpoint", "`repel train-base` (Snakemake rule train_base)"),
     "weights": ("a continuation run's weights", "`repel continue` (Snakemake rule continue_run)"),
     "member": ("an ensemble member's weights",
-               "`repel continue` (Snakemake rules continue_run_snapshots, continue_run for independent seeds)"),
+               "`repel continue` (Snakemake rules continue_run_snapshots, continue_run_fge, continue_run_swa, "
+               "continue_run for independent seeds)"),
+    "SWA model": ("an SWA run's averaged weights", "`repel continue --schedule swa` (Snakemake rule continue_run_swa)"),
     "predictions": ("stored ensemble predictions", "`repel predict` (Snakemake rule predict)"),
     "metrics": ("a run's metrics table",
                 "`repel train-base` or `repel continue` (Snakemake rules train_base, continue_run)"),
@@ -33,6 +35,7 @@ KINDS = {
                              "`repel aggregate-landscape` (Snakemake rule aggregate_landscape)"),
     "ensemble curves": ("the ensembles' metrics table", "`repel ensembles` (Snakemake rule evaluate_ensembles)"),
     "ensemble pairs": ("the ensembles' pairwise table", "`repel ensembles` (Snakemake rule evaluate_ensembles)"),
+    "weight averages": ("the weight averages' table", "`repel ensembles` (Snakemake rule evaluate_ensembles)"),
     "claims": ("the claims' verdicts table", "`repel claims` (Snakemake rule claims)"),
 }
 MISSING = "is missing (not found)"

@@ -29,12 +29,17 @@ DEFAULTS = config["continuation"]["defaults"]
 # method -> ensemble name (one per seed, or per group of independent seeds) -> its run and members
 ENSEMBLE_PLAN = grid.ensemble_plan(ENSEMBLES, DEFAULTS, DEFAULTS.get("seeds", config["seeds"])) if ENSEMBLES else {}
 CONFIG_FILES = ", ".join(map(str, workflow.configfiles))  # named in the report's captions
-ENSEMBLE_FIGURES = ["ensemble_accuracy", "ensemble_disagreement", "diversity_vs_distance"]
+ENSEMBLE_FIGURES = ["ensemble_accuracy", "ensemble_disagreement", "diversity_vs_distance", "weight_averages"]
 # the seeds every comparison is made over; seeds that only ensemble members use are not among them
 SEEDS = sorted({s for run in RUNS.values() for s in run["seeds"]})
-# runs whose snapshots are ensemble members: their training job declares the snapshot files
-SNAPSHOT_RUNS = sorted({e["run"] for method in ENSEMBLE_PLAN.values() for e in method.values() if e["epochs"]})
-PLAIN_RUNS = sorted(set(RUNS) - set(SNAPSHOT_RUNS))
+# runs whose snapshots are ensemble members -> the member epochs after the checkpoint. Their training
+# jobs declare the snapshot files, one rule per set of epochs (FGE's cycles are shorter); SWA's
+# declare its averaged model too.
+MEMBER_EPOCHS = {e["run"]: e["epochs"] for method in ENSEMBLE_PLAN.values() for e in method.values() if e["epochs"]}
+FGE_RUNS = sorted(run for run in MEMBER_EPOCHS if RUNS[run]["params"]["schedule"] == "cyclic")
+SWA_RUNS = sorted(run for run in MEMBER_EPOCHS if RUNS[run]["params"]["schedule"] == "swa")
+SNAPSHOT_RUNS = sorted(set(MEMBER_EPOCHS) - set(FGE_RUNS) - set(SWA_RUNS))
+PLAIN_RUNS = sorted(set(RUNS) - set(MEMBER_EPOCHS))
 RESULTS = config["results"]
 
 
@@ -83,14 +88,22 @@ def get_gres():
     return f"gpu:{r['gpu_model'] + ':' if r['gpu_model'] else ''}{r['gpu']}" if r["gpu"] else ""
 
 
-def get_member_epochs():
-    """The absolute epochs of the snapshot members (every snapshot method has the same)."""
-    epochs = {tuple(e["epochs"]) for method in ENSEMBLE_PLAN.values() for e in method.values() if e["epochs"]}
-    return [config["base"]["epochs"] + epoch for epoch in (epochs.pop() if epochs else ())]
+def get_run_pattern(runs):
+    """A wildcard constraint that matches exactly these run ids (nothing, for none)."""
+    return "|".join(map(re.escape, runs)) or "$^"
 
 
-def get_snapshot_every():
-    return config["ensembles"]["cycle"] if SNAPSHOT_RUNS else 0
+def get_snapshots(runs):
+    """The member files that a training job of these runs writes (they share their member epochs)."""
+    epochs = {tuple(MEMBER_EPOCHS[run]) for run in runs}
+    first = config["base"]["epochs"]
+    return [res(f"continue/{{dataset}}/{{model}}/{{run}}/seed{{seed}}/snapshots/epoch{first + epoch}.pt")
+            for epoch in (epochs.pop() if epochs else ())]
+
+
+def get_snapshot_every(wildcards):
+    """Epochs between a run's snapshots: its first member's epoch (0: it keeps none)."""
+    return MEMBER_EPOCHS[wildcards.run][0] if wildcards.run in MEMBER_EPOCHS else 0
 
 
 def get_run_dir(wildcards, run):
@@ -106,10 +119,11 @@ def get_ensemble_inputs(wildcards):
     if plan["epochs"] is None:
         members = [(seed, f"{run_dir}/seed{seed}/final.pt") for seed in plan["seeds"]]
     else:
-        members = [(seed, f"{run_dir}/seed{seed}/snapshots/epoch{epoch}.pt")
-                   for seed in plan["seeds"] for epoch in get_member_epochs()]
+        members = [(seed, f"{run_dir}/seed{seed}/snapshots/epoch{config['base']['epochs'] + epoch}.pt")
+                   for seed in plan["seeds"] for epoch in plan["epochs"]]
     return {"members": [path for _, path in members],
-            "checkpoints": [f"{base}/seed{seed}/checkpoint.pt" for seed, _ in members]}
+            "checkpoints": [f"{base}/seed{seed}/checkpoint.pt" for seed, _ in members],
+            "swa": [f"{run_dir}/seed{seed}/swa.pt" for seed in plan["seeds"]] if plan["run"] in SWA_RUNS else []}
 
 
 def get_predictions():
@@ -173,8 +187,8 @@ def get_final_outputs():
         outputs += [res("aggregate/landscape.parquet")]
         outputs += expand(res("plots/landscape.{ext}"), ext=["png", "pdf"])
     if ENSEMBLES:
-        tables = ["ensembles.parquet", "ensemble_pairs.parquet", "member_landscape.parquet", "ensemble_summary.csv",
-                  "ensemble_summary.md"]
+        tables = ["ensembles.parquet", "ensemble_pairs.parquet", "member_landscape.parquet", "weight_averages.parquet",
+                  "ensemble_summary.csv", "ensemble_summary.md"]
         outputs += expand(res("aggregate/{table}"), table=tables)
         outputs += expand(res("plots/{figure}.{ext}"), figure=ENSEMBLE_FIGURES, ext=["png", "pdf"])
     return outputs

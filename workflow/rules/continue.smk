@@ -9,10 +9,10 @@ rule continue_run:
         res("logs/continue_run/{dataset}/{model}/{run}/seed{seed}.log"),
     params:
         args=get_run_args,
-        snapshot_every=0,
+        snapshot_every=get_snapshot_every,
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     wildcard_constraints:
-        run="|".join(map(re.escape, PLAIN_RUNS)),
+        run=get_run_pattern(PLAIN_RUNS),
     threads: config["threads"]
     resources:
         gres=get_gres(),
@@ -27,16 +27,31 @@ rule continue_run:
 
 
 # The runs whose snapshots are ensemble members: the same job, with every member's file declared,
-# so that a lost snapshot is noticed and made again.
+# so that a lost snapshot is noticed and made again. One rule per set of member epochs: Snakemake
+# outputs cannot depend on the run.
 use rule continue_run as continue_run_snapshots with:
     output:
         metrics=res("continue/{dataset}/{model}/{run}/seed{seed}/metrics.parquet"),
         weights=res("continue/{dataset}/{model}/{run}/seed{seed}/final.pt"),
-        snapshots=[res(f"continue/{{dataset}}/{{model}}/{{run}}/seed{{seed}}/snapshots/epoch{epoch}.pt")
-                   for epoch in get_member_epochs()],
-    params:
-        args=get_run_args,
-        snapshot_every=get_snapshot_every(),
-        out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
+        snapshots=get_snapshots(SNAPSHOT_RUNS),
     wildcard_constraints:
-        run="|".join(map(re.escape, SNAPSHOT_RUNS)) or "$^",
+        run=get_run_pattern(SNAPSHOT_RUNS),
+
+
+use rule continue_run as continue_run_fge with:
+    output:
+        metrics=res("continue/{dataset}/{model}/{run}/seed{seed}/metrics.parquet"),
+        weights=res("continue/{dataset}/{model}/{run}/seed{seed}/final.pt"),
+        snapshots=get_snapshots(FGE_RUNS),
+    wildcard_constraints:
+        run=get_run_pattern(FGE_RUNS),
+
+
+use rule continue_run as continue_run_swa with:
+    output:
+        metrics=res("continue/{dataset}/{model}/{run}/seed{seed}/metrics.parquet"),
+        weights=res("continue/{dataset}/{model}/{run}/seed{seed}/final.pt"),
+        snapshots=get_snapshots(SWA_RUNS),
+        swa=res("continue/{dataset}/{model}/{run}/seed{seed}/swa.pt"),
+    wildcard_constraints:
+        run=get_run_pattern(SWA_RUNS),

@@ -15,7 +15,8 @@ rule predict:
         "../../envs/repel.yaml"
     shell:
         "python -m repel predict --data {input.data} --checkpoints {input.checkpoints} "
-        "--members {input.members} --method {wildcards.method} --ensemble {wildcards.ensemble} --device {DEVICE} "
+        "--members {input.members} --swa {input.swa} --method {wildcards.method} --ensemble {wildcards.ensemble} "
+        "--device {DEVICE} "
         "--threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -48,6 +49,7 @@ rule evaluate_ensembles:
         curves=res("aggregate/ensembles.parquet"),
         pairs=res("aggregate/ensemble_pairs.parquet"),
         landscape=res("aggregate/member_landscape.parquet"),
+        averages=res("aggregate/weight_averages.parquet"),
         summary=report(
             res("aggregate/ensemble_summary.csv"),
             caption="../report/ensemble_summary.rst",
@@ -70,6 +72,7 @@ rule plot_ensembles:
     input:
         curves=res("aggregate/ensembles.parquet"),
         pairs=res("aggregate/ensemble_pairs.parquet"),
+        averages=res("aggregate/weight_averages.parquet"),
     output:
         report(
             expand(res("plots/{figure}.png"), figure=ENSEMBLE_FIGURES),
@@ -85,5 +88,5 @@ rule plot_ensembles:
     conda:
         "../../envs/repel.yaml"
     shell:
-        "python -m repel plot --ensembles {input.curves} --pairs {input.pairs} "
+        "python -m repel plot --ensembles {input.curves} --pairs {input.pairs} --averages {input.averages} "
         "--out-dir {params.out_dir} > {log} 2>&1"

@@ -29,6 +29,24 @@ def fingerprint(settings: dict, *files) -> str:
     return h.hexdigest()
 
 
+def state_of(parts: dict) -> dict:
+    """The state of `parts` (name -> object with state_dict, or a torch Generator; None is
+    skipped), with the torch RNG's."""
+    state = {name: obj.get_state() if isinstance(obj, torch.Generator) else obj.state_dict()
+             for name, obj in parts.items() if obj is not None}
+    return {**state, "torch_rng": torch.get_rng_state()}
+
+
+def load_parts(parts: dict, state: dict) -> None:
+    """Load what `state_of` saved back into `parts`, and the torch RNG's state."""
+    for name, obj in parts.items():
+        if isinstance(obj, torch.Generator):
+            obj.set_state(state[name])
+        elif obj is not None:
+            obj.load_state_dict(state[name])
+    torch.set_rng_state(state["torch_rng"])
+
+
 class ResumeState:
     """Periodic save and restore of a training run's complete state, in `path`.
 
@@ -73,12 +91,7 @@ class ResumeState:
         lacking += [name for name in ("rows", "torch_rng") if name not in state]
         if lacking:
             return self._set_aside(f"lacks the entries {', '.join(lacking)}")
-        for name, obj in parts.items():
-            if isinstance(obj, torch.Generator):
-                obj.set_state(state[name])
-            elif obj is not None:
-                obj.load_state_dict(state[name])
-        torch.set_rng_state(state["torch_rng"])
+        load_parts(parts, state)
         earlier = state.get("log", [])  # states saved before the log was kept have none
         self.lines = earlier + self.lines
         self._print(f"resuming from {self.path} after epoch {state['rows'][-1]['epoch']}; "
@@ -100,9 +113,7 @@ class ResumeState:
         """Save after every `every` epochs, and at once when SIGTERM arrived (then exit)."""
         if len(rows) % self.every and not self.stop_requested:
             return
-        state = {name: obj.get_state() if isinstance(obj, torch.Generator) else obj.state_dict()
-                 for name, obj in parts.items() if obj is not None}
-        state.update(fingerprint=self.fingerprint, rows=rows, torch_rng=torch.get_rng_state(), log=self.lines)
+        state = {**state_of(parts), "fingerprint": self.fingerprint, "rows": rows, "log": self.lines}
         storage.save_torch(state, self.path)
         if self.stop_requested:
             raise SystemExit(f"stopped by SIGTERM after epoch {rows[-1]['epoch']}; state saved to {self.path}")

@@ -23,7 +23,7 @@ from .grid import SCHEDULE_DEFAULTS
 from .models import trainable_parameters
 from .penalty import DistancePenalty
 
-if TYPE_CHECKING:  # a type only: importing it at run time would pull in pandas via storage
+if TYPE_CHECKING:  # a type only
     from .resume import ResumeState
 
 SCHEDULES = ("constant", "step", "cosine", "cosine_restarts", "cyclic", "swa")
@@ -110,6 +110,40 @@ def flat_norm(tensors) -> torch.Tensor:
     return torch.stack(torch._foreach_norm(list(tensors))).norm()
 
 
+def epoch_row(epoch: int, lr: float, lr_steps: list[float], values: list[float], n_train: int, has_penalty: bool,
+              origin_norm: float | None, seconds: float, train_seconds: float) -> dict:
+    """An epoch's metrics from its measured values (the training sums, val and test loss and
+    accuracy, weight norm, then with a penalty the distances: to the first checkpoint, to the
+    nearest centre, to every checkpoint)."""
+    ce_sum, correct, pen_sum, pen_grad_sum, ce_grad_sum, val_loss, val_acc, test_loss, test_acc, weight_norm = values[:10]
+    train_ce = ce_sum / n_train
+    train_loss = train_ce + pen_sum / n_train
+    row = {
+        "epoch": epoch, "lr": lr, "lr_steps": list(lr_steps), "train_loss": train_loss, "train_ce": train_ce,
+        "train_acc": correct / n_train, "penalty": pen_sum / n_train,
+        "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
+        "dist": math.nan, "dist_rel": math.nan, "dist_min": math.nan,
+        "weight_norm": weight_norm,
+        # the ratio of the epoch's mean gradient norms (docs/DESIGN.md)
+        "grad_ratio": pen_grad_sum / ce_grad_sum if has_penalty and ce_grad_sum > 0 else math.nan,
+        "epoch_seconds": seconds, "train_seconds": train_seconds,
+        "images_per_second": n_train / train_seconds,  # of this model (a pack trains k times as many)
+        "diverged": not math.isfinite(train_loss),
+    }
+    if origin_norm is not None:
+        row["dist"], row["dist_min"] = values[10], values[11]
+        row["dist_checkpoints"] = values[12:]
+        row["dist_rel"] = values[10] / origin_norm  # relative to the checkpoint's norm
+    return row
+
+
+def epoch_line(row: dict, last_epoch: int) -> str:
+    """An epoch's line in the job's log."""
+    return (f"epoch {row['epoch']:4d}/{last_epoch}  lr {row['lr']:.3g}  loss {row['train_loss']:.4f}  "
+            f"train {row['train_acc']:.3f}  val {row['val_acc']:.3f}  dist {row['dist']:.4g}  "
+            f"{row['epoch_seconds']:.2f}s")
+
+
 def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: DistancePenalty | None = None,
         first_epoch: int = 1, optimizer_state: dict | None = None, data_rng: torch.Tensor | None = None,
         log=print, resume: ResumeState | None = None, on_epoch_end=None, on_row=None, averaged=None):
@@ -187,33 +221,14 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
             nearest = penalty.sq_distances(params).min().sqrt() if penalty.merged else to_each.min()
             evals = torch.cat([evals, to_each[:1], nearest.view(1), to_each])
         values = evals.tolist()  # the epoch's one synchronisation
-        seconds = time.perf_counter() - start
-        ce_sum, correct, pen_sum, pen_grad_sum, ce_grad_sum, val_loss, val_acc, test_loss, test_acc, weight_norm = values[:10]
-        train_ce = ce_sum / len(train)
-        train_loss = train_ce + pen_sum / len(train)
-        row = {
-            "epoch": epoch, "lr": lr, "lr_steps": lr_steps, "train_loss": train_loss, "train_ce": train_ce,
-            "train_acc": correct / len(train), "penalty": pen_sum / len(train),
-            "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
-            "dist": math.nan, "dist_rel": math.nan, "dist_min": math.nan,
-            "weight_norm": weight_norm,
-            # the ratio of the epoch's mean gradient norms (docs/DESIGN.md)
-            "grad_ratio": pen_grad_sum / ce_grad_sum if penalty is not None and ce_grad_sum > 0 else math.nan,
-            "epoch_seconds": seconds, "train_seconds": train_seconds,
-            "images_per_second": len(train) / train_seconds,
-            "diverged": not math.isfinite(train_loss),
-        }
-        if origin is not None:
-            row["dist"], row["dist_min"] = values[10], values[11]
-            row["dist_checkpoints"] = values[12:]
-            row["dist_rel"] = values[10] / origin_norm  # relative to the checkpoint's norm
+        row = epoch_row(epoch, lr, lr_steps, values, len(train), penalty is not None, origin_norm,
+                        time.perf_counter() - start, train_seconds)
         rows.append(row)
-        log(f"epoch {epoch:4d}/{first_epoch + cfg.epochs - 1}  lr {lr:.3g}  loss {train_loss:.4f}  "
-            f"train {row['train_acc']:.3f}  val {val_acc:.3f}  dist {row['dist']:.4g}  {seconds:.2f}s")
+        log(epoch_line(row, first_epoch + cfg.epochs - 1))
         if on_row is not None:
             on_row(row)
         if row["diverged"]:
-            log(f"diverged at epoch {epoch}: the training loss is {train_loss}; stopping this run")
+            log(f"diverged at epoch {epoch}: the training loss is {row['train_loss']}; stopping this run")
             break
         if penalty is not None:
             penalty.end_of_epoch(len(rows), params)

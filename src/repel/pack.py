@@ -1,0 +1,451 @@
+"""Packed training: k grid points trained in one process, one batched forward and backward for all.
+
+Grid points that continue from the same checkpoint with the same seed (so the same data order),
+the same optimizer settings, lr schedule and epochs differ only in their distance penalty.
+`fit_pack` trains them together: the members' parameters and BatchNorm buffers are stacked along a
+new first dimension (torch.func.stack_module_state; each member keeps its own running statistics),
+one vmap'd functional_call runs every member on the same batch, and one torch.optim.SGD steps the
+stacked parameters, which is each member's own SGD, since SGD with momentum and weight decay is
+elementwise. Each member's penalty adds its gradient to its own slice of the stacked gradient.
+Every member gets the metric rows `train.fit` would give it, equal up to the rounding of batched
+convolutions (tests/test_pack.py checks them against separate `train.fit` runs).
+
+What it gains (benchmarks/pack_speed.py, 2 CPU cores, digits, an rbf penalty per member, three
+runs): 8 MLPs train 1.75-1.85x the total images/s of train.fit alone (2.65-2.7x a pack of one);
+the penalties and SGD steps stay one per member, and the matrix products were already efficient.
+The small CNN gains nothing on a CPU (0.8-1.1x of train.fit alone): vmap's grouped convolutions
+and BatchNorm batching rules cost about what they save, so batched=False does as well there. On a
+GPU, where one small run leaves most of the chip idle, the pack is meant for the ResNets
+(`--device cuda` in the benchmark; not yet measured).
+
+Members that vmap cannot batch (`batching_problem` says why) are trained one after another with
+`train.fit` in the same process, which still saves the process start-ups. Either way the pack
+saves and resumes as one state.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from .data import DeviceData
+from .penalty import DistancePenalty
+from .resume import ResumeState, load_parts, state_of
+from .train import Speed, TrainConfig, epoch_line, epoch_row, fit, flat_norm, make_scheduler, resolve_speed
+
+EVAL_BATCH = 1024  # images per evaluation batch, as train.evaluate
+
+
+class _Stack:
+    """The members' parameters and buffers stacked along dimension 0, and their batched forward.
+
+    Stacking copies: the members' own modules are left as they are until `copy_to` writes a
+    member's current weights back into one of them.
+    """
+
+    def __init__(self, models: list[nn.Module], device: torch.device, channels_last: bool):
+        params, buffers = stack_module_state(models)
+        with torch.no_grad():
+            self.params = {name: _laid_out(p.to(device), channels_last).requires_grad_(p.requires_grad)
+                           for name, p in params.items()}
+            self.buffers = {name: b.to(device) for name, b in buffers.items()}
+        self.k = len(models)
+        # the module whose code runs; functional_call swaps the stacked slices in for each call
+        self.base = copy.deepcopy(models[0]).to("meta")
+        # in the order of train.trainable_parameters, which the optimizer states' indices follow
+        self.trainable = [self.params[name] for name, p in models[0].named_parameters() if p.requires_grad]
+        # each member's parameters as views into the stack: the optimizer's in-place steps show in them
+        self.views = [[p.detach()[i] for p in self.trainable] for i in range(self.k)]
+        self._bound_grads: list[torch.Tensor] | None = None
+        # randomness "same": one dropout mask for all members, as k runs started from one torch RNG state draw
+        self._forward = vmap(self._call, in_dims=(0, 0, None), randomness="same")
+
+    def _call(self, params, buffers, x):
+        return functional_call(self.base, (params, buffers), (x,))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Each member's outputs (k, B, classes), in the mode (train or eval) `base` is in."""
+        return self._forward(self.params, self.buffers, x)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each member's mean cross-entropy (k,) and outputs (k, B, classes)."""
+        out = self.forward(x)
+        # outside vmap: under it, cross_entropy runs as a slower decomposition
+        ce = F.cross_entropy(out.flatten(0, 1), y.repeat(self.k), reduction="none").view(self.k, -1).mean(1)
+        return ce, out
+
+    def bind_grads(self) -> None:
+        """Point each member view's .grad at its slice of the stacked gradient, where the penalty
+        reads the CE gradient and adds its own; again only if autograd made new .grad tensors."""
+        grads = [p.grad for p in self.trainable]
+        if self._bound_grads is not None and all(a is b for a, b in zip(grads, self._bound_grads)):
+            return
+        for i, views in enumerate(self.views):
+            for view, grad in zip(views, grads):
+                view.grad = grad[i]
+        self._bound_grads = grads
+
+    @torch.no_grad()
+    def copy_to(self, i: int, model: nn.Module) -> None:
+        """Write member i's current parameters and buffers into `model` (in the model's own layout)."""
+        for name, p in model.named_parameters():
+            p.copy_(self.params[name][i])
+        for name, b in model.named_buffers():
+            b.copy_(self.buffers[name][i])
+
+    def state_dict(self) -> dict:
+        return {"params": self.params, "buffers": self.buffers}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        for mine, saved in ((self.params, state["params"]), (self.buffers, state["buffers"])):
+            for name, t in mine.items():
+                t.copy_(saved[name])  # in place: the member views and the optimizer keep pointing here
+
+
+def _laid_out(stacked: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A stacked conv weight (k, out, in, h, w) with every member's slice in channels_last, the
+    layout train.fit gives a single model's weights; other tensors as they are."""
+    if not (channels_last and stacked.dim() == 5):
+        return stacked
+    _, out, cin, h, w = stacked.shape
+    strides = (out * h * w * cin, h * w * cin, 1, w * cin, cin)
+    return torch.empty_strided(stacked.shape, strides, dtype=stacked.dtype, device=stacked.device).copy_(stacked)
+
+
+class _Stopped:
+    """The members that diverged, and the weights each stopped with, kept in its own model (as
+    train.fit leaves a diverged run's). Its slice of the stack goes on being computed, unused."""
+
+    def __init__(self, models: list[nn.Module]):
+        self.models = models
+        self.members: set[int] = set()
+
+    def stop(self, i: int, stack: _Stack) -> None:
+        stack.copy_to(i, self.models[i])
+        self.members.add(i)
+
+    def state_dict(self) -> dict:
+        return {i: self.models[i].state_dict() for i in sorted(self.members)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for i, weights in state.items():
+            self.models[i].load_state_dict(weights)
+            self.members.add(i)
+
+
+class _Penalties:
+    """Every member's penalty as one part of the resumable state."""
+
+    def __init__(self, penalties: list[DistancePenalty | None]):
+        self.penalties = penalties
+
+    def state_dict(self) -> list:
+        return [p.state_dict() if p is not None else None for p in self.penalties]
+
+    def load_state_dict(self, state: list) -> None:
+        for penalty, saved in zip(self.penalties, state):
+            if penalty is not None:
+                penalty.load_state_dict(saved)
+
+
+def _stacked_optimizer_state(states: list[dict], trainable: list[torch.Tensor]) -> dict:
+    """One SGD state dict for the stacked parameters: the members' momentum buffers stacked.
+
+    A pack shares one optimizer, so the members' settings (momentum, weight decay, ...) must agree.
+    """
+    def settings(state):
+        return [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")} for g in state["param_groups"]]
+
+    if any(settings(s) != settings(states[0]) for s in states):
+        raise ValueError("the members' optimizer settings differ; a pack trains with one optimizer")
+    stacked = {}
+    for j, param in enumerate(trainable):
+        buffers = [s["state"].get(j, {}).get("momentum_buffer") for s in states]
+        if all(b is None for b in buffers):
+            continue
+        if any(b is None for b in buffers):
+            raise ValueError(f"some members' optimizer states have a momentum buffer for parameter {j}, others not")
+        # in the parameter's layout, as SGD would make it
+        stacked[j] = {"momentum_buffer": torch.empty_like(param).copy_(torch.stack(buffers))}
+    return {"state": stacked, "param_groups": copy.deepcopy(states[0]["param_groups"])}
+
+
+def _optimizer(trainable: list[torch.Tensor], cfg: TrainConfig, optimizer_states: list[dict] | None):
+    """train.fit's SGD, over the stacked parameters."""
+    optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if optimizer_states is not None:  # keep the momentum buffers; the lr is this call's (as fit)
+        optimizer.load_state_dict(_stacked_optimizer_state(optimizer_states, trainable))
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] = cfg.lr
+    return optimizer
+
+
+@torch.inference_mode()
+def _evaluate(stack: _Stack, data: DeviceData, speed: Speed) -> torch.Tensor:
+    """Each member's (mean cross-entropy, accuracy) on a split, as one (k, 2) device tensor (train.evaluate)."""
+    sums = torch.zeros(stack.k, 2, device=data.device)
+    stack.base.eval()
+    for xb, yb in data.batches(EVAL_BATCH, channels_last=speed.channels_last):
+        with torch.autocast(data.device.type, torch.bfloat16, enabled=speed.amp):
+            out = stack.forward(xb)
+        out = out.float()
+        ce = F.cross_entropy(out.flatten(0, 1), yb.repeat(stack.k), reduction="none").view(stack.k, -1).sum(1)
+        sums += torch.stack([ce, (out.argmax(-1) == yb).sum(1)], 1)
+    return sums / len(data)
+
+
+def _train_pass(stack: _Stack, optimizer, scheduler, batches, penalties: dict[int, DistancePenalty],
+                speed: Speed) -> tuple[torch.Tensor, list[float]]:
+    """One epoch of training steps for every member at once.
+
+    Returns, per member, (ce * n, correct, penalty * n, |grad penalty|, |grad CE|) summed over the
+    steps on the device, and the lr each step used. `penalties`: member index -> its penalty, for
+    the members that have one and train on.
+    """
+    device = stack.trainable[0].device
+    sums = torch.zeros(stack.k, 5, device=device)
+    zero, zeros = torch.zeros((), device=device), torch.zeros(2, device=device)
+    lr_steps = []
+    stack.base.train()
+    for xb, yb in batches:
+        with torch.autocast(device.type, torch.bfloat16, enabled=speed.amp):
+            ce, out = stack.loss(xb, yb)
+        optimizer.zero_grad(set_to_none=False)
+        ce.sum().backward()  # member i's parameters get the gradient of its own CE only
+        stack.bind_grads()
+        pens, grad_norms = [zero] * stack.k, [zeros] * stack.k
+        for i, penalty in penalties.items():
+            pens[i], grad_norms[i] = penalty.add_grad_(stack.views[i])
+        lr_steps.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+        sums += torch.cat([torch.stack([ce.detach() * len(yb), (out.argmax(-1) == yb).sum(1),
+                                        torch.stack(pens) * len(yb)], 1), torch.stack(grad_norms)], 1)
+    return sums, lr_steps
+
+
+def _measure(stack: _Stack, sums: torch.Tensor, val: DeviceData, test: DeviceData, speed: Speed,
+             measured: list[DistancePenalty | None]) -> list[list[float]]:
+    """Every member's epoch values in train.fit's order: the training sums, val and test loss and
+    accuracy, weight norm, and with a penalty in `measured` its distances; one synchronisation."""
+    evals = torch.cat([sums, _evaluate(stack, val, speed), _evaluate(stack, test, speed),
+                       torch.stack([flat_norm(views) for views in stack.views]).view(stack.k, 1)], 1)
+    per_member = [evals[i] if penalty is None else torch.cat([evals[i], _distances(penalty, stack.views[i])])
+                  for i, penalty in enumerate(measured)]
+    values = torch.cat(per_member).tolist()  # the epoch's one synchronisation
+    out, start = [], 0
+    for tensor in per_member:
+        out.append(values[start:start + len(tensor)])
+        start += len(tensor)
+    return out
+
+
+def _distances(penalty: DistancePenalty, params: list[torch.Tensor]) -> torch.Tensor:
+    """train.fit's distances: to the first checkpoint, to the nearest active centre, to every checkpoint."""
+    to_each = penalty.sq_distances(params, penalty.checkpoints).sqrt()
+    # the active centres are the checkpoints themselves unless they are merged
+    nearest = penalty.sq_distances(params).min().sqrt() if penalty.merged else to_each.min()
+    return torch.cat([to_each[:1], nearest.view(1), to_each])
+
+
+def batching_problem(models: list[nn.Module], train: DeviceData, speed: Speed) -> str | None:
+    """Why these members cannot train batched under vmap, or None when they can.
+
+    Tried, not guessed: one batched training step on a few images, on copies (the models, their
+    BatchNorm statistics and the torch RNG are left as they were). vmap fails on code that reads a
+    tensor's value in Python, e.g. BatchNorm with momentum=None (a cumulative average).
+    """
+    first = {name: t.shape for name, t in models[0].state_dict().items()}
+    if any(type(m) is not type(models[0]) or {n: t.shape for n, t in m.state_dict().items()} != first for m in models):
+        return "the members differ in architecture"
+    xb, yb = next(train.batches(4, channels_last=speed.channels_last))
+    cuda = [train.device] if train.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            stack = _Stack(models[:2], train.device, speed.channels_last)
+            stack.base.train()
+            with torch.autocast(train.device.type, torch.bfloat16, enabled=speed.amp):
+                ce, _ = stack.loss(xb, yb)
+            ce.sum().backward()
+        except RuntimeError as err:  # vmap and its batching rules raise these (NotImplementedError too)
+            return f"vmap cannot batch {type(models[0]).__name__}: {type(err).__name__}: {str(err).strip().splitlines()[0]}"
+    return None
+
+
+def fit_pack(models: list[nn.Module], prepared: dict, cfg: TrainConfig, device: torch.device,
+             penalties: list[DistancePenalty | None], first_epoch: int = 1,
+             optimizer_states: list[dict] | None = None, data_rng: torch.Tensor | None = None, log=print,
+             resume: ResumeState | None = None, on_epoch_end=None, on_row=None,
+             batched: bool | None = None, names: list[str] | None = None) -> list[list[dict]]:
+    """Train k members together for `cfg.epochs` epochs; return each member's per-epoch metrics rows.
+
+    train.fit's contract for k members that share the data order (`cfg.seed`, `data_rng`), the
+    optimizer settings, lr schedule and epochs: member i is `models[i]` trained with
+    `penalties[i]` (None: no penalty) from `optimizer_states[i]`, and at the end `models[i]` holds
+    its trained weights and buffers. A member whose training loss becomes NaN or inf stops alone:
+    its last row has `diverged` set and its model keeps that epoch's weights; the others go on.
+    `on_epoch_end(i, epochs_done, model_i)` and `on_row(i, row)` are fit's callbacks with the
+    member's index. With `resume`, the whole pack saves and resumes as one state.
+
+    `batched`: None decides by `batching_problem`; False trains the members one after another
+    with train.fit (the fallback); True insists on the batched path. The path taken is logged,
+    each member's lines under its name in `names` (default "member i").
+    """
+    k = len(models)
+    if not k or len(penalties) != k or (optimizer_states is not None and len(optimizer_states) != k):
+        raise ValueError(f"a pack needs one penalty (or None) and one optimizer state (or none at all) per "
+                         f"member: {k} models, {len(penalties)} penalties, "
+                         f"{'no' if optimizer_states is None else len(optimizer_states)} optimizer states")
+    names = names or [f"member {i}" for i in range(k)]
+    speed = resolve_speed(cfg, models[0], device)
+    train = DeviceData(prepared, "train", device)
+    if batched is None:
+        problem = batching_problem(models, train, speed)
+    else:
+        problem = None if batched else "asked to train the members one after another"
+    if problem is None:
+        log(f"pack of {k}: batched, one vmap'd forward and backward for all members")
+        return _fit_batched(models, prepared, train, cfg, device, speed, penalties, first_epoch, optimizer_states,
+                            data_rng, log, resume, on_epoch_end, on_row, names)
+    del train  # train.fit loads its own copy
+    log(f"pack of {k}: one member after another with train.fit ({problem})")
+    return _fit_one_by_one(models, prepared, cfg, device, penalties, first_epoch, optimizer_states, data_rng,
+                           log, resume, on_epoch_end, on_row, names)
+
+
+def _fit_batched(models, prepared, train, cfg, device, speed, penalties, first_epoch, optimizer_states, data_rng,
+                 log, resume, on_epoch_end, on_row, names) -> list[list[dict]]:
+    """The pack's training loop: train.fit's, with every member in one batched step."""
+    k = len(models)
+    if speed.compile_mode:  # vmap'd functional calls under torch.compile are not measured yet
+        log("pack: torch.compile is not used for packs; training eagerly")
+    stack = _Stack(models, device, speed.channels_last)
+    if speed.channels_last:  # as fit: the centres in the parameters' layout, for the fused foreach kernels
+        for penalty, views in zip(penalties, stack.views):
+            if penalty is not None:
+                penalty.match_layout(views)
+    val, test = (DeviceData(prepared, split, device) for split in ("val", "test"))
+    optimizer = _optimizer(stack.trainable, cfg, optimizer_states)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    if data_rng is not None:
+        generator.set_state(data_rng)
+    # as fit: distances are measured to each penalty's first centre, the checkpoint it starts from
+    origins = [p.centers[0] if p is not None and p.centers else None for p in penalties]
+    origin_norms = [flat_norm(o).item() if o is not None else None for o in origins]
+    stopped = _Stopped(models)
+
+    # everything that decides the rest of the pack, for one resumable state; its "rows" are one record
+    # per epoch, {"epoch", "members": each member's row, None once it has stopped}
+    parts = {"stack": stack, "optimizer": optimizer, "scheduler": scheduler, "data_rng": generator,
+             "penalties": _Penalties(penalties), "stopped": stopped}
+    records = resume.restore(parts) if resume is not None else []
+    last_epoch = first_epoch + cfg.epochs - 1
+
+    for epoch in range(first_epoch + len(records), first_epoch + cfg.epochs):
+        start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        active = {i: p for i, p in enumerate(penalties) if p is not None and i not in stopped.members}
+        batches = train.batches(cfg.batch_size, generator, channels_last=speed.channels_last)
+        sums, lr_steps = _train_pass(stack, optimizer, scheduler, batches, active, speed)
+        if device.type == "cuda":  # the training pass's time, apart from evaluation
+            torch.cuda.synchronize(device)
+        train_seconds = time.perf_counter() - start
+        values = _measure(stack, sums, val, test, speed, [p if o is not None else None for p, o in zip(penalties, origins)])
+        seconds = time.perf_counter() - start
+
+        records.append({"epoch": epoch, "members": [None] * k})
+        for i, penalty in enumerate(penalties):
+            if i in stopped.members:
+                continue
+            row = epoch_row(epoch, lr, lr_steps, values[i], len(train), penalty is not None, origin_norms[i],
+                            seconds, train_seconds)
+            records[-1]["members"][i] = row
+            log(f"{names[i]}: {epoch_line(row, last_epoch)}")
+            if on_row is not None:
+                on_row(i, row)
+            if row["diverged"]:
+                log(f"{names[i]}: diverged at epoch {epoch}: the training loss is {row['train_loss']}; "
+                    "stopping this member, the others go on")
+                stopped.stop(i, stack)
+                continue
+            if penalty is not None:
+                penalty.end_of_epoch(len(records), stack.views[i])
+            if on_epoch_end is not None:
+                stack.copy_to(i, models[i])
+                on_epoch_end(i, len(records), models[i])
+        if len(stopped.members) == k:  # as fit after a divergence: nothing left to train or save
+            break
+        if resume is not None:
+            resume.save_if_due(parts, records)
+    for i, model in enumerate(models):
+        if i not in stopped.members:
+            stack.copy_to(i, model)
+    return [[record["members"][i] for record in records if record["members"][i] is not None] for i in range(k)]
+
+
+class _OneByOne:
+    """The fallback's resumable state: each member's train.fit state as it last saved it, and the
+    torch RNG state the pack started with, from which every member starts (as a separate run would)."""
+
+    def __init__(self, k: int):
+        self.members: list[dict | None] = [None] * k
+        self.torch_rng = torch.get_rng_state()
+
+    def state_dict(self) -> dict:
+        return {"members": self.members, "torch_rng": self.torch_rng}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.members, self.torch_rng = state["members"], state["torch_rng"]
+
+
+class _MemberResume:
+    """What train.fit takes for its ResumeState when it trains member i of a pack one after
+    another: restores from, and saves into, the pack's one state."""
+
+    def __init__(self, resume: ResumeState, saved: _OneByOne, i: int):
+        self.resume, self.saved, self.i = resume, saved, i
+
+    def restore(self, parts: dict) -> list[dict]:
+        state = self.saved.members[self.i]
+        if state is None:
+            return []
+        load_parts(parts, state)
+        return list(state["rows"])
+
+    def save_if_due(self, parts: dict, rows: list[dict]) -> None:
+        # a copy: fit goes on changing these tensors and that list after a save
+        self.saved.members[self.i] = copy.deepcopy({**state_of(parts), "rows": rows})
+        self.resume.save_if_due({"one_by_one": self.saved}, rows)
+
+
+def _fit_one_by_one(models, prepared, cfg, device, penalties, first_epoch, optimizer_states, data_rng, log, resume,
+                    on_epoch_end, on_row, names) -> list[list[dict]]:
+    """The fallback: train.fit for each member in turn, each from the same data order and torch RNG state."""
+    saved = _OneByOne(len(models))
+    if resume is not None:
+        resume.restore({"one_by_one": saved})
+    results = []
+    for i, model in enumerate(models):
+        torch.set_rng_state(saved.torch_rng)
+
+        def member_log(msg, i=i):
+            log(f"{names[i]}: {msg}")
+
+        rows, _, _ = fit(model, prepared, cfg, device, penalty=penalties[i], first_epoch=first_epoch,
+                         optimizer_state=optimizer_states[i] if optimizer_states is not None else None,
+                         data_rng=data_rng, log=member_log,
+                         resume=_MemberResume(resume, saved, i) if resume is not None else None,
+                         on_epoch_end=partial(on_epoch_end, i) if on_epoch_end is not None else None,
+                         on_row=partial(on_row, i) if on_row is not None else None)
+        results.append(rows)
+    return results

@@ -140,3 +140,27 @@ def test_families_share_their_common_points_and_label_them_with_each_family():
 def test_a_point_without_strength_is_an_error_that_names_the_family():
     with pytest.raises(ValueError, match="continuation.families.width: a grid point has no strength"):
         grid.expand({"defaults": DEFAULTS, "families": {"width": {"sweep": {"width": [1.0]}}}}, seeds=[0])
+
+
+def test_runs_of_one_seed_that_share_their_training_are_packed_by_hand():
+    cont = {"defaults": {**DEFAULTS, "seeds": [0, 1]}, "families": {
+        "strength": {"sweep": {"strength": [1, 10, 100]}},       # 3 points and their control: lr 0.01
+        "lr": {"sweep": {"lr": [0.1]}, "fixed": {"seeds": [0], "strength": 10}},  # and its control: lr 0.1, seed 0
+    }}
+    runs = grid.expand(cont, [0, 1], {"members": 2, "cycle": 15, "strength": 10, "seeds": [0, 1],
+                                       "swa": {"lr": 0.005}})
+    packs = grid.packs(runs, 8)
+    const = ["s0_lr0.01-const-e30", "s1-rbf-w1_lr0.01-const-e30", "s10-rbf-w1-every15_lr0.01-const-e30",
+             "s10-rbf-w1_lr0.01-const-e30", "s100-rbf-w1_lr0.01-const-e30"]  # distance snapshots included
+    assert packs["lr0.01-const-e30_seed0"] == {"runs": const, "seed": 0}
+    assert packs["lr0.01-const-e30_seed1"] == {"runs": const, "seed": 1}
+    assert packs["lr0.1-const-e30_seed0"] == {"runs": ["s0_lr0.1-const-e30", "s10-rbf-w1_lr0.1-const-e30"], "seed": 0}
+    # SGDR and SGDR + distance share their training; SWA trains alone
+    assert packs["lr0.01-sgdr15x1-e30_seed1"]["runs"] == ["s0_lr0.01-sgdr15x1-e30", "s10-rbf-w1-every15_lr0.01-sgdr15x1-e30"]
+    assert not any("swa" in name for name in packs) and len(packs) == 3 + 2
+    # at most 2 a pack: 5 runs -> 3 packs of 2, 2 and 1, and the one is no pack
+    small = grid.packs(runs, 2)
+    assert small["lr0.01-const-e30_seed0_2of3"]["runs"] == const[1:3]
+    assert small["lr0.01-const-e30_seed0_3of3"]["runs"] == const[3:5]
+    assert "lr0.01-const-e30_seed0_1of3" not in small  # const[0] alone
+    assert grid.packs(runs, grid.pack_size("off")) == {} and grid.pack_size("auto") == grid.AUTO_PACK

@@ -44,6 +44,7 @@ TINY = {
                      "distance": "sum"},
         "families": {"push": {"sweep": {"strength": [10]}}},
     },
+    "pack": "off",  # one job per run: these tests follow single jobs (packs: tests/test_workflow.py)
 }
 # several trainings in one SLURM job (profiles/slurm's commented `groups`)
 GROUPS = ["continue_run=train", "landscape=train"]

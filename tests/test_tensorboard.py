@@ -164,7 +164,8 @@ def test_the_config_switch_reaches_the_training_jobs_only_through_their_commands
     text = result.stdout + result.stderr
     commands = [line for line in text.splitlines() if "python -m repel train-base" in line
                 or "python -m repel continue" in line]
-    assert len(commands) == 1 + 3  # the base and the width family's two points with their control
+    # the base, and one pack for the width family's two points with their control
+    assert len(commands) == 1 + 1 and "python -m repel continue-pack" in commands[1]
     on = switch is not False  # default: on
     assert all(("--tensorboard results/tensorboard " in c) == on for c in commands), commands
     assert "tensorboard" not in " ".join(re.findall(r"^\s+output: (.*)$", text, re.M))  # never an output

@@ -129,34 +129,61 @@ def test_a_run_whose_loss_becomes_nan_is_marked_diverged_and_the_workflow_goes_o
         rows = df[df["run"] == rid]
         assert len(rows) == 1 and rows["diverged"].iloc[-1]
     assert "| 1/1" in (finished / "results/aggregate/summary.md").read_text()  # diverged seeds / seeds
-    assert "diverged at epoch 3" in (finished / f"results/logs/continue_run/digits/cnn/{DIVERGED[0]}/seed0.log").read_text()
+    # the two runs at lr 1e6 trained as one pack; the pack's log names each run that stopped
+    log = (finished / "results/logs/continue_pack/digits/cnn/lr1e6-const-e2_seed0.log").read_text()
+    assert all(f"{run}: diverged at epoch 3" in log for run in DIVERGED), log
 
 
 def test_every_job_wrote_its_log(finished):
     logs = list((finished / "results/logs").rglob("*.log"))
-    # data, 2 bases (seeds 0, 1), 5 family runs and their landscapes, 6 ensemble runs (5 snapshot
-    # runs: distance, sgdr, sgdr_distance, fge, swa; the control for seed 1), 6 predictions and 6
-    # member landscapes, aggregate, aggregate_landscape, evaluate_ensembles, 2 families,
-    # plot_landscape, plot_ensembles, claims, plot_claims
-    assert len(logs) == 1 + 2 + 5 + 5 + 6 + 6 + 6 + 1 + 1 + 1 + 2 + 1 + 1 + 1 + 1
-    assert "epoch    4/4" in (finished / f"results/logs/continue_run/digits/cnn/{RUNS[1]}/seed0.log").read_text()
+    # data, 2 bases (seeds 0, 1); 6 training jobs for 11 runs: 3 packs (lr 0.01 constant: the width
+    # family's 3 runs and distance; lr 1e6: 2 runs; SGDR and SGDR + distance), alone the control for
+    # seed 1, FGE and SWA; 2 landscape jobs for the 5 family runs (the first two packs); 6
+    # predictions and 6 member landscapes, aggregate, aggregate_landscape, evaluate_ensembles,
+    # 2 families, plot_landscape, plot_ensembles, claims, plot_claims
+    assert len(logs) == 1 + 2 + 6 + 2 + 6 + 6 + 1 + 1 + 1 + 2 + 1 + 1 + 1 + 1
+    assert f"{RUNS[1]}: epoch    4/4" in (finished / "results/logs/continue_pack/digits/cnn/lr0.01-const-e2_seed0.log").read_text()
 
 
-def test_a_new_grid_point_runs_only_itself_and_what_follows(finished):
+def training_jobs(jobs: dict[str, int]) -> dict[str, int]:
+    return {rule: n for rule, n in jobs.items() if rule.startswith("continue_")}
+
+
+def test_a_new_grid_point_reruns_only_the_pack_it_joins_and_what_follows(finished):
     config = copy.deepcopy(TINY)
     config["continuation"]["families"]["width"]["sweep"]["width"].append(2.0)
-    # the new point's run and landscape, the tables, and every family's figure (the table changed)
-    assert planned_jobs(snakemake(finished, config, "-n")) == {
-        "continue_run": 1, "landscape": 1, "aggregate": 1, "aggregate_landscape": 1, "plot_family": 2,
-        "plot_landscape": 1, "claims": 1, "plot_claims": 1, "all": 1}
+    jobs = planned_jobs(snakemake(finished, config, "-n"))
+    # the pack of lr 0.01, constant, 2 epochs, seed 0 gains the point: that one job re-trains
+    (pack, n), = training_jobs(jobs).items()
+    assert pack.startswith("continue_pack_") and n == 1
+    # the landscapes of its compared runs (one job, as the pack), the tables and the figures
+    assert [n for rule, n in jobs.items() if rule.startswith("landscape")] == [1]
+    assert jobs["aggregate"] == 1 and jobs["plot_family"] == 2
+
+
+def test_without_packs_a_new_grid_point_runs_only_itself_and_what_follows(tmp_path):
+    config = copy.deepcopy(workflow_run.TINY)  # the width family alone: 3 runs
+    config.update(pack="off", landscape=False)
+    assert snakemake(tmp_path, config, "--cores", "2").returncode == 0
+    config["continuation"]["families"]["width"]["sweep"]["width"].append(2.0)
+    assert planned_jobs(snakemake(tmp_path, config, "-n")) == {
+        "continue_run": 1, "aggregate": 1, "plot_family": 1, "claims": 1, "plot_claims": 1, "all": 1}
 
 
 def test_changing_the_base_training_reruns_everything_downstream(finished):
     config = copy.deepcopy(TINY)
     config["base"]["lr"] = 0.02
-    assert planned_jobs(snakemake(finished, config, "-n")) == {
-        "train_base": 2, "continue_run": 5 + 1, "continue_run_snapshots": 3, "continue_run_fge": 1,
-        "continue_run_swa": 1, "landscape": 5, "predict": 6, "member_landscape": 6, "aggregate": 1, "aggregate_landscape": 1, "evaluate_ensembles": 1, "plot_family": 2,
+    jobs = planned_jobs(snakemake(finished, config, "-n"))
+    # 3 packs: lr 0.01 constant (the 3 width runs, distance, and the control for seeds 0), lr 1e6
+    # (2 runs), SGDR and SGDR + distance; alone: the control for seed 1, FGE, SWA
+    training = training_jobs(jobs)
+    assert sum(n for rule, n in training.items() if rule.startswith("continue_pack_")) == 3
+    assert {rule: n for rule, n in training.items() if not rule.startswith("continue_pack_")} == {
+        "continue_run": 1, "continue_run_fge": 1, "continue_run_swa": 1}
+    # the landscapes of the two packs that hold compared runs (the width family's, lr 1e6)
+    assert sum(n for rule, n in jobs.items() if rule.startswith("landscape_pack_")) == 2
+    assert {rule: n for rule, n in jobs.items() if rule not in training and not rule.startswith("landscape_pack_")} == {
+        "train_base": 2, "predict": 6, "member_landscape": 6, "aggregate": 1, "aggregate_landscape": 1, "evaluate_ensembles": 1, "plot_family": 2,
         "plot_landscape": 1, "plot_ensembles": 1, "claims": 1, "plot_claims": 1, "all": 1}
 
 
@@ -170,7 +197,7 @@ def test_options_that_change_how_a_job_runs_rerun_nothing(finished):
 
 
 @pytest.mark.parametrize("method, member, rule", [
-    ("sgdr", "snapshots/epoch3.pt", "continue_run_snapshots"),
+    ("sgdr", "snapshots/epoch3.pt", "continue_pack_"),  # trained in a pack with SGDR + distance
     ("fge", "snapshots/epoch4.pt", "continue_run_fge"),
     ("swa", "swa.pt", "continue_run_swa"),
 ])
@@ -181,7 +208,8 @@ def test_a_lost_snapshot_is_made_again_when_its_ensemble_is(finished, tmp_path, 
     try:
         result = snakemake(finished, TINY, "-n", "--forcerun", "predict")
         jobs = planned_jobs(result)
-        assert jobs[rule] == 1 and jobs["predict"] == 6
+        assert [n for name, n in training_jobs(jobs).items() if name.startswith(rule)] == [1]
+        assert jobs["predict"] == 6
         assert str(snapshot.relative_to(finished)) in planned_outputs(result)
     finally:
         shutil.move(kept, snapshot)
@@ -219,8 +247,8 @@ def test_a_given_config_replaces_the_embedded_default(tmp_path):
     config["continuation"]["families"] = {"push": {"sweep": {"strength": [10]}}}
     config["landscape"] = False
     config.pop("ensembles")
-    assert planned_jobs(snakemake(tmp_path, config, "-n")) == {
-        "prepare_data": 1, "train_base": 1, "continue_run": 2, "aggregate": 1, "plot_family": 1, "claims": 1,
+    assert planned_jobs(snakemake(tmp_path, config, "-n")) == {  # s10 and its control: one pack
+        "prepare_data": 1, "train_base": 1, "continue_pack_0": 1, "aggregate": 1, "plot_family": 1, "claims": 1,
         "plot_claims": 1, "all": 1}
 
 
@@ -241,7 +269,12 @@ STUDY_NEW_POINTS = {
 
 def test_the_study_config_expands_to_every_grid_point_seed_model_and_dataset(tmp_path):
     study = yaml.safe_load((ROOT / "config/study.yaml").read_text())
-    jobs = planned_jobs(snakemake(tmp_path, study, "-n"))
+    packed = planned_outputs(snakemake(tmp_path, study, "-n"))
+    study["pack"] = "off"  # one job per run and seed, as counted here
+    result = snakemake(tmp_path, study, "-n")
+    # packs change which jobs make the files, not which files are made
+    assert sorted(packed) == sorted(planned_outputs(result))
+    jobs = planned_jobs(result)
     cells = len(study["datasets"]) * len(study["models"])
     points = sum(STUDY_NEW_POINTS.values())
     # the ensembles: 5 snapshot runs (distance, SGDR, SGDR + distance, FGE, SWA) on each of the 3
@@ -272,6 +305,7 @@ def test_each_family_of_the_default_config_expands_to_its_points_and_their_contr
     config["continuation"]["families"] = {family: config["continuation"]["families"][family]}
     config.pop("ensembles")
     config["landscape"] = False
+    config["pack"] = "off"
     jobs = planned_jobs(snakemake(tmp_path, config, "-n"))
     assert jobs["continue_run"] == DEFAULT_POINTS[family] * len(config["seeds"])
     assert jobs["plot_family"] == 1

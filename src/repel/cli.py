@@ -22,7 +22,6 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-import pandas as pd
 import torch
 from torch.optim.swa_utils import AveragedModel
 
@@ -88,7 +87,9 @@ def _train_config(args, **given) -> TrainConfig:
     return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name not in given}, **given)
 
 
-def _frame(rows: list[dict], columns: dict) -> pd.DataFrame:
+def _frame(rows: list[dict], columns: dict):
+    import pandas as pd  # here, not at the top: only the jobs that write a table pay for it
+
     df = pd.DataFrame(rows)
     for key, value in columns.items():
         df[key] = value
@@ -124,52 +125,106 @@ def cmd_train_base(args) -> None:
     _log(f"base checkpoint at epoch {rows[-1]['epoch']} -> {out / 'checkpoint.pt'}")
 
 
+PENALTY_KEYS = ("strength", "kernel", "width", "gamma", "distance", "checkpoint_every", "merge")
+
+
+def _from_checkpoint(ckpt: dict, device: torch.device) -> torch.nn.Module:
+    model = models.from_arch(ckpt["arch"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device)
+
+
+def _penalty(spec: dict, model) -> DistancePenalty:
+    """A run's penalty (`spec` holds PENALTY_KEYS), its first hill on the model's current weights."""
+    penalty = DistancePenalty(spec["strength"], spec["kernel"], spec["width"], spec["gamma"], spec["distance"],
+                              merged=spec["merge"], every=spec["checkpoint_every"])
+    penalty.add_checkpoint(models.trainable_parameters(model))
+    return penalty
+
+
+def _snapshot_saver(out: Path, checkpoint_epoch: int, every: int):
+    def save(epochs_done, model):  # ensemble members: every `every` epochs
+        if every and epochs_done % every == 0:
+            storage.save_torch(model.state_dict(), out / "snapshots" / f"epoch{checkpoint_epoch + epochs_done}.pt")
+    return save
+
+
+def _finish_continuation(args, run: str, spec: dict, ckpt: dict, prepared: dict, model, rows: list[dict],
+                         out: Path, events: EventLog | None) -> None:
+    """Write a continuation run's weights and metrics (with its grid parameters as columns)."""
+    columns = {"phase": "continue", "dataset": prepared["name"], "model": ckpt["arch"]["model"],
+               "seed": ckpt["config"]["seed"], "run": run, "checkpoint_epoch": ckpt["epoch"],
+               **{key: spec[key] for key in PENALTY_KEYS},
+               "lr_init": args.lr, "schedule": args.schedule, "epochs": args.epochs}
+    storage.save_torch(model.state_dict(), out / "final.pt")
+    storage.save_parquet(_frame(rows, columns), out / "metrics.parquet")
+    if events is not None:  # the grid point's parameters, as its metrics.parquet names them
+        events.finish(columns, rows[-1]["epoch"])
+    _log(f"{run}: final val acc {rows[-1]['val_acc']:.4f}, distance {rows[-1]['dist']:.4g} -> {out}")
+
+
 def cmd_continue(args) -> None:
     device = _setup(args)
     prepared = data_mod.load(args.data)
     ckpt = storage.load_torch(args.checkpoint, "checkpoint")
-    arch = ckpt["arch"]
-    model = models.from_arch(arch)
-    model.load_state_dict(ckpt["model"])
-    model.to(device)
-    penalty = DistancePenalty(args.strength, args.kernel, args.width, args.gamma, args.distance,
-                              merged=args.merge, every=args.checkpoint_every)
-    penalty.add_checkpoint(models.trainable_parameters(model))
+    model = _from_checkpoint(ckpt, device)
+    spec = {key: getattr(args, key) for key in PENALTY_KEYS}
+    penalty = _penalty(spec, model)
     seed = ckpt["config"]["seed"]
     cfg = _train_config(args, seed=seed)
     resume = _resume_state(args, args.data, args.checkpoint)
     log = _job_log(resume)
-    events = _event_log(args, log, prepared["name"], arch["model"], args.run, seed)
+    events = _event_log(args, log, prepared["name"], ckpt["arch"]["model"], args.run, seed)
     # the continuation goes on with the base's optimizer state and data order: with s = 0 it is
     # exactly the base training, continued
     torch.set_rng_state(ckpt["rng"]["torch"])
     out = Path(args.out_dir)
-
-    def save_snapshot(epochs_done, model):  # ensemble members: every snapshot_every epochs
-        if args.snapshot_every and epochs_done % args.snapshot_every == 0:
-            storage.save_torch(model.state_dict(), out / "snapshots" / f"epoch{ckpt['epoch'] + epochs_done}.pt")
-
     # SWA: the weights averaged after every epoch, beside the trajectory the run follows
     averaged = AveragedModel(model) if args.schedule == "swa" else None
     rows, _, _ = fit(model, prepared, cfg, device, penalty=penalty, first_epoch=ckpt["epoch"] + 1,
                      optimizer_state=ckpt["optimizer"], data_rng=ckpt["rng"]["data"], log=log, resume=resume,
-                     on_epoch_end=save_snapshot, on_row=events.row if events else None, averaged=averaged)
-    columns = {"phase": "continue", "dataset": prepared["name"], "model": arch["model"], "seed": seed,
-               "run": args.run, "checkpoint_epoch": ckpt["epoch"], "strength": args.strength,
-               "kernel": args.kernel, "width": args.width, "gamma": args.gamma, "distance": args.distance,
-               "checkpoint_every": args.checkpoint_every, "merge": args.merge,
-               "lr_init": args.lr, "schedule": args.schedule, "epochs": args.epochs}
-    storage.save_torch(model.state_dict(), out / "final.pt")
+                     on_epoch_end=_snapshot_saver(out, ckpt["epoch"], args.snapshot_every),
+                     on_row=events.row if events else None, averaged=averaged)
     if averaged is not None:
         recompute_bn(averaged.module, data_mod.DeviceData(prepared, "train", device))
         storage.save_torch(averaged.module.state_dict(), out / "swa.pt")
         log(f"SWA: the average of {int(averaged.n_averaged)} epochs' weights -> {out / 'swa.pt'}")
-    storage.save_parquet(_frame(rows, columns), out / "metrics.parquet")
-    if events is not None:  # the grid point's parameters, as its metrics.parquet names them
-        events.finish(columns, rows[-1]["epoch"])
+    _finish_continuation(args, args.run, spec, ckpt, prepared, model, rows, out, events)
     if resume is not None:
         resume.clear()
-    _log(f"{args.run}: final val acc {rows[-1]['val_acc']:.4f}, distance {rows[-1]['dist']:.4g} -> {out}")
+
+
+def cmd_continue_pack(args) -> None:
+    """Several continuation runs that share their training, trained together (repel.pack)."""
+    from .pack import fit_pack
+
+    device = _setup(args)
+    prepared = data_mod.load(args.data)
+    ckpt = storage.load_torch(args.checkpoint, "checkpoint")
+    members = json.loads(args.members)
+    if not isinstance(members, list) or not members:
+        raise ValueError("--members must be a JSON list with one object per member")
+    nets = [_from_checkpoint(ckpt, device) for _ in members]
+    penalties = [_penalty(member, net) for member, net in zip(members, nets)]
+    seed = ckpt["config"]["seed"]
+    cfg = _train_config(args, seed=seed)
+    resume = _resume_state(args, args.data, args.checkpoint)  # the pack's one state, in --out-dir
+    log = _job_log(resume)
+    events = [_event_log(args, log, prepared["name"], ckpt["arch"]["model"], m["run"], seed) for m in members]
+    savers = [_snapshot_saver(Path(m["out_dir"]), ckpt["epoch"], m["snapshot_every"]) for m in members]
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    # conv nets on a CPU one after another: batching their convolutions gained nothing there
+    # (benchmarks/pack_speed.py), and this way each run equals its job alone exactly
+    conv_on_cpu = device.type == "cpu" and any(p.dim() == 4 for p in nets[0].parameters())
+    rows = fit_pack(nets, prepared, cfg, device, penalties, batched=False if conv_on_cpu else None, first_epoch=ckpt["epoch"] + 1,
+                    optimizer_states=[ckpt["optimizer"]] * len(members), data_rng=ckpt["rng"]["data"], log=log,
+                    resume=resume, on_epoch_end=lambda i, done, model: savers[i](done, model),
+                    on_row=lambda i, row: events[i].row(row) if events[i] else None, names=[m["run"] for m in members])
+    for member, net, member_rows, member_events in zip(members, nets, rows, events):
+        _finish_continuation(args, member["run"], member, ckpt, prepared, net, member_rows, Path(member["out_dir"]),
+                             member_events)
+    if resume is not None:
+        resume.clear()
 
 
 def cmd_predict(args) -> None:
@@ -196,6 +251,8 @@ def cmd_predict(args) -> None:
 
 
 def cmd_landscape(args) -> None:
+    import pandas as pd
+
     from .landscape import alphas, barrier, interpolate
 
     device = _setup(args)
@@ -203,23 +260,31 @@ def cmd_landscape(args) -> None:
     ckpt = storage.load_torch(args.checkpoint, "checkpoint")
     model = models.from_arch(ckpt["arch"]).to(device)
     train, val = (data_mod.DeviceData(prepared, split, device) for split in ("train", "val"))
-    # from the checkpoint to the run, or (--between) from each weights file to the next
-    ends = [args.checkpoint, *args.weights] if not args.between else list(args.weights)
-    if len(ends) < 2:
-        raise ValueError("--between needs at least two --weights files")
+    # (--between) the line from each weights file to the next, as one table; else one line and
+    # one table per weights file, from the checkpoint (the runs of a pack, in one process)
+    if args.between:
+        if len(args.weights) < 2 or len(args.run) != 1 or len(args.out) != 1:
+            raise ValueError("--between takes at least two --weights files, one --run and one --out")
+        lines = [(args.run[0], args.out[0], list(args.weights))]
+    else:
+        if not len(args.weights) == len(args.run) == len(args.out):
+            raise ValueError(f"give one --run and one --out per --weights file: {len(args.weights)} weights, "
+                             f"{len(args.run)} runs, {len(args.out)} outputs")
+        lines = [(run, out, [args.checkpoint, weights]) for run, out, weights in zip(args.run, args.out, args.weights)]
     kind = "member" if args.between else "weights"
-    states = [ckpt["model"] if path == args.checkpoint else storage.load_torch(path, kind) for path in ends]
     bn_recomputed = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    frames = []
-    for pair, (start, end) in enumerate(zip(states, states[1:])):
-        df = interpolate(model, start, end, alphas(args.steps), train, val, bn_batches=args.bn_batches)
-        frames.append(df.assign(pair=pair, start=str(ends[pair]), end=str(ends[pair + 1]), barrier=barrier(df),
-                                bn_recomputed=bn_recomputed))
-        _log(f"loss barrier from {ends[pair]} to {ends[pair + 1]}: {barrier(df):.4g}")
-    df = pd.concat(frames, ignore_index=True).assign(
-        split="val", dataset=prepared["name"], model=ckpt["arch"]["model"], run=args.run, seed=ckpt["config"]["seed"])
-    storage.save_parquet(df, args.out)
-    _log(f"-> {args.out}")
+    for run, out, ends in lines:
+        states = [ckpt["model"] if path == args.checkpoint else storage.load_torch(path, kind) for path in ends]
+        frames = []
+        for pair, (start, end) in enumerate(zip(states, states[1:])):
+            df = interpolate(model, start, end, alphas(args.steps), train, val, bn_batches=args.bn_batches)
+            frames.append(df.assign(pair=pair, start=str(ends[pair]), end=str(ends[pair + 1]), barrier=barrier(df),
+                                    bn_recomputed=bn_recomputed))
+            _log(f"loss barrier from {ends[pair]} to {ends[pair + 1]}: {barrier(df):.4g}")
+        df = pd.concat(frames, ignore_index=True).assign(
+            split="val", dataset=prepared["name"], model=ckpt["arch"]["model"], run=run, seed=ckpt["config"]["seed"])
+        storage.save_parquet(df, out)
+        _log(f"-> {out}")
 
 
 def cmd_ensembles(args) -> None:
@@ -230,6 +295,8 @@ def cmd_ensembles(args) -> None:
 
 
 def cmd_aggregate_landscape(args) -> None:
+    import pandas as pd
+
     df = pd.concat([storage.read_parquet(p, "landscape") for p in args.landscapes], ignore_index=True)
     storage.save_parquet(df, args.out)
     _log(f"aggregated {len(args.landscapes)} landscapes -> {args.out}")
@@ -370,6 +437,16 @@ def parser() -> argparse.ArgumentParser:
                    help="save the weights to OUT_DIR/snapshots/epochE.pt every N epochs (ensemble members)")
     p.set_defaults(func=cmd_continue)
 
+    p = sub.add_parser("continue-pack", help="continue several runs that differ only in the penalty together, "
+                       "batched in one process (the training options are theirs in common)")
+    _add_training_args(p, "epochs to continue after the checkpoint")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint.pt written by train-base (its seed and data order carry on)")
+    p.add_argument("--members", required=True,
+                   help="JSON list, one object per run: run (its id), out_dir (its outputs), snapshot_every, and "
+                        "its penalty: " + ", ".join(PENALTY_KEYS) + " (as continue's options of the same names)")
+    p.set_defaults(func=cmd_continue_pack)
+
     p = sub.add_parser("aggregate", help="all runs' metrics -> one table and a summary")
     p.add_argument("--runs", nargs="+", required=True, help="metrics.parquet files (base and continuation)")
     p.add_argument("--labels", help="JSON object: run id -> label for plots and tables")
@@ -409,11 +486,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--between", action="store_true",
                    help="lines between consecutive --weights files (ensemble members) instead")
     p.add_argument("--steps", type=int, default=21, help="points on alpha in [-0.5, 1.5] (default %(default)s)")
-    p.add_argument("--run", required=True, help="run id (or ensemble method), recorded")
+    p.add_argument("--run", nargs="+", required=True, help="run id per --weights file (with --between: one, "
+                   "the ensemble as method/ensemble), recorded")
     p.add_argument("--bn-batches", type=int, default=50,
                    help="training batches (of 128) to recompute BatchNorm statistics at each alpha")
     _add_device_args(p)
-    p.add_argument("--out", required=True, help="the landscape table to write (.parquet)")
+    p.add_argument("--out", nargs="+", required=True, help="the landscape table to write (.parquet), one per --run")
     p.set_defaults(func=cmd_landscape)
 
     p = sub.add_parser("ensembles", help="ensemble metrics from stored predictions")

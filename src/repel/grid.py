@@ -214,15 +214,49 @@ def expand(continuation: dict, seeds: list[int], ensembles: dict | None = None) 
     return runs
 
 
+AUTO_PACK = 8  # members a pack may have with `pack: auto` (benchmarks/pack_speed.py measures the gain)
+
+
+def pack_size(setting) -> int:
+    """The most members a pack may have, for the config's `pack` (auto, off or false, or N)."""
+    return {"auto": AUTO_PACK, "off": 1, False: 1}.get(setting, setting)
+
+
+def packs(runs: dict[str, dict], max_members: int) -> dict[str, dict]:
+    """pack name -> {"runs": its members' run ids, "seed": the seed they train}.
+
+    Runs that train the same seed with the same training part (lr, schedule, epochs, ...) start from
+    one checkpoint with one data order and differ only in the penalty: they can train together
+    (repel.pack). Each such group is cut, in run-id order, into the fewest packs of at most
+    `max_members`, as even as possible. Only packs of two or more are made; SWA's runs train alone
+    (their running average is not batched).
+    """
+    groups: dict[tuple[str, int], list[str]] = {}
+    for rid in sorted(runs):
+        if runs[rid]["params"]["schedule"] == "swa":
+            continue
+        for seed in training_seeds(runs[rid]):
+            groups.setdefault((rid.split("_", 1)[1], seed), []).append(rid)
+    out = {}
+    for (training, seed), members in groups.items():
+        n = -(-len(members) // max_members)  # the fewest packs
+        for k in range(n):
+            part = members[k * len(members) // n:(k + 1) * len(members) // n]
+            if len(part) > 1:
+                out[f"{training}_seed{seed}" + (f"_{k + 1}of{n}" if n > 1 else "")] = {"runs": part, "seed": seed}
+    return out
+
+
 def training_seeds(run: dict) -> list[int]:
     """Every seed a run is trained for: its own and its ensemble members'."""
     return sorted(set(run["seeds"]) | set(run["member_seeds"]))
 
 
-def cli_args(params: dict) -> str:
-    """The run's parameters as `python -m repel continue` flags (values are schema-checked numbers/enums)."""
+def cli_args(params: dict, keys=PENALTY_KEYS + TRAINING_KEYS) -> str:
+    """The run's parameters as `python -m repel continue` flags (values are schema-checked numbers/enums);
+    `keys=TRAINING_KEYS` gives the flags that a pack's members share (`continue-pack`)."""
     flags = []
-    for key in PENALTY_KEYS + TRAINING_KEYS:
+    for key in keys:
         value, flag = params[key], f"--{key.replace('_', '-')}"
         if isinstance(value, bool):
             flags += [flag] if value else []

@@ -10,9 +10,12 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import torch
+
+if TYPE_CHECKING:  # pandas is imported where a table is read or written: a job that needs none never loads it
+    import pandas as pd
 
 # what each kind of input file is, and the command (Snakemake rule) that makes it
 KINDS = {
@@ -89,6 +92,8 @@ def load_torch(path, kind: str | None = None) -> dict:
 def read_parquet(path, kind: str | None = None) -> pd.DataFrame:
     """Read a table written by save_parquet; `kind` as for load_torch."""
     try:
+        import pandas as pd
+
         return pd.read_parquet(path)
     except FileNotFoundError:
         raise BadFileError(path, MISSING, kind) from None

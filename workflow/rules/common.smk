@@ -40,6 +40,9 @@ FGE_RUNS = sorted(run for run in MEMBER_EPOCHS if RUNS[run]["params"]["schedule"
 SWA_RUNS = sorted(run for run in MEMBER_EPOCHS if RUNS[run]["params"]["schedule"] == "swa")
 SNAPSHOT_RUNS = sorted(set(MEMBER_EPOCHS) - set(FGE_RUNS) - set(SWA_RUNS))
 PLAIN_RUNS = sorted(set(RUNS) - set(MEMBER_EPOCHS))
+# runs that train the same seed the same way, differing only in the penalty, train together:
+# pack name -> {"runs", "seed"} (config key `pack`; a run in no pack trains alone)
+PACKS = grid.packs(RUNS, grid.pack_size(config["pack"]))
 RESULTS = config["results"]
 
 
@@ -104,6 +107,33 @@ def get_snapshots(runs):
 def get_snapshot_every(wildcards):
     """Epochs between a run's snapshots: its first member's epoch (0: it keeps none)."""
     return MEMBER_EPOCHS[wildcards.run][0] if wildcards.run in MEMBER_EPOCHS else 0
+
+
+def get_pack_outputs(pack):
+    """Every file a pack's job writes: each member's metrics and weights, and its snapshots."""
+    outputs = []
+    for run in pack["runs"]:
+        run_dir = res(f"continue/{{dataset}}/{{model}}/{run}/seed{pack['seed']}")
+        first = config["base"]["epochs"]
+        outputs += [f"{run_dir}/metrics.parquet", f"{run_dir}/final.pt"]
+        outputs += [f"{run_dir}/snapshots/epoch{first + epoch}.pt" for epoch in MEMBER_EPOCHS.get(run, ())]
+    return outputs
+
+
+def get_pack_members(pack):
+    """The pack's members for `repel continue-pack --members`: JSON, one object per run."""
+    def members(wildcards):
+        return json.dumps([
+            {"run": run, "out_dir": res(f"continue/{wildcards.dataset}/{wildcards.model}/{run}/seed{pack['seed']}"),
+             "snapshot_every": MEMBER_EPOCHS[run][0] if run in MEMBER_EPOCHS else 0,
+             **{key: RUNS[run]["params"][key] for key in grid.PENALTY_KEYS}}
+            for run in pack["runs"]])
+    return members
+
+
+def get_pack_args(pack):
+    """The training flags every member of a pack shares (the packing made them equal)."""
+    return f"{grid.cli_args(RUNS[pack['runs'][0]]['params'], grid.TRAINING_KEYS)} {get_optimizer_args()}"
 
 
 def get_run_dir(wildcards, run):

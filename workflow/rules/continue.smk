@@ -55,3 +55,37 @@ use rule continue_run as continue_run_swa with:
         swa=res("continue/{dataset}/{model}/{run}/seed{seed}/swa.pt"),
     wildcard_constraints:
         run=get_run_pattern(SWA_RUNS),
+
+
+# Packs (config key `pack`): the runs of one seed that share their training and differ only in the
+# penalty, trained together in one process (repel.pack), one rule per pack since its outputs are
+# its members' files. Where a pack and a run's own rule could both make a file, the pack does.
+for index, (name, pack) in enumerate(PACKS.items()):
+
+    rule:
+        name:
+            f"continue_pack_{index}"
+        input:
+            data=res("data/{dataset}.pt"),
+            checkpoint=res(f"base/{{dataset}}/{{model}}/seed{pack['seed']}/checkpoint.pt"),
+        output:
+            get_pack_outputs(pack),
+        log:
+            res(f"logs/continue_pack/{{dataset}}/{{model}}/{name}.log"),
+        params:
+            args=get_pack_args(pack),
+            members=get_pack_members(pack),
+            state_dir=res(f"packs/{{dataset}}/{{model}}/{name}"),
+        threads: config["threads"]
+        resources:
+            gres=get_gres(),
+            mem_mb=config["resources"]["mem_mb"],
+            runtime=config["resources"]["runtime"],
+        conda:
+            "../../envs/repel.yaml"
+        shell:
+            "python -m repel continue-pack --data {input.data} --checkpoint {input.checkpoint} {params.args} "
+            "--members {params.members:q} {RUN_OPTIONS} --threads {threads} --out-dir {params.state_dir} > {log} 2>&1"
+
+    for alone in ("continue_run", "continue_run_snapshots", "continue_run_fge"):
+        workflow.ruleorder(f"continue_pack_{index}", alone)

@@ -20,6 +20,41 @@ rule landscape:
         "--threads {threads} --out {output} > {log} 2>&1"
 
 
+# The landscapes of a pack's runs in one job: each is a few seconds of work after a few seconds
+# of start-up.
+for index, (name, pack) in enumerate(PACKS.items()):
+    runs = [run for run in pack["runs"] if pack["seed"] in RUNS[run]["seeds"]]  # those compared
+    if len(runs) < 2:
+        continue
+
+    rule:
+        name:
+            f"landscape_pack_{index}"
+        input:
+            data=res("data/{dataset}.pt"),
+            checkpoint=res(f"base/{{dataset}}/{{model}}/seed{pack['seed']}/checkpoint.pt"),
+            weights=[res(f"continue/{{dataset}}/{{model}}/{run}/seed{pack['seed']}/final.pt") for run in runs],
+        output:
+            [res(f"continue/{{dataset}}/{{model}}/{run}/seed{pack['seed']}/landscape.parquet") for run in runs],
+        log:
+            res(f"logs/landscape_pack/{{dataset}}/{{model}}/{name}.log"),
+        params:
+            runs=" ".join(runs),
+        threads: config["threads"]
+        resources:
+            gres=get_gres(),
+            mem_mb=config["resources"]["mem_mb"],
+            runtime=config["resources"]["runtime"],
+        conda:
+            "../../envs/repel.yaml"
+        shell:
+            "python -m repel landscape --data {input.data} --checkpoint {input.checkpoint} "
+            "--weights {input.weights} --run {params.runs} --device {DEVICE} "
+            "--threads {threads} --out {output} > {log} 2>&1"
+
+    workflow.ruleorder(f"landscape_pack_{index}", "landscape")
+
+
 rule aggregate_landscape:
     input:
         get_landscapes(),

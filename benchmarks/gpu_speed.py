@@ -16,6 +16,8 @@ It prints, with the device and versions, min and median over repeats of:
                 extrapolated to a whole training pass (said so in the output).
   sharing       k = 1, 2, 4, 8 small trainings (ResNet-32 with the penalty on 10,000 images) as
                 separate processes on the one GPU: total images/s of all k against k = 1
+  packs         k = 1, 4, 16 members (--pack) of one pack (repel.pack.fit_pack, one batched step for
+                all) on the same 10,000 images: total images/s against k = 1 (benchmarks/pack_speed.py)
   compiled      ours with torch.compile (--compile-modes; default reduce-overhead, which uses CUDA
                 graphs), last because compiling takes the longest; skipped unless 150 s of budget remain
 
@@ -196,7 +198,8 @@ def main() -> None:
     ap.add_argument("--ref-workers", type=int, default=2,
                     help="reference DataLoader workers (default %(default)s, as in PyTorch's CIFAR-10 tutorial)")
     ap.add_argument("--share", type=int, nargs="*", default=[1, 2, 4, 8], help="k for the sharing figure")
-    ap.add_argument("--share-epochs", type=int, default=2, help="timed epochs per sharing process")
+    ap.add_argument("--share-epochs", type=int, default=2, help="timed epochs per sharing process (and per pack)")
+    ap.add_argument("--pack", type=int, nargs="*", default=[1, 4, 16], help="k for the packs figure")
     ap.add_argument("--compile-modes", nargs="*", default=["reduce-overhead"],
                     help="torch.compile modes for the compiled variant of ours (none: --compile-modes)")
     ap.add_argument("--budget", type=float, default=280, help="seconds; later parts are skipped past it")
@@ -210,6 +213,7 @@ def main() -> None:
     if args.smoke:
         args.repeats, args.ref_steps, args.ref_workers, args.share_epochs = 1, 2, 0, 1
         args.share, args.compile_modes = [k for k in args.share if k <= 2], []
+        args.pack = [1, 2]
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -266,6 +270,16 @@ def main() -> None:
             rate = sharing(args, k)
             base = base or rate
             print(f"  k={k}: total {rate:9.0f} images/s   {rate / base:5.2f}x k=1")
+
+    if args.pack and not over_budget("packs"):
+        from types import SimpleNamespace
+
+        from pack_speed import measure  # benchmarks/
+
+        share = synthetic_cifar(*SIZES["smoke-share" if args.smoke else "share"])
+        print("\npacks: k members in one process, one batched step for all (GPU packing defaults come from here)")
+        measure(args.model, share, SimpleNamespace(epochs=args.share_epochs, penalty="rbf", ks=args.pack), device,
+                deadline=t0 + args.budget)
 
     for mode in args.compile_modes:
         if over_budget(f"compile={mode}", needs=0 if args.smoke else 150):  # compiling takes minutes

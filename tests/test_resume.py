@@ -1,5 +1,6 @@
 """A training job killed mid-way and run again ends exactly where an uninterrupted run ends."""
 
+import json
 import os
 import signal
 import subprocess
@@ -164,3 +165,35 @@ def test_a_state_lacking_entries_is_moved_aside_before_anything_is_restored(tmp_
     torch.save({"fingerprint": "other", "rows": [{"epoch": 1}]}, path)
     assert ResumeState(path, "f", log=logged.append).restore(parts) == []
     assert path.exists() and "ignoring" in logged[-1]
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"], ids=["batched", "one_after_another"])  # conv nets on a CPU
+def test_a_killed_pack_resumes_to_the_identical_result(tmp_path_factory, base, model):
+    """`repel continue-pack` saves the pack as one state; killed and run again, every member's
+    files equal those of an uninterrupted pack."""
+    root = tmp_path_factory.mktemp(f"pack-{model}")
+    assert main(["train-base", "--data", str(base / "digits.pt"), "--model", model, "--epochs", "2",
+                 "--threads", "1", "--out-dir", str(root / "base")]) == 0
+    penalty = {"kernel": "rbf", "width": 1.0, "gamma": None, "distance": "sum", "checkpoint_every": 3, "merge": False}
+
+    def cmd(out):
+        members = [{"run": f"s{s}", "out_dir": str(out / f"s{s}"), "snapshot_every": 0, **penalty, "strength": s}
+                   for s in (0, 10)]
+        return [sys.executable, "-m", "repel", "continue-pack", "--data", str(base / "digits.pt"),
+                "--checkpoint", str(root / "base" / "checkpoint.pt"), "--members", json.dumps(members),
+                "--epochs", "20", "--threads", "1", "--device", "cpu", "--save-every", "1", "--out-dir", str(out)]
+
+    whole, out = root / "whole", root / "killed"
+    log = subprocess.run(cmd(whole), check=True, capture_output=True, text=True).stdout
+    assert ("batched" if model == "mlp" else "one member after another") in log
+    proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while _saved_epochs(out / "resume.pt") < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    assert not (out / "s0" / "metrics.parquet").exists(), "the pack finished before it could be killed"
+    again = subprocess.run(cmd(out), check=True, capture_output=True, text=True).stdout
+    assert "resuming from" in again
+    for run in ("s0", "s10"):
+        _assert_same_run(whole / run, out / run)

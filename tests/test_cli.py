@@ -1,5 +1,6 @@
 """The command line as a user meets it: every option explained, and the README's by-hand commands."""
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -49,3 +50,11 @@ def test_the_readme_by_hand_commands_run_and_write_only_under_scratch(tmp_path):
         assert result.returncode == 0, (command, result.stderr[-2000:])
     assert [p.name for p in tmp_path.iterdir()] == ["scratch"]
     assert (tmp_path / "scratch/plots/push.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_pack_member_lacking_a_setting_is_named(tmp_path, capsys):
+    members = json.dumps([{"run": "s10", "out_dir": str(tmp_path / "s10"), "snapshot_every": 0, "strength": 10}])
+    assert cli.main(["continue-pack", "--data", "unused.pt", "--checkpoint", "unused.pt", "--members", members,
+                 "--epochs", "1", "--out-dir", str(tmp_path)]) == 1
+    lacks = "--members: the member s10 lacks kernel, width, gamma, distance, checkpoint_every, merge"
+    assert lacks in capsys.readouterr().err

@@ -27,9 +27,9 @@ from torch.optim.swa_utils import AveragedModel
 
 from . import data as data_mod
 from . import models, storage
+from .averaging import recompute_bn
 from .penalty import DISTANCES, KERNELS, DistancePenalty
 from .resume import ResumeState, fingerprint
-from .averaging import recompute_bn
 from .tensorboard import EventLog, run_dir
 from .train import AMP, CHANNELS_LAST, COMPILE, SCHEDULES, TrainConfig, fit
 
@@ -198,12 +198,16 @@ def cmd_continue_pack(args) -> None:
     """Several continuation runs that share their training, trained together (repel.pack)."""
     from .pack import fit_pack
 
+    members = json.loads(args.members)
+    if not isinstance(members, list) or not members or not all(isinstance(m, dict) for m in members):
+        raise ValueError("--members must be a JSON list with one object per member")
+    keys = ("run", "out_dir", "snapshot_every", *PENALTY_KEYS)
+    for m in members:
+        if missing := [key for key in keys if key not in m]:
+            raise ValueError(f"--members: the member {m.get('run', m)} lacks {', '.join(missing)}")
     device = _setup(args)
     prepared = data_mod.load(args.data)
     ckpt = storage.load_torch(args.checkpoint, "checkpoint")
-    members = json.loads(args.members)
-    if not isinstance(members, list) or not members:
-        raise ValueError("--members must be a JSON list with one object per member")
     nets = [_from_checkpoint(ckpt, device) for _ in members]
     penalties = [_penalty(member, net) for member, net in zip(members, nets)]
     seed = ckpt["config"]["seed"]
@@ -216,10 +220,11 @@ def cmd_continue_pack(args) -> None:
     # conv nets on a CPU one after another: batching their convolutions gained nothing there
     # (benchmarks/pack_speed.py), and this way each run equals its job alone exactly
     conv_on_cpu = device.type == "cpu" and any(p.dim() == 4 for p in nets[0].parameters())
-    rows = fit_pack(nets, prepared, cfg, device, penalties, batched=False if conv_on_cpu else None, first_epoch=ckpt["epoch"] + 1,
+    rows = fit_pack(nets, prepared, cfg, device, penalties, first_epoch=ckpt["epoch"] + 1,
                     optimizer_states=[ckpt["optimizer"]] * len(members), data_rng=ckpt["rng"]["data"], log=log,
                     resume=resume, on_epoch_end=lambda i, done, model: savers[i](done, model),
-                    on_row=lambda i, row: events[i].row(row) if events[i] else None, names=[m["run"] for m in members])
+                    on_row=lambda i, row: events[i].row(row) if events[i] else None,
+                    batched=False if conv_on_cpu else None, names=[m["run"] for m in members])
     for member, net, member_rows, member_events in zip(members, nets, rows, events):
         _finish_continuation(args, member["run"], member, ckpt, prepared, net, member_rows, Path(member["out_dir"]),
                              member_events)

@@ -97,10 +97,9 @@ def pack_step_seconds(model_name: str, dataset: str, batch: int, device: torch.d
     return rows[0][-1]["train_seconds"] / steps
 
 
-def packed_hours(config: dict, runs: dict, run_seeds: dict, epoch_alone: float, epoch_pack: dict) -> float:
-    """Device-hours of one dataset/model's continuation jobs with the config's packs: each pack at
-    its size's epoch time, the runs of no pack at one run's."""
-    packs = grid.packs(runs, grid.pack_size(config.get("pack", "auto")))
+def packed_hours(packs: dict, runs: dict, run_seeds: dict, epoch_alone: float, epoch_pack: dict) -> float:
+    """Device-hours of one dataset/model's continuation jobs with the config's packs (grid.packs):
+    each pack at its size's epoch time, the runs of no pack at one run's."""
     packed = {(rid, p["seed"]) for p in packs.values() for rid in p["runs"]}
     alone = sum(runs[rid]["params"]["epochs"] for rid, seeds in run_seeds.items() for seed in seeds
                 if (rid, seed) not in packed)
@@ -143,7 +142,7 @@ def main() -> None:
             all_hours = n_seeds * base_hours + epoch * run_epochs / 3600
             epoch_pack = {k: pack_step_seconds(model_name, dataset, batch, device, k, args.steps) * steps_per_epoch
                           for k in pack_sizes}
-            packed = n_seeds * base_hours + packed_hours(config, runs, run_seeds, epoch, epoch_pack)
+            packed = n_seeds * base_hours + packed_hours(packs, runs, run_seeds, epoch, epoch_pack)
             total_hours += all_hours
             packed_total += packed
             jobs += n_seeds + sum(len(seeds) for seeds in run_seeds.values())

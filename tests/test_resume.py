@@ -41,6 +41,18 @@ def _saved_epochs(path) -> int:
         return 0
 
 
+def _interrupt(cmd, state, sig=signal.SIGKILL) -> tuple[int, str]:
+    """Start a training command, send it `sig` once its resumable state holds 3 epochs; its exit
+    status and output."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while _saved_epochs(state) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    log = proc.communicate()[0]
+    return proc.returncode, log
+
+
 def _assert_same_run(a, b):
     ma, mb = pd.read_parquet(a / "metrics.parquet"), pd.read_parquet(b / "metrics.parquet")
     pd.testing.assert_frame_equal(ma.drop(columns=TIMING), mb.drop(columns=TIMING), check_exact=True)
@@ -61,13 +73,8 @@ def uninterrupted(base):
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_run_resumes_to_the_identical_result(base, uninterrupted, sig):
     out = base / f"killed-{sig.name}"
-    proc = subprocess.Popen(_continue_cmd(base, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while _saved_epochs(out / "resume.pt") < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(sig)
-    log = proc.communicate()[0]
-    assert proc.returncode != 0, "the run finished before it could be killed"
+    returncode, log = _interrupt(_continue_cmd(base, out), out / "resume.pt", sig)
+    assert returncode != 0, "the run finished before it could be killed"
     assert not (out / "metrics.parquet").exists()
     done_before = _saved_epochs(out / "resume.pt")
     assert 3 <= done_before < 12
@@ -95,12 +102,7 @@ def test_swa_and_fge_resume_to_the_identical_result(base, schedule):
 
     whole, out = base / f"whole-{schedule[1]}", base / f"killed-{schedule[1]}"
     subprocess.run(cmd(whole), check=True, capture_output=True)
-    proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while _saved_epochs(out / "resume.pt") < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    proc.kill()
-    proc.wait()
+    _interrupt(cmd(out), out / "resume.pt")
     assert 3 <= _saved_epochs(out / "resume.pt") < 8, "the run finished before it could be killed"
     subprocess.run(cmd(out), check=True, capture_output=True)
     _assert_same_run(whole, out)
@@ -186,12 +188,7 @@ def test_a_killed_pack_resumes_to_the_identical_result(tmp_path_factory, base, m
     whole, out = root / "whole", root / "killed"
     log = subprocess.run(cmd(whole), check=True, capture_output=True, text=True).stdout
     assert ("batched" if model == "mlp" else "one member after another") in log
-    proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while _saved_epochs(out / "resume.pt") < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.005)
-    proc.kill()
-    proc.wait()
+    _interrupt(cmd(out), out / "resume.pt")
     assert not (out / "s0" / "metrics.parquet").exists(), "the pack finished before it could be killed"
     again = subprocess.run(cmd(out), check=True, capture_output=True, text=True).stdout
     assert "resuming from" in again

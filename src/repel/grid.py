@@ -236,7 +236,7 @@ def packs(runs: dict[str, dict], max_members: int) -> dict[str, dict]:
         if runs[rid]["params"]["schedule"] == "swa":
             continue
         for seed in training_seeds(runs[rid]):
-            groups.setdefault((rid.split("_", 1)[1], seed), []).append(rid)
+            groups.setdefault((training_part(runs[rid]["params"]), seed), []).append(rid)
     out = {}
     for (training, seed), members in groups.items():
         n = -(-len(members) // max_members)  # the fewest packs

@@ -38,7 +38,8 @@ from torch.func import functional_call, stack_module_state, vmap
 from .data import DeviceData
 from .penalty import DistancePenalty
 from .resume import ResumeState, load_parts, state_of
-from .train import Speed, TrainConfig, epoch_line, epoch_row, fit, flat_norm, make_scheduler, resolve_speed
+from .train import (Speed, TrainConfig, checkpoint_distances, epoch_line, epoch_row, fit, flat_norm, make_scheduler,
+                    resolve_speed)
 
 EVAL_BATCH = 1024  # images per evaluation batch, as train.evaluate
 
@@ -238,7 +239,7 @@ def _measure(stack: _Stack, sums: torch.Tensor, val: DeviceData, test: DeviceDat
     accuracy, weight norm, and with a penalty in `measured` its distances; one synchronisation."""
     evals = torch.cat([sums, _evaluate(stack, val, speed), _evaluate(stack, test, speed),
                        torch.stack([flat_norm(views) for views in stack.views]).view(stack.k, 1)], 1)
-    per_member = [evals[i] if penalty is None else torch.cat([evals[i], _distances(penalty, stack.views[i])])
+    per_member = [evals[i] if penalty is None else torch.cat([evals[i], checkpoint_distances(penalty, stack.views[i])])
                   for i, penalty in enumerate(measured)]
     values = torch.cat(per_member).tolist()  # the epoch's one synchronisation
     out, start = [], 0
@@ -246,14 +247,6 @@ def _measure(stack: _Stack, sums: torch.Tensor, val: DeviceData, test: DeviceDat
         out.append(values[start:start + len(tensor)])
         start += len(tensor)
     return out
-
-
-def _distances(penalty: DistancePenalty, params: list[torch.Tensor]) -> torch.Tensor:
-    """train.fit's distances: to the first checkpoint, to the nearest active centre, to every checkpoint."""
-    to_each = penalty.sq_distances(params, penalty.checkpoints).sqrt()
-    # the active centres are the checkpoints themselves unless they are merged
-    nearest = penalty.sq_distances(params).min().sqrt() if penalty.merged else to_each.min()
-    return torch.cat([to_each[:1], nearest.view(1), to_each])
 
 
 def batching_problem(models: list[nn.Module], train: DeviceData, speed: Speed) -> str | None:

@@ -110,6 +110,15 @@ def flat_norm(tensors) -> torch.Tensor:
     return torch.stack(torch._foreach_norm(list(tensors))).norm()
 
 
+def checkpoint_distances(penalty: DistancePenalty, params: list[torch.Tensor]) -> torch.Tensor:
+    """The distances an epoch's row reports: to the first checkpoint, to the nearest active centre,
+    to every checkpoint."""
+    to_each = penalty.sq_distances(params, penalty.checkpoints).sqrt()  # [0]: the first
+    # the active centres are the checkpoints themselves unless they are merged
+    nearest = penalty.sq_distances(params).min().sqrt() if penalty.merged else to_each.min()
+    return torch.cat([to_each[:1], nearest.view(1), to_each])
+
+
 def epoch_row(epoch: int, lr: float, lr_steps: list[float], values: list[float], n_train: int, has_penalty: bool,
               origin_norm: float | None, seconds: float, train_seconds: float) -> dict:
     """An epoch's metrics from its measured values (the training sums, val and test loss and
@@ -215,11 +224,8 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
         train_seconds = time.perf_counter() - start
         evals = torch.cat([sums, evaluate(net, val, speed=speed), evaluate(net, test, speed=speed),
                            flat_norm(params).view(1)])
-        if origin is not None:  # first checkpoint, nearest active centre, every checkpoint
-            to_each = penalty.sq_distances(params, penalty.checkpoints).sqrt()  # [0]: the first
-            # the active centres are the checkpoints themselves unless they are merged
-            nearest = penalty.sq_distances(params).min().sqrt() if penalty.merged else to_each.min()
-            evals = torch.cat([evals, to_each[:1], nearest.view(1), to_each])
+        if origin is not None:
+            evals = torch.cat([evals, checkpoint_distances(penalty, params)])
         values = evals.tolist()  # the epoch's one synchronisation
         row = epoch_row(epoch, lr, lr_steps, values, len(train), penalty is not None, origin_norm,
                         time.perf_counter() - start, train_seconds)

@@ -96,27 +96,33 @@ def get_run_pattern(runs):
     return "|".join(map(re.escape, runs)) or "$^"
 
 
+def get_member_snapshots(seed_dir, epochs):
+    """A run's snapshot files (in its seed's directory) at these member epochs after the checkpoint."""
+    return [f"{seed_dir}/snapshots/epoch{config['base']['epochs'] + epoch}.pt" for epoch in epochs]
+
+
 def get_snapshots(runs):
     """The member files that a training job of these runs writes (they share their member epochs)."""
     epochs = {tuple(MEMBER_EPOCHS[run]) for run in runs}
-    first = config["base"]["epochs"]
-    return [res(f"continue/{{dataset}}/{{model}}/{{run}}/seed{{seed}}/snapshots/epoch{first + epoch}.pt")
-            for epoch in (epochs.pop() if epochs else ())]
+    return get_member_snapshots(res("continue/{dataset}/{model}/{run}/seed{seed}"), epochs.pop() if epochs else ())
+
+
+def snapshot_every(run):
+    """Epochs between a run's snapshots: its first member's epoch (0: it keeps none)."""
+    return MEMBER_EPOCHS[run][0] if run in MEMBER_EPOCHS else 0
 
 
 def get_snapshot_every(wildcards):
-    """Epochs between a run's snapshots: its first member's epoch (0: it keeps none)."""
-    return MEMBER_EPOCHS[wildcards.run][0] if wildcards.run in MEMBER_EPOCHS else 0
+    return snapshot_every(wildcards.run)
 
 
 def get_pack_outputs(pack):
     """Every file a pack's job writes: each member's metrics and weights, and its snapshots."""
     outputs = []
     for run in pack["runs"]:
-        run_dir = res(f"continue/{{dataset}}/{{model}}/{run}/seed{pack['seed']}")
-        first = config["base"]["epochs"]
-        outputs += [f"{run_dir}/metrics.parquet", f"{run_dir}/final.pt"]
-        outputs += [f"{run_dir}/snapshots/epoch{first + epoch}.pt" for epoch in MEMBER_EPOCHS.get(run, ())]
+        seed_dir = res(f"continue/{{dataset}}/{{model}}/{run}/seed{pack['seed']}")
+        outputs += [f"{seed_dir}/metrics.parquet", f"{seed_dir}/final.pt"]
+        outputs += get_member_snapshots(seed_dir, MEMBER_EPOCHS.get(run, ()))
     return outputs
 
 
@@ -125,7 +131,7 @@ def get_pack_members(pack):
     def members(wildcards):
         return json.dumps([
             {"run": run, "out_dir": res(f"continue/{wildcards.dataset}/{wildcards.model}/{run}/seed{pack['seed']}"),
-             "snapshot_every": MEMBER_EPOCHS[run][0] if run in MEMBER_EPOCHS else 0,
+             "snapshot_every": snapshot_every(run),
              **{key: RUNS[run]["params"][key] for key in grid.PENALTY_KEYS}}
             for run in pack["runs"]])
     return members
@@ -149,8 +155,8 @@ def get_ensemble_inputs(wildcards):
     if plan["epochs"] is None:
         members = [(seed, f"{run_dir}/seed{seed}/final.pt") for seed in plan["seeds"]]
     else:
-        members = [(seed, f"{run_dir}/seed{seed}/snapshots/epoch{config['base']['epochs'] + epoch}.pt")
-                   for seed in plan["seeds"] for epoch in plan["epochs"]]
+        members = [(seed, path) for seed in plan["seeds"]
+                   for path in get_member_snapshots(f"{run_dir}/seed{seed}", plan["epochs"])]
     return {"members": [path for _, path in members],
             "checkpoints": [f"{base}/seed{seed}/checkpoint.pt" for seed, _ in members],
             "swa": [f"{run_dir}/seed{seed}/swa.pt" for seed in plan["seeds"]] if plan["run"] in SWA_RUNS else []}

@@ -22,7 +22,9 @@ from repel.resume import ResumeState
 from repel.train import TrainConfig, fit, resolve_speed
 
 # vmap loops over the members for adaptive_avg_pool2d on channels_last inputs and says so: a speed note
-pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning"),
+              # what repel.pack filters for the CLI; pytest's own warning filters come before it here
+              pytest.mark.filterwarnings("ignore:grad and param do not obey the gradient layout contract:UserWarning")]
 
 CPU = torch.device("cpu")
 TIMING = ("epoch_seconds", "train_seconds", "images_per_second")

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from repel.penalty import DistancePenalty
+from repel.penalty import DistancePenalty, StackedPenalties
 
 
 def _params(seed=0, shapes=((5, 3), (7,), (2, 3, 4))):
@@ -186,3 +186,56 @@ def test_the_penalty_norm_is_that_of_the_whole_penalty_gradient(centres):
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DistancePenalty(**kwargs)
+
+
+def _flat(tensors):
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def test_stacked_penalties_give_each_row_its_members_penalty_and_nothing_to_the_others():
+    """Six members in one (k, n) tensor: each kernel, sum and mean distances, several and merged
+    checkpoints, a control without a penalty, a stopped member. Each row against the plain formula
+    through autograd for that member alone."""
+    kfn = {name: spec for name, spec in KERNELS.items()}
+    setups = [  # penalty arguments, the formula of k(d), checkpoints (seeds), mean distance, trains on
+        (dict(strength=2.0, kernel="rbf", width=0.7), kfn["rbf-width"][2], [10], False, True),
+        (dict(strength=3.0, kernel="laplacian", width=1.5, distance="mean"), kfn["laplacian"][2], [11, 12], True, True),
+        (dict(strength=0.5, kernel="imq", width=2.0, merged=True), kfn["imq"][2], [13, 14, 15], False, True),
+        (None, None, [], False, True),
+        (dict(strength=1.0, kernel="hinge", width=9.0), kfn["hinge"][2], [16, 17], False, False),
+        (dict(strength=4.0, kernel="rbf", gamma=0.3), kfn["rbf-gamma"][2], [18], False, True),
+    ]
+    members = [_params(seed=i) for i in range(len(setups))]
+    ce_grads = [_params(seed=100 + i) for i in range(len(setups))]
+    n = sum(p.numel() for p in members[0])
+    penalties = []
+    for args, _, seeds, _, _ in setups:
+        penalty = DistancePenalty(**args) if args is not None else None
+        for seed in seeds:
+            penalty.add_checkpoint(_params(seed=seed))
+        penalties.append(penalty)
+
+    stacked = StackedPenalties(penalties, n, torch.device("cpu"))
+    stacked.update([on for *_, on in setups], lambda per_member: torch.stack(
+        [_flat(t) if t is not None else torch.zeros(n, dtype=torch.float64) for t in per_member]))
+    rows = torch.stack([_flat(m) for m in members])
+    grads = torch.stack([_flat(g) for g in ce_grads])
+    values, norms = stacked.add_grad_(rows, grads)
+
+    for i, (args, formula, seeds, mean, on) in enumerate(setups):
+        if args is None or not on:
+            assert torch.equal(grads[i], _flat(ce_grads[i])), f"member {i}'s gradient changed"
+            assert values[i] == 0
+            continue
+        params = [p.clone().requires_grad_() for p in members[i]]
+        centres = [_params(seed=s) for s in seeds]
+        if args.get("merged"):
+            centres = [[torch.stack(ts).mean(0) for ts in zip(*centres)]]
+        value = _unfused(params, centres, args["strength"], formula, mean)
+        value.backward()
+        penalty_grad = _flat([p.grad for p in params])
+        assert values[i].item() == pytest.approx(value.item(), rel=1e-10), f"member {i}"
+        torch.testing.assert_close(grads[i], _flat(ce_grads[i]) + penalty_grad, rtol=1e-10, atol=1e-12)
+        assert norms[i, 0].item() == pytest.approx(penalty_grad.norm().item(), rel=1e-10)
+        assert norms[i, 1].item() == pytest.approx(_flat(ce_grads[i]).norm().item(), rel=1e-12)
+    assert norms[3].tolist() == [0.0, 0.0]  # no penalty: no norms, as the loop reports a run without one

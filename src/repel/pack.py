@@ -2,21 +2,22 @@
 
 Grid points that continue from the same checkpoint with the same seed (so the same data order),
 the same optimizer settings, lr schedule and epochs differ only in their distance penalty.
-`fit_pack` trains them together: the members' parameters and BatchNorm buffers are stacked along a
-new first dimension (torch.func.stack_module_state; each member keeps its own running statistics),
-one vmap'd functional_call runs every member on the same batch, and one torch.optim.SGD steps the
-stacked parameters, which is each member's own SGD, since SGD with momentum and weight decay is
-elementwise. Each member's penalty adds its gradient to its own slice of the stacked gradient.
-Every member gets the metric rows `train.fit` would give it, equal up to the rounding of batched
-convolutions (tests/test_pack.py checks them against separate `train.fit` runs).
+`fit_pack` trains them together. The members' trainable parameters are the rows of one (k, n)
+tensor and their gradients the rows of another; each parameter is a (k, ...) view into them, and
+BatchNorm buffers are stacked (torch.func.stack_module_state; each member keeps its own running
+statistics). One vmap'd functional_call runs every member on the same batch, one
+torch.optim.SGD steps the rows, which is each member's own SGD, since SGD with momentum and weight
+decay is elementwise, and penalty.StackedPenalties adds every member's penalty gradient to its own
+row at once. Every member gets the metric rows `train.fit` would give it, equal up to the rounding
+of batched convolutions (tests/test_pack.py checks them against separate `train.fit` runs).
 
-What it gains (benchmarks/pack_speed.py, 2 CPU cores, digits, an rbf penalty per member, three
-runs): 8 MLPs train 1.75-1.85x the total images/s of train.fit alone (2.65-2.7x a pack of one);
-the penalties and SGD steps stay one per member, and the matrix products were already efficient.
-The small CNN gains nothing on a CPU (0.8-1.1x of train.fit alone): vmap's grouped convolutions
-and BatchNorm batching rules cost about what they save, so batched=False does as well there. On a
-GPU, where one small run leaves most of the chip idle, the pack is meant for the ResNets
-(`--device cuda` in the benchmark; not yet measured).
+What it gains (benchmarks/pack_speed.py, 2 CPU cores, digits, an rbf penalty per member): 8 MLPs
+train 2.8-3.0x the total images/s of a pack of one (about 2x train.fit alone), where the matrix
+products and the passes of SGD and the penalty over the rows are all that is left. The small CNN
+gains nothing on a CPU (0.9-1.0x of train.fit alone): vmap's grouped convolutions and BatchNorm
+batching rules cost about what they save, so the workflow trains conv nets on a CPU one after
+another (batched=False). On a GPU, where one small run leaves most of the chip idle, the pack is
+meant for the ResNets (`--device cuda` in the benchmark; not yet measured).
 
 Members that vmap cannot batch (`batching_problem` says why) are trained one after another with
 `train.fit` in the same process, which still saves the process start-ups. Either way the pack
@@ -28,6 +29,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from functools import partial
 
 import torch
@@ -36,16 +38,28 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .data import DeviceData
-from .penalty import DistancePenalty
+from .penalty import DistancePenalty, StackedPenalties
 from .resume import ResumeState, load_parts, state_of
 from .train import (Speed, TrainConfig, checkpoint_distances, epoch_line, epoch_row, fit, flat_norm, make_scheduler,
                     resolve_speed)
 
 EVAL_BATCH = 1024  # images per evaluation batch, as train.evaluate
+# A parameter that is a view with gaps (a member's slice of the rows) expects a dense gradient, and
+# autograd says so once; ours is the same view into the gradient rows, which it adds into in place.
+warnings.filterwarnings("ignore", "grad and param do not obey the gradient layout contract", UserWarning)
 
 
 class _Stack:
-    """The members' parameters and buffers stacked along dimension 0, and their batched forward.
+    """The members' parameters side by side, and their batched forward.
+
+    The trainable parameters live in one (k, n) tensor `flat`, a row per member (n = one model's
+    trainable parameter count), and so do their gradients in `flat.grad`: each parameter the
+    forward sees is a (k, ...) view into it, its .grad the same view into the gradient. SGD and the
+    penalties then work on whole rows in a few operations, however many parameters and members
+    there are (the flat-buffer layout of DDP's gradient_as_bucket_view). Conv weights are views in
+    channels_last within each row when the run asks for it, the layout train.fit gives a single
+    model's weights. BatchNorm buffers are stacked along a new first dimension
+    (torch.func.stack_module_state; each member keeps its own running statistics).
 
     Stacking copies: the members' own modules are left as they are until `copy_to` writes a
     member's current weights back into one of them.
@@ -53,20 +67,52 @@ class _Stack:
 
     def __init__(self, models: list[nn.Module], device: torch.device, channels_last: bool):
         params, buffers = stack_module_state(models)
-        with torch.no_grad():
-            self.params = {name: _laid_out(p.to(device), channels_last).requires_grad_(p.requires_grad)
-                           for name, p in params.items()}
-            self.buffers = {name: b.to(device) for name, b in buffers.items()}
         self.k = len(models)
+        self.channels_last = channels_last
+        # the order of train.trainable_parameters, which the optimizer states' indices follow
+        self.names = [name for name, p in models[0].named_parameters() if p.requires_grad]
+        self.shapes = {name: params[name].shape[1:] for name in self.names}
+        self.flat = torch.zeros(self.k, sum(math.prod(s) for s in self.shapes.values()), device=device)
+        self.flat.grad = torch.zeros_like(self.flat)
+        views, grads = self.views_of(self.flat), self.views_of(self.flat.grad)
+        with torch.no_grad():
+            for name in self.names:
+                views[name].copy_(params[name])
+            self.params = {name: p.to(device) for name, p in params.items() if name not in views}
+            for name in self.names:  # leaves that share the rows' memory; autograd adds into their .grad in place
+                self.params[name] = views[name].detach().requires_grad_()
+                self.params[name].grad = grads[name]
+            self.buffers = {name: b.to(device) for name, b in buffers.items()}
+        # member i's parameters as views into its row: what the penalties' checkpoints and distances take
+        self.members = [[self.params[name].detach()[i] for name in self.names] for i in range(self.k)]
         # the module whose code runs; functional_call swaps the stacked slices in for each call
         self.base = copy.deepcopy(models[0]).to("meta")
-        # in the order of train.trainable_parameters, which the optimizer states' indices follow
-        self.trainable = [self.params[name] for name, p in models[0].named_parameters() if p.requires_grad]
-        # each member's parameters as views into the stack: the optimizer's in-place steps show in them
-        self.views = [[p.detach()[i] for p in self.trainable] for i in range(self.k)]
-        self._bound_grads: list[torch.Tensor] | None = None
         # randomness "same": one dropout mask for all members, as k runs started from one torch RNG state draw
         self._forward = vmap(self._call, in_dims=(0, 0, None), randomness="same")
+
+    def views_of(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each trainable parameter's (k, ...) view into a (k, n) tensor laid out as `flat`."""
+        views, start = {}, 0
+        for name, shape in self.shapes.items():
+            block = rows[:, start:start + math.prod(shape)]
+            if self.channels_last and len(shape) == 4:  # (out, in, h, w) stored as (out, h, w, in)
+                out, cin, h, w = shape
+                views[name] = block.view(self.k, out, h, w, cin).permute(0, 1, 4, 2, 3)
+            else:
+                views[name] = block.view(self.k, *shape)
+            start += math.prod(shape)
+        return views
+
+    def rows_of(self, members: list[list[torch.Tensor] | None]) -> torch.Tensor:
+        """A (k, n) tensor laid out as `flat` from each member's list of tensors shaped as its
+        parameters (a penalty's centre, say); zeros for a member given None."""
+        rows = torch.zeros_like(self.flat)
+        views = self.views_of(rows)
+        for i, tensors in enumerate(members):
+            if tensors is not None:
+                for name, t in zip(self.names, tensors):
+                    views[name][i].copy_(t)
+        return rows
 
     def _call(self, params, buffers, x):
         return functional_call(self.base, (params, buffers), (x,))
@@ -82,17 +128,6 @@ class _Stack:
         ce = F.cross_entropy(out.flatten(0, 1), y.repeat(self.k), reduction="none").view(self.k, -1).mean(1)
         return ce, out
 
-    def bind_grads(self) -> None:
-        """Point each member view's .grad at its slice of the stacked gradient, where the penalty
-        reads the CE gradient and adds its own; again only if autograd made new .grad tensors."""
-        grads = [p.grad for p in self.trainable]
-        if self._bound_grads is not None and all(a is b for a, b in zip(grads, self._bound_grads)):
-            return
-        for i, views in enumerate(self.views):
-            for view, grad in zip(views, grads):
-                view.grad = grad[i]
-        self._bound_grads = grads
-
     @torch.no_grad()
     def copy_to(self, i: int, model: nn.Module) -> None:
         """Write member i's current parameters and buffers into `model` (in the model's own layout)."""
@@ -102,23 +137,15 @@ class _Stack:
             b.copy_(self.buffers[name][i])
 
     def state_dict(self) -> dict:
-        return {"params": self.params, "buffers": self.buffers}
+        frozen = {name: p for name, p in self.params.items() if name not in self.shapes}
+        return {"flat": self.flat, "frozen": frozen, "buffers": self.buffers}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
-        for mine, saved in ((self.params, state["params"]), (self.buffers, state["buffers"])):
-            for name, t in mine.items():
-                t.copy_(saved[name])  # in place: the member views and the optimizer keep pointing here
-
-
-def _laid_out(stacked: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """A stacked conv weight (k, out, in, h, w) with every member's slice in channels_last, the
-    layout train.fit gives a single model's weights; other tensors as they are."""
-    if not (channels_last and stacked.dim() == 5):
-        return stacked
-    _, out, cin, h, w = stacked.shape
-    strides = (out * h * w * cin, h * w * cin, 1, w * cin, cin)
-    return torch.empty_strided(stacked.shape, strides, dtype=stacked.dtype, device=stacked.device).copy_(stacked)
+        self.flat.copy_(state["flat"])  # in place: the parameters' views and the optimizer keep pointing here
+        for mine, saved in ((self.params, state["frozen"]), (self.buffers, state["buffers"])):
+            for name, t in saved.items():
+                mine[name].copy_(t)
 
 
 class _Stopped:
@@ -157,8 +184,8 @@ class _Penalties:
                 penalty.load_state_dict(saved)
 
 
-def _stacked_optimizer_state(states: list[dict], trainable: list[torch.Tensor]) -> dict:
-    """One SGD state dict for the stacked parameters: the members' momentum buffers stacked.
+def _stacked_optimizer_state(states: list[dict], stack: _Stack) -> dict:
+    """One SGD state dict for the flat parameters: each member's momentum buffers in its row.
 
     A pack shares one optimizer, so the members' settings (momentum, weight decay, ...) must agree.
     """
@@ -167,23 +194,23 @@ def _stacked_optimizer_state(states: list[dict], trainable: list[torch.Tensor]) 
 
     if any(settings(s) != settings(states[0]) for s in states):
         raise ValueError("the members' optimizer settings differ; a pack trains with one optimizer")
-    stacked = {}
-    for j, param in enumerate(trainable):
-        buffers = [s["state"].get(j, {}).get("momentum_buffer") for s in states]
-        if all(b is None for b in buffers):
-            continue
-        if any(b is None for b in buffers):
-            raise ValueError(f"some members' optimizer states have a momentum buffer for parameter {j}, others not")
-        # in the parameter's layout, as SGD would make it
-        stacked[j] = {"momentum_buffer": torch.empty_like(param).copy_(torch.stack(buffers))}
-    return {"state": stacked, "param_groups": copy.deepcopy(states[0]["param_groups"])}
+    if len(states[0]["param_groups"]) != 1:
+        raise ValueError(f"a pack takes optimizer states of one parameter group, got {len(states[0]['param_groups'])}")
+    buffers = [[s["state"].get(j, {}).get("momentum_buffer") for j in range(len(stack.names))] for s in states]
+    kept = {b is not None for member in buffers for b in member}
+    if kept == {True, False}:
+        raise ValueError("some of the members' parameters have a momentum buffer in their optimizer state, others not")
+    groups = copy.deepcopy(states[0]["param_groups"])
+    groups[0]["params"] = [0]
+    return {"state": {0: {"momentum_buffer": stack.rows_of(buffers)}} if kept == {True} else {},
+            "param_groups": groups}
 
 
-def _optimizer(trainable: list[torch.Tensor], cfg: TrainConfig, optimizer_states: list[dict] | None):
-    """train.fit's SGD, over the stacked parameters."""
-    optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+def _optimizer(stack: _Stack, cfg: TrainConfig, optimizer_states: list[dict] | None):
+    """train.fit's SGD, over the flat parameters: elementwise, so each row steps as its member's own SGD."""
+    optimizer = torch.optim.SGD([stack.flat], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if optimizer_states is not None:  # keep the momentum buffers; the lr is this call's (as fit)
-        optimizer.load_state_dict(_stacked_optimizer_state(optimizer_states, trainable))
+        optimizer.load_state_dict(_stacked_optimizer_state(optimizer_states, stack))
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] = cfg.lr
     return optimizer
@@ -203,33 +230,26 @@ def _evaluate(stack: _Stack, data: DeviceData, speed: Speed) -> torch.Tensor:
     return sums / len(data)
 
 
-def _train_pass(stack: _Stack, optimizer, scheduler, batches, penalties: dict[int, DistancePenalty],
+def _train_pass(stack: _Stack, optimizer, scheduler, batches, penalties: StackedPenalties,
                 speed: Speed) -> tuple[torch.Tensor, list[float]]:
     """One epoch of training steps for every member at once.
 
     Returns, per member, (ce * n, correct, penalty * n, |grad penalty|, |grad CE|) summed over the
-    steps on the device, and the lr each step used. `penalties`: member index -> its penalty, for
-    the members that have one and train on.
+    steps on the device, and the lr each step used.
     """
-    device = stack.trainable[0].device
-    sums = torch.zeros(stack.k, 5, device=device)
-    zero, zeros = torch.zeros((), device=device), torch.zeros(2, device=device)
-    lr_steps = []
+    lr_steps, sums = [], torch.zeros(stack.k, 5, device=stack.flat.device)
     stack.base.train()
     for xb, yb in batches:
-        with torch.autocast(device.type, torch.bfloat16, enabled=speed.amp):
+        with torch.autocast(xb.device.type, torch.bfloat16, enabled=speed.amp):
             ce, out = stack.loss(xb, yb)
-        optimizer.zero_grad(set_to_none=False)
-        ce.sum().backward()  # member i's parameters get the gradient of its own CE only
-        stack.bind_grads()
-        pens, grad_norms = [zero] * stack.k, [zeros] * stack.k
-        for i, penalty in penalties.items():
-            pens[i], grad_norms[i] = penalty.add_grad_(stack.views[i])
+        optimizer.zero_grad(set_to_none=False)  # keeps the gradient views in flat.grad
+        ce.sum().backward()  # member i's row gets the gradient of its own CE only
+        pens, grad_norms = penalties.add_grad_(stack.flat, stack.flat.grad)
         lr_steps.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
-        sums += torch.cat([torch.stack([ce.detach() * len(yb), (out.argmax(-1) == yb).sum(1),
-                                        torch.stack(pens) * len(yb)], 1), torch.stack(grad_norms)], 1)
+        sums += torch.cat([torch.stack([ce.detach() * len(yb), (out.argmax(-1) == yb).sum(1), pens * len(yb)], 1),
+                           grad_norms], 1)
     return sums, lr_steps
 
 
@@ -238,8 +258,8 @@ def _measure(stack: _Stack, sums: torch.Tensor, val: DeviceData, test: DeviceDat
     """Every member's epoch values in train.fit's order: the training sums, val and test loss and
     accuracy, weight norm, and with a penalty in `measured` its distances; one synchronisation."""
     evals = torch.cat([sums, _evaluate(stack, val, speed), _evaluate(stack, test, speed),
-                       torch.stack([flat_norm(views) for views in stack.views]).view(stack.k, 1)], 1)
-    per_member = [evals[i] if penalty is None else torch.cat([evals[i], checkpoint_distances(penalty, stack.views[i])])
+                       torch.linalg.vector_norm(stack.flat, dim=1).view(stack.k, 1)], 1)
+    per_member = [evals[i] if penalty is None else torch.cat([evals[i], checkpoint_distances(penalty, stack.members[i])])
                   for i, penalty in enumerate(measured)]
     values = torch.cat(per_member).tolist()  # the epoch's one synchronisation
     out, start = [], 0
@@ -321,12 +341,13 @@ def _fit_batched(models, prepared, train, cfg, device, speed, penalties, first_e
     if speed.compile_mode:  # vmap'd functional calls under torch.compile are not measured yet
         log("pack: torch.compile is not used for packs; training eagerly")
     stack = _Stack(models, device, speed.channels_last)
-    if speed.channels_last:  # as fit: the centres in the parameters' layout, for the fused foreach kernels
-        for penalty, views in zip(penalties, stack.views):
+    if speed.channels_last:  # as fit: the checkpoints in the parameters' layout, for the fused foreach kernels
+        for penalty, views in zip(penalties, stack.members):
             if penalty is not None:
                 penalty.match_layout(views)
     val, test = (DeviceData(prepared, split, device) for split in ("val", "test"))
-    optimizer = _optimizer(stack.trainable, cfg, optimizer_states)
+    optimizer = _optimizer(stack, cfg, optimizer_states)
+    stacked = StackedPenalties(penalties, stack.flat.shape[1], device)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -339,7 +360,7 @@ def _fit_batched(models, prepared, train, cfg, device, speed, penalties, first_e
 
     # everything that decides the rest of the pack, for one resumable state; its "rows" are one record
     # per epoch, {"epoch", "members": each member's row, None once it has stopped}
-    parts = {"stack": stack, "optimizer": optimizer, "scheduler": scheduler, "data_rng": generator,
+    parts = {"weights": stack, "optimizer": optimizer, "scheduler": scheduler, "data_rng": generator,
              "penalties": _Penalties(penalties), "stopped": stopped}
     records = resume.restore(parts) if resume is not None else []
     last_epoch = first_epoch + cfg.epochs - 1
@@ -347,9 +368,9 @@ def _fit_batched(models, prepared, train, cfg, device, speed, penalties, first_e
     for epoch in range(first_epoch + len(records), first_epoch + cfg.epochs):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        active = {i: p for i, p in enumerate(penalties) if p is not None and i not in stopped.members}
+        stacked.update([i not in stopped.members for i in range(k)], stack.rows_of)
         batches = train.batches(cfg.batch_size, generator, channels_last=speed.channels_last)
-        sums, lr_steps = _train_pass(stack, optimizer, scheduler, batches, active, speed)
+        sums, lr_steps = _train_pass(stack, optimizer, scheduler, batches, stacked, speed)
         if device.type == "cuda":  # the training pass's time, apart from evaluation
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - start
@@ -372,7 +393,7 @@ def _fit_batched(models, prepared, train, cfg, device, speed, penalties, first_e
                 stopped.stop(i, stack)
                 continue
             if penalty is not None:
-                penalty.end_of_epoch(len(records), stack.views[i])
+                penalty.end_of_epoch(len(records), stack.members[i])
             if on_epoch_end is not None:
                 stack.copy_to(i, models[i])
                 on_epoch_end(i, len(records), models[i])

@@ -181,3 +181,75 @@ class DistancePenalty:
             pen_norm = torch.stack(torch._foreach_norm(total)).norm()
         torch._foreach_add_(grads, total)
         return penalty, torch.stack([pen_norm, ce_norm])
+
+
+class StackedPenalties:
+    """The penalties of a pack's k members at once, on parameters laid out as the rows of one (k, n)
+    tensor: what DistancePenalty.add_grad_ does for one member, done for every row in a few
+    whole-tensor operations, where k separate calls would pay a few kernels per member and step.
+
+    The members' DistancePenalty objects keep their checkpoints (and so their resumable state and
+    the distances the rows report); `update` lays their centres out as rows, once per epoch, since
+    they change only between epochs.
+    """
+
+    def __init__(self, penalties: list[DistancePenalty | None], n: int, device: torch.device):
+        def per_member(value, default):  # numbers in float64, as the Python floats DistancePenalty computes with
+            values = [value(p) if p is not None else default for p in penalties]
+            return torch.tensor(values, dtype=torch.float64 if isinstance(default, float) else None, device=device)
+
+        self.penalties = penalties
+        self.has = per_member(lambda p: True, False)
+        self.strength = per_member(lambda p: p.strength, 0.0)
+        self.scale = per_member(lambda p: p.scale, 0.0)
+        self.divisor = per_member(lambda p: float(n) if p.distance == "mean" else 1.0, 1.0)  # DistancePenalty._scaled's n
+        self.kernels = {kernel: per_member(lambda p: p.kernel == kernel, False)
+                        for kernel in sorted({p.kernel for p in penalties if p is not None})}
+        self.centers: list[torch.Tensor] = []  # [j]: (k, n) rows of each member's j-th centre
+        self.present = torch.zeros(0, len(penalties), dtype=torch.bool, device=device)  # [j, i]: it has one
+
+    def update(self, training: list[bool], rows_of) -> None:
+        """Take the centres of the members that train on. `rows_of` lays out one list of tensors per
+        member (shaped as its parameters; None for none) as (k, n) rows."""
+        centers = [p.centers if p is not None and on else [] for p, on in zip(self.penalties, training)]
+        slots = max(map(len, centers), default=0)
+        self.centers = [rows_of([c[j] if j < len(c) else None for c in centers]) for j in range(slots)]
+        self.present = torch.tensor([[j < len(c) for c in centers] for j in range(slots)], dtype=torch.bool,
+                                    device=self.has.device).view(slots, len(centers))
+
+    def _kernel_and_slope(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, slope = torch.zeros_like(d), torch.zeros_like(d)
+        for kernel, members in self.kernels.items():
+            k_kernel, slope_kernel = kernel_and_slope(kernel, self.scale, d)
+            k, slope = torch.where(members, k_kernel, k), torch.where(members, slope_kernel, slope)
+        return k, slope
+
+    @torch.no_grad()
+    def add_grad_(self, rows: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add each member's penalty gradient to its row of `grads` (which holds the CE gradient).
+
+        Returns the penalties (k,) and [||grad penalty||, ||grad CE||] (k, 2), zero for a member
+        without a penalty, as DistancePenalty.add_grad_ gives them one member at a time.
+        """
+        ce_norm = torch.where(self.has, torch.linalg.vector_norm(grads, dim=1), 0.0)
+        penalty = torch.zeros_like(ce_norm)
+        total = pen_norm = None
+        for center, present in zip(self.centers, self.present):
+            diffs = rows - center
+            d_raw = torch.linalg.vector_norm(diffs, dim=1).square()
+            k, slope = self._kernel_and_slope(d_raw / self.divisor)
+            # where, not a product: a member without this centre adds exactly 0, whatever its distance
+            coef = torch.where(present, slope * (2.0 * self.strength / self.divisor), 0.0)
+            penalty += torch.where(present, self.strength * k, 0.0)
+            coef = coef.to(rows.dtype)  # the (k, n) products in the rows' own dtype: a mixed one is far slower
+            if total is None:  # one centre: the gradient's norm needs no further pass over the rows
+                total, pen_norm = diffs.mul_(coef[:, None]), coef.abs() * d_raw.sqrt()
+            else:
+                total.addcmul_(diffs, coef[:, None])
+                pen_norm = None
+        if total is None:
+            return penalty, torch.stack([torch.zeros_like(ce_norm), ce_norm], 1)
+        if pen_norm is None:
+            pen_norm = torch.linalg.vector_norm(total, dim=1)
+        grads.add_(total)
+        return penalty, torch.stack([torch.where(self.has, pen_norm, 0.0), ce_norm], 1)

@@ -58,3 +58,38 @@ def test_a_pack_member_lacking_a_setting_is_named(tmp_path, capsys):
                  "--epochs", "1", "--out-dir", str(tmp_path)]) == 1
     lacks = "--members: the member s10 lacks kernel, width, gamma, distance, checkpoint_every, merge"
     assert lacks in capsys.readouterr().err
+
+
+def test_predict_writes_the_member_landscape_that_landscape_between_writes(tmp_path):
+    """The predict job draws the lines between its members in its own process: the same table as the
+    landscape command over the same members, in their order, and the predictions beside it."""
+    import pandas as pd
+    import torch
+
+    data, base = tmp_path / "data.pt", tmp_path / "base"
+    device = ["--device", "cpu", "--threads", "1"]
+    assert cli.main(["prepare", "--dataset", "digits", "--out", str(data)]) == 0
+    assert cli.main(["train-base", "--data", str(data), "--model", "mlp", "--epochs", "1", *device,
+                     "--out-dir", str(base)]) == 0
+    weights = torch.load(base / "checkpoint.pt", weights_only=True)["model"]
+    members = []
+    for i, scale in enumerate((1.0, 0.5, -1.0)):  # three distinct members; the last flips every weight
+        path = tmp_path / f"member{i}.pt"
+        torch.save({k: v * scale for k, v in weights.items()}, path)
+        members.append(str(path))
+    ckpt = str(base / "checkpoint.pt")
+    landscape = ["--steps", "5", "--bn-batches", "2"]
+    assert cli.main(["predict", "--data", str(data), "--checkpoints", ckpt, ckpt, ckpt, "--members", *members,
+                     "--method", "distance", "--ensemble", "seed0", *landscape, *device,
+                     "--member-landscape", str(tmp_path / "from_predict.parquet"),
+                     "--out", str(tmp_path / "predictions.pt")]) == 0
+    assert cli.main(["landscape", "--between", "--data", str(data), "--checkpoint", ckpt, "--weights", *members,
+                     "--run", "distance/seed0", *landscape, *device, "--out", str(tmp_path / "between.parquet")]) == 0
+
+    from_predict = pd.read_parquet(tmp_path / "from_predict.parquet")
+    pd.testing.assert_frame_equal(from_predict, pd.read_parquet(tmp_path / "between.parquet"))
+    assert sorted(from_predict["pair"].unique()) == [0, 1]
+    assert list(from_predict.drop_duplicates("pair")["end"]) == members[1:]
+    assert (from_predict["run"] == "distance/seed0").all()
+    predictions = torch.load(tmp_path / "predictions.pt", weights_only=True)
+    assert predictions["probs"].shape[0] == 3 and predictions["members"] == members

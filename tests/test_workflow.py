@@ -139,10 +139,12 @@ def test_every_job_wrote_its_log(finished):
     # data, 2 bases (seeds 0, 1); 6 training jobs for 11 runs: 3 packs (lr 0.01 constant: the width
     # family's 3 runs and distance; lr 1e6: 2 runs; SGDR and SGDR + distance), alone the control for
     # seed 1, FGE and SWA; 2 landscape jobs for the 5 family runs (the first two packs); 6
-    # predictions and 6 member landscapes, aggregate, aggregate_landscape, evaluate_ensembles,
-    # 2 families, plot_landscape, plot_ensembles, claims, plot_claims
-    assert len(logs) == 1 + 2 + 6 + 2 + 6 + 6 + 1 + 1 + 1 + 2 + 1 + 1 + 1 + 1
+    # predictions (each with its members' landscape), aggregate, aggregate_landscape,
+    # evaluate_ensembles, 2 families, plot_landscape, plot_ensembles, claims, plot_claims
+    assert len(logs) == 1 + 2 + 6 + 2 + 6 + 1 + 1 + 1 + 2 + 1 + 1 + 1 + 1
     assert f"{RUNS[1]}: epoch    4/4" in (finished / "results/logs/continue_pack/digits/cnn/lr0.01-const-e2_seed0.log").read_text()
+    predict = (finished / "results/logs/predict/digits/cnn/fge/seed0.log").read_text()
+    assert "loss barrier from" in predict and "member_landscape.parquet" in predict
 
 
 def training_jobs(jobs: dict[str, int]) -> dict[str, int]:
@@ -183,7 +185,7 @@ def test_changing_the_base_training_reruns_everything_downstream(finished):
     # the landscapes of the two packs that hold compared runs (the width family's, lr 1e6)
     assert sum(n for rule, n in jobs.items() if rule.startswith("landscape_pack_")) == 2
     assert {rule: n for rule, n in jobs.items() if rule not in training and not rule.startswith("landscape_pack_")} == {
-        "train_base": 2, "predict": 6, "member_landscape": 6, "aggregate": 1, "aggregate_landscape": 1, "evaluate_ensembles": 1, "plot_family": 2,
+        "train_base": 2, "predict": 6, "aggregate": 1, "aggregate_landscape": 1, "evaluate_ensembles": 1, "plot_family": 2,
         "plot_landscape": 1, "plot_ensembles": 1, "claims": 1, "plot_claims": 1, "all": 1}
 
 

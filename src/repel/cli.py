@@ -253,18 +253,17 @@ def cmd_predict(args) -> None:
     storage.save_torch(out, args.out)
     acc = (out["probs"].argmax(-1) == out["labels"]).float().mean(1)
     _log(f"{args.method} {args.ensemble}: {len(members)} members, test accuracy {', '.join(f'{a:.4f}' for a in acc.tolist())} -> {args.out}")
+    if args.member_landscape:  # in this process: its start-up would cost about what the landscape does
+        states = dict(zip(args.members, members))
+        _write_landscapes(prepared, ckpts[args.checkpoints[0]],
+                          [(f"{args.method}/{args.ensemble}", args.member_landscape, list(args.members))],
+                          states.__getitem__, device, args)
 
 
 def cmd_landscape(args) -> None:
-    import pandas as pd
-
-    from .landscape import alphas, barrier, interpolate
-
     device = _setup(args)
     prepared = data_mod.load(args.data)
     ckpt = storage.load_torch(args.checkpoint, "checkpoint")
-    model = models.from_arch(ckpt["arch"]).to(device)
-    train, val = (data_mod.DeviceData(prepared, split, device) for split in ("train", "val"))
     # (--between) the line from each weights file to the next, as one table; else one line and
     # one table per weights file, from the checkpoint (the runs of a pack, in one process)
     if args.between:
@@ -277,9 +276,26 @@ def cmd_landscape(args) -> None:
                              f"{len(args.run)} runs, {len(args.out)} outputs")
         lines = [(run, out, [args.checkpoint, weights]) for run, out, weights in zip(args.run, args.out, args.weights)]
     kind = "member" if args.between else "weights"
+
+    def load(path):
+        return ckpt["model"] if path == args.checkpoint else storage.load_torch(path, kind)
+
+    _write_landscapes(prepared, ckpt, lines, load, device, args)
+
+
+def _write_landscapes(prepared: dict, ckpt: dict, lines, load, device, args) -> None:
+    """Write each line's table: lines are (run, out, [weights files]), the path through the files
+    in order, `load` gives a file's state; `ckpt` the model's architecture and seed; `args` the
+    --steps and --bn-batches."""
+    import pandas as pd
+
+    from .landscape import alphas, barrier, interpolate
+
+    model = models.from_arch(ckpt["arch"]).to(device)
+    train, val = (data_mod.DeviceData(prepared, split, device) for split in ("train", "val"))
     bn_recomputed = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     for run, out, ends in lines:
-        states = [ckpt["model"] if path == args.checkpoint else storage.load_torch(path, kind) for path in ends]
+        states = [load(path) for path in ends]
         frames = []
         for pair, (start, end) in enumerate(zip(states, states[1:])):
             df = interpolate(model, start, end, alphas(args.steps), train, val, bn_batches=args.bn_batches)
@@ -364,6 +380,12 @@ def cmd_plot(args) -> None:
         raise ValueError("nothing to plot: give --metrics, --landscape, --ensembles or --claims")
     for path in written:
         _log(f"wrote {path}")
+
+
+def _add_landscape_args(p) -> None:
+    p.add_argument("--steps", type=int, default=21, help="points on alpha in [-0.5, 1.5] (default %(default)s)")
+    p.add_argument("--bn-batches", type=int, default=50,
+                   help="training batches (of 128) to recompute BatchNorm statistics at each alpha")
 
 
 def _add_device_args(p: argparse.ArgumentParser) -> None:
@@ -480,6 +502,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, help="ensemble method name, recorded")
     p.add_argument("--ensemble", default="seed0",
                    help="which of the method's ensembles: seed<k> (a snapshot method's, from seed k) or seeds<a-b-...>")
+    p.add_argument("--member-landscape", help="also write the loss along the lines between consecutive members "
+                   "to this table (.parquet), as landscape --between does")
+    _add_landscape_args(p)
     _add_device_args(p)
     p.add_argument("--out", required=True, help="the predictions file to write (.pt)")
     p.set_defaults(func=cmd_predict)
@@ -490,11 +515,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", nargs="+", required=True, help="theta: the run's final.pt")
     p.add_argument("--between", action="store_true",
                    help="lines between consecutive --weights files (ensemble members) instead")
-    p.add_argument("--steps", type=int, default=21, help="points on alpha in [-0.5, 1.5] (default %(default)s)")
     p.add_argument("--run", nargs="+", required=True, help="run id per --weights file (with --between: one, "
                    "the ensemble as method/ensemble), recorded")
-    p.add_argument("--bn-batches", type=int, default=50,
-                   help="training batches (of 128) to recompute BatchNorm statistics at each alpha")
+    _add_landscape_args(p)
     _add_device_args(p)
     p.add_argument("--out", nargs="+", required=True, help="the landscape table to write (.parquet), one per --run")
     p.set_defaults(func=cmd_landscape)

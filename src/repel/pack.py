@@ -12,7 +12,7 @@ row at once. Every member gets the metric rows `train.fit` would give it, equal 
 of batched convolutions (tests/test_pack.py checks them against separate `train.fit` runs).
 
 What it gains (benchmarks/pack_speed.py, 2 CPU cores, digits, an rbf penalty per member): 8 MLPs
-train 2.8-3.0x the total images/s of a pack of one (about 2x train.fit alone), where the matrix
+train 2.8-3.4x the total images/s of a pack of one (2.2x train.fit alone), where the matrix
 products and the passes of SGD and the penalty over the rows are all that is left. The small CNN
 gains nothing on a CPU (0.9-1.0x of train.fit alone): vmap's grouped convolutions and BatchNorm
 batching rules cost about what they save, so the workflow trains conv nets on a CPU one after

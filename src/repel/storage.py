@@ -31,7 +31,7 @@ KINDS = {
                 "`repel train-base` or `repel continue` (Snakemake rules train_base, continue_run)"),
     "landscape": ("a run's landscape table", "`repel landscape` (Snakemake rule landscape)"),
     "member landscape": ("the loss between ensemble members",
-                         "`repel landscape --between` (Snakemake rule member_landscape)"),
+                         "`repel predict --member-landscape` (Snakemake rule predict)"),
     "aggregated metrics": ("the aggregated metrics table", "`repel aggregate` (Snakemake rule aggregate)"),
     "summary": ("the summary table", "`repel aggregate` (Snakemake rule aggregate)"),
     "aggregated landscape": ("the aggregated landscape table",

@@ -1,9 +1,12 @@
 rule predict:
+    # the members' predictions and the loss between consecutive members, in one process: each is
+    # a few seconds of work, about what starting a job costs
     input:
         unpack(get_ensemble_inputs),
         data=res("data/{dataset}.pt"),
     output:
-        res("ensembles/{dataset}/{model}/{method}/{ensemble}/predictions.pt"),
+        predictions=res("ensembles/{dataset}/{model}/{method}/{ensemble}/predictions.pt"),
+        landscape=res("ensembles/{dataset}/{model}/{method}/{ensemble}/member_landscape.parquet"),
     log:
         res("logs/predict/{dataset}/{model}/{method}/{ensemble}.log"),
     threads: config["threads"]
@@ -16,29 +19,8 @@ rule predict:
     shell:
         "python -m repel predict --data {input.data} --checkpoints {input.checkpoints} "
         "--members {input.members} --swa {input.swa} --method {wildcards.method} --ensemble {wildcards.ensemble} "
-        "--device {DEVICE} "
-        "--threads {threads} --out {output} > {log} 2>&1"
-
-
-rule member_landscape:
-    input:
-        unpack(get_ensemble_inputs),
-        data=res("data/{dataset}.pt"),
-    output:
-        res("ensembles/{dataset}/{model}/{method}/{ensemble}/member_landscape.parquet"),
-    log:
-        res("logs/member_landscape/{dataset}/{model}/{method}/{ensemble}.log"),
-    threads: config["threads"]
-    resources:
-        gres=get_gres(),
-        mem_mb=config["resources"]["mem_mb"],
-        runtime=config["resources"]["runtime"],
-    conda:
-        "../../envs/repel.yaml"
-    shell:
-        "python -m repel landscape --between --data {input.data} --checkpoint {input.checkpoints[0]} "
-        "--weights {input.members} --run {wildcards.method}/{wildcards.ensemble} --device {DEVICE} "
-        "--threads {threads} --out {output} > {log} 2>&1"
+        "--member-landscape {output.landscape} --device {DEVICE} "
+        "--threads {threads} --out {output.predictions} > {log} 2>&1"
 
 
 rule evaluate_ensembles:

@@ -1,11 +1,12 @@
 """The CUDA path: device choice, fp32 and bf16 training, channels_last with the fused penalty,
-torch.compile inside fit, and the command line. Every test needs a CUDA GPU and is skipped
+torch.compile inside fit, a batched pack, and the command line. Every test needs a CUDA GPU and is skipped
 without one; benchmarks/gpu_check.sh runs them on a GPU machine.
 
 The data are synthetic (made here, no scikit-learn needed): 8x8 grey images, each a noisy copy of
 one of 10 random class prototypes, so a small CNN learns them within two epochs.
 """
 
+import copy
 import importlib.util
 
 import pandas as pd
@@ -14,6 +15,7 @@ import torch
 
 from repel import models, storage
 from repel.cli import main, resolve_device
+from repel.pack import fit_pack
 from repel.penalty import DistancePenalty
 from repel.train import TrainConfig, fit, resolve_speed
 
@@ -81,7 +83,7 @@ def cuda_fp32(prepared):
     return _run(prepared, CUDA, **PLAIN)
 
 
-def _assert_close_runs(run, ref, prepared, rel, images, weights):
+def _assert_close_runs(run, ref, prepared, rel, images, weights, penalised=True):
     model, rows, _ = run
     ref_model, ref_rows, start = ref
     assert len(rows) == len(ref_rows) == 2
@@ -89,10 +91,12 @@ def _assert_close_runs(run, ref, prepared, rel, images, weights):
     for row, ref_row in zip(rows, ref_rows):
         assert not row["diverged"]
         for key in METRICS:
-            assert row[key] == pytest.approx(ref_row[key], rel=rel), (key, row[key], ref_row[key])
+            # nan_ok: a run without a penalty has no distances
+            assert row[key] == pytest.approx(ref_row[key], rel=rel, nan_ok=not penalised), (key, row[key], ref_row[key])
         for key in ACCURACIES:
             assert abs(row[key] - ref_row[key]) <= images / smallest, (key, row[key], ref_row[key])
-    assert ref_rows[-1]["grad_ratio"] > 0.1  # the penalty acted: its gradient is part of what is compared
+    if penalised:
+        assert ref_rows[-1]["grad_ratio"] > 0.1  # the penalty acted: its gradient is part of what is compared
     travelled = (_flat(ref_model) - start).norm()
     assert (_flat(model) - _flat(ref_model)).norm() <= weights * travelled
 
@@ -114,6 +118,43 @@ def test_bf16_autocast_on_cuda(prepared, cuda_fp32, amp, channels_last):
     assert dtypes == {torch.bfloat16}
     assert all(p.dtype == torch.float32 for p in run[0].parameters())  # autocast: fp32 weights, optimizer
     _assert_close_runs(run, cuda_fp32, prepared, **LOOSE)
+
+
+def _pack_and_alone(prepared, device, speed: dict):
+    """Three members batched in one pack (rbf width 1 at strengths 1 and 3, and the control) and
+    each trained alone by fit, from one initialisation: [(pack run, alone run)] per member."""
+    torch.manual_seed(0)
+    base = models.build("cnn", 1, prepared["num_classes"], 8)
+    start = _flat(base)
+    built = []
+    for strength in (1.0, 3.0, None):
+        pair = []
+        for _ in range(2):  # one copy for the pack, one to train alone
+            model = copy.deepcopy(base).to(device)
+            penalty = None
+            if strength is not None:
+                penalty = DistancePenalty(strength, "rbf", width=1.0)
+                penalty.add_checkpoint(models.trainable_parameters(model))
+            pair.append((model, penalty))
+        built.append(pair)
+    cfg = TrainConfig(epochs=2, lr=0.05, **speed)
+    lines = []
+    packed = fit_pack([pair[0][0] for pair in built], prepared, cfg, device, [pair[0][1] for pair in built],
+                      log=lines.append)
+    assert lines[0].startswith("pack of 3: batched"), lines[0]
+    runs = []
+    for ((packed_model, _), (alone_model, penalty)), rows in zip(built, packed):
+        alone_rows, _, _ = fit(alone_model, prepared, cfg, device, penalty=penalty, log=lambda m: None)
+        runs.append(((packed_model, rows, start), (alone_model, alone_rows, start)))
+    return runs
+
+
+@pytest.mark.parametrize("speed, tolerance", [(PLAIN, CLOSE), ({**PLAIN, "amp": "auto", "channels_last": "auto"}, LOOSE)],
+                         ids=["fp32", "auto-defaults"])
+def test_a_pack_on_cuda_trains_each_member_as_its_run_alone(prepared, speed, tolerance):
+    for i, (packed, alone) in enumerate(_pack_and_alone(prepared, CUDA, speed)):
+        assert next(packed[0].parameters()).is_cuda
+        _assert_close_runs(packed, alone, prepared, **tolerance, penalised=i < 2)
 
 
 @pytest.mark.parametrize("centres", [1, 2])

@@ -274,3 +274,24 @@ def test_every_training_key_is_an_option_of_continue_and_a_grid_key():
     missing = {key for key in training if f"--{key.replace('_', '-')}" not in options}
     assert not missing, f"training keys without a `python -m repel continue` option: {sorted(missing)}"
     assert set(grid.PENALTY_KEYS + grid.TRAINING_KEYS) == training  # grid.cli_args passes exactly these
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        if repeated := sorted({k for k in keys if keys.count(k) > 1}, key=str):
+            raise yaml.constructor.ConstructorError(None, None, f"keys given twice: {repeated}", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+@pytest.mark.parametrize("path", [SCHEMA, *sorted((ROOT / "config").glob("*.yaml")),
+                                  *sorted((ROOT / "profiles").rglob("*.yaml"))], ids=lambda p: p.name)
+def test_no_yaml_file_gives_a_key_twice(path):
+    yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+
+
+def test_the_unique_key_loader_refuses_a_key_given_twice():
+    with pytest.raises(yaml.constructor.ConstructorError, match="keys given twice: \\['description'\\]"):
+        yaml.load("pack:\n  description: a\n  default: auto\n  description: b\n", Loader=_UniqueKeyLoader)

@@ -28,6 +28,7 @@ from torch.optim.swa_utils import AveragedModel
 from . import data as data_mod
 from . import models, storage
 from .averaging import recompute_bn
+from .grid import PENALTY_KEYS
 from .penalty import DISTANCES, KERNELS, DistancePenalty
 from .resume import ResumeState, fingerprint
 from .tensorboard import EventLog, run_dir
@@ -123,9 +124,6 @@ def cmd_train_base(args) -> None:
     if resume is not None:
         resume.clear()
     _log(f"base checkpoint at epoch {rows[-1]['epoch']} -> {out / 'checkpoint.pt'}")
-
-
-PENALTY_KEYS = ("strength", "kernel", "width", "gamma", "distance", "checkpoint_every", "merge")
 
 
 def _from_checkpoint(ckpt: dict, device: torch.device) -> torch.nn.Module:
@@ -257,7 +255,7 @@ def cmd_predict(args) -> None:
         states = dict(zip(args.members, members))
         _write_landscapes(prepared, ckpts[args.checkpoints[0]],
                           [(f"{args.method}/{args.ensemble}", args.member_landscape, list(args.members))],
-                          states.__getitem__, device, args)
+                          states.__getitem__, device, args.steps, args.bn_batches)
 
 
 def cmd_landscape(args) -> None:
@@ -280,13 +278,12 @@ def cmd_landscape(args) -> None:
     def load(path):
         return ckpt["model"] if path == args.checkpoint else storage.load_torch(path, kind)
 
-    _write_landscapes(prepared, ckpt, lines, load, device, args)
+    _write_landscapes(prepared, ckpt, lines, load, device, args.steps, args.bn_batches)
 
 
-def _write_landscapes(prepared: dict, ckpt: dict, lines, load, device, args) -> None:
+def _write_landscapes(prepared: dict, ckpt: dict, lines, load, device, steps: int, bn_batches: int) -> None:
     """Write each line's table: lines are (run, out, [weights files]), the path through the files
-    in order, `load` gives a file's state; `ckpt` the model's architecture and seed; `args` the
-    --steps and --bn-batches."""
+    in order, `load` gives a file's state; `ckpt` the model's architecture and seed."""
     import pandas as pd
 
     from .landscape import alphas, barrier, interpolate
@@ -298,7 +295,7 @@ def _write_landscapes(prepared: dict, ckpt: dict, lines, load, device, args) -> 
         states = [load(path) for path in ends]
         frames = []
         for pair, (start, end) in enumerate(zip(states, states[1:])):
-            df = interpolate(model, start, end, alphas(args.steps), train, val, bn_batches=args.bn_batches)
+            df = interpolate(model, start, end, alphas(steps), train, val, bn_batches=bn_batches)
             frames.append(df.assign(pair=pair, start=str(ends[pair]), end=str(ends[pair + 1]), barrier=barrier(df),
                                     bn_recomputed=bn_recomputed))
             _log(f"loss barrier from {ends[pair]} to {ends[pair + 1]}: {barrier(df):.4g}")

@@ -55,18 +55,20 @@ SIZES = {  # (train, val, test) images
 }
 
 
-def synthetic_cifar(n_train: int, n_val: int, n_test: int, seed: int = 0) -> dict:
-    """A prepared dataset (as repel.data.prepare returns) of random uint8 images and labels."""
+def synthetic_images(n_train: int, n_val: int, n_test: int, seed: int = 0, channels: int = 3, size: int = 32,
+                     classes: int = 10) -> dict:
+    """A prepared dataset (as repel.data.prepare returns) of random uint8 images and labels, CIFAR-10's
+    shape by default; augmented as repel augments its sets of that shape (colour: crop and flip)."""
     g = torch.Generator().manual_seed(seed)
 
     def split(n):
-        return (torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
-                torch.randint(0, 10, (n,), generator=g))
+        return (torch.randint(0, 256, (n, channels, size, size), generator=g, dtype=torch.uint8),
+                torch.randint(0, classes, (n,), generator=g))
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = split(n_train), split(n_val), split(n_test)
-    channels = train_x.float().div(255).transpose(0, 1).reshape(3, -1)
-    return {"name": "synthetic-cifar10", "train_x": train_x, "train_y": train_y, "val_x": val_x,
-            "val_y": val_y, "test_x": test_x, "test_y": test_y, "num_classes": 10,
-            "mean": channels.mean(1), "std": channels.std(1), "augment": True, "seed": seed}
+    pixels = train_x.float().div(255).transpose(0, 1).reshape(channels, -1)
+    return {"name": f"synthetic-{channels}x{size}x{size}", "train_x": train_x, "train_y": train_y, "val_x": val_x,
+            "val_y": val_y, "test_x": test_x, "test_y": test_y, "num_classes": classes,
+            "mean": pixels.mean(1), "std": pixels.std(1), "augment": channels == 3, "seed": seed}
 
 
 def new_model(name: str, device) -> torch.nn.Module:
@@ -158,7 +160,7 @@ def share_worker(rank: int, args, barrier, results) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    ours = Ours(args, synthetic_cifar(*SIZES["smoke-share" if args.smoke else "share"], seed=rank), device,
+    ours = Ours(args, synthetic_images(*SIZES["smoke-share" if args.smoke else "share"], seed=rank), device,
                 penalty=True)
     ours.epoch(record=False)
     sync(device)
@@ -222,7 +224,7 @@ def main() -> None:
     print(f"device: {device} ({device_name(device)})  torch {torch.__version__}  torchvision "
           f"{torchvision.__version__}  CUDA {torch.version.cuda}  CPU threads {torch.get_num_threads()}")
     sizes = SIZES["smoke" if args.smoke else "full"]
-    prepared = synthetic_cifar(*sizes)
+    prepared = synthetic_images(*sizes)
     steps_per_epoch = -(-sizes[0] // BATCH)
     print(f"data: synthetic uint8 images, train {sizes[0]} / val {sizes[1]} / test {sizes[2]}, 3x32x32, "
           f"crop+flip augmentation; model {args.model}, batch {BATCH} ({steps_per_epoch} steps per epoch), "
@@ -276,7 +278,7 @@ def main() -> None:
 
         from pack_speed import measure  # benchmarks/
 
-        share = synthetic_cifar(*SIZES["smoke-share" if args.smoke else "share"])
+        share = synthetic_images(*SIZES["smoke-share" if args.smoke else "share"])
         print("\npacks: k members in one process, one batched step for all (GPU packing defaults come from here)")
         measure(args.model, share, SimpleNamespace(epochs=args.share_epochs, penalty="rbf", ks=args.pack), device,
                 deadline=t0 + args.budget)

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from gpu_speed import synthetic_cifar  # benchmarks/, the script's own directory
+from gpu_speed import synthetic_images  # benchmarks/, the script's own directory
 from machine import device_name
 
 from repel.data import prepare
@@ -143,7 +143,7 @@ def main(argv=None) -> None:
           f"({device_name(device)})  threads: {torch.get_num_threads()}  torch {torch.__version__}")
     data = args.data or ("synthetic-cifar" if device.type == "cuda" else "digits")
     if data == "synthetic-cifar":
-        prepared = synthetic_cifar(args.train_images, 1_000, 1_000)
+        prepared = synthetic_images(args.train_images, 1_000, 1_000)
     else:
         prepared = prepare("digits", "unused", val_fraction=0.1, test_fraction=0.2, seed=0)
     for name in args.models or (["resnet32"] if data == "synthetic-cifar" else ["cnn", "mlp"]):

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from gpu_speed import synthetic_images  # benchmarks/, the script's own directory
+
 from repel import grid, models
 from repel.pack import fit_pack
 from repel.penalty import DistancePenalty
@@ -76,17 +78,7 @@ def pack_step_seconds(model_name: str, dataset: str, batch: int, device: torch.d
     """Wall time of one training step of a pack of k members (penalty on), from the second of two
     epochs of `steps` batches (the first is the warm-up)."""
     channels, size, classes, _ = SHAPES[dataset]
-    g = torch.Generator().manual_seed(0)
-    n = batch * steps
-
-    def split(m):
-        images = torch.randint(0, 256, (m, channels, size, size), generator=g, dtype=torch.uint8)
-        return images, torch.randint(0, classes, (m,), generator=g)
-
-    (tx, ty), (vx, vy) = split(n), split(batch)
-    data = {"name": dataset, "train_x": tx, "train_y": ty, "val_x": vx, "val_y": vy, "test_x": vx, "test_y": vy,
-            "num_classes": classes, "mean": torch.full((channels,), 0.5), "std": torch.full((channels,), 0.25),
-            "augment": channels == 3}
+    data = synthetic_images(batch * steps, batch, batch, channels=channels, size=size, classes=classes)
     torch.manual_seed(0)
     nets = [models.build(model_name, channels, classes, size).to(device) for _ in range(k)]
     penalties = []

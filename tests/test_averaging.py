@@ -4,7 +4,7 @@ import torch
 from repel import models
 from repel.averaging import average_of
 from repel.data import DeviceData
-from repel.predict import softmax_outputs
+from repel.predict import log_softmax_outputs
 
 CPU = torch.device("cpu")
 
@@ -56,7 +56,7 @@ def test_a_model_averaged_with_itself_predicts_exactly_what_it_predicts(digits):
     test = DeviceData(digits, "test", CPU)
     averaged = average_of(model, [state, state], DeviceData(digits, "train", CPU))
     model.load_state_dict(state)
-    assert torch.equal(softmax_outputs(averaged, test), softmax_outputs(model, test))
+    assert torch.equal(log_softmax_outputs(averaged, test), log_softmax_outputs(model, test))
 
 
 def test_no_states_is_refused(digits):

@@ -92,4 +92,4 @@ def test_predict_writes_the_member_landscape_that_landscape_between_writes(tmp_p
     assert list(from_predict.drop_duplicates("pair")["end"]) == members[1:]
     assert (from_predict["run"] == "distance/seed0").all()
     predictions = torch.load(tmp_path / "predictions.pt", weights_only=True)
-    assert predictions["probs"].shape[0] == 3 and predictions["members"] == members
+    assert predictions["log_probs"].shape[0] == 3 and predictions["members"] == members

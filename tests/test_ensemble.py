@@ -18,6 +18,7 @@ PROBS = torch.tensor([
      [0.25, 0.25, 0.50],
      [0.52, 0.28, 0.20]],
 ], dtype=torch.float64)
+LOG_PROBS = PROBS.log()  # what predict stores (log 0 = -inf: a probability that underflowed)
 # the ensemble of both, by hand: the mean of the two rows
 #   x0 (.5+.9, .3+.05, .2+.05)/2 = (.70, .175, .125)  top-1 0, right
 #   x1 (.5+.3, .4+.7,  .1+0)/2   = (.40, .55,  .05)   top-1 1, right
@@ -26,8 +27,8 @@ PROBS = torch.tensor([
 
 
 def test_the_last_member_alone():
-    p = ensemble.ensemble_probs(PROBS, 1)
-    assert torch.equal(p, PROBS[-1])
+    p = ensemble.ensemble_log_probs(LOG_PROBS, 1)
+    assert torch.equal(p, LOG_PROBS[-1])
     assert float(ensemble.accuracy(p, Y)) == pytest.approx(0.75)  # 3 of 4 right
     # -(ln .9 + ln .7 + ln .5 + ln .2)/4 = (0.105361 + 0.356675 + 0.693147 + 1.609438)/4
     assert float(ensemble.nll(p, Y)) == pytest.approx(0.691155, abs=1e-6)
@@ -42,8 +43,8 @@ def test_the_last_member_alone():
 
 
 def test_the_two_member_ensemble():
-    p = ensemble.ensemble_probs(PROBS, 2)
-    assert torch.allclose(p, torch.tensor([[.70, .175, .125], [.40, .55, .05], [.175, .175, .65], [.31, .24, .45]],
+    p = ensemble.ensemble_log_probs(LOG_PROBS, 2)
+    assert torch.allclose(p.exp(), torch.tensor([[.70, .175, .125], [.40, .55, .05], [.175, .175, .65], [.31, .24, .45]],
                                           dtype=torch.float64))
     assert float(ensemble.accuracy(p, Y)) == 1.0
     # -(ln .7 + ln .55 + ln .65 + ln .45)/4 = (0.356675 + 0.597837 + 0.430783 + 0.798508)/4
@@ -60,19 +61,47 @@ def test_the_two_member_ensemble():
 def test_ece_bins_are_right_closed():
     # 2 bins [0, .5] and (.5, 1]: conf .5 (right) goes in the first, .75 (wrong) in the second
     # 1/2 * |1 - .5| + 1/2 * |0 - .75| = .25 + .375 = .625 (left-closed bins would give .125)
-    p = torch.tensor([[0.5, 0.3, 0.2], [0.75, 0.25, 0.0]])
+    p = torch.tensor([[0.5, 0.3, 0.2], [0.75, 0.25, 0.0]]).log()
     assert float(ensemble.ece(p, torch.tensor([0, 1]), bins=2)) == pytest.approx(0.625)
     # a confidence of exactly 1 is in the last bin, a perfectly calibrated one: ECE 0
-    assert float(ensemble.ece(torch.tensor([[1.0, 0.0]]), torch.tensor([0]))) == 0.0
+    assert float(ensemble.ece(torch.tensor([[1.0, 0.0]]).log(), torch.tensor([0]))) == 0.0
 
 
-def test_nll_clamps_a_zero_probability():
-    p = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
-    assert float(ensemble.nll(p, torch.tensor([1]))) == pytest.approx(-math.log(ensemble.EPS))
+def test_nll_of_a_member_whose_softmax_underflows_is_exact():
+    # logits (0, -200, -100): in float32 softmax gives the true class (1) probability exactly 0;
+    # log-softmax gives -200 - log(1 + e^-200 + e^-100) = -200 (to 1e-43)
+    logits = torch.tensor([[0.0, -200.0, -100.0]])
+    assert torch.softmax(logits, 1)[0, 1] == 0.0  # what a stored probability would lose
+    member = torch.log_softmax(logits, 1)
+    assert float(ensemble.nll(member.double(), torch.tensor([1]))) == pytest.approx(200.0, abs=1e-6)
+    # with a second member giving class 1 probability e^-10 / (1 + e^-10): the ensemble's
+    # p(1) = (e^-200 + e^-10/(1 + e^-10)) / 2, so NLL = -log of it, computed here in closed form
+    other = torch.log_softmax(torch.tensor([[0.0, -10.0, -300.0]]), 1)
+    both = torch.stack([other, member])  # the underflowing member last: m = 1 is it alone
+    exact = -math.log((math.exp(-200) + math.exp(-10) / (1 + math.exp(-10) + math.exp(-300))) / 2)
+    assert float(ensemble.nll(ensemble.ensemble_log_probs(both, 2), torch.tensor([1]))) == pytest.approx(exact, abs=1e-6)
+    assert ensemble.ensemble_curve(both, torch.tensor([1]))["nll"].tolist() == pytest.approx([200.0, exact], abs=1e-6)
+
+
+def test_a_tie_counts_as_half_right_everywhere():
+    # each member 0.5/0.5 on x0 (label 0): half right; in float32 the averaged values may differ by
+    # rounding, which TIE_TOL absorbs; x1 is a plain right answer
+    y = torch.tensor([0, 0])
+    member = torch.tensor([[0.5, 0.5], [0.9, 0.1]]).log()
+    nudged = member + torch.tensor([[0.0, 1e-7], [0.0, 0.0]])  # a tie moved by float rounding
+    both = torch.stack([member, nudged])
+    assert float(ensemble.accuracy(member, y)) == pytest.approx(0.75)
+    assert float(ensemble.accuracy(nudged, y)) == pytest.approx(0.75)
+    assert ensemble.member_accuracy(both, y).tolist() == pytest.approx([0.75, 0.75])
+    assert ensemble.ensemble_curve(both, y)["accuracy"].tolist() == pytest.approx([0.75, 0.75])
+    # disagreement: on x0 each picks class 0 or 1 with chance 1/2: they differ with chance 1/2
+    assert ensemble.disagreement(both)[0].tolist() == pytest.approx([0.0, 0.25])
+    # ECE, 2 bins: x0 conf .5 in [0, .5] with correct 1/2 (gap 0); x1 conf .9, right: gap .1; /2
+    assert float(ensemble.ece(member, y, bins=2)) == pytest.approx(0.05)
 
 
 def test_the_curve_over_the_last_m_members():
-    curve = ensemble.ensemble_curve(PROBS, Y)
+    curve = ensemble.ensemble_curve(LOG_PROBS, Y)
     assert list(curve.columns) == ["m", "accuracy", "nll", "brier", "ece", "mean_member_accuracy", "gain",
                                    "gain_best"]
     assert curve["m"].tolist() == [1, 2]
@@ -89,21 +118,21 @@ def test_gain_over_the_best_member_by_hand():
     # member 0 right on both points (acc 1), member 1 wrong on both (acc 0); their mean (.55, .45)
     # is right on both: 1 above the mean member's 0.5, nothing above the best member
     probs = torch.tensor([[[0.9, 0.1], [0.9, 0.1]], [[0.2, 0.8], [0.2, 0.8]]])
-    curve = ensemble.ensemble_curve(probs, torch.tensor([0, 0]))
+    curve = ensemble.ensemble_curve(probs.log(), torch.tensor([0, 0]))
     assert curve["gain"].tolist() == pytest.approx([0.0, 0.5])
     assert curve["gain_best"].tolist() == pytest.approx([0.0, 0.0])
 
 
 def test_disagreement_by_hand():
     # top-1: member 0 (0, 0, 2, 2), member 1 (0, 1, 2, 0): they differ on x1 and x3, 2 of 4
-    assert torch.equal(ensemble.disagreement(PROBS), torch.tensor([[0.0, 0.5], [0.5, 0.0]]))
+    assert torch.equal(ensemble.disagreement(LOG_PROBS), torch.tensor([[0.0, 0.5], [0.5, 0.0]]))
 
 
 def test_correlation_by_hand():
     a = torch.tensor([0.4, 0.3, 0.2, 0.1])
     b = 0.5 - a  # (.1, .2, .3, .4): a linear function of a with slope -1, so correlation -1
-    probs = torch.stack([a, b, a]).view(3, 1, 4)
-    expected = torch.tensor([[1.0, -1.0, 1.0], [-1.0, 1.0, -1.0], [1.0, -1.0, 1.0]])
+    probs = torch.stack([a, b, a]).view(3, 1, 4).log()
+    expected = torch.tensor([[1.0, -1.0, 1.0], [-1.0, 1.0, -1.0], [1.0, -1.0, 1.0]], dtype=torch.float64)
     assert torch.allclose(ensemble.prediction_correlation(probs), expected, atol=1e-6)
 
 
@@ -132,7 +161,7 @@ def test_each_member_measured_from_its_own_checkpoint():
 
 
 def test_pairwise_table_has_one_row_per_pair():
-    probs = torch.stack([PROBS[0], PROBS[1], PROBS[1]])
+    probs = torch.stack([LOG_PROBS[0], LOG_PROBS[1], LOG_PROBS[1]])
     table = ensemble.pairwise_table(probs, WEIGHTS, THETA_C)
     assert list(table.columns) == ["i", "j", "disagreement", "correlation", "weight_cosine",
                                    "displacement_cosine", "weight_distance"]
@@ -145,7 +174,7 @@ def test_pairwise_table_has_one_row_per_pair():
 
 
 def test_identical_members_gain_nothing_and_never_disagree():
-    probs = PROBS[1].expand(3, -1, -1)
+    probs = LOG_PROBS[1].expand(3, -1, -1)
     curve = ensemble.ensemble_curve(probs, Y)
     assert curve["gain"].tolist() == [0.0, 0.0, 0.0]
     assert curve["accuracy"].tolist() == pytest.approx([0.75] * 3)
@@ -171,20 +200,20 @@ def test_flat_weights_from_a_model_a_list_and_a_state_dict():
 @pytest.mark.parametrize("m", [0, 3, -1, 1.0])
 def test_m_out_of_range(m):
     with pytest.raises(ValueError, match=r"m must be an integer in 1\.\.2"):
-        ensemble.ensemble_probs(PROBS, m)
+        ensemble.ensemble_log_probs(LOG_PROBS, m)
 
 
 def test_bad_shapes_are_named():
-    with pytest.raises(ValueError, match="probs must be a tensor of shape"):
-        ensemble.ensemble_probs(PROBS[0], 1)
+    with pytest.raises(ValueError, match="log_probs must be a tensor of shape"):
+        ensemble.ensemble_log_probs(LOG_PROBS[0], 1)
     with pytest.raises(ValueError, match="labels y must have shape"):
-        ensemble.accuracy(PROBS[0], Y[:3])
+        ensemble.accuracy(LOG_PROBS[0], Y[:3])
     with pytest.raises(ValueError, match="labels y must have shape"):
-        ensemble.ensemble_curve(PROBS, Y[:3])
+        ensemble.ensemble_curve(LOG_PROBS, Y[:3])
     with pytest.raises(ValueError, match="integer class indices"):
-        ensemble.nll(PROBS[0], Y.double())
+        ensemble.nll(LOG_PROBS[0], Y.double())
     with pytest.raises(ValueError, match="bins"):
-        ensemble.ece(PROBS[0], Y, bins=0)
+        ensemble.ece(LOG_PROBS[0], Y, bins=0)
 
 
 def test_mismatched_members_are_named():
@@ -194,8 +223,8 @@ def test_mismatched_members_are_named():
         ensemble.weight_cosine([torch.zeros(2, 2), torch.zeros(4)])
     with pytest.raises(ValueError, match=r"theta_c must be \(2,\) or \(3, 2\)"):
         ensemble.displacement_cosine(WEIGHTS, torch.zeros(3))
-    with pytest.raises(ValueError, match="mismatched members: probs has 2, weights has 3"):
-        ensemble.pairwise_table(PROBS, WEIGHTS, THETA_C)
+    with pytest.raises(ValueError, match="mismatched members: log_probs has 2, weights has 3"):
+        ensemble.pairwise_table(LOG_PROBS, WEIGHTS, THETA_C)
 
 
 def test_a_member_at_the_checkpoint_has_no_displacement_direction():
@@ -217,9 +246,9 @@ def test_a_method_s_ensembles_are_kept_apart_and_summarised_as_mean_and_std(tmp_
     members = {"seed0": [right, right], "seed1": [wrong, [[0.6, 0.4], [0.2, 0.8]]]}
     paths, landscapes = [], []
     for k, (name, probs) in enumerate(members.items()):
-        pred = {"probs": torch.tensor(probs), "labels": y, "weights": torch.eye(2), "theta_c": torch.zeros(2),
-                "dataset": "d", "model": "m", "method": "distance", "ensemble": name,
-                "average_probs": torch.tensor(right), "swa_probs": None}
+        pred = {"log_probs": torch.tensor(probs).log(), "labels": y, "weights": torch.eye(2),
+                "theta_c": torch.zeros(2), "dataset": "d", "model": "m", "method": "distance", "ensemble": name,
+                "average_log_probs": torch.tensor(right).log(), "swa_log_probs": None}
         paths.append(tmp_path / f"{name}.pt")
         storage.save_torch(pred, paths[-1])
         landscapes.append(tmp_path / f"{name}.parquet")
@@ -247,16 +276,17 @@ def test_weight_averages_sit_beside_their_ensembles(tmp_path):
     # members: right on x0 only, right on both; the ensemble (.75, .25), (.3, .7): right on both
     probs = torch.tensor([[[0.6, 0.4], [0.6, 0.4]], [[0.9, 0.1], [0.0, 1.0]]])
     average, swa = torch.tensor([[0.5, 0.5], [0.25, 0.75]]), torch.tensor([[[0.2, 0.8], [0.2, 0.8]]])
-    pred = {"probs": probs, "labels": y, "weights": torch.eye(2), "theta_c": torch.zeros(2), "dataset": "d",
-            "model": "m", "method": "swa", "ensemble": "seed0", "average_probs": average, "swa_probs": swa}
+    pred = {"log_probs": probs.log(), "labels": y, "weights": torch.eye(2), "theta_c": torch.zeros(2), "dataset": "d",
+            "model": "m", "method": "swa", "ensemble": "seed0", "average_log_probs": average.log(),
+            "swa_log_probs": swa.log()}
     storage.save_torch(pred, tmp_path / "p.pt")
     storage.save_parquet(pd.DataFrame({"alpha": [0.0, 1.0], "loss": [1.0, 1.0], "pair": 0, "barrier": 0.0,
                                        "dataset": "d", "model": "m", "run": "swa/seed0"}), tmp_path / "l.parquet")
     aggregate_ensembles([tmp_path / "p.pt"], [tmp_path / "l.parquet"], tmp_path)
     rows = pd.read_parquet(tmp_path / "weight_averages.parquet").set_index("averaged")
     assert sorted(rows.index) == ["members", "swa"]
-    # the average: argmax ties go to class 0 on x0 (right), x1 right -> 1.0; SWA: class 1 twice -> 0.5
-    assert rows.loc["members", "accuracy"] == 1.0 and rows.loc["swa", "accuracy"] == 0.5
+    # the average: a 0.5/0.5 tie on x0 counts half right, x1 right -> 0.75; SWA: class 1 twice -> 0.5
+    assert rows.loc["members", "accuracy"] == 0.75 and rows.loc["swa", "accuracy"] == 0.5
     assert rows.loc["members", "nll"] == pytest.approx(-(math.log(0.5) + math.log(0.75)) / 2)
     assert rows.loc["swa", "brier"] == pytest.approx((2 * 0.8 ** 2 + 2 * 0.2 ** 2) / 2)
     assert (rows["ensemble_accuracy"] == 1.0).all() and (rows["best_member_accuracy"] == 1.0).all()
@@ -268,7 +298,7 @@ def test_predictions_stored_before_weight_averages_are_named(tmp_path):
     from repel import storage
     from repel.aggregate import aggregate_ensembles
 
-    pred = {"probs": PROBS, "labels": Y, "weights": torch.eye(2), "theta_c": torch.zeros(2), "dataset": "d",
+    pred = {"log_probs": LOG_PROBS, "labels": Y, "weights": torch.eye(2), "theta_c": torch.zeros(2), "dataset": "d",
             "model": "m", "method": "sgdr", "ensemble": "seed3"}
     storage.save_torch(pred, tmp_path / "p.pt")
     with pytest.raises(ValueError, match=r"^sgdr/seed3: its predictions file was written before .* --forcerun predict"):

@@ -88,9 +88,12 @@ def aggregate_ensembles(paths, landscape_paths, out_dir: Path) -> None:
     for path in paths:
         pred = storage.load_torch(path, "predictions")
         keys = {key: pred[key] for key in ENSEMBLE_KEYS}
-        curve = ensemble_curve(pred["probs"], pred["labels"]).assign(**keys)
+        if "log_probs" not in pred:
+            raise ValueError(f"{path}: its predictions file holds probabilities, written before repel stored "
+                             "log-probabilities; make it again with `snakemake --forcerun predict`")
+        curve = ensemble_curve(pred["log_probs"], pred["labels"]).assign(**keys)
         curves.append(curve)
-        pairs.append(pairwise_table(pred["probs"], list(pred["weights"]), pred["theta_c"]).assign(**keys))
+        pairs.append(pairwise_table(pred["log_probs"], list(pred["weights"]), pred["theta_c"]).assign(**keys))
         averages += weight_average_rows(pred, curve.iloc[-1], keys)
     curves = pd.concat(curves, ignore_index=True)
     pairs = pd.concat(pairs, ignore_index=True)
@@ -123,14 +126,14 @@ def weight_average_rows(pred: dict, ensemble: pd.Series, keys: dict) -> list[dic
     full ensemble's accuracy and NLL beside them."""
     from .ensemble import model_metrics
 
-    if "average_probs" not in pred:
+    if "average_log_probs" not in pred:
         raise ValueError(f"{pred['method']}/{pred['ensemble']}: its predictions file was written before repel "
                          "stored weight averages; make it again with `snakemake --forcerun predict`")
-    swa = pred["swa_probs"] if pred["swa_probs"] is not None else []
-    models = [("members", pred["average_probs"]), *(("swa", probs) for probs in swa)]
-    return [{**keys, "averaged": kind, **model_metrics(probs, pred["labels"]),
+    swa = pred["swa_log_probs"] if pred["swa_log_probs"] is not None else []
+    models = [("members", pred["average_log_probs"]), *(("swa", log_p) for log_p in swa)]
+    return [{**keys, "averaged": kind, **model_metrics(log_p, pred["labels"]),
              "ensemble_accuracy": ensemble["accuracy"], "ensemble_nll": ensemble["nll"],
-             "best_member_accuracy": ensemble["accuracy"] - ensemble["gain_best"]} for kind, probs in models]
+             "best_member_accuracy": ensemble["accuracy"] - ensemble["gain_best"]} for kind, log_p in models]
 
 
 def average_markdown(averages: pd.DataFrame) -> str:

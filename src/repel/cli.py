@@ -231,6 +231,7 @@ def cmd_continue_pack(args) -> None:
 
 
 def cmd_predict(args) -> None:
+    from .ensemble import member_accuracy
     from .predict import member_predictions
 
     device = _setup(args)
@@ -249,7 +250,7 @@ def cmd_predict(args) -> None:
                members=[str(p) for p in args.members], checkpoints=[str(p) for p in args.checkpoints],
                swa=[str(p) for p in args.swa])
     storage.save_torch(out, args.out)
-    acc = (out["probs"].argmax(-1) == out["labels"]).float().mean(1)
+    acc = member_accuracy(out["log_probs"], out["labels"])
     _log(f"{args.method} {args.ensemble}: {len(members)} members, test accuracy {', '.join(f'{a:.4f}' for a in acc.tolist())} -> {args.out}")
     if args.member_landscape:  # in this process: its start-up would cost about what the landscape does
         states = dict(zip(args.members, members))

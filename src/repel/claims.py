@@ -1,750 +1,952 @@
 """The source study's claims as verdicts, computed from the aggregated tables.
 
-Each claim is one row per dataset/model: the statistic that tests it across seeds, its value with
-a t-interval or Spearman's p-value, the decision rule in words, the thresholds it used (keys of
-the config's `claims:` block, `DEFAULTS` here) and the verdict — "holds", "does not hold",
-"inconclusive" (always with fewer than 2 seeds) or "not run". Verdicts come from per-seed values,
-never from a figure, and no threshold is tuned to make a claim hold.
+Each claim is one row per dataset/model: the statistic that tests it, its value with an interval,
+its raw and adjusted one-sided p-values, the decision rule in words, the thresholds it used (keys
+of the config's `claims:` block, declared once in SETTINGS) and the verdict (VERDICTS). Verdicts
+come from per-seed values, never from a figure. docs/DESIGN.md gives every claim's reasons.
 
-Four kinds of test (scipy.stats for the t-distribution and Spearman's ρ):
-- paired: per-seed differences d_k (a point minus its own control, same seed). Holds when every
-  d_k has the claimed sign and the t-interval of their mean excludes 0 on that side; does not hold
-  when the interval lies wholly on the other side of 0; else inconclusive.
-- grows with: Spearman's ρ between the swept value and the statistic over all (value, seed)
-  pairs. Holds when ρ > 0 with p < 1 − confidence; does not hold when ρ < 0 with p < 1 − confidence.
-- about the same: holds when the whole t-interval lies within ±margin; does not hold when it lies
-  wholly outside.
-- parts: holds when every part holds, does not hold when any part does not hold.
+Seeds are the independent units (for the ensemble claims: a method's ensembles). Every test is a
+one-sided t-test over those units (scipy.stats.ttest_1samp) at level α/2, α = 1 − confidence,
+so "holds" and "does not hold" each have a nominal rate of α/2 at the boundary of their
+hypothesis, and a two-sided `confidence` interval is shown beside them:
+- paired: per-seed differences d_k (a point minus its own control, same seed): holds when the
+  mean is on the claimed side of 0, does not hold when it is on the other side.
+- grows with: a least-squares slope per seed of the statistic against log10 of the swept value
+  (the sweeps are log-spaced), then the t-test of the seeds' slopes — the trend is estimated
+  within each seed, never pooled over (value, seed) pairs.
+- about the same (equivalence, two one-sided tests): holds when the mean is inside ±margin,
+  does not hold when it is outside.
+- not more than (non-inferiority): holds when the mean is below the margin, does not hold when
+  it is above it.
+- parts: holds when every part holds (p = the largest part's p: an intersection-union test);
+  does not hold when some part does not (p = parts × the smallest: Bonferroni).
+Then every decidable p-value of the table is adjusted together (Benjamini–Hochberg,
+scipy.stats.false_discovery_control), the "holds" and the "does not hold" p-values each as one
+family; the verdict reads the adjusted values. Fewer than 2 seeds: inconclusive. A claim on which
+the source states no result is "exploratory": its effect and interval are shown, it is not
+decided and not adjusted.
 
-Claims find their family by name — baseline, strength, width, lr, multiple, merge — the names the
-shipped configs (config/config.yaml, reduced.yaml, study.yaml) give them. A family the config
-lacks, or one with no rows for a dataset/model, gives its claims' rows the verdict "not run"; the
-ensemble claims are "not run" without the ensemble tables. `figure` names the figure that shows
-the claim, relative to the config's results directory.
+Claims find their family by name (the families of config/reduced.yaml and study.yaml). A family
+the config lacks, or with no rows for a dataset/model, makes its claims "not run" there; the
+ensemble claims need the ensemble tables, landscape.left the landscape table. No parameter is
+read back from a run id: the tables' columns say them (`control` names each run's control).
 
-A diverged run's final accuracy counts as 0 (its weights are NaN); its final distance is NaN, so
-that seed drops out of distance statistics, and the note says so.
+A diverged run (`diverged` in any epoch) has no final accuracy or distance: its seed drops out of
+that run's statistics, and the note says how many did.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-DEFAULTS = {
-    "margin": 0.01,        # accuracy, as a fraction (1 point): "about the same"
-    "early_epochs": 5,     # "early": the first N epochs after the checkpoint
-    "last_fraction": 0.2,  # "the last fifth" of a run's epochs
-    "plateau": 0.05,       # plateaued: distance grew by less than this fraction of its final value over the last fifth
-    "confidence": 0.95,    # of the t-intervals; p-values are compared with 1 - confidence
-    "weak_rho": 0.3,       # |ρ| below it: "weakly related"
+
+@dataclass(frozen=True)
+class Setting:
+    """One threshold of the `claims:` block: default, bounds (open or closed) and meaning."""
+    default: float
+    low: float
+    high: float | None  # None: no upper bound
+    low_open: bool
+    high_open: bool
+    integer: bool
+    meaning: str
+
+    def ok(self, v) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (self.integer and not float(v).is_integer()):
+            return False
+        above = v > self.low if self.low_open else v >= self.low
+        below = self.high is None or (v < self.high if self.high_open else v <= self.high)
+        return above and below
+
+
+# The claims' thresholds, declared once: the schema's claims block must say the same (a test checks it).
+SETTINGS = {
+    "confidence": Setting(0.95, 0, 1, True, True, False,
+                          "of the intervals; each test decides one-sided at (1 - confidence)/2"),
+    "margin": Setting(0.01, 0, 1, True, False, False, "accuracy margin of 'about the same' (a fraction)"),
+    "relative_margin": Setting(0.0, 0, 1, False, False, False,
+                               "the margin is at least this share of the control's error rate"),
+    "last_epochs": Setting(5, 1, None, False, False, True, "a run's final value: the mean over its last k epochs"),
+    "early_epochs": Setting(5, 1, None, False, False, True, "'early': the first N epochs after the checkpoint"),
+    "last_fraction": Setting(0.2, 0, 1, True, False, False, "'the last fifth' of a run's epochs"),
+    "plateau": Setting(0.05, 0, 1, True, True, False,
+                       "plateaued: the distance grew by less than this share of its final value over the last fraction"),
+    "diversity_margin": Setting(0.02, 0, 1, True, False, False,
+                                "'not more diverse': disagreement at most this much higher (a fraction of points)"),
+    "weak_rho": Setting(0.3, 0, 1, True, False, False, "'weakly related': Spearman's rho within +-weak_rho"),
 }
-VERDICTS = ("holds", "does not hold", "inconclusive", "not run")
+DEFAULTS = {k: s.default for k, s in SETTINGS.items()}
+VERDICTS = ("holds", "does not hold", "inconclusive", "exploratory", "not run")
+ADJUSTMENT = "Benjamini–Hochberg"
 COLUMNS = ["claim", "text", "family", "dataset", "model", "seeds", "statistic", "value", "value_text", "ci_low",
-           "ci_high", "p_value", "rule", "thresholds", "verdict", "note", "figure"]
+           "ci_high", "p_value", "p_adjusted", "p_against", "p_against_adjusted", "adjusted_with", "rule",
+           "thresholds", "verdict", "note", "figure"]
+CELL = ["dataset", "model"]
+RUN = CELL + ["run"]
+UNIT = CELL + ["seed"]
 ONE_SEED = "1 seed: the value is that seed's"
+# the columns that say how a run was trained; the single-hill twin of a run matches all of them
+TRAINING = ["strength", "kernel", "width", "gamma", "distance", "lr_init", "schedule", "epochs", "step_size",
+            "step_gamma", "t0", "t_mult", "eta_min", "checkpoint_epoch"]
+_R = ["fixed", "value", "ci_low", "ci_high", "p_holds", "p_against", "seeds", "text", "note"]
 
 
-# --- outcomes and the four tests ---------------------------------------------------------------
-
-@dataclass
-class Outcome:
-    """A test's result. `text` is the value as it reads in a table or a figure's cell."""
-    verdict: str
-    value: float = math.nan
-    ci_low: float = math.nan
-    ci_high: float = math.nan
-    p_value: float = math.nan
-    seeds: int = 0
-    note: str = ""
-    text: str = ""
-    notes: list[str] = field(default_factory=list)  # extra remarks a claim adds
+def schema() -> dict:
+    """The schema's claims block properties, as SETTINGS declares them."""
+    out = {}
+    for key, s in SETTINGS.items():
+        prop = {"type": "integer" if s.integer else "number",
+                ("exclusiveMinimum" if s.low_open else "minimum"): s.low}
+        if s.high is not None:
+            prop["exclusiveMaximum" if s.high_open else "maximum"] = s.high
+        out[key] = {**prop, "default": s.default, "description": s.meaning}
+    return out
 
 
-def not_run(why: str) -> Outcome:
-    return Outcome("not run", note=why)
+def resolve_settings(settings: dict | None) -> dict:
+    """The config's `claims:` block over the defaults; a key or value that makes no sense stops here."""
+    settings = {**DEFAULTS, **(settings or {})}
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise ValueError(f"claims: unknown setting(s) {', '.join(unknown)}; the settings are {', '.join(SETTINGS)}")
+    bad = [k for k, s in SETTINGS.items() if not s.ok(settings[k])]
+    if bad:
+        raise ValueError("claims: " + "; ".join(f"{k} = {settings[k]!r} is out of range ({_bounds(SETTINGS[k])})"
+                                                for k in bad))
+    for k, s in SETTINGS.items():
+        if s.integer:
+            settings[k] = int(settings[k])
+    return settings
 
 
-def t_interval(values, confidence: float) -> tuple[float, float, float, float]:
-    """Mean, its two-sided t-interval and the two-sided p-value of mean = 0 (n ≥ 2 values).
-    Equal values have no spread: the interval is the value itself."""
-    values = np.asarray(values, dtype=float)
-    mean, n = values.mean(), len(values)
-    sem = values.std(ddof=1) / math.sqrt(n)
-    if sem == 0:
-        return mean, mean, mean, (0.0 if mean != 0 else 1.0)
-    low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=sem)
-    return mean, low, high, 2 * stats.t.sf(abs(mean) / sem, n - 1)
+def _bounds(s: Setting) -> str:
+    kind = "an integer" if s.integer else "a number"
+    high = "" if s.high is None else f" and {'<' if s.high_open else '≤'} {s.high:g}"
+    return f"{kind} {'>' if s.low_open else '≥'} {s.low:g}{high}"
 
 
-def _few(values: pd.Series, fmt: Callable[[float], str]) -> Outcome | None:
-    """The outcome when fewer than 2 seeds have a value; None otherwise."""
-    if len(values) == 0:
-        return Outcome("inconclusive", note="no seed has a value")
-    if len(values) == 1:
-        v = float(values.iloc[0])
-        return Outcome("inconclusive", value=v, seeds=1, note=ONE_SEED, text=fmt(v))
-    return None
+# --- results per dataset/model: one row per cell, columns _R ------------------------------------
+
+def _blank(index: pd.MultiIndex, fixed: str = "inconclusive", note: str = "") -> pd.DataFrame:
+    n = len(index)
+    nan = np.full(n, math.nan)
+    return pd.DataFrame({"fixed": [fixed] * n, "value": nan, "ci_low": nan, "ci_high": nan, "p_holds": nan,
+                         "p_against": nan, "seeds": np.zeros(n, int), "text": [""] * n, "note": [note] * n},
+                        index=index, columns=_R).astype({"fixed": object, "text": object, "note": object})
 
 
 def _signed(v: float) -> str:
-    return f"{v:+.3g}"
+    return "" if not np.isfinite(v) else f"{v:+.3g}"
 
 
-def paired(d: pd.Series, sign: int, confidence: float) -> Outcome:
-    """Per-seed differences whose claimed sign is `sign` (+1: > 0, -1: < 0)."""
-    d = d.dropna()
-    few = _few(d, _signed)
-    if few:
-        return few
-    mean, low, high, p = t_interval(d, confidence)
-    claimed_side = low > 0 if sign > 0 else high < 0
-    other_side = high < 0 if sign > 0 else low > 0
-    if claimed_side and (np.sign(d) == sign).all():
-        verdict = "holds"
-    elif other_side:
-        verdict = "does not hold"
-    else:
-        verdict = "inconclusive"
-    return Outcome(verdict, mean, low, high, p, len(d), text=_signed(mean))
-
-
-def within(d: pd.Series, low_bound: float, high_bound: float, confidence: float) -> Outcome:
-    """Equivalence: the t-interval of the mean inside (low_bound, high_bound), or wholly outside."""
-    d = d.dropna()
-    few = _few(d, _signed)
-    if few:
-        return few
-    mean, low, high, _ = t_interval(d, confidence)
-    if low > low_bound and high < high_bound:
-        verdict = "holds"
-    elif low >= high_bound or high <= low_bound:
-        verdict = "does not hold"
-    else:
-        verdict = "inconclusive"
-    return Outcome(verdict, mean, low, high, math.nan, len(d), text=_signed(mean))
-
-
-def spearman(x, y) -> tuple[float, float]:
-    """Spearman's ρ and its p-value; NaN for constant values (ρ is undefined there)."""
+def t_test(values: pd.Series, bound, sign: int, confidence: float, index: pd.MultiIndex,
+           fmt: Callable[[float], str] = _signed) -> pd.DataFrame:
+    """One-sided t-tests of mean > bound (sign +1) or mean < bound (sign -1) over the units (the
+    last index level) of every cell: p_holds for the claimed side, p_against for the other, the
+    mean and its two-sided `confidence` t-interval. `bound`: a number or a Series per cell."""
+    wide = values.unstack(-1).reindex(index) if len(values) else pd.DataFrame(index=index)
+    a = wide.to_numpy(float)
+    bound = np.broadcast_to(bound.reindex(index).to_numpy(float) if isinstance(bound, pd.Series) else bound,
+                            (len(index),)).astype(float)
+    n = np.isfinite(a).sum(1)
+    r = _blank(index)
+    r["seeds"] = n
+    p_up = np.full(len(index), math.nan)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scipy warns on constant input; NaN says it
-        result = stats.spearmanr(x, y)
-    return float(result.statistic), float(result.pvalue)
+        warnings.simplefilter("ignore")  # 0/0 where a cell has no spread or no values: handled below
+        mean = np.nanmean(a, 1) if a.shape[1] else np.full(len(index), math.nan)
+        sd = np.nanstd(a, 1, ddof=1) if a.shape[1] else np.full(len(index), math.nan)
+        for k in set(n[n >= 2].tolist()):  # ttest_1samp by number of values: vectorized, no NaN
+            rows = np.flatnonzero(n == k)
+            compact = np.sort(np.where(np.isfinite(a[rows]), a[rows], np.inf), axis=1)[:, :k]
+            p_up[rows] = stats.ttest_1samp(compact - bound[rows, None], 0.0, axis=1, alternative="greater").pvalue
+        half = stats.t.ppf((1 + confidence) / 2, n - 1) * sd / np.sqrt(n)
+    flat = (n >= 2) & (sd == 0)  # no spread: the mean's side of the bound decides
+    p_up[flat] = np.where(mean[flat] > bound[flat], 0.0, 1.0)
+    p_down = np.where(flat, np.where(mean < bound, 0.0, 1.0), 1 - p_up)
+    p_down[flat & (mean == bound)] = 1.0
+    r["value"] = mean
+    r["ci_low"], r["ci_high"] = np.where(n >= 2, mean - half, math.nan), np.where(n >= 2, mean + half, math.nan)
+    r["p_holds"], r["p_against"] = (p_up, p_down) if sign > 0 else (p_down, p_up)
+    r["fixed"] = np.where(n >= 2, "", "inconclusive")
+    r["note"] = np.where(n == 1, ONE_SEED, np.where(n == 0, "no seed has a value", ""))
+    r["text"] = [fmt(v) for v in mean]
+    return r
 
 
-def grows_with(points: pd.DataFrame, confidence: float) -> Outcome:
-    """ρ between columns x and y over all rows, one row per (swept value, seed)."""
-    points = points.dropna(subset=["x", "y"])
-    seeds = points["seed"].nunique()
-    if len(points) < 3:
-        return Outcome("inconclusive", seeds=seeds, note="fewer than 3 (value, seed) points")
-    rho, p = spearman(points["x"], points["y"])
-    out = Outcome("inconclusive", rho, p_value=p, seeds=seeds, text=f"ρ={rho:.2f}")
-    if math.isnan(rho):
-        out.note = "the values are constant: ρ is undefined"
-    elif seeds < 2:
-        out.note = "1 seed: ρ is over that seed's points"
-    elif p < 1 - confidence:
-        out.verdict = "holds" if rho > 0 else "does not hold"
-    return out
+def equivalence(values: pd.Series, margin, confidence: float, index: pd.MultiIndex) -> pd.DataFrame:
+    """Two one-sided tests: holds when the mean is inside ±margin, does not hold when outside."""
+    margin = margin.reindex(index) if isinstance(margin, pd.Series) else pd.Series(float(margin), index=index)
+    above = t_test(values, -margin, +1, confidence, index)
+    below = t_test(values, margin, -1, confidence, index)
+    r = above.copy()
+    r["p_holds"] = np.fmax(above["p_holds"], below["p_holds"])
+    r["p_against"] = np.minimum(1.0, 2 * np.fmin(above["p_against"], below["p_against"]))
+    r["text"] = [f"{t} (±{m:.3g})" if t else "" for t, m in zip(r["text"], margin)]
+    return r
 
 
-def all_parts(parts: dict[str, Outcome], main: str) -> Outcome:
-    """A claim made of parts: holds when every part holds, does not hold when any part does not.
-    A part not run counts as inconclusive, unless no part ran. Value and interval: the main part's."""
-    verdicts = [p.verdict for p in parts.values()]
-    if all(v == "not run" for v in verdicts):
-        verdict = "not run"
-    elif "does not hold" in verdicts:
-        verdict = "does not hold"
-    elif all(v == "holds" for v in verdicts):
-        verdict = "holds"
-    else:
-        verdict = "inconclusive"
-    m = parts[main]
-    note = "; ".join(f"{name}: {_describe(p)}" for name, p in parts.items())
-    return Outcome(verdict, m.value, m.ci_low, m.ci_high, m.p_value, m.seeds, note=note, text=m.text)
+def combine(parts: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """A claim of parts, per cell: p_holds the largest part's (a part without one counts 1), p_against
+    Bonferroni over the parts that ran; value, interval and seeds of the part that decides (the
+    largest p_holds); each part in the note. All parts not run: not run."""
+    if len(parts) == 1:
+        return next(iter(parts.values()))
+    names = list(parts)
+    first = parts[names[0]]
+    ran = np.array([(p["fixed"] != "not run").to_numpy() for p in parts.values()])  # (parts, cells)
+    holds = np.array([p["p_holds"].to_numpy(float) for p in parts.values()])
+    against = np.array([p["p_against"].to_numpy(float) for p in parts.values()])
+    decidable = np.array([(p["fixed"] == "").to_numpy() for p in parts.values()])
+    r = _blank(first.index)
+    main = np.where(ran, np.nan_to_num(holds, nan=1.0), -1.0).argmax(0)  # the deciding part, among those that ran
+    for col in ("value", "ci_low", "ci_high", "seeds"):
+        stack = np.array([p[col].to_numpy(float) for p in parts.values()])
+        r[col] = stack[main, np.arange(stack.shape[1])]
+    r["seeds"] = r["seeds"].astype(int)
+    texts = [p["text"].tolist() for p in parts.values()]
+    r["text"] = [f"{names[m]}: {texts[m][c]}" if texts[m][c] else "" for c, m in enumerate(main)]
+    r["p_holds"] = np.nan_to_num(np.where(ran, holds, 1.0), nan=1.0).max(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # all-NaN cells: no part has a p_against
+        r["p_against"] = np.minimum(1.0, ran.sum(0) * np.nanmin(np.where(ran, against, np.nan), 0))
+    r["fixed"] = np.where(~ran.any(0), "not run", np.where(decidable.any(0), "", "inconclusive"))
+    records = {name: p.to_dict("records") for name, p in parts.items()}
+    r["note"] = ["; ".join(f"{name}: {_describe(records[name][c])}" for name in names) for c in range(len(r))]
+    return r
 
 
-def _weakest(parts: dict[str, Outcome]) -> str:
-    """The part with the smallest value (a part without one comes last): the claim's main statistic
-    where it must hold for every part."""
-    return min(parts, key=lambda name: math.inf if math.isnan(parts[name].value) else parts[name].value)
+def _describe(row: dict) -> str:
+    """One part in a note: its value, interval, raw one-sided p-values and seeds."""
+    if row["fixed"] == "not run":
+        return f"not run ({row['note']})"
+    bits = [row["text"] or "no value"]
+    if np.isfinite(row["ci_low"]):
+        bits.append(f"[{row['ci_low']:.3g}, {row['ci_high']:.3g}]")
+    if np.isfinite(row["p_holds"]):
+        bits.append(f"p {row['p_holds']:.2g} / against {row['p_against']:.2g}")
+    extra = f", {row['note']}" if row["note"] and row["note"] != ONE_SEED else ""
+    return f"{' '.join(bits)} ({int(row['seeds'])} seed{'' if row['seeds'] == 1 else 's'}{extra})"
 
 
-def _describe(o: Outcome) -> str:
-    """One part in a note: its value, interval or p-value, verdict and seeds."""
-    if o.verdict == "not run":
-        return f"not run ({o.note})"
-    bits = [o.text or "no value"]
-    if not math.isnan(o.ci_low):
-        bits.append(f"[{o.ci_low:.3g}, {o.ci_high:.3g}]")
-    elif not math.isnan(o.p_value):
-        bits.append(f"(p={o.p_value:.2g})")
-    extra = f", {o.note}" if o.note and not o.note.startswith("1 seed") else ""  # "(1 seed" says it
-    return f"{' '.join(bits)} {o.verdict} ({o.seeds} seed{'' if o.seeds == 1 else 's'}{extra})"
+def _add_note(r: pd.DataFrame, notes: pd.Series | str) -> pd.DataFrame:
+    if isinstance(notes, str):
+        notes = pd.Series(notes, index=r.index)
+    notes = notes.astype(object).reindex(r.index)
+    notes = notes.where(notes.notna(), "")
+    r["note"] = ["; ".join(x for x in (a, b) if x) for a, b in zip(r["note"], notes)]
+    return r
 
 
-# --- one dataset/model's tables ---------------------------------------------------------------
+# --- the tables, reduced to one row per run and seed -----------------------------------------------
 
-@dataclass
-class Cell:
-    """One dataset/model: its continuation runs, base training, ensembles, and the settings."""
-    dataset: str
-    model: str
-    metrics: pd.DataFrame
-    families: dict
-    ensembles: pd.DataFrame | None
-    pairs: pd.DataFrame | None
-    settings: dict
+class Tables:
+    """Every cell's runs as per-(run, seed) statistics (`stats`), each run's settings (`info`), the
+    ensemble and landscape tables, the families and the settings."""
 
-    def __post_init__(self):
-        self.runs = self.metrics[self.metrics["phase"] == "continue"].sort_values(["run", "seed", "epoch"])
-        self.info = self.runs.groupby("run").first()  # each run's grid settings
+    def __init__(self, metrics, families, ensembles, pairs, landscape, settings):
+        self.families, self.s = families, settings
+        self.ensembles, self.pairs, self.landscape = ensembles, pairs, landscape
+        self.cells = pd.MultiIndex.from_frame(metrics[CELL].drop_duplicates().sort_values(CELL))
+        runs = metrics[metrics["phase"] == "continue"].sort_values(RUN + ["seed", "epoch"])
+        self.runs = runs
+        columns = [c for c in TRAINING + ["checkpoint_every", "merge", "control"] if c in runs]
+        self.info = runs.groupby(RUN, sort=True)[columns].first()
+        base = metrics[metrics["phase"] == "base"].sort_values("epoch")
+        self.checkpoint_acc = base.groupby(UNIT)["val_acc"].last()
+        self.stats = self._per_run(runs, settings)
+        # the smallest step between a cell's distinct test accuracies: about 1 / (test images)
+        acc = runs[CELL + ["test_acc"]].dropna().drop_duplicates().sort_values(CELL + ["test_acc"])
+        step = acc.groupby(CELL)["test_acc"].diff()
+        self.test_step = step[step > 0].groupby([acc.loc[step.index, k] for k in CELL]).min().reindex(self.cells)
 
-    def family_runs(self, name: str) -> list[str]:
-        return [r for r in self.families.get(name, {}).get("runs", []) if r in self.info.index]
+    def _per_run(self, runs: pd.DataFrame, s: dict) -> pd.DataFrame:
+        key = RUN + ["seed"]
+        g = runs.groupby(key, sort=False)
+        pos, n = g.cumcount().to_numpy(), g["epoch"].transform("size").to_numpy()
+        out = pd.DataFrame({"diverged": g["diverged"].any()})
+        last = runs[pos >= n - s["last_epochs"]].groupby(key)
+        out["final_dist"], out["final_test"] = last["dist"].mean(), last["test_acc"].mean()
+        end = runs[pos == n - 1].set_index(key)
+        out["final_val"] = end["val_acc"]
+        # the distance curve starts at 0 at the checkpoint: curve point i is the row at position i - 1
+        mid = runs[pos == n // 2 - 1].set_index(key)["dist"].reindex(out.index).fillna(0.0)
+        out["half_ratio"] = mid / end["dist"]
+        span = np.maximum(1, np.round(s["last_fraction"] * n))
+        start = runs[pos == n - 1 - span].set_index(key)["dist"].reindex(out.index).fillna(0.0)
+        out["growth_ratio"] = (end["dist"] - start) / end["dist"]
+        early = runs[pos < s["early_epochs"]].groupby(key)["val_acc"].min()
+        checkpoint = self.checkpoint_acc.reindex(pd.MultiIndex.from_arrays(
+            [out.index.get_level_values(k) for k in UNIT])).to_numpy()
+        out["early_min"] = early
+        out["early_drop"] = np.maximum(0.0, checkpoint - early.to_numpy())
+        gone = out["diverged"].to_numpy()
+        out.loc[gone, ["final_dist", "final_test", "final_val", "half_ratio", "growth_ratio"]] = math.nan
+        return out
 
-    def points(self, name: str) -> list[str]:
-        """The family's runs with the penalty on (s > 0)."""
-        return [r for r in self.family_runs(name) if self.info.loc[r, "strength"] > 0]
+    # families and their runs, per cell
+    def family_runs(self, name: str) -> pd.DataFrame:
+        """info of the family's runs that have rows, every cell."""
+        runs = self.families.get(name, {}).get("runs", [])
+        return self.info[self.info.index.get_level_values("run").isin(runs)]
 
-    def controls(self, name: str) -> list[str]:
-        return [r for r in self.family_runs(name) if self.info.loc[r, "strength"] == 0]
+    def points(self, name: str) -> pd.DataFrame:
+        runs = self.family_runs(name)
+        return runs[runs["strength"] > 0]
 
-    def per_seed(self, run: str, fn: Callable[[pd.DataFrame], float]) -> pd.Series:
-        """fn of each seed's rows (sorted by epoch) -> a Series indexed by seed."""
-        rows = self.runs[self.runs["run"] == run]
-        return pd.Series({seed: fn(g) for seed, g in rows.groupby("seed")}, dtype=float).rename_axis("seed")
+    def controls(self, name: str) -> pd.DataFrame:
+        runs = self.family_runs(name)
+        return runs[runs["strength"] == 0]
 
-    def checkpoint_acc(self) -> pd.Series:
-        """Each seed's validation accuracy at the checkpoint: its base training's last epoch."""
-        base = self.metrics[self.metrics["phase"] == "base"].sort_values("epoch")
-        return base.groupby("seed")["val_acc"].last()
+    def of(self, runs: pd.DataFrame, col: str) -> pd.Series:
+        """stats[col] of these runs, indexed (dataset, model, run, seed)."""
+        values = self.stats[col]
+        keep = pd.MultiIndex.from_arrays([values.index.get_level_values(k) for k in RUN]).isin(runs.index)
+        return values[keep]
 
-    def diverged(self, runs) -> int:
-        """How many (run, seed) of these runs diverged."""
-        rows = self.runs[self.runs["run"].isin(list(runs))]
-        return int(rows.groupby(["run", "seed"])["diverged"].any().sum())
+    def against(self, runs: pd.DataFrame, col: str, other: pd.Series | None = None) -> pd.DataFrame:
+        """Per (run, seed): d = stats[col] of the run − of `other` (run -> run, per cell; default
+        its control), and c, the other's value."""
+        other = runs["control"] if other is None else other
+        mine = self.of(runs, col).rename("value").reset_index()
+        mine = mine.join(other.rename("other"), on=RUN)
+        theirs = self.stats[col].rename("c").reset_index().rename(columns={"run": "other"})
+        both = mine.merge(theirs, on=CELL + ["other", "seed"], how="left").set_index(RUN + ["seed"])
+        return pd.DataFrame({"d": both["value"] - both["c"], "c": both["c"]})
 
-
-def final_dist(rows: pd.DataFrame) -> float:
-    return rows["dist"].iloc[-1]  # NaN for a diverged run
-
-
-def final_acc(rows: pd.DataFrame) -> float:
-    return 0.0 if rows["diverged"].iloc[-1] else rows["val_acc"].iloc[-1]
-
-
-def dist_curve(rows: pd.DataFrame) -> pd.Series:
-    """Distance by epoch, starting at 0 at the checkpoint epoch."""
-    start = pd.Series([0.0], index=[int(rows["checkpoint_epoch"].iloc[0])])
-    return pd.concat([start, rows.set_index("epoch")["dist"]])
-
-
-def last_fifth_growth(rows: pd.DataFrame, fraction: float) -> float:
-    """How much the distance grew over the last `fraction` of the run's epochs."""
-    curve = dist_curve(rows)
-    span = max(1, round(fraction * (len(curve) - 1)))
-    return curve.iloc[-1] - curve.iloc[-1 - span]
-
-
-def half_ratio(rows: pd.DataFrame) -> float:
-    """Distance at the run's middle epoch over its final distance: 0.5 for a straight line from
-    0, more when the curve rises fast and flattens (concave)."""
-    curve = dist_curve(rows)
-    return curve.iloc[(len(curve) - 1) // 2] / curve.iloc[-1]
-
-
-def early_drop(rows: pd.DataFrame, checkpoint_acc: float, early_epochs: int) -> float:
-    """How far validation accuracy fell below the checkpoint's in the first epochs (0 if never)."""
-    return float(np.maximum(0.0, checkpoint_acc - rows["val_acc"].iloc[:early_epochs].min()))  # NaN stays NaN
-
-
-def _against_control(cell: Cell, run: str, fn) -> pd.Series:
-    """Per seed: fn(the run) − fn(its control)."""
-    return cell.per_seed(run, fn) - cell.per_seed(cell.info.loc[run, "control"], fn)
-
-
-def _over_points(cell: Cell, family: str, test: Callable[[str], Outcome]) -> Outcome:
-    """One test per s > 0 point of the family: the test itself if it has one point, else parts."""
-    points = cell.points(family)
-    if not points:
-        return not_run(f"family '{family}' has no run with s > 0 for this dataset/model")
-    if len(points) == 1:
-        return test(points[0])
-    return all_parts({p: test(p) for p in points}, main=points[0])
+    def diverged_note(self, runs) -> pd.Series:
+        keep = pd.MultiIndex.from_arrays([self.stats.index.get_level_values(k) for k in RUN]).isin(runs)
+        n = self.stats.loc[keep, "diverged"].groupby(level=CELL).sum()
+        return n[n > 0].map(lambda k: f"{int(k)} diverged run(s) left out: no final accuracy or distance")
 
 
-def _diverged_note(out: Outcome, cell: Cell, runs) -> Outcome:
-    n = cell.diverged(runs)
-    if n:
-        out.notes.append(f"{n} diverged run(s): final accuracy 0, no final distance")
-    return out
+def _by_param(values: pd.Series, info: pd.DataFrame, param: str, fmt: Callable) -> dict[str, pd.Series]:
+    """Split per-(run, seed) values by a run setting: name -> values per (cell, seed), sorted."""
+    frame = values.rename("v").reset_index().join(info[param], on=RUN)
+    return {fmt(v): g.set_index(UNIT)["v"].groupby(level=UNIT).first()
+            for v, g in sorted(frame.groupby(param), key=lambda kv: kv[0])}
+
+
+def slopes(values: pd.Series, x: pd.Series) -> pd.Series:
+    """Per cell and seed: the least-squares slope of the values (per run) against x (per run)."""
+    df = values.rename("y").reset_index().join(x.rename("x"), on=RUN).dropna(subset=["x", "y"])
+    g = df.groupby(UNIT)
+    dx, dy = df["x"] - g["x"].transform("mean"), df["y"] - g["y"].transform("mean")
+    keys = [df[k] for k in UNIT]
+    sxx, sxy = (dx * dx).groupby(keys).sum(), (dx * dy).groupby(keys).sum()
+    return (sxy / sxx).where(sxx > 0)
+
+
+def _slope_text(per: str) -> Callable[[float], str]:
+    return lambda v: "" if not np.isfinite(v) else f"slope {v:+.3g}/{per}"
 
 
 # --- the claims, one function each ------------------------------------------------------------
 
-def baseline_farther(cell: Cell) -> Outcome:
-    conf = cell.settings["confidence"]
-    out = _over_points(cell, "baseline", lambda r: paired(_against_control(cell, r, final_dist), +1, conf))
-    return _diverged_note(out, cell, cell.family_runs("baseline"))
+def _paired_parts(t: Tables, runs: pd.DataFrame, col: str, sign: int, param: str, fmt: Callable) -> pd.DataFrame:
+    d = t.against(runs, col)["d"]
+    return combine({name: t_test(v, 0.0, sign, t.s["confidence"], t.cells)
+                    for name, v in _by_param(d, runs, param, fmt).items()})
 
 
-def baseline_accuracy(cell: Cell) -> Outcome:
-    s = cell.settings
-    out = _over_points(cell, "baseline", lambda r: within(_against_control(cell, r, final_acc), -s["margin"],
-                                                          s["margin"], s["confidence"]))
-    return _diverged_note(out, cell, cell.family_runs("baseline"))
+def _s(v) -> str:
+    return f"s={v:g}"
 
 
-def baseline_shape(cell: Cell) -> Outcome:
-    conf = cell.settings["confidence"]
-    return _over_points(cell, "baseline", lambda r: paired(_against_control(cell, r, half_ratio), +1, conf))
+def baseline_farther(t: Tables) -> pd.DataFrame:
+    points = t.points("baseline")
+    return _add_note(_paired_parts(t, points, "final_dist", +1, "strength", _s), t.diverged_note(points.index))
 
 
-def baseline_walks(cell: Cell) -> Outcome:
-    s = cell.settings
-    controls = cell.controls("baseline")
-    if not controls:
-        return not_run("family 'baseline' has no control run for this dataset/model")
-    tests = {c: paired(cell.per_seed(c, lambda rows: last_fifth_growth(rows, s["last_fraction"])), +1,
-                       s["confidence"]) for c in controls}
-    return tests[controls[0]] if len(tests) == 1 else all_parts(tests, main=controls[0])
+def _margins(t: Tables, control_values: pd.Series) -> pd.Series:
+    """Per cell: max(margin, relative_margin × the control's mean error rate)."""
+    error = 1 - control_values.groupby(level=CELL).mean()
+    return np.maximum(t.s["margin"], t.s["relative_margin"] * error).reindex(t.cells).fillna(t.s["margin"])
 
 
-def _swept(cell: Cell, family: str, x: Callable[[pd.Series], float], y: Callable[[pd.DataFrame], float]) -> pd.DataFrame:
-    """(x of the run's settings, y of a seed's rows, seed) for every s > 0 run and seed of a family."""
-    frames = [cell.per_seed(r, y).rename("y").reset_index().assign(x=x(cell.info.loc[r]), run=r)
-              for r in cell.points(family)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["x", "y", "seed", "run"])
+def _resolution(t: Tables) -> pd.Series:
+    # a step below 1e-5 means accuracies that are not counts of images (synthetic tables): no note
+    return t.test_step[t.test_step >= 1e-5].map(lambda v: f"test accuracies move in steps of {v:.2g} (about 1/{round(1 / v)})")
 
 
-def strength_drop(cell: Cell) -> Outcome:
-    s = cell.settings
-    acc = cell.checkpoint_acc()
-    points = _swept(cell, "strength", lambda run: run["strength"],
-                    lambda rows: early_drop(rows, acc.get(rows["seed"].iloc[0], math.nan), s["early_epochs"]))
-    return grows_with(points, s["confidence"])
-
-
-def _largest_strength(cell: Cell) -> str:
-    return max(cell.points("strength"), key=lambda r: cell.info.loc[r, "strength"])
-
-
-def strength_distance(cell: Cell) -> Outcome:
-    s = cell.settings
-    if not cell.points("strength"):
-        return not_run("family 'strength' has no run with s > 0 for this dataset/model")
-    grows = grows_with(_swept(cell, "strength", lambda run: run["strength"], final_dist), s["confidence"])
-    largest = _largest_strength(cell)
-    growth = cell.per_seed(largest, lambda rows: last_fifth_growth(rows, s["last_fraction"]) / final_dist(rows))
-    plateau = paired(s["plateau"] - growth, +1, s["confidence"])
-    out = all_parts({"ρ(s, final dist)": grows,
-                     f"plateau at s={cell.info.loc[largest, 'strength']:g} (plateau − growth/final)": plateau},
-                    main="ρ(s, final dist)")
-    return _diverged_note(out, cell, cell.points("strength"))
-
-
-def strength_recovery(cell: Cell) -> Outcome:
-    s = cell.settings
-    if not cell.points("strength"):
-        return not_run("family 'strength' has no run with s > 0 for this dataset/model")
-    largest = _largest_strength(cell)
-    out = paired(_against_control(cell, largest, final_acc), -1, s["confidence"])
-    # "after the drop the accuracy recovers": its final accuracy above its early minimum
-    early_min = cell.per_seed(largest, lambda rows: rows["val_acc"].iloc[:s["early_epochs"]].min())
-    recovered = (cell.per_seed(largest, final_acc) > early_min).sum()
-    out.notes.append(f"s={cell.info.loc[largest, 'strength']:g}; recovered above its early minimum in "
-                     f"{recovered}/{len(early_min)} seeds")
-    return _diverged_note(out, cell, [largest, cell.info.loc[largest, "control"]])
-
-
-def _wideness(cell: Cell) -> tuple[Callable[[pd.Series], float], str]:
-    """How wide a run's kernel is, and its symbol: σ, or 1/γ where the family sweeps gamma."""
-    if "gamma" in cell.families["width"].get("varying", []):
-        return (lambda run: 1 / run["gamma"]), "γ"
-    return (lambda run: run["width"]), "σ"
-
-
-def width_distance(cell: Cell) -> Outcome:
-    wideness, _ = _wideness(cell)
-    out = grows_with(_swept(cell, "width", wideness, final_dist), cell.settings["confidence"])
-    return _diverged_note(out, cell, cell.points("width"))
-
-
-def crossing_epoch(narrow: pd.Series, wide: pd.Series) -> int | None:
-    """The first epoch from which the wider kernel's distance is ≥ the narrower's at every later
-    epoch, given the narrower led at some earlier epoch; None when the wider never overtakes for
-    good within the run (or never trailed). Both Series are indexed by epoch."""
-    both = pd.concat({"narrow": narrow, "wide": wide}, axis=1).dropna().sort_index()
-    ahead = both["wide"] >= both["narrow"]
-    if ahead.all() or not ahead.iloc[-1]:
-        return None
-    last_behind = ahead[~ahead].index[-1]
-    return int(ahead.index[ahead.index > last_behind][0])
-
-
-def width_crossing(cell: Cell) -> Outcome:
-    wideness, symbol = _wideness(cell)
-    runs = sorted(cell.points("width"), key=lambda r: wideness(cell.info.loc[r]))
-    if len(runs) < 2:
-        return Outcome("inconclusive", note="fewer than two widths: nothing to cross")
-    key = "gamma" if symbol == "γ" else "width"
-    names = [f"{symbol} {cell.info.loc[a, key]:g}→{cell.info.loc[b, key]:g}" for a, b in itertools.pairwise(runs)]
-    curves = {r: cell.runs[cell.runs["run"] == r].pivot(index="epoch", columns="seed", values="dist") for r in runs}
-    seeds = sorted(set.intersection(*(set(c.columns) for c in curves.values())))
-    # crossings[seed] = the crossing epoch of each neighbouring pair, narrowest first (None: none)
-    crossings = {seed: [crossing_epoch(curves[a][seed], curves[b][seed]) for a, b in itertools.pairwise(runs)]
-                 for seed in seeds}
-    parts = []
-    for k, name in enumerate(names):
-        epochs = [c[k] for c in crossings.values() if c[k] is not None]
-        if not epochs:
-            parts.append(f"{name}: no crossing within the budget")
-        else:
-            some = "" if len(epochs) == len(seeds) else f" ({len(epochs)}/{len(seeds)} seeds)"
-            parts.append(f"{name}: epoch {round(float(np.mean(epochs)), 1):g}{some}")
-    text = "; ".join(parts)
-    in_order = [None not in c and all(a <= b for a, b in itertools.pairwise(c)) for c in crossings.values()]
-    some_never = [None in c for c in crossings.values()]
-    if len(seeds) < 2:
-        return Outcome("inconclusive", seeds=len(seeds), note=ONE_SEED if seeds else "no seed has a value", text=text)
-    verdict = "holds" if all(in_order) else "does not hold" if all(some_never) else "inconclusive"
-    return Outcome(verdict, seeds=len(seeds), text=text)
-
-
-def width_accuracy(cell: Cell) -> Outcome:
-    s = cell.settings
-    finals = pd.DataFrame({r: cell.per_seed(r, final_acc) for r in cell.points("width")}).dropna()
-    spread = finals.max(axis=1) - finals.min(axis=1)
-    out = within(spread, -math.inf, s["margin"], s["confidence"])
-    return _diverged_note(out, cell, cell.points("width"))
-
-
-def lr_penalty(cell: Cell) -> Outcome:
-    conf = cell.settings["confidence"]
-    points = sorted(cell.points("lr"), key=lambda r: cell.info.loc[r, "lr_init"])
-    if not points:
-        return not_run("family 'lr' has no run with s > 0 for this dataset/model")
+def _equivalent_parts(t: Tables, runs: pd.DataFrame, param: str, fmt: Callable) -> pd.DataFrame:
+    both = t.against(runs, "final_test")
     parts = {}
-    for r in points:
-        name = f"lr {cell.info.loc[r, 'lr_init']:g}"
-        parts[name if name not in parts else f"{name} ({r})"] = paired(_against_control(cell, r, final_dist), +1, conf)
-    return _diverged_note(all_parts(parts, main=_weakest(parts)), cell, cell.family_runs("lr"))
+    for name, d in _by_param(both["d"], runs, param, fmt).items():
+        c = _by_param(both["c"], runs, param, fmt)[name]
+        parts[name] = equivalence(d, _margins(t, c), t.s["confidence"], t.cells)
+    return _add_note(_add_note(combine(parts), _resolution(t)), t.diverged_note(runs.index))
 
 
-def _reference_lr(cell: Cell, lrs: list[float]) -> float:
-    """The lr the extremes are compared with: the baseline's (the default) if the lr family has it,
-    else the middle of the family's learning rates."""
-    baseline = cell.controls("baseline")
-    if baseline and cell.info.loc[baseline[0], "lr_init"] in lrs:
-        return cell.info.loc[baseline[0], "lr_init"]
-    return lrs[(len(lrs) - 1) // 2]
+def baseline_accuracy(t: Tables) -> pd.DataFrame:
+    return _equivalent_parts(t, t.points("baseline"), "strength", _s)
 
 
-def _train_ce_after(rows: pd.DataFrame, epochs: int) -> float:
-    return rows["train_ce"].iloc[:epochs].iloc[-1]
+def baseline_shape(t: Tables) -> pd.DataFrame:
+    return _paired_parts(t, t.points("baseline"), "half_ratio", +1, "strength", _s)
 
 
-def lr_extremes(cell: Cell) -> Outcome:
-    s = cell.settings
-    controls = {cell.info.loc[r, "lr_init"]: r for r in cell.controls("lr")}
-    if len(controls) < 2:
-        return Outcome("inconclusive", note="the lr family needs controls at two learning rates or more")
-    lrs = sorted(controls)
-    ref = _reference_lr(cell, lrs)
-
-    def diff(a: float, fn) -> pd.Series:
-        return cell.per_seed(controls[a], fn) - cell.per_seed(controls[ref], fn)
-
-    low, high = lrs[0], lrs[-1]
-    slow_name = f"train_ce lr {low:g} − lr {ref:g}" if low < ref else "too low an lr"
-    unstable_name = f"final val_acc lr {high:g} − lr {ref:g}" if high > ref else "too high an lr"
-    slow = (paired(diff(low, lambda rows: _train_ce_after(rows, s["early_epochs"])), +1, s["confidence"])
-            if low < ref else not_run(f"no lr below {ref:g}"))
-    unstable = (paired(diff(high, final_acc), -1, s["confidence"]) if high > ref else not_run(f"no lr above {ref:g}"))
-    main = slow_name if slow.verdict != "not run" else unstable_name
-    out = all_parts({slow_name: slow, unstable_name: unstable}, main=main)
-    return _diverged_note(out, cell, controls.values())
+def baseline_walks(t: Tables) -> pd.DataFrame:
+    controls = t.controls("baseline")
+    parts = {f"control lr {lr:g}": t_test(v, t.s["plateau"], +1, t.s["confidence"], t.cells)
+             for lr, v in _by_param(t.of(controls, "growth_ratio"), controls, "lr_init", lambda v: v).items()}
+    return combine(parts) if parts else _blank(t.cells, "not run", "family 'baseline' has no control run")
 
 
-def single_hill(cell: Cell, run: str) -> str | None:
-    """The run with the same settings as `run` but one hill (checkpoint_every 0): the same
-    penalty columns and the same training part of the run id (which names every training setting)."""
-    me = cell.info.loc[run]
-    same = pd.Series(True, index=cell.info.index)
-    for col in ("strength", "kernel", "width", "gamma", "distance"):
-        same &= (cell.info[col] == me[col]) | (cell.info[col].isna() & pd.isna(me[col]))
-    same &= cell.info["checkpoint_every"].fillna(0) == 0
-    same &= cell.info.index.str.split("_", n=1).str[-1] == run.split("_", 1)[-1]
-    return next(iter(cell.info.index[same]), None)
+def strength_drop(t: Tables) -> pd.DataFrame:
+    points = t.points("strength")
+    per_seed = slopes(t.of(points, "early_drop"), np.log10(points["strength"]))
+    return t_test(per_seed, 0.0, +1, t.s["confidence"], t.cells, _slope_text("decade of s"))
 
 
-def _farther_than(cell: Cell, run: str, other: str | None, conf: float) -> Outcome:
-    if other is None:
-        return not_run(f"no single-hill run with the settings of {run}")
-    return paired(cell.per_seed(run, final_dist) - cell.per_seed(other, final_dist), +1, conf)
+def _largest(points: pd.DataFrame, col: str) -> pd.DataFrame:
+    return points.loc[points.groupby(level=CELL)[col].idxmax()]
 
 
-def multiple_farther(cell: Cell) -> Outcome:
-    conf = cell.settings["confidence"]
-    every = [r for r in cell.points("multiple") if cell.info.loc[r, "checkpoint_every"] > 0]
-    if not every:
-        return not_run("family 'multiple' has no run with a new hill every K epochs")
-    parts = {f"every {cell.info.loc[r, 'checkpoint_every']:g} − single": _farther_than(cell, r, single_hill(cell, r), conf)
-             for r in every}
-    merge = cell.points("merge")
-    merged = [r for r in merge if cell.info.loc[r, "merge"]]
-    unmerged = [r for r in merge if not cell.info.loc[r, "merge"] and cell.info.loc[r, "checkpoint_every"] > 0]
-    if merged and unmerged:
-        parts["merged − single"] = _farther_than(cell, merged[0], single_hill(cell, merged[0]), conf)
-        parts["unmerged − merged"] = _farther_than(cell, unmerged[0], merged[0], conf)
+def strength_distance(t: Tables) -> pd.DataFrame:
+    points = t.points("strength")
+    grows = t_test(slopes(t.of(points, "final_dist"), np.log10(points["strength"])), 0.0, +1, t.s["confidence"],
+                   t.cells, _slope_text("decade of s"))
+    largest = _largest(points, "strength")
+    growth = t.of(largest, "growth_ratio").droplevel("run")
+    plateau = t_test(growth, t.s["plateau"], -1, t.s["confidence"], t.cells)
+    r = combine({"slope of final dist per decade of s": grows, "growth/final dist at the largest s": plateau})
+    return _add_note(r, t.diverged_note(points.index))
+
+
+def strength_recovery(t: Tables) -> pd.DataFrame:
+    largest = _largest(t.points("strength"), "strength")
+    d = t.against(largest, "final_test")["d"].droplevel("run")
+    r = t_test(d, 0.0, -1, t.s["confidence"], t.cells)
+    st = t.stats.loc[t.stats.index.droplevel("seed").isin(largest.index)]
+    by_cell = st.groupby(level=CELL)
+    n, gone = by_cell.size(), by_cell["diverged"].sum()
+    recovered = (st["final_val"] > st["early_min"]).groupby(level=CELL).sum()
+    s = largest["strength"].droplevel("run")
+    notes = ("s=" + s.map("{:g}".format) + "; recovered above its early minimum in " + recovered.astype(int).astype(str)
+             + "/" + n.astype(str) + " seeds")
+    diverged = ("; diverged in " + gone.astype(int).astype(str) + "/" + n.astype(str)
+                + " seeds (left out, not counted as 0)").where(gone > 0, "")
+    return _add_note(r, notes.reindex(n.index) + diverged)
+
+
+def _wideness(t: Tables, points: pd.DataFrame) -> tuple[pd.Series, str, str]:
+    """How wide each run's kernel is, its symbol and column: σ, or 1/γ where the family sweeps gamma."""
+    if "gamma" in t.families["width"].get("varying", []):
+        return 1 / points["gamma"], "γ", "gamma"
+    return points["width"], "σ", "width"
+
+
+def width_distance(t: Tables) -> pd.DataFrame:
+    points = t.points("width")
+    wide, _, _ = _wideness(t, points)
+    per_seed = slopes(t.of(points, "final_dist"), np.log10(wide))
+    r = t_test(per_seed, 0.0, +1, t.s["confidence"], t.cells, _slope_text("decade of wideness"))
+    return _add_note(r, t.diverged_note(points.index))
+
+
+def crossing_epochs(gap: pd.DataFrame) -> pd.Series:
+    """Per (cell, seed): the epoch from which gap = wide − narrow stays ≥ 0 to the end, given it was
+    < 0 before; NaN where it ends < 0 (not crossed yet: censored) or never was < 0."""
+    neg = gap[gap["gap"] < 0]
+    last_neg = neg.groupby(UNIT)["epoch"].max()
+    end = gap.groupby(UNIT)["gap"].last()
+    later = gap.join(last_neg.rename("last_neg"), on=UNIT)
+    first_after = later[later["epoch"] > later["last_neg"]].groupby(UNIT)["epoch"].min()
+    return first_after.where(end.reindex(first_after.index) >= 0)
+
+
+def width_crossing(t: Tables) -> pd.DataFrame:
+    points = t.points("width")
+    wide, symbol, col = _wideness(t, points)
+    order = wide.groupby(level="run").first().sort_values()
+    if len(order) < 2:
+        return _blank(t.cells, "inconclusive", "fewer than two widths: nothing to cross")
+    s, conf = t.s, t.s["confidence"]
+    curves = t.runs[t.runs["run"].isin(order.index)].set_index(RUN + ["seed", "epoch"])["dist"]
+    parts, texts = {}, []
+    for narrow, wider in zip(order.index[:-1], order.index[1:]):
+        name = f"{symbol} {points.xs(narrow, level='run')[col].iloc[0]:g}→{points.xs(wider, level='run')[col].iloc[0]:g}"
+        gap = (curves.xs(wider, level="run") - curves.xs(narrow, level="run")).rename("gap").dropna().reset_index()
+        gap = gap.sort_values(UNIT + ["epoch"])
+        g = gap.groupby(UNIT)
+        pos, n = g.cumcount(), g["epoch"].transform("size")
+        early = gap[pos == 0].set_index(UNIT)["gap"]  # the first epoch: a crossing can come at the second
+        late = gap[pos >= n - s["last_epochs"]].groupby(UNIT)["gap"].mean()
+        span = np.maximum(1, np.round(s["last_fraction"] * n))
+        widening = (g["gap"].last() - gap[pos == n - 1 - span].groupby(UNIT)["gap"].first())
+        led, ahead = t_test(early, 0.0, -1, conf, t.cells), t_test(late, 0.0, +1, conf, t.cells)
+        pulls_away = t_test(widening, 0.0, -1, conf, t.cells)
+        part = ahead.copy()
+        # holds: the narrower led early and the wider is ahead at the end; against: the wider is still
+        # behind at the end and the gap is widening (not a crossing that has not happened yet)
+        part["p_holds"] = np.fmax(led["p_holds"], ahead["p_holds"])
+        part["p_against"] = np.fmax(ahead["p_against"], pulls_away["p_holds"])
+        crossed = crossing_epochs(gap).groupby(level=CELL).agg(["mean", "count"]).reindex(t.cells)
+        total = g.size().groupby(level=CELL).size().reindex(t.cells).fillna(0).astype(int)
+        epochs_run = g["epoch"].max().groupby(level=CELL).max().reindex(t.cells)
+        k = crossed["count"].fillna(0).astype(int)
+        when = ("epoch " + crossed["mean"].round(1).map("{:g}".format) + " (" + k.astype(str) + "/"
+                + total.astype(str) + " seeds)")
+        never = "not within epoch " + epochs_run.fillna(0).astype(int).astype(str)
+        part["text"] = when.where(k > 0, never.where(total > 0, "")).to_numpy()
+        texts.append([f"{name}: {w}" if w else "" for w in part["text"]])
+        parts[name] = part
+    r = combine(parts)
+    r["text"] = ["; ".join(x for x in row if x) for row in zip(*texts)]
+    r = _add_note(r, "the order of the crossing epochs is shown, not tested (a crossing not yet seen is censored)")
+    return _add_note(r, t.diverged_note(points.index))
+
+
+def width_accuracy(t: Tables) -> pd.DataFrame:
+    points = t.points("width")
+    _, symbol, col = _wideness(t, points)
+    return _equivalent_parts(t, points, col, lambda v: f"{symbol} {v:g}")
+
+
+def lr_penalty(t: Tables) -> pd.DataFrame:
+    points = t.points("lr")
+    r = _paired_parts(t, points, "final_dist", +1, "lr_init", lambda v: f"lr {v:g}")
+    return _add_note(r, t.diverged_note(t.family_runs("lr").index))
+
+
+def _reference(t: Tables, controls: pd.DataFrame) -> pd.Series:
+    """Per cell: the run id of the control at the reference lr, the baseline's lr where the lr
+    family has it, else its middle lr; only cells whose highest lr is above it."""
+    lrs = controls["lr_init"].reset_index().drop_duplicates(CELL + ["lr_init"]).sort_values(CELL + ["lr_init"])
+    g = lrs.groupby(CELL)
+    rank, n = g.cumcount(), g["lr_init"].transform("size")
+    middle = lrs[rank == (n - 1) // 2].set_index(CELL)["lr_init"]
+    base = t.controls("baseline")["lr_init"].groupby(level=CELL).first()
+    has_base = lrs.merge(base.rename("b").reset_index(), on=CELL)
+    has_base = has_base[has_base["lr_init"] == has_base["b"]].set_index(CELL)["lr_init"]
+    ref = middle.copy()
+    ref.loc[has_base.index] = has_base
+    top = g["lr_init"].max()
+    ref = ref[(n.groupby([lrs[k] for k in CELL]).first() >= 2) & (top > ref)]
+    chosen = lrs.merge(ref.rename("ref").reset_index(), on=CELL)
+    chosen = chosen[chosen["lr_init"] == chosen["ref"]].drop_duplicates(CELL)
+    return chosen.set_index(CELL)["run"]
+
+
+def lr_extremes(t: Tables) -> pd.DataFrame:
+    controls = t.controls("lr")
+    ref = _reference(t, controls)
+    r = _blank(t.cells, "inconclusive", "the lr family needs controls at two learning rates or more")
+    if ref.empty:
+        return r
+    top = controls["lr_init"].groupby(level=CELL).transform("max")
+    high = controls[(controls["lr_init"] == top) & controls.index.droplevel("run").isin(ref.index)]
+    other = pd.Series(ref.reindex(high.index.droplevel("run")).to_numpy(), index=high.index)
+    d = t.against(high, "final_test", other)["d"].droplevel("run")
+    test = t_test(d, 0.0, -1, t.s["confidence"], t.cells)
+    done = t.cells.isin(ref.index)
+    r.loc[done] = test.loc[done]
+    st = t.stats.loc[t.stats.index.droplevel("seed").isin(high.index), "diverged"].groupby(level=CELL)
+    gone, total = st.sum(), st.size()
+    everywhere = t.cells.isin(gone[(gone == total) & (total > 0)].index)
+    r.loc[everywhere, ["fixed", "p_holds", "p_against", "text"]] = ["holds", math.nan, math.nan, "diverged"]
+    ref_lr = t.info.loc[pd.MultiIndex.from_arrays([*zip(*ref.index), ref.to_numpy()], names=RUN), "lr_init"]
+    names = ("lr " + high["lr_init"].droplevel("run").map("{:g}".format) + " − lr "
+             + ref_lr.droplevel("run").map("{:g}".format).reindex(high.index.droplevel("run")))
+    diverged = ("; diverged in " + gone.astype(int).astype(str) + "/" + total.astype(str)
+                + " seeds (unstable; left out of the mean)").where(gone > 0, "")
+    r = _add_note(r, names + diverged.reindex(names.index).fillna(""))
+    return _add_note(r, "part 1 (a too-low lr converges more slowly) is not testable from a converged checkpoint: "
+                        "lowering the lr lowers the training loss at once (annealing)")
+
+
+def single_hill(t: Tables, runs: pd.DataFrame) -> pd.Series:
+    """run -> the run of the same cell trained the same way (every TRAINING column equal, NaN equal
+    to NaN as pandas merges) with one hill (checkpoint_every 0 or none) and no merge."""
+    match = [c for c in TRAINING if c in t.info]
+    single = t.info[t.info["checkpoint_every"].fillna(0) == 0]
+    if "merge" in single:
+        single = single[~single["merge"].fillna(False).astype(bool)]
+    mine = runs[match].reset_index().rename(columns={"run": "me"})
+    found = mine.merge(single[match].reset_index(), on=CELL + match, how="inner").drop_duplicates(CELL + ["me"])
+    return found.set_index(CELL + ["me"])["run"].rename_axis(RUN)
+
+
+def multiple_farther(t: Tables) -> pd.DataFrame:
+    conf = t.s["confidence"]
+    multiple = t.points("multiple")
+    every = multiple[multiple["checkpoint_every"].fillna(0) > 0]
+    if every.empty:
+        return _blank(t.cells, "not run", "family 'multiple' has no run with a new hill every K epochs")
+    parts = {}
+    d = t.against(every, "final_dist", single_hill(t, every))["d"]
+    for name, v in _by_param(d, every, "checkpoint_every", lambda v: f"every {v:g} − single").items():
+        parts[name] = t_test(v, 0.0, +1, conf, t.cells)
+    merge = t.points("merge")
+    merged = merge[merge["merge"].fillna(False).astype(bool)]
+    unmerged = merge[~merge["merge"].fillna(False).astype(bool) & (merge["checkpoint_every"].fillna(0) > 0)]
+    if len(merged) and len(unmerged):
+        d = t.against(merged, "final_dist", single_hill(t, merged))["d"].droplevel("run")
+        parts["merged − single"] = t_test(d, 0.0, +1, conf, t.cells)
+        # the unmerged run of each cell against that cell's merged run
+        other = merged.reset_index("run")["run"].groupby(level=CELL).first()
+        pairs = pd.Series(other.reindex(unmerged.droplevel("run").index).to_numpy(), index=unmerged.index)
+        d = t.against(unmerged, "final_dist", pairs)["d"].droplevel("run")
+        parts["unmerged − merged"] = t_test(d.groupby(level=UNIT).first(), 0.0, +1, conf, t.cells)
     else:
-        parts["merged between"] = not_run("family 'merge' has no merged and unmerged pair for this dataset/model")
-    out = all_parts(parts, main=next(iter(parts)))
-    out.notes.append("exploratory: the source has no result")
-    return _diverged_note(out, cell, cell.family_runs("multiple") + cell.family_runs("merge"))
+        parts["merged between"] = _blank(t.cells, "not run", "family 'merge' has no merged and unmerged pair")
+    r = combine(parts)
+    return _add_note(r, t.diverged_note(multiple.index.union(merge.index)))
 
 
-def _named_ensembles(table: pd.DataFrame) -> pd.DataFrame:
-    """Tables written before ensembles had names hold one ensemble per method."""
-    return table if "ensemble" in table else table.assign(ensemble="all")
+def kernel_farther(t: Tables) -> pd.DataFrame:
+    points = t.points("kernel")
+    r = _paired_parts(t, points, "final_dist", +1, "kernel", str)
+    return _add_note(r, t.diverged_note(points.index))
 
 
-def ensemble_gain(cell: Cell) -> Outcome:
-    conf = cell.settings["confidence"]
-    curves = _named_ensembles(cell.ensembles)
-    largest = curves[curves["m"] == curves.groupby(["method", "ensemble"])["m"].transform("max")]
-    parts = {method: paired(g.set_index("ensemble")["gain_best"], +1, conf)
-             for method, g in largest.groupby("method", sort=True)}
-    if len(parts) == 1:
-        return next(iter(parts.values()))
-    return all_parts(parts, main=_weakest(parts))
+def _scheduled(t: Tables) -> pd.DataFrame:
+    points = t.points("schedule")
+    return points[points["schedule"] != "constant"]
 
 
-def ensemble_diversity(cell: Cell) -> Outcome:
-    pairs = _named_ensembles(cell.pairs)
-    mean = pairs.groupby(["method", "ensemble"])["disagreement"].mean()
+def schedule_escape(t: Tables) -> pd.DataFrame:
+    points = _scheduled(t)
+    r = _paired_parts(t, points, "final_test", +1, "schedule", str)
+    return _add_note(r, t.diverged_note(t.family_runs("schedule").index))
+
+
+def schedule_shrink(t: Tables) -> pd.DataFrame:
+    points = _scheduled(t)
+    parts = {name: t_test(v, 0.0, -1, t.s["confidence"], t.cells)
+             for name, v in _by_param(t.of(points, "growth_ratio"), points, "schedule", str).items()}
+    return combine(parts) if parts else _blank(t.cells, "not run", "family 'schedule' has only the constant lr")
+
+
+def epochs_budget(t: Tables) -> pd.DataFrame:
+    points = t.points("epochs")
+    d = t.against(points, "final_test")["d"]
+    per_seed = slopes(d, np.log2(points["epochs"]))
+    return t_test(per_seed, 0.0, +1, t.s["confidence"], t.cells, _slope_text("doubling of the epochs"))
+
+
+def landscape_left(t: Tables) -> pd.DataFrame:
+    points = t.points("baseline")
+    barrier = t.landscape.groupby(RUN + ["seed"])["barrier"].first()
+    mine = barrier[barrier.index.droplevel("seed").isin(points.index)].rename("b").reset_index()
+    mine = mine.join(points["control"], on=RUN)
+    ctrl = barrier.rename("c").reset_index().rename(columns={"run": "control"})
+    both = mine.merge(ctrl, on=CELL + ["control", "seed"], how="left")
+    d = (both["b"] - both["c"]).set_axis(pd.MultiIndex.from_frame(both[UNIT]))
+    return t_test(d.groupby(level=UNIT).first(), 0.0, +1, t.s["confidence"], t.cells)
+
+
+# ensembles: a method's ensembles are its units (a snapshot method: one per seed)
+
+def _units(table: pd.DataFrame, value: str) -> pd.Series:
+    return table.set_index(CELL + ["method", "ensemble"])[value]
+
+
+def _per_method(t: Tables, values: pd.Series, test: Callable[[pd.Series], pd.DataFrame]) -> pd.DataFrame:
+    """A part per method that has ≥ 2 ensembles somewhere; a method with one ensemble is named in the note."""
+    counts = values.groupby(level=CELL + ["method"]).size()
+    tested = sorted(counts[counts >= 2].index.get_level_values("method").unique())
+    parts = {m: test(values.xs(m, level="method")) for m in tested}
+    one = counts[counts < 2].reset_index().groupby(CELL)["method"].agg(", ".join)
+    note = one.map(lambda ms: f"not tested, 1 ensemble: {ms}")
+    if not parts:
+        return _add_note(_blank(t.cells, "inconclusive", "no method has 2 ensembles"), note)
+    return _add_note(combine(parts), note)
+
+
+def ensemble_gain(t: Tables) -> pd.DataFrame:
+    e = t.ensembles
+    largest = e[e["m"] == e.groupby(CELL + ["method", "ensemble"])["m"].transform("max")]
+    return _per_method(t, _units(largest, "gain_best"), lambda v: t_test(v, 0.0, +1, t.s["confidence"], t.cells))
+
+
+def ensemble_diversity(t: Tables) -> pd.DataFrame:
+    mean = t.pairs.groupby(CELL + ["method", "ensemble"])["disagreement"].mean()
     methods = set(mean.index.get_level_values("method"))
     if not {"distance", "sgdr"} <= methods:
-        return not_run("needs both the 'distance' and the 'sgdr' ensembles")
-    return paired(mean.loc["distance"] - mean.loc["sgdr"], -1, cell.settings["confidence"])
+        return _blank(t.cells, "not run", "needs both the 'distance' and the 'sgdr' ensembles")
+    d = mean.xs("distance", level="method") - mean.xs("sgdr", level="method")  # the same seed's ensembles
+    r = t_test(d.dropna(), t.s["diversity_margin"], -1, t.s["confidence"], t.cells)
+    return _add_note(r, "confounded: distance members are taken at the constant peak lr, SGDR members at the "
+                        "annealed end of a cycle (a constant-lr snapshot ensemble without the penalty would match)")
 
 
-def ensemble_weights_vs_predictions(cell: Cell) -> Outcome:
-    s = cell.settings
-    pairs = _named_ensembles(cell.pairs).dropna(subset=["weight_distance", "disagreement"])
-    seeds = int(pairs.groupby("method")["ensemble"].nunique().max()) if len(pairs) else 0  # ensembles per method
-    if len(pairs) < 3:
-        return Outcome("inconclusive", seeds=seeds, note="fewer than 3 member pairs")
-    rho, p = spearman(pairs["weight_distance"], pairs["disagreement"])
-    out = Outcome("inconclusive", rho, p_value=p, seeds=seeds, text=f"ρ={rho:.2f}",
-                  notes=[f"{len(pairs)} member pairs"])
-    if math.isnan(rho):
-        out.note = "the values are constant: ρ is undefined"
-    elif seeds < 2:
-        out.note = ONE_SEED.replace("the value is that seed's", "ρ is over that seed's ensembles")
-    elif abs(rho) < s["weak_rho"]:
-        out.verdict = "holds"
-    elif p < 1 - s["confidence"]:
-        out.verdict = "does not hold"
-    return out
+def within_ensemble_rho(pairs: pd.DataFrame) -> pd.Series:
+    """Spearman's ρ(weight distance, disagreement) over each ensemble's own member pairs (≥ 3
+    pairs, not constant): the Pearson correlation of their average ranks."""
+    keys = CELL + ["method", "ensemble"]
+    p = pairs.dropna(subset=["weight_distance", "disagreement"])
+    gid = p.groupby(keys, sort=True).ngroup().to_numpy()
+    index = p.groupby(keys, sort=True).size().index
+    frame = pd.DataFrame({"g": gid, "x": p["weight_distance"].to_numpy(), "y": p["disagreement"].to_numpy()})
+    g = frame.groupby("g")
+    x, y = g["x"].rank(), g["y"].rank()
+    x, y = x - x.groupby(frame["g"]).transform("mean"), y - y.groupby(frame["g"]).transform("mean")
+    sums = pd.DataFrame({"xy": x * y, "xx": x * x, "yy": y * y, "g": frame["g"]}).groupby("g").sum()
+    rho = pd.Series((sums["xy"] / np.sqrt(sums["xx"] * sums["yy"])).to_numpy(), index=index)
+    ok = (g.size().to_numpy() >= 3) & (sums["xx"].to_numpy() > 0) & (sums["yy"].to_numpy() > 0)
+    return rho[ok]
+
+
+def ensemble_weights_vs_predictions(t: Tables) -> pd.DataFrame:
+    rho = within_ensemble_rho(t.pairs)
+    return _per_method(t, rho, lambda v: equivalence(v, t.s["weak_rho"], t.s["confidence"], t.cells))
 
 
 # --- the table of claims ----------------------------------------------------------------------
 
-PAIRED_UP = ("holds if every seed's {what} is > 0 and the t-interval of its mean (confidence {confidence:g}) "
-             "lies above 0; does not hold if the interval lies below 0; otherwise, and with < 2 seeds, inconclusive")
-PAIRED_DOWN = ("holds if every seed's {what} is < 0 and the t-interval of its mean (confidence {confidence:g}) "
-               "lies below 0; does not hold if the interval lies above 0; otherwise, and with < 2 seeds, inconclusive")
-GROWS = ("holds if Spearman's ρ > 0 with p < 1 − {confidence:g}; does not hold if ρ < 0 with p < 1 − {confidence:g}; "
-         "otherwise, and with < 2 seeds, inconclusive")
-PARTS = "holds if every part holds; does not hold if any part does not hold; else inconclusive. "
+SIDES = ("holds if the mean {what} is {side} with one-sided p < (1 − {confidence:g})/2 after the adjustment; "
+         "does not hold if it is {other} the same way; otherwise, and with < 2 seeds, inconclusive")
+
+
+def _rule(what: str, side: str, other: str) -> str:
+    return SIDES.replace("{what}", what).replace("{side}", side).replace("{other}", other)
+
+
+PAIRED_UP = _rule("per-seed difference", "> 0", "< 0")
+PAIRED_DOWN = _rule("per-seed difference", "< 0", "> 0")
+GROWS = _rule("per-seed slope", "> 0", "< 0")
+SAME = ("holds if both one-sided tests put the mean per-seed difference inside ±margin (p < (1 − {confidence:g})/2 "
+        "each, after the adjustment), margin = max({margin:g}, {relative_margin:g} × the control's error rate); "
+        "does not hold if it is outside; otherwise, and with < 2 seeds, inconclusive")
+PARTS = "Parts: holds if every part holds, does not hold if any part does not. "
+EXPLORATORY = ("exploratory: the source states no result; the mean and its t-interval (confidence {confidence:g}) are "
+               "shown, no verdict is drawn and the test is not in the adjusted family")
 
 
 @dataclass(frozen=True)
 class Claim:
     id: str
-    family: str       # the family it needs; "ensembles": the ensemble tables
+    family: str       # the family it needs; "ensembles": the ensemble tables; "landscape": its table
     text: str
     statistic: str
     rule: str         # formatted with the settings
     uses: tuple       # the settings keys it uses, shown as its thresholds
     figure: str
-    test: Callable[[Cell], Outcome]
+    test: Callable[[Tables], pd.DataFrame]
+    exploratory: bool = False
 
 
 def _family_figure(name: str) -> str:
     return f"plots/families/{name}.png"
 
 
+FINAL = "final = the mean over the last last_epochs epochs"
 CLAIMS = [
     Claim("baseline.farther", "baseline",
           "With the penalty the run ends farther from the checkpoint than its control.",
-          "mean over seeds of final dist (penalty) − final dist (its control)",
-          PAIRED_UP.replace("{what}", "difference"), ("confidence",), _family_figure("baseline"), baseline_farther),
+          f"per seed: final dist (penalty) − final dist (its control); {FINAL}",
+          PAIRED_UP, ("last_epochs", "confidence"), _family_figure("baseline"), baseline_farther),
     Claim("baseline.accuracy", "baseline",
-          "Final validation accuracy with the penalty is within ±margin of the control's.",
-          "mean over seeds of final val_acc (penalty) − final val_acc (its control)",
-          "holds if the t-interval of the mean difference (confidence {confidence:g}) lies within ±{margin:g}; "
-          "does not hold if it lies wholly outside; otherwise, and with < 2 seeds, inconclusive",
-          ("margin", "confidence"), _family_figure("baseline"), baseline_accuracy),
+          "Final test accuracy with the penalty is about the same as the control's.",
+          f"per seed: final test_acc (penalty) − final test_acc (its control); {FINAL}",
+          SAME, ("margin", "relative_margin", "last_epochs", "confidence"), _family_figure("baseline"),
+          baseline_accuracy),
     Claim("baseline.shape", "baseline",
           "The penalized distance rises fast and then flattens (concave); the control's grows nearly linearly.",
-          "mean over seeds of half-ratio (penalty) − half-ratio (control); half-ratio = dist at the run's "
-          "middle epoch / final dist (0.5 for a straight line, more when concave)",
-          PAIRED_UP.replace("{what}", "difference"), ("confidence",), _family_figure("baseline"), baseline_shape),
+          "per seed: half-ratio (penalty) − half-ratio (control); half-ratio = dist at the run's middle epoch / "
+          "dist at its end (0.5 for a straight line from 0, more when concave)",
+          PAIRED_UP, ("confidence",), _family_figure("baseline"), baseline_shape),
     Claim("baseline.walks", "baseline",
-          "Without the penalty SGD keeps moving: the control's distance still increases over the last fifth.",
-          "mean over seeds of the control's dist(end) − dist(start of the last fifth)",
-          PAIRED_UP.replace("{what}", "growth"), ("last_fraction", "confidence"), _family_figure("baseline"),
-          baseline_walks),
+          "Without the penalty SGD keeps moving: the control's distance has not plateaued over the last fifth.",
+          "per seed: the control's dist growth over the last last_fraction of its epochs / its final dist",
+          _rule("growth ratio", "> plateau", "< plateau"), ("last_fraction", "plateau", "confidence"),
+          _family_figure("baseline"), baseline_walks),
     Claim("strength.drop", "strength",
           "The early validation-accuracy drop after the checkpoint grows with s.",
-          "Spearman ρ(s, drop) over the s > 0 runs and seeds; drop = checkpoint val_acc − min val_acc over the "
-          "first early_epochs epochs (≥ 0)",
+          "per seed: the least-squares slope of drop against log10 s over the s > 0 runs; drop = checkpoint val_acc "
+          "− min val_acc over the first early_epochs epochs (≥ 0)",
           GROWS, ("early_epochs", "confidence"), _family_figure("strength"), strength_drop),
     Claim("strength.distance", "strength",
           "The final distance grows with s, and for the largest s it plateaus.",
-          "Spearman ρ(s, final dist); part 2, per seed at the largest s: plateau − dist growth over the last "
-          "fifth / final dist",
-          PARTS + "Part 1: " + GROWS + ". Part 2: " + PAIRED_UP.replace("{what}", "plateau − growth ratio"),
-          ("last_fraction", "plateau", "confidence"), _family_figure("strength"), strength_distance),
+          "part 1, per seed: the slope of final dist against log10 s; part 2, per seed at the largest s: dist growth "
+          "over the last last_fraction / final dist",
+          PARTS + "Part 1: " + GROWS + ". Part 2: " + _rule("growth ratio", "< plateau", "> plateau"),
+          ("last_epochs", "last_fraction", "plateau", "confidence"), _family_figure("strength"), strength_distance),
     Claim("strength.recovery", "strength",
           "After the drop the accuracy recovers, but for the largest s it stays below the control's.",
-          "mean over seeds of final val_acc (largest s) − final val_acc (its control)",
-          PAIRED_DOWN.replace("{what}", "difference"), ("early_epochs", "confidence"), _family_figure("strength"),
-          strength_recovery),
+          "per seed: final test_acc (largest s) − final test_acc (its control); a diverged seed is left out",
+          PAIRED_DOWN, ("last_epochs", "early_epochs", "confidence"), _family_figure("strength"), strength_recovery),
     Claim("width.distance", "width",
           "A wider kernel ends farther from the checkpoint.",
-          "Spearman ρ(wideness, final dist) over the s > 0 runs and seeds; wideness = σ, or 1/γ when the family "
-          "sweeps gamma",
-          GROWS, ("confidence",), _family_figure("width"), width_distance),
+          "per seed: the slope of final dist against log10 wideness over the s > 0 runs; wideness = σ, or 1/γ where "
+          "the family sweeps gamma",
+          GROWS, ("last_epochs", "confidence"), _family_figure("width"), width_distance),
     Claim("width.crossing", "width",
           "Distance curves of neighbouring widths cross: the narrower leads early, the wider overtakes later, "
           "and the crossing comes later the wider the kernel.",
-          "per neighbouring pair of widths, the epoch from which the wider's dist stays ≥ the narrower's "
-          "(mean over the seeds where it crosses)",
-          "holds if in every seed every pair crosses and the crossing epochs do not decrease with wideness; "
-          "does not hold if in every seed some pair never crosses; otherwise, and with < 2 seeds, inconclusive",
-          (), _family_figure("width"), width_crossing),
+          "per neighbouring pair, per seed: gap = dist (wider) − dist (narrower) at the first epoch, its mean over "
+          "the last last_epochs epochs, and its change over the last last_fraction; the crossing epoch (from which "
+          "the gap stays ≥ 0) is shown",
+          PARTS + "A pair holds if the first gap is < 0 and the late gap > 0 (each one-sided, p the larger); it does "
+          "not hold only if the late gap is < 0 and still widening; a pair not crossed yet is inconclusive "
+          "(censored, not disproved)",
+          ("last_epochs", "last_fraction", "confidence"), _family_figure("width"), width_crossing),
     Claim("width.accuracy", "width",
-          "Final validation accuracy is about the same for every width.",
-          "mean over seeds of the spread (max − min) of final val_acc over the s > 0 widths",
-          "holds if the t-interval of the mean spread (confidence {confidence:g}) lies below {margin:g}; "
-          "does not hold if its lower bound is above {margin:g}; otherwise, and with < 2 seeds, inconclusive",
-          ("margin", "confidence"), _family_figure("width"), width_accuracy),
+          "Final test accuracy is about the same at every width as without the penalty.",
+          f"per width, per seed: final test_acc (that width) − final test_acc (its control); {FINAL}",
+          PARTS + SAME, ("margin", "relative_margin", "last_epochs", "confidence"), _family_figure("width"),
+          width_accuracy),
     Claim("lr.penalty", "lr",
           "At every learning rate the penalty increases the distance over that lr's control.",
-          "mean over seeds of final dist (penalty) − final dist (control at the same lr), at the lr where it "
-          "is smallest",
-          PARTS + "One part per lr: " + PAIRED_UP.replace("{what}", "difference"), ("confidence",),
-          _family_figure("lr"), lr_penalty),
+          "per lr, per seed: final dist (penalty) − final dist (control at the same lr)",
+          PARTS + PAIRED_UP, ("last_epochs", "confidence"), _family_figure("lr"), lr_penalty),
     Claim("lr.extremes", "lr",
-          "Too low an lr converges more slowly; too high an lr ends lower or unstable.",
-          "controls (s = 0): mean over seeds of train_ce after early_epochs at the lowest lr − at the reference "
-          "lr (the baseline's, else the middle one); part 2: final val_acc at the highest lr − at the reference "
-          "(a diverged run counts as 0)",
-          PARTS + "Part 1: " + PAIRED_UP.replace("{what}", "difference") + ". Part 2: "
-          + PAIRED_DOWN.replace("{what}", "difference"),
-          ("early_epochs", "confidence"), _family_figure("lr"), lr_extremes),
+          "Too high an lr ends lower or unstable (too low an lr converges more slowly: not testable from a "
+          "checkpoint).",
+          "controls (s = 0), per seed: final test_acc at the highest lr − at the reference lr (the baseline's, else "
+          "the middle one); a diverged seed is left out and named; every seed diverged: holds (unstable)",
+          PAIRED_DOWN, ("last_epochs", "confidence"), _family_figure("lr"), lr_extremes),
     Claim("multiple.farther", "multiple",
-          "A new hill every K epochs ends farther than a single hill; merged hills end between the two "
-          "(exploratory: the source has no result).",
-          "mean over seeds of final dist (a new hill every K) − final dist (the same point with one hill); "
-          "parts with the merge family: merged − single, unmerged − merged",
-          PARTS + "Every part: " + PAIRED_UP.replace("{what}", "difference"), ("confidence",),
-          _family_figure("multiple") + ", " + _family_figure("merge"), multiple_farther),
+          "A new hill every K epochs ends farther than a single hill; merged hills end between the two.",
+          "per seed: final dist (a new hill every K) − final dist (the same training with one hill); with the merge "
+          "family: merged − single, unmerged − merged",
+          EXPLORATORY, ("last_epochs", "confidence"), _family_figure("multiple") + ", " + _family_figure("merge"),
+          multiple_farther, exploratory=True),
+    Claim("kernel.farther", "kernel",
+          "Every kernel pushes the run farther from the checkpoint than its control.",
+          "per kernel, per seed: final dist (penalty) − final dist (its control)",
+          PARTS + PAIRED_UP, ("last_epochs", "confidence"), _family_figure("kernel"), kernel_farther),
+    Claim("schedule.escape", "schedule",
+          "With a learning-rate schedule the penalty helps escape an area of low accuracy: it ends above its "
+          "control.",
+          "per schedule other than constant, per seed: final test_acc (penalty) − final test_acc (its control)",
+          PARTS + PAIRED_UP, ("last_epochs", "confidence"), _family_figure("schedule"), schedule_escape),
+    Claim("schedule.shrink", "schedule",
+          "Lowering the learning rate lets the distance shrink again.",
+          "per schedule other than constant, per seed of the s > 0 run: dist growth over the last last_fraction / "
+          "final dist",
+          PARTS + _rule("growth ratio", "< 0", "> 0"), ("last_fraction", "confidence"), _family_figure("schedule"),
+          schedule_shrink),
+    Claim("epochs.budget", "epochs",
+          "How the penalty's effect on test accuracy changes with the budget.",
+          "per seed: the slope of final test_acc (penalty) − (its control) against log2 epochs",
+          EXPLORATORY, ("last_epochs", "confidence"), _family_figure("epochs"), epochs_budget, exploratory=True),
+    Claim("landscape.left", "landscape",
+          "The penalized run has left the checkpoint's area of low loss: a higher loss barrier than its control's.",
+          "per seed: loss barrier on the line checkpoint → run (penalty) − the same for its control",
+          PAIRED_UP, ("confidence",), "plots/landscape.png", landscape_left),
     Claim("ensemble.gain", "ensembles",
           "Every method's ensemble beats its best member.",
-          "mean over a method's ensembles of gain_best (accuracy − best member's) at the largest m, for the "
-          "method where it is smallest",
-          PARTS + "One part per method: " + PAIRED_UP.replace("{what}", "gain_best"), ("confidence",),
+          "per ensemble: gain_best (accuracy − best member's) at the largest m; a part per method with ≥ 2 ensembles",
+          PARTS + _rule("gain_best over a method's ensembles", "> 0", "< 0"), ("confidence",),
           "plots/ensemble_accuracy.png", ensemble_gain),
     Claim("ensemble.diversity", "ensembles",
           "Distance snapshots are not more diverse than SGDR snapshots.",
-          "mean over seeds of the mean pairwise disagreement (distance snapshots) − (SGDR snapshots)",
-          PAIRED_DOWN.replace("{what}", "difference"), ("confidence",), "plots/ensemble_disagreement.png",
-          ensemble_diversity),
+          "per seed: mean pairwise disagreement (distance snapshots) − (SGDR snapshots), non-inferiority",
+          _rule("difference", "< diversity_margin", "> diversity_margin"), ("diversity_margin", "confidence"),
+          "plots/ensemble_disagreement.png", ensemble_diversity),
     Claim("ensemble.weights_vs_predictions", "ensembles",
           "Members far apart in weight space still predict alike: weight distance and disagreement are only "
           "weakly related.",
-          "Spearman ρ(weight distance, disagreement) over all member pairs of every method and ensemble",
-          "holds if |ρ| < {weak_rho:g}; does not hold if |ρ| ≥ {weak_rho:g} with p < 1 − {confidence:g}; "
-          "otherwise, and with < 2 seeds (ensembles per method), inconclusive",
+          "per ensemble: Spearman ρ(weight distance, disagreement) over its own member pairs; a part per method with "
+          "≥ 2 ensembles",
+          PARTS + "Each: holds if both one-sided tests put the mean ρ inside ±weak_rho (p < (1 − {confidence:g})/2, "
+          "after the adjustment); does not hold if it is outside; otherwise inconclusive",
           ("weak_rho", "confidence"), "plots/diversity_vs_distance.png", ensemble_weights_vs_predictions),
 ]
 
 
 # --- evaluating them --------------------------------------------------------------------------
 
-def resolve_settings(settings: dict | None) -> dict:
-    """The config's `claims:` block over DEFAULTS; a key or value that makes no sense stops here."""
-    settings = {**DEFAULTS, **(settings or {})}
-    unknown = sorted(set(settings) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"claims: unknown setting(s) {', '.join(unknown)}; the settings are {', '.join(DEFAULTS)}")
-    checks = {"margin": settings["margin"] > 0, "plateau": settings["plateau"] > 0,
-              "weak_rho": 0 < settings["weak_rho"] <= 1, "confidence": 0 < settings["confidence"] < 1,
-              "last_fraction": 0 < settings["last_fraction"] <= 1,
-              "early_epochs": float(settings["early_epochs"]).is_integer() and settings["early_epochs"] >= 1}
-    bad = [k for k, ok in checks.items() if not ok]
-    if bad:
-        raise ValueError("claims: " + "; ".join(f"{k} = {settings[k]!r} is out of range" for k in bad))
-    settings["early_epochs"] = int(settings["early_epochs"])
-    return settings
+def _missing(claim: Claim, t: Tables) -> pd.Series:
+    """Per cell: why the claim cannot run there, or ""."""
+    none = pd.Series("", index=t.cells)
+    if claim.family in ("ensembles", "landscape"):
+        tables = (t.ensembles, t.pairs) if claim.family == "ensembles" else (t.landscape,)
+        if any(x is None for x in tables):
+            return none + f"no {claim.family} table given"
+        have = pd.MultiIndex.from_frame(pd.concat([x[CELL] for x in tables]).drop_duplicates())
+        return none.where(t.cells.isin(have), f"no {claim.family} rows for this dataset/model")
+    if claim.family not in t.families:
+        return none + f"the config has no family '{claim.family}'"
+    have = t.family_runs(claim.family).index.droplevel("run")
+    return none.where(t.cells.isin(have), f"no rows of family '{claim.family}' for this dataset/model")
 
 
-def _missing(claim: Claim, cell: Cell) -> str | None:
-    """Why the claim cannot run for this cell, or None."""
-    if claim.family == "ensembles":  # the ensemble claims read both tables, which come together
-        if cell.ensembles is None or cell.pairs is None:
-            return "no ensemble tables given (the config has no ensembles block)"
-        return None if len(cell.ensembles) and len(cell.pairs) else "no ensemble rows for this dataset/model"
-    if claim.family not in cell.families:
-        return f"the config has no family '{claim.family}'"
-    return None if cell.family_runs(claim.family) else f"no rows of family '{claim.family}' for this dataset/model"
-
-
-def _row(claim: Claim, cell: Cell, out: Outcome) -> dict:
-    settings = cell.settings
-    return {
-        "claim": claim.id, "text": claim.text, "family": claim.family, "dataset": cell.dataset,
-        "model": cell.model, "seeds": out.seeds, "statistic": claim.statistic, "value": float(out.value),
-        "value_text": out.text, "ci_low": float(out.ci_low), "ci_high": float(out.ci_high),
-        "p_value": float(out.p_value), "rule": claim.rule.format(**settings),
-        "thresholds": "; ".join(f"{k} {settings[k]:g}" for k in claim.uses),
-        "verdict": out.verdict, "note": "; ".join(n for n in [out.note, *out.notes] if n), "figure": claim.figure,
-    }
-
-
-def _for_cell(table: pd.DataFrame | None, dataset: str, model: str) -> pd.DataFrame | None:
-    if table is None:
-        return None
-    return table[(table["dataset"] == dataset) & (table["model"] == model)]
+def _adjust(p: pd.Series, groups: pd.Series) -> pd.Series:
+    """Benjamini–Hochberg within each group of the finite p-values; NaN stays NaN."""
+    out = np.full(len(p), math.nan)
+    finite = np.flatnonzero(p.notna().to_numpy())
+    codes = pd.factorize(groups.to_numpy()[finite])[0]
+    order = finite[np.argsort(codes, kind="stable")]
+    sizes = np.bincount(codes)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    values = p.to_numpy(float)
+    for k in np.unique(sizes[sizes > 0]):  # groups of one size at once, one row each
+        rows = order[starts[sizes == k, None] + np.arange(k)]
+        out[rows] = stats.false_discovery_control(values[rows], axis=1, method="bh")
+    return pd.Series(out, index=p.index)
 
 
 def evaluate(metrics: pd.DataFrame, families: dict, ensembles: pd.DataFrame | None = None,
-             pairs: pd.DataFrame | None = None, settings: dict | None = None) -> pd.DataFrame:
-    """Every claim for every dataset/model of `metrics`: one row each (COLUMNS)."""
-    settings = resolve_settings(settings)
-    rows = []
-    for (dataset, model), cell_metrics in metrics.groupby(["dataset", "model"], sort=True):
-        cell = Cell(dataset, model, cell_metrics, families, _for_cell(ensembles, dataset, model),
-                    _for_cell(pairs, dataset, model), settings)
-        for claim in CLAIMS:
-            why = _missing(claim, cell)
-            rows.append(_row(claim, cell, not_run(why) if why else claim.test(cell)))
-    return pd.DataFrame(rows, columns=COLUMNS)
+             pairs: pd.DataFrame | None = None, settings: dict | None = None,
+             landscape: pd.DataFrame | None = None, adjust_by: list[str] | None = None) -> pd.DataFrame:
+    """Every claim for every dataset/model of `metrics`: one row each (COLUMNS). The decidable tests
+    are adjusted together over the whole table, or within each group of `adjust_by` columns."""
+    s = resolve_settings(settings)
+
+    def keys_as_objects(table):  # grouping on object strings is several times faster than on Arrow's
+        if table is None:
+            return None
+        cols = [c for c in ("dataset", "model", "run", "control", "method", "ensemble") if c in table]
+        return table.astype({c: object for c in cols}).reset_index(drop=True)
+
+    metrics, ensembles, pairs, landscape = map(keys_as_objects, (metrics, ensembles, pairs, landscape))
+    t = Tables(metrics, families, ensembles, pairs, landscape, s)
+    frames = []
+    for claim in CLAIMS:
+        why = _missing(claim, t)
+        r = claim.test(t) if (why == "").any() else _blank(t.cells)
+        r = r.reindex(t.cells)
+        off = why != ""
+        if off.any():
+            r.loc[off, ["fixed", "value", "ci_low", "ci_high", "p_holds", "p_against", "seeds", "text"]] = \
+                ["not run", math.nan, math.nan, math.nan, math.nan, math.nan, 0, ""]
+            r.loc[off, "note"] = why[off]
+        if claim.exploratory:
+            r.loc[r["fixed"] == "", "fixed"] = "exploratory"
+        frames.append(r.reset_index().rename(columns={"text": "value_text", "p_holds": "p_value"})
+                      .assign(claim=claim.id))
+    rows = pd.concat(frames, ignore_index=True)
+    decidable = rows["fixed"] == ""
+    groups = pd.Series("all", index=rows.index)
+    for k, col in enumerate(adjust_by or []):
+        groups = rows[col].astype(str) if k == 0 else groups + "/" + rows[col].astype(str)
+    p_holds = rows["p_value"].where(decidable).astype(float)
+    p_against = rows["p_against"].where(decidable).astype(float)
+    rows["p_adjusted"], rows["p_against_adjusted"] = _adjust(p_holds, groups), _adjust(p_against, groups)
+    level = (1 - s["confidence"]) / 2
+    decided = np.where(rows["p_adjusted"] < level, "holds",
+                       np.where(rows["p_against_adjusted"] < level, "does not hold", "inconclusive"))
+    rows["verdict"] = np.where(decidable, decided, rows["fixed"])
+    size = groups[decidable & p_holds.notna()].value_counts()
+    where = "this table" if not adjust_by else f"its {'/'.join(adjust_by)}"
+    rows["adjusted_with"] = [f"{ADJUSTMENT} over the {size.get(g, 0)} decided tests of {where}, each side apart"
+                             if d else "" for g, d in zip(groups, decidable)]
+    by_id = {c.id: c for c in CLAIMS}
+    claim = rows["claim"].map(by_id)
+    rows["text"] = claim.map(lambda c: c.text)
+    rows["family"] = claim.map(lambda c: c.family)
+    rows["statistic"] = claim.map(lambda c: c.statistic)
+    rows["rule"] = claim.map(lambda c: c.rule.format(**s))
+    rows["thresholds"] = claim.map(lambda c: "; ".join(f"{k} {s[k]:g}" for k in c.uses))
+    rows["figure"] = claim.map(lambda c: c.figure)
+    rows["seeds"] = rows["seeds"].astype(int)
+    for col in ("value", "ci_low", "ci_high", "p_value", "p_against"):
+        rows[col] = rows[col].astype(float)
+    # cell by cell, the claims in CLAIMS order
+    order = rows["claim"].map({c.id: k for k, c in enumerate(CLAIMS)})
+    rows = rows.assign(_order=order).sort_values(CELL + ["_order"], kind="stable")
+    return rows[COLUMNS].reset_index(drop=True)
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -753,16 +955,25 @@ def markdown(table: pd.DataFrame) -> str:
         if r["verdict"] == "not run":
             return ""
         ci = f" [{r['ci_low']:.3g}, {r['ci_high']:.3g}]" if pd.notna(r["ci_low"]) else ""
-        p = f" (p={r['p_value']:.2g})" if pd.notna(r["p_value"]) and not ci else ""
-        return f"{r['value_text']}{ci}{p}"
+        return f"{r['value_text']}{ci}"
+
+    def p(r) -> str:
+        if pd.isna(r["p_value"]) or r["verdict"] in ("not run",):
+            return ""
+        adjusted = f" → {r['p_adjusted']:.2g}" if pd.notna(r["p_adjusted"]) else ""
+        against = f"; against {r['p_against']:.2g}" + (f" → {r['p_against_adjusted']:.2g}"
+                                                        if pd.notna(r["p_against_adjusted"]) else "")
+        return f"{r['p_value']:.2g}{adjusted}{against}"
 
     verdicts = pd.DataFrame({
         "claim": table["claim"], "dataset / model": table["dataset"] + " / " + table["model"],
-        "verdict": table["verdict"], "value": table.apply(value, axis=1), "seeds": table["seeds"],
-        "note": table["note"].str.replace("|", "/", regex=False),
+        "verdict": table["verdict"], "value": table.apply(value, axis=1), "p raw → adjusted": table.apply(p, axis=1),
+        "seeds": table["seeds"], "note": table["note"].str.replace("|", "/", regex=False),
     })
+    family = next((a for a in table["adjusted_with"] if a), "no test was decided")
     lines = ["# The source study's claims: verdicts", "",
-             "value: the statistic (below) with its t-interval [low, high] or Spearman's p-value.", "",
+             "value: the statistic (below) with its t-interval [low, high]. p: one-sided, for 'holds' and against, "
+             f"raw → adjusted ({family}).", "",
              verdicts.to_markdown(index=False), "", "## The claims, their statistics and rules", ""]
     for _, c in table.drop_duplicates("claim").iterrows():
         lines += [f"- **{c['claim']}** ({c['figure']}): {c['text']}",

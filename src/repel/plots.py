@@ -21,6 +21,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .claims import VERDICTS  # noqa: E402
+
 CONTROL_COLORS = ["tab:red", "darkred", "lightcoral", "orangered"]
 VARIANT_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
                   "tab:olive", "tab:cyan", "navy", "teal", "goldenrod"]  # no red: red is the control
@@ -455,7 +457,8 @@ def pair_matrix(pairs: pd.DataFrame, n: int):
     return matrix
 
 
-VERDICT_COLORS = {"holds": "#8fd19e", "does not hold": "#f08c8c", "inconclusive": "#f3d08b", "not run": "#f4f4f4"}
+# one colour per verdict, in claims.VERDICTS' order (a verdict without a colour fails at import)
+VERDICT_COLORS = dict(zip(VERDICTS, ["#8fd19e", "#f08c8c", "#f3d08b", "#b9d3ee", "#f4f4f4"], strict=True))
 
 
 def claims_figure(table: pd.DataFrame):
@@ -479,8 +482,7 @@ def claims_figure(table: pd.DataFrame):
         for j, cell in enumerate(cells):
             row = rows.loc[(claim, *cell)]
             label = "not run" if row["verdict"] == "not run" else (row["value_text"] or row["verdict"])
-            # a crossing's epochs run long: shorter words, at most three lines (claims.md has them whole)
-            label = label.replace("no crossing within the budget", "none").replace("epoch ", "ep ")
+            # at most three lines: claims.md has every value whole
             ax.text(j, i, wrap.fill(label), ha="center", va="center", fontsize=7, color="0.15")
     ax.set_xticks(range(len(cells)), [f"{d} / {m}" for d, m in cells], fontsize=8)
     ax.xaxis.tick_top()

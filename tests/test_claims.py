@@ -9,6 +9,7 @@ of the rules: tests/test_claims_simulation.py.
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -118,19 +119,19 @@ def metrics_table(flip=False, seeds=SEEDS, dataset="digits", model="cnn", runs=R
 
 
 METHODS = ["sgdr", "independent", "sgdr_distance", "distance"]
-PAIR_SHAPE = [0, 1, 0]  # the middle pair disagrees a little more: no trend with weight distance
+PAIR_SHAPE = [0, 1, 1, 0, 0, 1]  # some pairs disagree a little more: Spearman ρ 0.1 with weight distance
 
 
 def ensemble_tables(flip=False, ensembles=("seed0", "seed1", "seed2"), dataset="digits", model="cnn"):
-    """ensembles.parquet and ensemble_pairs.parquet as `repel ensembles` writes them (3 members)."""
+    """ensembles.parquet and ensemble_pairs.parquet as `repel ensembles` writes them (4 members)."""
     curves_rows, pair_rows = [], []
     for g, method in enumerate(METHODS):
         for k, name in enumerate(ensembles):
             gain = -0.01 - 0.001 * k if flip else 0.01 + 0.001 * k
-            for m, gain_best in ((1, 0.0), (2, -2 * gain), (3, gain)):  # only the largest m counts
+            for m, gain_best in ((1, 0.0), (2, -2 * gain), (4, gain)):  # only the largest m counts
                 curves_rows.append({"dataset": dataset, "model": model, "method": method, "ensemble": name, "m": m,
                                     "accuracy": 0.9, "gain": gain_best, "gain_best": gain_best})
-            for pair, (i, j) in enumerate([(0, 1), (0, 2), (1, 2)]):
+            for pair, (i, j) in enumerate(itertools.combinations(range(4), 2)):
                 if flip:  # disagreement follows weight distance; distance snapshots the most diverse
                     weight_distance = 3 * g + pair + 1 + 12 * k
                     disagreement = 0.01 * weight_distance + (0.001 * k if method == "distance" else 0)
@@ -250,11 +251,12 @@ def test_slopes_are_per_seed_by_hand():
 
 
 def test_spearman_within_each_ensemble_by_hand():
-    pairs = pd.DataFrame({"dataset": "d", "model": "a", "method": "distance", "ensemble": ["seed0"] * 4 + ["seed1"] * 2,
-                          "weight_distance": [1, 2, 3, 4, 1, 2], "disagreement": [2, 1, 4, 3, 1, 2.0]})
+    pairs = pd.DataFrame({"dataset": "d", "model": "a", "method": "distance", "ensemble": ["seed0"] * 6 + ["seed1"] * 3,
+                          "weight_distance": [1, 2, 3, 4, 5, 6, 1, 2, 3], "disagreement": [2, 1, 4, 3, 5, 6, 1, 2, 3.0]})
     rho = claims.within_ensemble_rho(pairs)
-    assert rho.tolist() == pytest.approx([1 - 6 * 4 / (4 * 15)])  # rank differences 1, -1, 1, -1; seed1 < 3 pairs
-    assert rho.tolist() == pytest.approx([stats.spearmanr([1, 2, 3, 4], [2, 1, 4, 3]).statistic])
+    # seed0: rank differences 1, -1, 1, -1, 0, 0 of 6 pairs; seed1 has fewer than MIN_PAIRS
+    assert rho.tolist() == pytest.approx([1 - 6 * 4 / (6 * 35)])
+    assert rho.tolist() == pytest.approx([stats.spearmanr([1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 5, 6]).statistic])
 
 
 def test_early_drop_half_ratio_and_growth_by_hand():

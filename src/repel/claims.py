@@ -679,9 +679,12 @@ def ensemble_diversity(t: Tables) -> pd.DataFrame:
                         "annealed end of a cycle (a constant-lr snapshot ensemble without the penalty would match)")
 
 
+MIN_PAIRS = 6  # 4 members: with 3 pairs a rank correlation is little more than a sign (±0.5 or ±1)
+
+
 def within_ensemble_rho(pairs: pd.DataFrame) -> pd.Series:
-    """Spearman's ρ(weight distance, disagreement) over each ensemble's own member pairs (≥ 3
-    pairs, not constant): the Pearson correlation of their average ranks."""
+    """Spearman's ρ(weight distance, disagreement) over each ensemble's own member pairs (at least
+    MIN_PAIRS, not constant): the Pearson correlation of their average ranks."""
     keys = CELL + ["method", "ensemble"]
     p = pairs.dropna(subset=["weight_distance", "disagreement"])
     gid = p.groupby(keys, sort=True).ngroup().to_numpy()
@@ -692,13 +695,16 @@ def within_ensemble_rho(pairs: pd.DataFrame) -> pd.Series:
     x, y = x - x.groupby(frame["g"]).transform("mean"), y - y.groupby(frame["g"]).transform("mean")
     sums = pd.DataFrame({"xy": x * y, "xx": x * x, "yy": y * y, "g": frame["g"]}).groupby("g").sum()
     rho = pd.Series((sums["xy"] / np.sqrt(sums["xx"] * sums["yy"])).to_numpy(), index=index)
-    ok = (g.size().to_numpy() >= 3) & (sums["xx"].to_numpy() > 0) & (sums["yy"].to_numpy() > 0)
+    ok = (g.size().to_numpy() >= MIN_PAIRS) & (sums["xx"].to_numpy() > 0) & (sums["yy"].to_numpy() > 0)
     return rho[ok]
 
 
 def ensemble_weights_vs_predictions(t: Tables) -> pd.DataFrame:
     rho = within_ensemble_rho(t.pairs)
-    return _per_method(t, rho, lambda v: equivalence(v, t.s["weak_rho"], t.s["confidence"], t.cells))
+    r = _per_method(t, rho, lambda v: equivalence(v, t.s["weak_rho"], t.s["confidence"], t.cells))
+    few = t.pairs.groupby(CELL + ["method", "ensemble"]).size().groupby(level=CELL + ["method"]).min()
+    few = few[few < MIN_PAIRS].reset_index().groupby(CELL)["method"].agg(", ".join)
+    return _add_note(r, few.map(lambda ms: f"not tested, fewer than {MIN_PAIRS} member pairs per ensemble: {ms}"))
 
 
 # --- the table of claims ----------------------------------------------------------------------
@@ -847,8 +853,8 @@ CLAIMS = [
     Claim("ensemble.weights_vs_predictions", "ensembles",
           "Members far apart in weight space still predict alike: weight distance and disagreement are only "
           "weakly related.",
-          "per ensemble: Spearman ρ(weight distance, disagreement) over its own member pairs; a part per method with "
-          "≥ 2 ensembles",
+          "per ensemble: Spearman ρ(weight distance, disagreement) over its own member pairs (≥ 6, i.e. 4 members); "
+          "a part per method with ≥ 2 such ensembles",
           PARTS + "Each: holds if both one-sided tests put the mean ρ inside ±weak_rho (p < (1 − {confidence:g})/2, "
           "after the adjustment); does not hold if it is outside; otherwise inconclusive",
           ("weak_rho", "confidence"), "plots/diversity_vs_distance.png", ensemble_weights_vs_predictions),

@@ -341,7 +341,8 @@ def cmd_claims(args) -> None:
         storage.read_parquet(args.metrics, "aggregated metrics"), json_arg(args.families),
         storage.read_parquet(args.ensembles, "ensemble curves") if args.ensembles else None,
         storage.read_parquet(args.pairs, "ensemble pairs") if args.pairs else None,
-        json_arg(args.settings) if args.settings else None)
+        json_arg(args.settings) if args.settings else None,
+        landscape=storage.read_parquet(args.landscape, "aggregated landscape") if args.landscape else None)
     out = Path(args.out_dir)
     storage.save_parquet(table, out / "claims.parquet")
     storage.save_text(table.to_csv(index=False), out / "claims.csv")
@@ -485,8 +486,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ensembles", help="ensembles.parquet written by ensembles (with --pairs); "
                    "without them the ensemble claims are 'not run'")
     p.add_argument("--pairs", help="ensemble_pairs.parquet written by ensembles (with --ensembles)")
+    p.add_argument("--landscape", help="landscape.parquet written by aggregate-landscape; without it "
+                   "landscape.left is 'not run'")
     p.add_argument("--settings", help="the config's claims block as JSON (or a .json file): thresholds over "
-                   "claims.DEFAULTS (margin, early_epochs, last_fraction, plateau, confidence, weak_rho)")
+                   "the defaults of claims.SETTINGS")
     p.add_argument("--out-dir", required=True, help="directory for claims.parquet, claims.csv and claims.md")
     p.set_defaults(func=cmd_claims)
 

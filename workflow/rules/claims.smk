@@ -16,11 +16,13 @@ rule claims:
         families=json.dumps(FAMILIES),
         settings=json.dumps(config["claims"]),
         ensembles=lambda wildcards, input: f"--ensembles {input.ensembles} --pairs {input.pairs}" if ENSEMBLES else "",
+        landscape=lambda wildcards, input: f"--landscape {input.landscape}" if config["landscape"] else "",
         out_dir=lambda wildcards, output: os.path.dirname(output.csv),
     conda:
         "../../envs/repel.yaml"
     shell:
-        "python -m repel claims --metrics {input.metrics} {params.ensembles} --families {params.families:q} "
+        "python -m repel claims --metrics {input.metrics} {params.ensembles} {params.landscape} "
+        "--families {params.families:q} "
         "--settings {params.settings:q} --out-dir {params.out_dir} > {log} 2>&1"
 
 

@@ -205,8 +205,11 @@ def get_labels():
 
 
 def get_claims_inputs(wildcards):
-    """The tables the claims are computed from: the metrics, and the ensembles' when there are some."""
+    """The tables the claims are computed from: the metrics, the landscape's and the ensembles' when
+    the config has them."""
     inputs = {"metrics": res("aggregate/metrics.parquet")}
+    if config["landscape"]:
+        inputs["landscape"] = res("aggregate/landscape.parquet")
     if ENSEMBLES:
         inputs.update(ensembles=res("aggregate/ensembles.parquet"), pairs=res("aggregate/ensemble_pairs.parquet"))
     return inputs

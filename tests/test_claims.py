@@ -252,7 +252,8 @@ def test_slopes_are_per_seed_by_hand():
 
 def test_spearman_within_each_ensemble_by_hand():
     pairs = pd.DataFrame({"dataset": "d", "model": "a", "method": "distance", "ensemble": ["seed0"] * 6 + ["seed1"] * 3,
-                          "weight_distance": [1, 2, 3, 4, 5, 6, 1, 2, 3], "disagreement": [2, 1, 4, 3, 5, 6, 1, 2, 3.0]})
+                          "weight_distance": [1, 2, 3, 4, 5, 6, 1, 2, 3],
+                          "disagreement": [2, 1, 4, 3, 5, 6, 1, 2, 3.0]})
     rho = claims.within_ensemble_rho(pairs)
     # seed0: rank differences 1, -1, 1, -1, 0, 0 of 6 pairs; seed1 has fewer than MIN_PAIRS
     assert rho.tolist() == pytest.approx([1 - 6 * 4 / (6 * 35)])

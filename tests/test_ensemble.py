@@ -44,8 +44,8 @@ def test_the_last_member_alone():
 
 def test_the_two_member_ensemble():
     p = ensemble.ensemble_log_probs(LOG_PROBS, 2)
-    assert torch.allclose(p.exp(), torch.tensor([[.70, .175, .125], [.40, .55, .05], [.175, .175, .65], [.31, .24, .45]],
-                                          dtype=torch.float64))
+    assert torch.allclose(p.exp(), torch.tensor([[.70, .175, .125], [.40, .55, .05], [.175, .175, .65],
+                                                 [.31, .24, .45]], dtype=torch.float64))
     assert float(ensemble.accuracy(p, Y)) == 1.0
     # -(ln .7 + ln .55 + ln .65 + ln .45)/4 = (0.356675 + 0.597837 + 0.430783 + 0.798508)/4
     assert float(ensemble.nll(p, Y)) == pytest.approx(0.545951, abs=1e-6)
@@ -79,7 +79,8 @@ def test_nll_of_a_member_whose_softmax_underflows_is_exact():
     other = torch.log_softmax(torch.tensor([[0.0, -10.0, -300.0]]), 1)
     both = torch.stack([other, member])  # the underflowing member last: m = 1 is it alone
     exact = -math.log((math.exp(-200) + math.exp(-10) / (1 + math.exp(-10) + math.exp(-300))) / 2)
-    assert float(ensemble.nll(ensemble.ensemble_log_probs(both, 2), torch.tensor([1]))) == pytest.approx(exact, abs=1e-6)
+    ensemble_nll = ensemble.nll(ensemble.ensemble_log_probs(both, 2), torch.tensor([1]))
+    assert float(ensemble_nll) == pytest.approx(exact, abs=1e-6)
     assert ensemble.ensemble_curve(both, torch.tensor([1]))["nll"].tolist() == pytest.approx([200.0, exact], abs=1e-6)
 
 

@@ -76,8 +76,8 @@ SETTINGS = {
     "last_epochs": Setting(5, 1, None, False, False, True, "a run's final value: the mean over its last k epochs"),
     "early_epochs": Setting(5, 1, None, False, False, True, "'early': the first N epochs after the checkpoint"),
     "last_fraction": Setting(0.2, 0, 1, True, False, False, "'the last fifth' of a run's epochs"),
-    "plateau": Setting(0.05, 0, 1, True, True, False,
-                       "plateaued: the distance grew by less than this share of its final value over the last fraction"),
+    "plateau": Setting(0.05, 0, 1, True, True, False, "plateaued: the distance grew by less than this share "
+                                                      "of its final value over the last fraction"),
     "diversity_margin": Setting(0.02, 0, 1, True, False, False,
                                 "'not more diverse': disagreement at most this much higher (a fraction of points)"),
     "weak_rho": Setting(0.3, 0, 1, True, False, False, "'weakly related': Spearman's rho within +-weak_rho"),
@@ -373,7 +373,8 @@ def _margins(t: Tables, control_values: pd.Series) -> pd.Series:
 
 def _resolution(t: Tables) -> pd.Series:
     # a step below 1e-5 means accuracies that are not counts of images (synthetic tables): no note
-    return t.test_step[t.test_step >= 1e-5].map(lambda v: f"test accuracies move in steps of {v:.2g} (about 1/{round(1 / v)})")
+    step = t.test_step[t.test_step >= 1e-5]
+    return step.map(lambda v: f"test accuracies move in steps of {v:.2g} (about 1/{round(1 / v)})")
 
 
 def _equivalent_parts(t: Tables, runs: pd.DataFrame, param: str, fmt: Callable) -> pd.DataFrame:
@@ -473,7 +474,8 @@ def width_crossing(t: Tables) -> pd.DataFrame:
     curves = t.runs[t.runs["run"].isin(order.index)].set_index(RUN + ["seed", "epoch"])["dist"]
     parts, texts = {}, []
     for narrow, wider in zip(order.index[:-1], order.index[1:]):
-        name = f"{symbol} {points.xs(narrow, level='run')[col].iloc[0]:g}→{points.xs(wider, level='run')[col].iloc[0]:g}"
+        value = {r: points.xs(r, level="run")[col].iloc[0] for r in (narrow, wider)}
+        name = f"{symbol} {value[narrow]:g}→{value[wider]:g}"
         gap = (curves.xs(wider, level="run") - curves.xs(narrow, level="run")).rename("gap").dropna().reset_index()
         gap = gap.sort_values(UNIT + ["epoch"])
         g = gap.groupby(UNIT)
@@ -842,7 +844,8 @@ CLAIMS = [
           PAIRED_UP, ("confidence",), "plots/landscape.png", landscape_left),
     Claim("ensemble.gain", "ensembles",
           "Every method's ensemble beats its best member.",
-          "per ensemble: gain_best (accuracy − best member's) at the largest m; a part per method with ≥ 2 ensembles",
+          "per ensemble: gain_best (accuracy − best member's) at the largest m; a part per method with ≥ 2 "
+          "ensembles",
           PARTS + _rule("gain_best over a method's ensembles", "> 0", "< 0"), ("confidence",),
           "plots/ensemble_accuracy.png", ensemble_gain),
     Claim("ensemble.diversity", "ensembles",
@@ -855,8 +858,9 @@ CLAIMS = [
           "weakly related.",
           "per ensemble: Spearman ρ(weight distance, disagreement) over its own member pairs (≥ 6, i.e. 4 members); "
           "a part per method with ≥ 2 such ensembles",
-          PARTS + "Each: holds if both one-sided tests put the mean ρ inside ±weak_rho (p < (1 − {confidence:g})/2, "
-          "after the adjustment); does not hold if it is outside; otherwise inconclusive",
+          PARTS + "Each: holds if both one-sided tests put the mean ρ inside ±weak_rho "
+          "(p < (1 − {confidence:g})/2, after the adjustment); does not hold if it is outside; "
+          "otherwise inconclusive",
           ("weak_rho", "confidence"), "plots/diversity_vs_distance.png", ensemble_weights_vs_predictions),
 ]
 
@@ -978,8 +982,8 @@ def markdown(table: pd.DataFrame) -> str:
     })
     family = next((a for a in table["adjusted_with"] if a), "no test was decided")
     lines = ["# The source study's claims: verdicts", "",
-             "value: the statistic (below) with its t-interval [low, high]. p: one-sided, for 'holds' and against, "
-             f"raw → adjusted ({family}).", "",
+             ("value: the statistic (below) with its t-interval [low, high]. p: one-sided, for 'holds' and "
+              f"against, raw → adjusted ({family})."), "",
              verdicts.to_markdown(index=False), "", "## The claims, their statistics and rules", ""]
     for _, c in table.drop_duplicates("claim").iterrows():
         lines += [f"- **{c['claim']}** ({c['figure']}): {c['text']}",

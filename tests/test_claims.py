@@ -349,7 +349,7 @@ def test_width_crossing_epochs_in_value(as_claimed, flipped):
     assert as_claimed.set_index("claim").loc["width.crossing", "value_text"] == \
         "γ 0.01→0.001: epoch 13 (3/3 seeds); γ 0.001→0.0001: epoch 20 (3/3 seeds)"
     assert flipped.set_index("claim").loc["width.crossing", "value_text"] == \
-        "γ 0.01→0.001: not within epoch 30; γ 0.001→0.0001: not within epoch 30"
+        "γ 0.01→0.001: not crossed by epoch 30; γ 0.001→0.0001: not crossed by epoch 30"
 
 
 def test_parts_are_in_the_note(as_claimed):

@@ -497,7 +497,7 @@ def width_crossing(t: Tables) -> pd.DataFrame:
         k = crossed["count"].fillna(0).astype(int)
         when = ("epoch " + crossed["mean"].round(1).map("{:g}".format) + " (" + k.astype(str) + "/"
                 + total.astype(str) + " seeds)")
-        never = "not within epoch " + epochs_run.fillna(0).astype(int).astype(str)
+        never = "not crossed by epoch " + epochs_run.fillna(0).astype(int).astype(str)
         part["text"] = when.where(k > 0, never.where(total > 0, "")).to_numpy()
         texts.append([f"{name}: {w}" if w else "" for w in part["text"]])
         parts[name] = part

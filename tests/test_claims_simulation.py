@@ -10,7 +10,7 @@ Three worlds, with every claim's effect at once:
 - NULL: each claim's quantity sits at the boundary of its null hypothesis (a difference of 0, a
   slope of 0, an accuracy difference of exactly +margin, a growth ratio of exactly plateau);
   each claim may say "holds" at most at its nominal rate (1 − confidence)/2.
-- PLANTED: each effect at about 6 standard deviations of its per-seed value (stated below);
+- PLANTED: each effect at 6 or more standard deviations of its per-seed value (constants below);
   each claim holds in ≥ 80 % of the studies.
 - OPPOSITE: each effect reversed; each claim does not hold in ≥ 80 %.
 A rule that cannot reach a verdict, or says "holds" too often, fails these tests. The rates come

@@ -418,7 +418,7 @@ def strength_distance(t: Tables) -> pd.DataFrame:
     largest = _largest(points, "strength")
     growth = t.of(largest, "growth_ratio").droplevel("run")
     plateau = t_test(growth, t.s["plateau"], -1, t.s["confidence"], t.cells)
-    r = combine({"slope of final dist per decade of s": grows, "growth/final dist at the largest s": plateau})
+    r = combine({"part 1": grows, "part 2, growth ratio at the largest s": plateau})
     return _add_note(r, t.diverged_note(points.index))
 
 

@@ -155,7 +155,9 @@ def _finish_continuation(args, run: str, spec: dict, ckpt: dict, prepared: dict,
                **{key: spec[key] for key in PENALTY_KEYS},
                "lr_init": args.lr, "schedule": args.schedule, "epochs": args.epochs}
     storage.save_torch(model.state_dict(), out / "final.pt")
-    storage.save_parquet(_frame(rows, columns), out / "metrics.parquet")
+    # n_params: what a mean distance divides by (the kernels figure draws it on ‖θ − θ_c‖)
+    n_params = sum(p.numel() for p in models.trainable_parameters(model))
+    storage.save_parquet(_frame(rows, {**columns, "n_params": n_params}), out / "metrics.parquet")
     if events is not None:  # the grid point's parameters, as its metrics.parquet names them
         events.finish(columns, rows[-1]["epoch"])
     _log(f"{run}: final val acc {rows[-1]['val_acc']:.4f}, distance {rows[-1]['dist']:.4g} -> {out}")
@@ -379,6 +381,13 @@ def cmd_plot(args) -> None:
         _log(f"wrote {path}")
 
 
+def cmd_plot_method(args) -> None:
+    from . import method_figures
+
+    for path in method_figures.plot_method(Path(args.out_dir), args.metrics, args.hill, args.formats):
+        _log(f"wrote {path}")
+
+
 def _add_landscape_args(p) -> None:
     p.add_argument("--steps", type=int, default=21, help="points on alpha in [-0.5, 1.5] (default %(default)s)")
     p.add_argument("--bn-batches", type=int, default=50,
@@ -547,6 +556,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, help="directory for the figures")
     p.add_argument("--formats", nargs="+", default=["png", "pdf"], help="file formats to write (default %(default)s)")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("plot-method", help="the method's figures: the kernels as the runs felt them, a 2-D hill")
+    p.add_argument("--metrics", help="metrics.parquet: the kernels figure (kernels.<format>) of the settings that ran")
+    p.add_argument("--hill", action="store_true", help="the 2-D demonstration (hill_2d.<format>); needs no data")
+    p.add_argument("--out-dir", required=True, help="directory for the figures")
+    p.add_argument("--formats", nargs="+", default=["png", "pdf"], help="file formats to write (default %(default)s)")
+    p.set_defaults(func=cmd_plot_method)
     return ap
 
 

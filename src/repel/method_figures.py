@@ -124,7 +124,8 @@ def kernels_figure(df: pd.DataFrame):
                        colors)
         axes[0, j].set_title(f"{dataset} / {model}", fontsize=10)
     handles = [plt.Line2D([], [], color=c, lw=2, label=label) for label, c in colors.items()]
-    handles += [plt.Line2D([], [], color="0.3", marker="o", ls="", label="a run's final distance (per seed)")]
+    handles += [plt.Line2D([], [], color="0.3", marker="o", ls="", label="a run's final distance (per seed)"),
+                plt.Line2D([], [], color="0.3", marker="v", ls="", label="its push below the panel: gone flat")]
     axes[0, -1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, borderaxespad=0,
                        title="kernel setting (as configured, and in the other parametrization)",
                        title_fontsize=8)
@@ -147,6 +148,7 @@ def _kernel_column(axes, df: pd.DataFrame, settings: pd.DataFrame, colors: dict)
     r = np.geomspace(lo, hi, 600)
     peak = 0.0
     row = 0
+    pushed = []  # (final distance, push there, colour): drawn once the push panel's range is known
     labels = []
     for (_, s), span, is_known in zip(settings.iterrows(), spans, known):
         n = s["n_params"] if is_known else 1.0
@@ -165,13 +167,17 @@ def _kernel_column(axes, df: pd.DataFrame, settings: pd.DataFrame, colors: dict)
                 strip.plot(t["final"], y, "x" if t["diverged"] else "o", color=color, ms=5)
                 at_final = penalty_and_push(s["kernel"], s["scale"], s["strength"], np.array([t["final"]]), n)
                 top.plot(t["final"], at_final[0][0], "o", color=color, ms=4, mec="0.2", mew=0.5)
-                push_ax.plot(t["final"], at_final[1][0], "o", color=color, ms=4, mec="0.2", mew=0.5)
+                pushed.append((t["final"], at_final[1][0], color))
             labels.append(run)
             row += 1
     top.set_xscale("log")
     top.set_ylabel("penalty s·k(d)")
     push_ax.set_yscale("log")
-    push_ax.set_ylim(peak * 1e-6, peak * 3)
+    bottom = peak * 1e-6
+    push_ax.set_ylim(bottom, peak * 3)
+    for x, y, color in pushed:  # a push below the panel's range sits on its bottom edge as ▼: it had gone flat
+        push_ax.plot(x, max(y, bottom), "o" if y >= bottom else "v", color=color, ms=4 if y >= bottom else 6,
+                     mec="0.2", mew=0.5, clip_on=False)
     push_ax.set_ylabel("its push ‖∇_θ s·k‖ (log)")
     strip.set_yticks(range(len(labels)), labels, fontsize=7)
     strip.yaxis.tick_right()  # run ids are long: on the left they would run into the panels' labels
@@ -262,10 +268,14 @@ def hill_figure(result: dict | None = None):
         p = path.numpy()
         final = float(np.linalg.norm(p[-1] - center))
         name = "no penalty (s = 0)" if s == 0 else f"hill s = {s:g}"
-        ax.plot(p[:, 0], p[:, 1], color=color, lw=1.3, alpha=0.9, label=f"{name}: final ‖θ−θ_c‖ = {final:.2f}")
-        ax.plot(*p[-1], "o", color=color, ms=7, mec="k", mew=0.8)
-    ax.add_patch(plt.Circle(center, width, fill=False, ls="--", color="tab:orange", lw=1))
-    ax.plot(*center, "*", color="tab:orange", ms=14, mec="k", label=f"θ_c, the hill's centre (σ = {width:g}, dashed)")
+        # the control last, on top: it stays where the weakest hill also stays
+        zorder = 5 if s == 0 else 3
+        ax.plot(p[:, 0], p[:, 1], color=color, lw=1.3, alpha=0.9, zorder=zorder,
+                label=f"{name}: final ‖θ−θ_c‖ = {final:.2f}")
+        ax.plot(*p[-1], "o", color=color, ms=7, mec="k", mew=0.8, zorder=zorder + 1)
+    ax.add_patch(plt.Circle(center, width, fill=False, ls="--", color="k", lw=0.8, zorder=2))
+    ax.plot(*center, "*", color="white", ms=16, mec="k", zorder=2,
+            label=f"θ_c, the hill's centre (σ = {width:g}, dashed)")
     ax.set_xlabel("θ₁")
     ax.set_ylabel("θ₂")
     ax.set_aspect("equal")
@@ -281,7 +291,7 @@ def hill_figure(result: dict | None = None):
         cut.plot(xs, loss_2d(xs, center[1]) + value, color=color, lw=1.5,
                  label=f"L + hill s = {s:g}  (s/σ² = {curvature:.3g})")
     curv = 12 * center[0] ** 2 - 4  # ∂²L/∂θ₁² at the checkpoint
-    cut.axvline(center[0], color="tab:orange", ls="--", lw=1)
+    cut.axvline(center[0], color="0.3", ls="--", lw=1)
     cut.set_ylim(-0.7, 2.5)
     cut.set_xlabel(f"θ₁ (through θ_c, θ₂ = {center[1]:.2f})")
     cut.set_ylabel("loss")

@@ -156,3 +156,8 @@ def test_hill_figure_names_the_final_distances(hill):
     final = float((strongest[-1] - hill["center"]).norm())
     assert f"hill s = {max(mf.HILL_STRENGTHS):g}: final ‖θ−θ_c‖ = {final:.2f}" in texts
     assert final > 1.5  # the two minima are about 2 apart
+
+
+def test_a_table_of_controls_only_says_so_instead_of_failing():
+    fig = mf.kernels_figure(metrics()[lambda t: t["run"].isin(["base", CONTROL])])
+    assert "no run with a penalty" in fig.axes[0].texts[0].get_text()

@@ -136,6 +136,13 @@ def cmd_plot(args) -> None:
     plot_tables(args)
 
 
+def cmd_plot_method(args) -> None:
+    from . import method_figures
+
+    for path in method_figures.plot_method(Path(args.out_dir), args.metrics, args.hill, args.formats or ("png", "pdf")):
+        print(f"wrote {path}")
+
+
 def _add(p: argparse.ArgumentParser, options: str) -> None:
     """Options of one kind, written `--name=help` one per line; `--name*=` takes several values,
     `--name!=` is required, `--name:int=` an integer."""
@@ -225,8 +232,15 @@ COMMANDS = {  # name: (function, help, options)
         --claims=claims.parquet written by claims: the verdicts as one figure
         --out-dir!=directory for the figures
         --formats*=file formats to write (png, pdf)"""),
+    "plot-method": (cmd_plot_method, "the method's figures: the kernels as the runs felt them, a 2-D hill", """
+        --metrics=metrics.parquet: the kernels figure (kernels.<format>) of the settings that ran
+        --out-dir!=directory for the figures
+        --formats*=file formats to write (png, pdf)"""),
 }
-FLAGS = {"prepare": ["--no-download"]}  # options that take no value
+FLAGS = {  # options that take no value
+    "prepare": [("--no-download", "fail instead of downloading missing files")],
+    "plot-method": [("--hill", "the 2-D demonstration (hill_2d.<format>); needs no data")],
+}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -235,8 +249,8 @@ def parser() -> argparse.ArgumentParser:
     for name, (func, help_text, options) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _add(p, options)
-        for flag in FLAGS.get(name, []):
-            p.add_argument(flag, action="store_true", help="fail instead of downloading missing files")
+        for flag, flag_help in FLAGS.get(name, []):
+            p.add_argument(flag, action="store_true", help=flag_help)
         p.set_defaults(func=func)
     return ap
 

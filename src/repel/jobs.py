@@ -129,7 +129,9 @@ def _finish(args, member: Member, ckpt: dict, prepared: dict, model, rows: list[
     columns = {"phase": "continue", "dataset": prepared["name"], "model": ckpt["arch"]["model"],
                "seed": ckpt["config"]["seed"], "checkpoint_epoch": ckpt["epoch"], **member.spec.columns()}
     checkpoint.save_weights(model, member.out / "final.pt")
-    storage.save_parquet(_frame(rows, columns), member.out / "metrics.parquet")
+    # n_params: what a mean distance divides by (the kernels figure draws it on ‖θ − θ_c‖)
+    n_params = sum(p.numel() for p in models.trainable_parameters(model))
+    storage.save_parquet(_frame(rows, {**columns, "n_params": n_params}), member.out / "metrics.parquet")
     checkpoint.write_run_record(member.out, member.spec.values(), args.checkpoint,
                                 {"seed": ckpt["config"]["seed"], "data": str(args.data)})
     if events is not None:  # the grid point's parameters, as its metrics.parquet names them

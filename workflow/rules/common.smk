@@ -227,6 +227,7 @@ def get_final_outputs():
     outputs += expand(res("plots/families/{family}.{ext}"), family=FAMILIES, ext=["png", "pdf"])
     outputs += expand(res("aggregate/claims.{ext}"), ext=["md", "csv", "parquet"])
     outputs += expand(res("plots/claims.{ext}"), ext=["png", "pdf"])
+    outputs += METHOD_FIGURES  # workflow/rules/plots.smk
     if config["landscape"]:
         outputs += [res("aggregate/landscape.parquet")]
         outputs += expand(res("plots/landscape.{ext}"), ext=["png", "pdf"])

@@ -12,7 +12,7 @@ def points(*pts: dict) -> dict:
     return {"defaults": DEFAULTS, "families": {"f": {"points": list(pts)}}}
 
 
-def test_every_variant_brings_its_control():
+def test_every_point_brings_its_control():
     runs = grid.expand(points({"strength": 1}, {"strength": 1, "lr": 0.1}), seeds=[0, 1])
     assert set(runs) == {"s1-rbf-w1_lr0.01-const-e30", "s0_lr0.01-const-e30",
                          "s1-rbf-w1_lr0.1-const-e30", "s0_lr0.1-const-e30"}

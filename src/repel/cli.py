@@ -262,4 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # a bad input, named by the stage (a missing dataset, file or key)
         print(f"repel: error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # an output that could not be written (storage.WriteError says which and why)
+        from .storage import WriteError  # loaded already by the stage that wrote
+
+        if not isinstance(err, WriteError):
+            raise
+        print(f"repel: error: {err}", file=sys.stderr)
+        return 1
     return 0

@@ -55,11 +55,11 @@ def grid_problems(config: dict) -> list[str]:
             params = grid.resolve(defaults, point, where).values()
             problems += [f"{where}: {problem}" for problem in point_problems(params, point, defaults)]
     if ens := config.get("ensembles"):
-        for method, variant in grid.ensemble_variants(ens, config["seeds"]).items():
+        for method, point in grid.ensemble_points(ens, config["seeds"]).items():
             where = f"ensembles, method {method}"
-            params = grid.resolve(defaults, variant, where).values()
+            params = grid.resolve(defaults, point, where).values()
             problems += [f"{where}: {problem}"
-                         for problem in point_problems(params, variant, defaults, ENSEMBLE_NAMES.get(method, {}))]
+                         for problem in point_problems(params, point, defaults, ENSEMBLE_NAMES.get(method, {}))]
         problems += fge_problems(ens) + ensemble_lr_problems(ens, defaults)
     return list(dict.fromkeys(problems))
 

@@ -67,8 +67,8 @@ def families(continuation: dict) -> dict[str, dict]:
     return out
 
 
-def ensemble_variants(ens: dict, seeds: list[int]) -> dict[str, dict]:
-    """method -> the grid variant whose run gives its members; each trains members x cycle epochs.
+def ensemble_points(ens: dict, seeds: list[int]) -> dict[str, dict]:
+    """method -> the grid point whose run gives its members; each trains members x cycle epochs.
     The snapshot methods run on every seed of the study (`seeds`), one ensemble each; the
     independent seeds on `ensembles.seeds`. FGE and SWA run where the block has their settings."""
     cycle = ens["cycle"]
@@ -76,18 +76,18 @@ def ensemble_variants(ens: dict, seeds: list[int]) -> dict[str, dict]:
     hill = {"strength": ens["strength"], "checkpoint_every": cycle,
             **{k: ens[k] for k in ("kernel", "width", "gamma") if k in ens}}
     sgdr = {"schedule": "cosine_restarts", "t0": cycle, "t_mult": 1}
-    variants = {
+    points = {
         "distance": {**common, **hill, "schedule": "constant", "seeds": seeds},
         "sgdr": {**common, **sgdr, "strength": 0, "seeds": seeds},
         "sgdr_distance": {**common, **sgdr, **hill, "seeds": seeds},
         "independent": {**common, "schedule": "constant", "strength": 0, "seeds": ens["seeds"]},
     }
     if "fge" in ens:  # the peak lr is every method's; the low one FGE's own
-        variants["fge"] = {**common, "schedule": "cyclic", "t0": ens["fge"]["cycle"], "eta_min": ens["fge"]["lr_low"],
+        points["fge"] = {**common, "schedule": "cyclic", "t0": ens["fge"]["cycle"], "eta_min": ens["fge"]["lr_low"],
                            "strength": 0, "seeds": seeds}
     if "swa" in ens:
-        variants["swa"] = {**common, "schedule": "swa", "eta_min": ens["swa"]["lr"], "strength": 0, "seeds": seeds}
-    return variants
+        points["swa"] = {**common, "schedule": "swa", "eta_min": ens["swa"]["lr"], "strength": 0, "seeds": seeds}
+    return points
 
 
 def member_epochs(ens: dict, method: str) -> list[int] | None:
@@ -114,14 +114,14 @@ def ensemble_plan(ens: dict, defaults: dict, seeds: list[int]) -> dict[str, dict
     are the members}. A snapshot method has one ensemble per seed ("seed0", ...), from that seed's
     own run; the independent seeds one per group ("seeds0-1-2-3")."""
     plan = {}
-    for method, variant in ensemble_variants(ens, seeds).items():
-        run = resolve(defaults, variant, f"ensembles, method {method}").id
+    for method, point in ensemble_points(ens, seeds).items():
+        run = resolve(defaults, point, f"ensembles, method {method}").id
         if method == "independent":  # each seed's run's end is a member
             plan[method] = {"seeds" + "-".join(map(str, group)): {"run": run, "seeds": group, "epochs": None}
-                            for group in independent_groups(variant["seeds"], ens["members"])}
+                            for group in independent_groups(point["seeds"], ens["members"])}
         else:  # a member every cycle of one seed's run
             epochs = member_epochs(ens, method)
-            plan[method] = {f"seed{seed}": {"run": run, "seeds": [seed], "epochs": epochs} for seed in variant["seeds"]}
+            plan[method] = {f"seed{seed}": {"run": run, "seeds": [seed], "epochs": epochs} for seed in point["seeds"]}
     return plan
 
 
@@ -152,9 +152,9 @@ def expand(continuation: dict, seeds: list[int], ensembles: dict | None = None) 
             if spec.penalty.strength != 0:
                 add(spec, name, run_seeds)
     if ensembles:
-        for method, variant in ensemble_variants(ensembles, default_seeds).items():
-            spec = resolve(continuation["defaults"], variant, f"ensembles, method {method}")
-            add(spec, None, member_seeds=variant["seeds"])
+        for method, point in ensemble_points(ensembles, default_seeds).items():
+            spec = resolve(continuation["defaults"], point, f"ensembles, method {method}")
+            add(spec, None, member_seeds=point["seeds"])
     return runs
 
 

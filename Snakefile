@@ -58,6 +58,8 @@ localrules:
     plot_family,
     plot_landscape,
     plot_ensembles,
+    plot_kernels,
+    plot_hill_2d,
 
 
 include: "workflow/rules/data.smk"

@@ -53,16 +53,24 @@ def test_the_readme_by_hand_commands_run_and_write_only_under_scratch(tmp_path):
 
 
 def test_a_pack_member_lacking_a_setting_is_named(tmp_path, capsys):
-    members = json.dumps([{"run": "s10", "out_dir": str(tmp_path / "s10"), "snapshot_every": 0, "strength": 10}])
+    members = json.dumps([{"out_dir": str(tmp_path / "s10"), "snapshot_every": 0}])
     assert cli.main(["continue-pack", "--data", "unused.pt", "--checkpoint", "unused.pt", "--members", members,
-                 "--epochs", "1", "--out-dir", str(tmp_path)]) == 1
-    lacks = "--members: the member s10 lacks kernel, width, gamma, distance, checkpoint_every, merge"
-    assert lacks in capsys.readouterr().err
+                     "--out-dir", str(tmp_path)]) == 1
+    assert f"--members: the member {tmp_path / 's10'} lacks spec" in capsys.readouterr().err
 
 
-def test_predict_writes_the_member_landscape_that_landscape_between_writes(tmp_path):
-    """The predict job draws the lines between its members in its own process: the same table as the
-    landscape command over the same members, in their order, and the predictions beside it."""
+def test_a_spec_with_an_unknown_or_bad_key_is_named(tmp_path, capsys):
+    args = ["continue", "--data", "unused.pt", "--checkpoint", "unused.pt", "--out-dir", str(tmp_path)]
+    assert cli.main([*args, "--spec", '{"strength": 1, "width": 1, "epochs": 2, "colour": 3}']) == 1
+    assert "--spec: unknown key colour" in capsys.readouterr().err
+    assert cli.main([*args, "--spec", '{"strength": 1, "width": 1, "epochs": 2.5}']) == 1
+    assert "--spec.epochs is 2.5: expected an integer" in capsys.readouterr().err
+
+
+def test_predict_writes_the_loss_between_its_members(tmp_path):
+    """The predict job draws the lines between its members in its own process: pair 0 runs from the
+    first member to the second, so where the first member is the checkpoint itself, it is the line
+    the landscape command draws from the checkpoint to the second."""
     import pandas as pd
     import torch
 
@@ -73,7 +81,7 @@ def test_predict_writes_the_member_landscape_that_landscape_between_writes(tmp_p
                      "--out-dir", str(base)]) == 0
     weights = torch.load(base / "checkpoint.pt", weights_only=True)["model"]
     members = []
-    for i, scale in enumerate((1.0, 0.5, -1.0)):  # three distinct members; the last flips every weight
+    for i, scale in enumerate((1.0, 0.5, -1.0)):  # three distinct members; the first is the checkpoint
         path = tmp_path / f"member{i}.pt"
         torch.save({k: v * scale for k, v in weights.items()}, path)
         members.append(str(path))
@@ -83,13 +91,15 @@ def test_predict_writes_the_member_landscape_that_landscape_between_writes(tmp_p
                      "--method", "distance", "--ensemble", "seed0", *landscape, *device,
                      "--member-landscape", str(tmp_path / "from_predict.parquet"),
                      "--out", str(tmp_path / "predictions.pt")]) == 0
-    assert cli.main(["landscape", "--between", "--data", str(data), "--checkpoint", ckpt, "--weights", *members,
-                     "--run", "distance/seed0", *landscape, *device, "--out", str(tmp_path / "between.parquet")]) == 0
+    assert cli.main(["landscape", "--data", str(data), "--checkpoint", ckpt, "--weights", members[1],
+                     "--run", "r", *landscape, *device, "--out", str(tmp_path / "line.parquet")]) == 0
 
     from_predict = pd.read_parquet(tmp_path / "from_predict.parquet")
-    pd.testing.assert_frame_equal(from_predict, pd.read_parquet(tmp_path / "between.parquet"))
     assert sorted(from_predict["pair"].unique()) == [0, 1]
     assert list(from_predict.drop_duplicates("pair")["end"]) == members[1:]
-    assert (from_predict["run"] == "distance/seed0").all()
+    assert (from_predict["method"] == "distance").all() and (from_predict["ensemble"] == "seed0").all()
+    line = pd.read_parquet(tmp_path / "line.parquet")
+    first = from_predict[from_predict["pair"] == 0].reset_index(drop=True)
+    pd.testing.assert_frame_equal(first[["alpha", "loss", "error", "barrier"]], line[["alpha", "loss", "error", "barrier"]])
     predictions = torch.load(tmp_path / "predictions.pt", weights_only=True)
     assert predictions["log_probs"].shape[0] == 3 and predictions["members"] == members

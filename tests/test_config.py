@@ -1,7 +1,6 @@
 """A bad config stops before any job, with a message that names the key and its value; and the
 config's keys are the same in the schema, in config/README.md and on the command line."""
 
-import argparse
 import copy
 import math
 import re
@@ -14,7 +13,7 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from repel import cli, config_check, data, grid
+from repel import config_check, data, grid
 from workflow_run import ROOT, TINY, snakemake
 
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
@@ -51,7 +50,7 @@ def validated(config: dict) -> dict:
     (lambda c: c["continuation"]["families"]["width"]["sweep"].update(colour=[1]),
      "('colour' was unexpected)\n\nFailed validating 'additionalProperties'"),
     (lambda c: c["continuation"]["defaults"].pop("strength"),
-     "config: continuation.families.width: a grid point has no strength"),
+     "config: continuation.families.width, point {width: 1.0}: a grid point has no strength"),
     (lambda c: c.pop("datasets"), "'datasets' is a required property"),
     (lambda c: c["base"].update(epoch=3), "On instance['base']:\n    {'epoch': 3,"),
 ], ids=["kernel", "width", "sweep_key", "no_strength", "datasets", "base_key"])
@@ -100,7 +99,7 @@ def test_minus_infinity_is_refused_by_the_schema_or_the_check():
     config = validated(TINY)
     config["split"]["seed"] = -math.inf  # not through validate: its own minimums stop -inf
     with pytest.raises(ValueError, match=r"^split\.seed is -inf: every number must be finite$"):
-        config_check.check(config)
+        config_check.check(config, yaml.safe_load(SCHEMA.read_text()))
 
 
 GRID_CASES = {
@@ -134,17 +133,73 @@ GRID_CASES = {
     "fge_members": (
         lambda c: c.update(ensembles={"members": 2, "cycle": 1, "strength": 10, "seeds": [0, 1],
                                       "fge": {"cycle": 2, "lr_low": 0.001}}),
-        "ensembles, method fge: t0 2 >= epochs 2: cyclic would never complete a cycle"),
+        "ensembles, method fge: ensembles.fge.cycle 2 >= the budget 2: cyclic would never complete a cycle"),
     "fge_lr": (
         lambda c: c.update(ensembles={"members": 2, "cycle": 1, "strength": 10, "seeds": [0, 1],
                                       "fge": {"cycle": 1, "lr_low": 0.5}}),
-        "ensembles, method fge: eta_min 0.5 >= lr 0.01 (from continuation.defaults): the cyclic schedule would never "
-        "lower the lr"),
+        "ensembles, method fge: ensembles.fge.lr_low 0.5 >= lr 0.01 (from continuation.defaults): the cyclic schedule "
+        "would never lower the lr"),
     "swa_lr": (
         families(swa={"sweep": {"schedule": ["swa"]}}),
         "config: continuation.families.swa, point {schedule: swa}: eta_min 0.0 (the default): swa's lr is eta_min, "
         "and at lr 0 the weights never move"),
 }
+
+
+def check_error(change) -> str:
+    """The error of TINY changed by `change`, as the workflow checks a config before any job (the
+    schema, config_check, the grid), in this process; the workflow's own path is tested above."""
+    given = copy.deepcopy(TINY)
+    change(given)
+    config = validated(given)
+    with pytest.raises(ValueError) as error:
+        config_check.check(config, yaml.safe_load(SCHEMA.read_text()), given)
+        grid.expand(config["continuation"], config["seeds"], config.get("ensembles"))
+    return str(error.value)
+
+
+ENSEMBLES = {"members": 2, "cycle": 1, "strength": 10, "seeds": [0, 1]}
+PROBES = {  # bad configs that once got past every check (issue 19's probe), each named by its key
+    "base_epochs_float": (lambda c: c["base"].update(epochs=2.0),
+                          "base.epochs is 2.0: expected an integer (write 2, without the point)"),
+    "defaults_epochs_float": (lambda c: c["continuation"]["defaults"].update(epochs=3.0),
+                              "continuation.defaults.epochs is 3.0: expected an integer"),
+    "swept_float": (families(m={"sweep": {"checkpoint_every": [1.0]}}),
+                    "continuation.families.m.sweep.checkpoint_every[0] is 1.0: expected an integer"),
+    "pack_float": (lambda c: c.update(pack=2.0), "pack is 2.0: expected an integer"),
+    "members_float": (lambda c: c.update(ensembles={**ENSEMBLES, "members": 4.0}),
+                      "ensembles.members is 4.0: expected an integer"),
+    "seed_float": (lambda c: c.update(seeds=[0.0]), "seeds[0] is 0.0: expected an integer"),
+    "width_and_gamma": (families(w={"fixed": {"width": 2.0}, "sweep": {"gamma": [0.1]}}),
+                        "continuation.families.w, point {width: 2.0, gamma: 0.1}: sets both width 2.0 and gamma 0.1"),
+    "both_swept": (families(w={"sweep": {"width": [1.0], "gamma": [0.1]}}), "sets both width 1.0 and gamma 0.1"),
+    "merge_alone": (families(m={"sweep": {"merge": [False, True]}}),
+                    "continuation.families.m, point {merge: true}: merge is true but checkpoint_every is 0"),
+    "swa_lr": (lambda c: c.update(ensembles={**ENSEMBLES, "lr": 0.01, "swa": {"lr": 0.05}}),
+               "ensembles.swa.lr 0.05 > ensembles.lr 0.01: SWALR anneals down"),
+    "early_epochs": (lambda c: c.update(claims={"early_epochs": 3}),
+                     "claims.early_epochs 3 > the longest run's 2 epochs"),
+}
+
+
+@pytest.mark.parametrize("case", PROBES)
+def test_a_probe_that_got_through_is_refused_with_its_key(case):
+    change, message = PROBES[case]
+    assert message in check_error(change)
+
+
+def test_an_integral_float_stops_the_workflow_before_any_job(tmp_path):
+    assert "config: base.epochs is 2.0: expected an integer" in refused(tmp_path, lambda c: c["base"].update(epochs=2.0))
+
+
+def test_a_key_given_twice_in_a_users_config_stops_the_workflow(tmp_path):
+    path = tmp_path / "given.yaml"
+    path.write_text(yaml.safe_dump(TINY) + "base:\n  epochs: 3\n")  # `base` a second time
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
+                             "--configfile", str(path), "-n"], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert f"{path}, line" in output and "the key 'base' is given twice (first on line" in output
 
 
 @pytest.mark.parametrize("case", GRID_CASES)
@@ -178,7 +233,7 @@ def test_prepare_refuses_an_empty_split():
 
 @pytest.mark.parametrize("name", ["config.yaml", "reduced.yaml", "study.yaml"])
 def test_the_shipped_configs_pass_the_check(name):
-    config_check.check(validated(yaml.safe_load((ROOT / "config" / name).read_text())))
+    config_check.check(validated(yaml.safe_load((ROOT / "config" / name).read_text())), yaml.safe_load(SCHEMA.read_text()))
 
 
 # 3. a YAML syntax error names the file and the line
@@ -267,31 +322,15 @@ def test_every_schema_key_is_in_a_config_readme_table_and_every_table_key_is_in_
             assert key in words or where in words, f"schema key `{where}` is not in config/README.md's key tables"
 
 
-def test_every_training_key_is_an_option_of_continue_and_a_grid_key():
-    training = schema_blocks()["training"] - {"seeds"}  # seeds pick jobs, not a run's settings
-    subparsers = next(a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction))
-    options = {option for action in subparsers.choices["continue"]._actions for option in action.option_strings}
-    missing = {key for key in training if f"--{key.replace('_', '-')}" not in options}
-    assert not missing, f"training keys without a `python -m repel continue` option: {sorted(missing)}"
-    assert set(grid.PENALTY_KEYS + grid.TRAINING_KEYS) == training  # grid.cli_args passes exactly these
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
-        if repeated := sorted({k for k in keys if keys.count(k) > 1}, key=str):
-            raise yaml.constructor.ConstructorError(None, None, f"keys given twice: {repeated}", node.start_mark)
-        return super().construct_mapping(node, deep=deep)
-
-
 @pytest.mark.parametrize("path", [SCHEMA, *sorted((ROOT / "config").glob("*.yaml")),
                                   *sorted((ROOT / "profiles").rglob("*.yaml"))], ids=lambda p: p.name)
 def test_no_yaml_file_gives_a_key_twice(path):
-    yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    assert config_check.repeated_keys(path) is None
 
 
-def test_the_unique_key_loader_refuses_a_key_given_twice():
-    with pytest.raises(yaml.constructor.ConstructorError, match="keys given twice: \\['description'\\]"):
-        yaml.load("pack:\n  description: a\n  default: auto\n  description: b\n", Loader=_UniqueKeyLoader)
+def test_a_key_given_twice_is_found_with_its_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("pack:\n  description: a\n  default: auto\n  description: b\n")
+    assert config_check.repeated_keys(path) == (
+        f"{path}, line 4: the key 'description' is given twice (first on line 2); the last would silently win, "
+        "give each key once")

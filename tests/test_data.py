@@ -63,7 +63,8 @@ def test_prepared_file_round_trips_through_a_safe_load(tmp_path, digits):
 def test_crop_and_flip_move_whole_images_within_the_padding():
     x = torch.arange(2 * 3 * 6 * 6, dtype=torch.uint8).view(2, 3, 6, 6)
     g = torch.Generator().manual_seed(0)
-    out = data.random_crop_flip(x, g, pad=2)
+    offsets, flips = data.draw_crop_flip(len(x), g, pad=2)
+    out = data.crop_flip(x, offsets, flips, pad=2)
     assert out.shape == x.shape and out.dtype == x.dtype
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for i in range(2):

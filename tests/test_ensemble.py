@@ -255,7 +255,8 @@ def test_a_method_s_ensembles_are_kept_apart_and_summarised_as_mean_and_std(tmp_
         landscapes.append(tmp_path / f"{name}.parquet")
         barrier = 0.2 * (k + 1)  # 0.2 and 0.4
         storage.save_parquet(pd.DataFrame({"alpha": [0.0, 1.0], "loss": [1.0, 1.0], "pair": 0, "barrier": barrier,
-                                           "dataset": "d", "model": "m", "run": f"distance/{name}"}), landscapes[-1])
+                                           "dataset": "d", "model": "m", "method": "distance",
+                                           "ensemble": name}), landscapes[-1])
     aggregate_ensembles(paths, landscapes, tmp_path)
     curves = pd.read_parquet(tmp_path / "ensembles.parquet")
     assert sorted(curves["ensemble"].unique()) == ["seed0", "seed1"] and len(curves) == 4  # m = 1, 2 each
@@ -282,7 +283,8 @@ def test_weight_averages_sit_beside_their_ensembles(tmp_path):
             "swa_log_probs": swa.log()}
     storage.save_torch(pred, tmp_path / "p.pt")
     storage.save_parquet(pd.DataFrame({"alpha": [0.0, 1.0], "loss": [1.0, 1.0], "pair": 0, "barrier": 0.0,
-                                       "dataset": "d", "model": "m", "run": "swa/seed0"}), tmp_path / "l.parquet")
+                                       "dataset": "d", "model": "m", "method": "swa",
+                                       "ensemble": "seed0"}), tmp_path / "l.parquet")
     aggregate_ensembles([tmp_path / "p.pt"], [tmp_path / "l.parquet"], tmp_path)
     rows = pd.read_parquet(tmp_path / "weight_averages.parquet").set_index("averaged")
     assert sorted(rows.index) == ["members", "swa"]
@@ -295,12 +297,12 @@ def test_weight_averages_sit_beside_their_ensembles(tmp_path):
     assert "SWA: the average over every epoch of the run" in text and "the members' weight average" in text
 
 
-def test_predictions_stored_before_weight_averages_are_named(tmp_path):
+def test_predictions_stored_as_probabilities_are_named(tmp_path):
     from repel import storage
     from repel.aggregate import aggregate_ensembles
 
-    pred = {"log_probs": LOG_PROBS, "labels": Y, "weights": torch.eye(2), "theta_c": torch.zeros(2), "dataset": "d",
+    pred = {"probs": PROBS, "labels": Y, "weights": torch.eye(2), "theta_c": torch.zeros(2), "dataset": "d",
             "model": "m", "method": "sgdr", "ensemble": "seed3"}
     storage.save_torch(pred, tmp_path / "p.pt")
-    with pytest.raises(ValueError, match=r"^sgdr/seed3: its predictions file was written before .* --forcerun predict"):
+    with pytest.raises(ValueError, match=r"p\.pt: its predictions file holds probabilities.*--forcerun predict"):
         aggregate_ensembles([tmp_path / "p.pt"], [], tmp_path)

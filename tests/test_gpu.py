@@ -223,9 +223,8 @@ def test_cli_end_to_end_on_cuda(tmp_path, capsys, prepared):
     assert main(["train-base", "--data", str(data), "--model", "cnn", "--epochs", "2",
                  "--device", "auto", "--out-dir", str(base)]) == 0
     assert "device: cuda" in capsys.readouterr().out
-    assert main(["continue", "--data", str(data), "--checkpoint", str(base / "checkpoint.pt"), "--epochs", "2",
-                 "--strength", "1", "--width", "1", "--run", "s1", "--device", "cuda",
-                 "--out-dir", str(cont)]) == 0
+    assert main(["continue", "--data", str(data), "--checkpoint", str(base / "checkpoint.pt"),
+                 "--spec", '{"strength": 1, "width": 1, "epochs": 2}', "--device", "cuda", "--out-dir", str(cont)]) == 0
     assert "device: cuda" in capsys.readouterr().out
     for path in (base / "checkpoint.pt", base / "metrics.parquet", cont / "final.pt", cont / "metrics.parquet"):
         assert path.exists(), path

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from repel import grid
@@ -10,11 +12,11 @@ def points(*pts: dict) -> dict:
     return {"defaults": DEFAULTS, "families": {"f": {"points": list(pts)}}}
 
 
-def test_every_variant_brings_its_control():
+def test_every_point_brings_its_control():
     runs = grid.expand(points({"strength": 1}, {"strength": 1, "lr": 0.1}), seeds=[0, 1])
     assert set(runs) == {"s1-rbf-w1_lr0.01-const-e30", "s0_lr0.01-const-e30",
                          "s1-rbf-w1_lr0.1-const-e30", "s0_lr0.1-const-e30"}
-    assert runs["s1-rbf-w1_lr0.1-const-e30"]["control"] == "s0_lr0.1-const-e30"
+    assert runs["s1-rbf-w1_lr0.1-const-e30"]["spec"].control().id == "s0_lr0.1-const-e30"
     assert runs["s0_lr0.01-const-e30"]["labels"] == ["control"]
     assert all(run["seeds"] == [0, 1] for run in runs.values())
     # a family of explicit points varies the keys its points set, each once
@@ -27,16 +29,18 @@ def test_gamma_replaces_the_default_width_and_ids_name_the_parameters():
          "schedule": "cosine_restarts", "t0": 5, "t_mult": 2, "seeds": [3]},
     ), seeds=[0])
     rid = "s10-laplacian-g0.0001-mean_lr0.01-sgdr5x2-e30"
-    assert runs[rid]["params"]["width"] is None and runs[rid]["params"]["gamma"] == 1e-4
+    penalty = runs[rid]["spec"].penalty
+    assert penalty.width is None and penalty.gamma == 1e-4
     assert runs[rid]["seeds"] == [3]
-    assert "--gamma 0.0001" in grid.cli_args(runs[rid]["params"])
-    assert "--width" not in grid.cli_args(runs[rid]["params"])
+    # the job gets the spec as JSON: gamma, and no width
+    sent = json.loads(runs[rid]["spec"].to_json())
+    assert sent["gamma"] == 1e-4 and sent["width"] is None and sent["t0"] == 5 and sent["t_mult"] == 2
 
 
 def test_an_explicit_zero_strength_is_the_shared_control():
     runs = grid.expand(points({"strength": 0, "width": 3}), seeds=[0])
     assert list(runs) == ["s0_lr0.01-const-e30"]
-    assert runs["s0_lr0.01-const-e30"]["params"]["kernel"] == "none"
+    assert runs["s0_lr0.01-const-e30"]["spec"].penalty.kernel == "none"
 
 
 @pytest.mark.parametrize("schedule, extra, part", [
@@ -45,21 +49,23 @@ def test_an_explicit_zero_strength_is_the_shared_control():
     ("cosine", {"eta_min": 1e-4}, "cosmin0.0001"),
 ])
 def test_schedules_are_named_with_their_settings(schedule, extra, part):
-    params = grid.resolve_variant(DEFAULTS, {"strength": 1, "schedule": schedule, **extra})
-    assert grid.run_id(params) == f"s1-rbf-w1_lr0.01-{part}-e30"
+    run = grid.resolve(DEFAULTS, {"strength": 1, "schedule": schedule, **extra}, "f")
+    assert run.id == f"s1-rbf-w1_lr0.01-{part}-e30"
 
 
 def test_repeated_and_merged_checkpoints_are_named_and_passed_on():
     runs = grid.expand(points(
         {"strength": 1, "checkpoint_every": 5},
         {"strength": 1, "checkpoint_every": 5, "merge": True},
-        {"strength": 1, "merge": True},  # one checkpoint: nothing to merge
     ), seeds=[0])
     assert set(runs) == {"s1-rbf-w1-every5_lr0.01-const-e30", "s1-rbf-w1-every5-merged_lr0.01-const-e30",
-                         "s1-rbf-w1_lr0.01-const-e30", "s0_lr0.01-const-e30"}
-    merged = grid.cli_args(runs["s1-rbf-w1-every5-merged_lr0.01-const-e30"]["params"])
-    assert "--checkpoint-every 5" in merged and "--merge" in merged.split()
-    assert "--merge" not in grid.cli_args(runs["s1-rbf-w1_lr0.01-const-e30"]["params"]).split()
+                         "s0_lr0.01-const-e30"}
+    merged = json.loads(runs["s1-rbf-w1-every5-merged_lr0.01-const-e30"]["spec"].to_json())
+    assert merged["checkpoint_every"] == 5 and merged["merge"] is True
+    assert json.loads(runs["s1-rbf-w1-every5_lr0.01-const-e30"]["spec"].to_json())["merge"] is False
+    # one checkpoint has nothing to merge: refused, not silently dropped
+    with pytest.raises(ValueError, match="continuation.families.f: merge is true but checkpoint_every is 0"):
+        grid.expand(points({"strength": 1, "merge": True}), seeds=[0])
 
 
 ENSEMBLES = {"members": 3, "cycle": 4, "strength": 10, "width": 0.5, "lr": 0.05, "seeds": [0, 1, 2],
@@ -72,7 +78,7 @@ def test_every_ensemble_method_trains_the_same_epoch_budget():
     assert set(plan) == set(grid.ENSEMBLE_METHODS)
     for method, ensembles in plan.items():
         for name, e in ensembles.items():
-            assert runs[e["run"]]["params"]["epochs"] == 12, method  # 3 members x 4 epochs
+            assert runs[e["run"]]["spec"].training.epochs == 12, method  # 3 members x 4 epochs
             # trained for the members' seeds, but compared over none: no family asked for these runs
             assert set(e["seeds"]) <= set(runs[e["run"]]["member_seeds"]) and runs[e["run"]]["seeds"] == [], name
     assert plan["distance"]["seed0"]["run"] == "s10-rbf-w0.5-every4_lr0.05-const-e12"
@@ -81,7 +87,7 @@ def test_every_ensemble_method_trains_the_same_epoch_budget():
     assert plan["independent"]["seeds0-1-2"]["run"] == "s0_lr0.05-const-e12"
     assert plan["fge"]["seed1"] == {"run": "s0_lr0.05-cyc2min0.001-e12", "seeds": [1], "epochs": [2, 4, 6, 8, 10, 12]}
     assert plan["swa"]["seed1"] == {"run": "s0_lr0.05-swa0.01-e12", "seeds": [1], "epochs": [4, 8, 12]}
-    assert "--schedule cyclic" in grid.cli_args(runs[plan["fge"]["seed0"]["run"]]["params"])
+    assert runs[plan["fge"]["seed0"]["run"]]["spec"].training.schedule == "cyclic"
     # a snapshot method: one ensemble per seed of the study, each from that seed's run
     assert plan["distance"] == {f"seed{k}": {"run": "s10-rbf-w0.5-every4_lr0.05-const-e12", "seeds": [k],
                                              "epochs": [4, 8, 12]} for k in (0, 1)}

@@ -27,11 +27,12 @@ def base(tmp_path_factory):
     return root
 
 
-def _continue_cmd(root, out, strength="10"):
+def _continue_cmd(root, out, strength=10):
+    spec = {"strength": strength, "width": 1, "epochs": 12, "schedule": "cosine", "checkpoint_every": 4,
+            "merge": True}
     return [sys.executable, "-m", "repel", "continue", "--data", str(root / "digits.pt"),
-            "--checkpoint", str(root / "base" / "checkpoint.pt"), "--run", "r", "--strength", strength,
-            "--width", "1", "--epochs", "12", "--schedule", "cosine", "--threads", "1", "--device", "cpu",
-            "--checkpoint-every", "4", "--merge", "--save-every", "1", "--out-dir", str(out)]
+            "--checkpoint", str(root / "base" / "checkpoint.pt"), "--spec", json.dumps(spec), "--threads", "1",
+            "--device", "cpu", "--save-every", "1", "--out-dir", str(out)]
 
 
 def _saved_epochs(path) -> int:
@@ -89,31 +90,30 @@ def test_killed_run_resumes_to_the_identical_result(base, uninterrupted, sig):
     _assert_same_run(uninterrupted, out)
 
 
-@pytest.mark.parametrize("schedule", [["--schedule", "swa", "--eta-min", "0.005"],
-                                      ["--schedule", "cyclic", "--t0", "2", "--eta-min", "0.001"]],
-                         ids=["swa", "fge"])
+@pytest.mark.parametrize("schedule", [{"schedule": "swa", "eta_min": 0.005},
+                                      {"schedule": "cyclic", "t0": 2, "eta_min": 0.001}], ids=["swa", "fge"])
 def test_swa_and_fge_resume_to_the_identical_result(base, schedule):
     """Their schedulers, and SWA's running average, are part of the saved state."""
     def cmd(out):
         return [sys.executable, "-m", "repel", "continue", "--data", str(base / "digits.pt"),
-                "--checkpoint", str(base / "base" / "checkpoint.pt"), "--run", "r", "--strength", "0",
-                "--kernel", "none", "--epochs", "8", *schedule, "--threads", "1", "--device", "cpu",
+                "--checkpoint", str(base / "base" / "checkpoint.pt"),
+                "--spec", json.dumps({"strength": 0, "epochs": 8, **schedule}), "--threads", "1", "--device", "cpu",
                 "--save-every", "1", "--out-dir", str(out)]
 
-    whole, out = base / f"whole-{schedule[1]}", base / f"killed-{schedule[1]}"
+    whole, out = base / f"whole-{schedule['schedule']}", base / f"killed-{schedule['schedule']}"
     subprocess.run(cmd(whole), check=True, capture_output=True)
     _interrupt(cmd(out), out / "resume.pt")
     assert 3 <= _saved_epochs(out / "resume.pt") < 8, "the run finished before it could be killed"
     subprocess.run(cmd(out), check=True, capture_output=True)
     _assert_same_run(whole, out)
-    if schedule[1] == "swa":
+    if schedule["schedule"] == "swa":
         wa, wb = load_torch(whole / "swa.pt"), load_torch(out / "swa.pt")
         assert all(torch.equal(wa[key], wb[key]) for key in wa)
 
 
 def test_a_state_from_other_settings_is_not_resumed(base, uninterrupted):
     out = base / "changed"
-    proc = subprocess.Popen(_continue_cmd(base, out, strength="3"), stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(_continue_cmd(base, out, strength=3), stdout=subprocess.DEVNULL)
     while _saved_epochs(out / "resume.pt") < 2 and proc.poll() is None:
         time.sleep(0.01)
     proc.kill()
@@ -176,14 +176,14 @@ def test_a_killed_pack_resumes_to_the_identical_result(tmp_path_factory, base, m
     root = tmp_path_factory.mktemp(f"pack-{model}")
     assert main(["train-base", "--data", str(base / "digits.pt"), "--model", model, "--epochs", "2",
                  "--threads", "1", "--out-dir", str(root / "base")]) == 0
-    penalty = {"kernel": "rbf", "width": 1.0, "gamma": None, "distance": "sum", "checkpoint_every": 3, "merge": False}
+    spec = {"kernel": "rbf", "width": 1.0, "checkpoint_every": 3, "epochs": 20}
 
     def cmd(out):
-        members = [{"run": f"s{s}", "out_dir": str(out / f"s{s}"), "snapshot_every": 0, **penalty, "strength": s}
+        members = [{"out_dir": str(out / f"s{s}"), "snapshot_every": 0, "spec": {**spec, "strength": s}}
                    for s in (0, 10)]
         return [sys.executable, "-m", "repel", "continue-pack", "--data", str(base / "digits.pt"),
                 "--checkpoint", str(root / "base" / "checkpoint.pt"), "--members", json.dumps(members),
-                "--epochs", "20", "--threads", "1", "--device", "cpu", "--save-every", "1", "--out-dir", str(out)]
+                "--threads", "1", "--device", "cpu", "--save-every", "1", "--out-dir", str(out)]
 
     whole, out = root / "whole", root / "killed"
     log = subprocess.run(cmd(whole), check=True, capture_output=True, text=True).stdout

@@ -3,6 +3,7 @@ should be and what to do; a file that would run code when unpickled is refused, 
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,26 +48,26 @@ def files(tmp_path_factory):
     return f
 
 
+SPEC = ["--spec", '{"strength": 1, "width": 1, "epochs": 1}']
 # the argument under test -> (command line with BAD in its place, which real file it stands for,
 # what the message must call it); every command writes under OUT
 SLOTS = {
     "train-base --data": (["train-base", "--data", "BAD", "--model", "cnn", "--epochs", "1", "--out-dir", "OUT"],
                           "data", "a prepared dataset"),
-    "continue --data": (["continue", "--data", "BAD", "--checkpoint", "CKPT", "--run", "r", "--strength", "1",
-                         "--width", "1", "--epochs", "1", "--out-dir", "OUT"], "data", "a prepared dataset"),
-    "continue --checkpoint": (["continue", "--data", "DATA", "--checkpoint", "BAD", "--run", "r", "--strength", "1",
-                               "--width", "1", "--epochs", "1", "--out-dir", "OUT"], "checkpoint", "a base checkpoint"),
+    "continue --data": (["continue", "--data", "BAD", "--checkpoint", "CKPT", *SPEC, "--out-dir", "OUT"], "data",
+                        "a prepared dataset"),
+    "continue --checkpoint": (["continue", "--data", "DATA", "--checkpoint", "BAD", *SPEC, "--out-dir", "OUT"],
+                              "checkpoint", "a base checkpoint"),
     "predict --checkpoints": (["predict", "--data", "DATA", "--checkpoints", "BAD", "--members", "WEIGHTS",
-                               "--method", "m", "--out", "OUT/p.pt"], "checkpoint", "a base checkpoint"),
+                               "--method", "m", "--ensemble", "e", "--out", "OUT/p.pt"], "checkpoint",
+                              "a base checkpoint"),
     "predict --members": (["predict", "--data", "DATA", "--checkpoints", "CKPT", "--members", "BAD",
-                           "--method", "m", "--out", "OUT/p.pt"], "weights", "an ensemble member's weights"),
+                           "--method", "m", "--ensemble", "e", "--out", "OUT/p.pt"], "weights",
+                          "an ensemble member's weights"),
     "landscape --checkpoint": (["landscape", "--data", "DATA", "--checkpoint", "BAD", "--weights", "WEIGHTS",
                                 "--run", "r", "--out", "OUT/l.parquet"], "checkpoint", "a base checkpoint"),
     "landscape --weights": (["landscape", "--data", "DATA", "--checkpoint", "CKPT", "--weights", "BAD",
                              "--run", "r", "--out", "OUT/l.parquet"], "weights", "a continuation run's weights"),
-    "landscape --between": (["landscape", "--between", "--data", "DATA", "--checkpoint", "CKPT", "--weights",
-                             "WEIGHTS", "BAD", "--run", "r", "--out", "OUT/l.parquet"],
-                            "weights", "an ensemble member's weights"),
     "ensembles --predictions": (["ensembles", "--predictions", "BAD", "--member-landscapes", "OUT/none.parquet",
                                  "--out-dir", "OUT"], "weights", "stored ensemble predictions"),
     "aggregate --runs": (["aggregate", "--runs", "BAD", "--out-dir", "OUT"], "metrics", "a run's metrics table"),
@@ -120,3 +121,65 @@ def test_a_missing_input_file_is_named(files, slot, tmp_path, capsys):
     assert str(missing) in err and ("missing" in err or "not found" in err)
     assert what in err and "run the workflow" in err
     assert not out.exists()
+
+
+def _state_of(model: str, in_channels: int = 1, num_classes: int = 10) -> dict:
+    from repel import models
+
+    return models.from_arch({"model": model, "in_channels": in_channels, "num_classes": num_classes,
+                             "image_size": 8}).state_dict()
+
+
+# a valid file of the wrong kind in a slot: what it holds, and what the message must say of it
+WRONG_KIND = {
+    "predictions as a checkpoint": ("continue --checkpoint", lambda f: {"probs": torch.zeros(2, 3, 10)},
+                                    "holds a dict of probs, without model, optimizer, epoch"),
+    "weights as a checkpoint": ("landscape --checkpoint", lambda f: torch.load(f["weights"], weights_only=True),
+                                "without model, optimizer, epoch, rng, arch, config"),
+    "another architecture's snapshot": ("predict --members", lambda f: _state_of("mlp"),
+                                        "holds the weights of another network than cnn"),
+    "a checkpoint as weights": ("landscape --weights", lambda f: torch.load(f["checkpoint"], weights_only=True),
+                                "not a network's weights"),
+}
+
+
+@pytest.mark.parametrize("case", WRONG_KIND)
+def test_a_valid_file_of_the_wrong_kind_is_named_with_what_it_holds(files, case, tmp_path, capsys):
+    slot, content, holds = WRONG_KIND[case]
+    bad = tmp_path / "wrong.pt"
+    torch.save(content(files), bad)
+    code, err = _run(files, slot, bad, tmp_path / "out", capsys)
+    assert code == 1 and "Traceback" not in err
+    assert str(bad) in err and holds in err and SLOTS[slot][2] in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_metrics_table_without_the_grid_columns_is_named(files, tmp_path, capsys):
+    import pandas as pd
+
+    bad = tmp_path / "metrics.parquet"
+    pd.DataFrame({"phase": ["continue"], "run": ["r"], "seed": [0], "epoch": [1], "val_acc": [0.5]}).to_parquet(bad)
+    code, err = _run(files, "aggregate --runs", bad, tmp_path / "out", capsys)
+    assert code == 1 and str(bad) in err and "has no column control, strength, kernel" in err
+
+
+def test_a_write_that_fails_leaves_no_temporary_file_and_says_why(tmp_path, monkeypatch):
+    from repel import storage
+
+    def full_disk(obj, path):  # as torch.save fails on a full disk: a part written, then its own words
+        Path(path).write_bytes(b"part of a file")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 80512 vs 80408")
+
+    monkeypatch.setattr(storage.torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"could not write .*final\.pt: the write stopped short, as it does on a full "
+                                      r"disk \(\d+ bytes free on its disk\)"):
+        storage.save_torch({}, tmp_path / "final.pt")
+    # the operating system's own reason, where it gives one (/dev/full: no space left on device)
+    def no_space(tmp):
+        tmp.write_text("x")
+        with open("/dev/full", "w") as full:
+            full.write("y")
+
+    with pytest.raises(OSError, match="could not write .*summary.md: No space left on device"):
+        storage._write(tmp_path / "summary.md", no_space)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

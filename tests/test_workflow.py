@@ -142,8 +142,9 @@ def test_every_job_wrote_its_log(finished):
     # family's 3 runs and distance; lr 1e6: 2 runs; SGDR and SGDR + distance), alone the control for
     # seed 1, FGE and SWA; 2 landscape jobs for the 5 family runs (the first two packs); 6
     # predictions (each with its members' landscape), aggregate, aggregate_landscape,
-    # evaluate_ensembles, 2 families, plot_landscape, plot_ensembles, claims, plot_claims
-    assert len(logs) == 1 + 2 + 6 + 2 + 6 + 1 + 1 + 1 + 2 + 1 + 1 + 1 + 1
+    # evaluate_ensembles, 2 families, plot_landscape, plot_ensembles, claims, plot_claims, plot_kernels,
+    # plot_hill_2d
+    assert len(logs) == 1 + 2 + 6 + 2 + 6 + 1 + 1 + 1 + 2 + 1 + 1 + 1 + 1 + 1 + 1
     assert f"{RUNS[1]}: epoch    4/4" in (finished / "results/logs/continue_pack/digits/cnn/lr0.01-const-e2_seed0.log").read_text()
     predict = (finished / "results/logs/predict/digits/cnn/fge/seed0.log").read_text()
     assert "loss barrier from" in predict and "member_landscape.parquet" in predict
@@ -171,7 +172,7 @@ def test_without_packs_a_new_grid_point_runs_only_itself_and_what_follows(tmp_pa
     assert snakemake(tmp_path, config, "--cores", "2").returncode == 0
     config["continuation"]["families"]["width"]["sweep"]["width"].append(2.0)
     assert planned_jobs(snakemake(tmp_path, config, "-n")) == {
-        "continue_run": 1, "aggregate": 1, "plot_family": 1, "claims": 1, "plot_claims": 1, "all": 1}
+        "continue_run": 1, "aggregate": 1, "plot_family": 1, "claims": 1, "plot_claims": 1, "plot_kernels": 1, "all": 1}
 
 
 def test_changing_the_base_training_reruns_everything_downstream(finished):
@@ -188,7 +189,7 @@ def test_changing_the_base_training_reruns_everything_downstream(finished):
     assert sum(n for rule, n in jobs.items() if rule.startswith("landscape_pack_")) == 2
     assert {rule: n for rule, n in jobs.items() if rule not in training and not rule.startswith("landscape_pack_")} == {
         "train_base": 2, "predict": 6, "aggregate": 1, "aggregate_landscape": 1, "evaluate_ensembles": 1, "plot_family": 2,
-        "plot_landscape": 1, "plot_ensembles": 1, "claims": 1, "plot_claims": 1, "all": 1}
+        "plot_landscape": 1, "plot_ensembles": 1, "claims": 1, "plot_claims": 1, "plot_kernels": 1, "all": 1}
 
 
 def test_options_that_change_how_a_job_runs_rerun_nothing(finished):
@@ -253,7 +254,7 @@ def test_a_given_config_replaces_the_embedded_default(tmp_path):
     config.pop("ensembles")
     assert planned_jobs(snakemake(tmp_path, config, "-n")) == {  # s10 and its control: one pack
         "prepare_data": 1, "train_base": 1, "continue_pack_0": 1, "aggregate": 1, "plot_family": 1, "claims": 1,
-        "plot_claims": 1, "all": 1}
+        "plot_claims": 1, "plot_kernels": 1, "plot_hill_2d": 1, "all": 1}
 
 
 # config/study.yaml's grid counted by hand: the points each family adds to those before it, with
@@ -393,7 +394,8 @@ def test_the_report_embeds_the_figures_and_tables(finished):
     result = snakemake(finished, TINY, "--report", str(finished / "report.html"))
     assert result.returncode == 0, result.stderr[-3000:]
     html = (finished / "report.html").read_text()
-    for name in ("width.png", "unstable.png", "landscape.png", "summary.csv", "claims.csv", "claims.png"):
+    for name in ("width.png", "unstable.png", "landscape.png", "summary.csv", "claims.csv", "claims.png",
+                 "kernels.png", "hill_2d.png"):
         assert name in html, name
     # each family's caption names the config file and quotes the family's block
     assert html.count(f"from the config {finished / 'config.yaml'}") == len(TINY["continuation"]["families"])

@@ -6,25 +6,35 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import storage
-from .grid import control_id
+from . import spec, storage
 
 RUN_KEYS = ["dataset", "model", "run"]
-GRID_COLUMNS = ["label", "strength", "kernel", "width", "gamma", "distance", "checkpoint_every", "merge",
-                "lr_init", "schedule", "epochs"]
+GRID_COLUMNS = ["label", *spec.GRID_COLUMNS]
 FINAL_METRICS = {"val_acc": "final_val_acc", "test_acc": "final_test_acc", "dist": "final_dist"}
+
+
+def read_run(path) -> pd.DataFrame:
+    """One run's metrics.parquet, checked to be one: a continuation run's has its grid columns."""
+    df = storage.read_parquet(path, "metrics")
+    needed = ["phase", "run", "seed", "epoch"]
+    if "phase" in df and (df["phase"] == "continue").any():
+        needed += ["control", *spec.GRID_COLUMNS]
+    if missing := [c for c in needed if c not in df]:
+        raise storage.BadFileError(path, f"has no column {', '.join(missing)} (it holds {', '.join(df.columns[:8])}"
+                                   f"{', ...' if len(df.columns) > 8 else ''})", "metrics")
+    return df.drop(columns="lr_steps", errors="ignore")
 
 
 def combine(paths, labels: dict[str, str]) -> pd.DataFrame:
     """One row per run and epoch; `label` names the run's families, `control` the run it is compared
     with. The per-step learning rates stay in each run's own table: at the study's scale they
     would make this one hundreds of times larger, and `lr` (the epoch's first) draws the schedule."""
-    df = pd.concat([storage.read_parquet(p, "metrics").drop(columns="lr_steps", errors="ignore") for p in paths],
-                   ignore_index=True)
+    df = pd.concat([read_run(p) for p in paths], ignore_index=True)
     is_run = df["phase"] == "continue"
     df["label"] = df["run"].map(lambda r: labels.get(r, r))
-    df["control"] = df["run"]
-    df.loc[is_run, "control"] = df.loc[is_run, "run"].map(control_id)
+    if "control" not in df:
+        raise ValueError("no continuation run's metrics among the inputs; give at least one run's metrics.parquet")
+    df["control"] = df["control"].where(is_run, df["run"])  # a base training is its own reference
     return df.sort_values(["dataset", "model", "seed", "phase", "run", "epoch"], ignore_index=True)
 
 
@@ -66,6 +76,11 @@ def aggregate(paths, labels: dict[str, str], out_dir: Path) -> None:
     storage.save_text("# Continuation runs: final metrics\n\n" + summary_markdown(summary), out_dir / "summary.md")
 
 
+def aggregate_landscapes(paths, out) -> None:
+    """Every run's landscape table -> one."""
+    storage.save_parquet(pd.concat([storage.read_parquet(p, "landscape") for p in paths], ignore_index=True), out)
+
+
 ENSEMBLE_KEYS = ["dataset", "model", "method", "ensemble"]
 ENSEMBLE_SUMMARY = ["accuracy", "nll", "ece", "brier", "mean_member_accuracy", "gain", "gain_best",
                     "mean_disagreement", "mean_member_barrier"]
@@ -102,8 +117,6 @@ def aggregate_ensembles(paths, landscape_paths, out_dir: Path) -> None:
     final = curves.loc[curves.groupby(ENSEMBLE_KEYS)["m"].idxmax()].rename(columns={"m": "members"})
     final = final.join(pairs.groupby(ENSEMBLE_KEYS)["disagreement"].mean().rename("mean_disagreement"), on=ENSEMBLE_KEYS)
     landscape = pd.concat([storage.read_parquet(p, "member landscape") for p in landscape_paths], ignore_index=True)
-    # `landscape --between` records its run as method/ensemble
-    landscape[["method", "ensemble"]] = landscape.pop("run").str.split("/", n=1, expand=True)
     barriers = landscape.groupby(ENSEMBLE_KEYS + ["pair"])["barrier"].first().groupby(ENSEMBLE_KEYS).mean()
     final = final.join(barriers.rename("mean_member_barrier"), on=ENSEMBLE_KEYS)
     summary = ensemble_summary(final)
@@ -126,9 +139,6 @@ def weight_average_rows(pred: dict, ensemble: pd.Series, keys: dict) -> list[dic
     full ensemble's accuracy and NLL beside them."""
     from .ensemble import model_metrics
 
-    if "average_log_probs" not in pred:
-        raise ValueError(f"{pred['method']}/{pred['ensemble']}: its predictions file was written before repel "
-                         "stored weight averages; make it again with `snakemake --forcerun predict`")
     swa = pred["swa_log_probs"] if pred["swa_log_probs"] is not None else []
     models = [("members", pred["average_log_probs"]), *(("swa", log_p) for log_p in swa)]
     return [{**keys, "averaged": kind, **model_metrics(log_p, pred["labels"]),

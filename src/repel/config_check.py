@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+import yaml
+
 from . import grid
 
 # name -> (training images, official test images); digits has no test split of its own. Kept here,
@@ -20,11 +22,13 @@ SIZES = {"digits": (1797, 0), "mnist": (60000, 10000), "fashion_mnist": (60000, 
          "cifar10": (50000, 10000), "cifar100": (50000, 10000)}
 
 
-def check(config: dict) -> None:
-    """Raise ValueError with one line per problem of a schema-validated config."""
-    problems = non_finite(config)
-    if not problems:  # the other checks compare numbers, which NaN would make meaningless
-        problems = grid_problems(config) + split_problems(config)
+def check(config: dict, schema: dict, given: dict | None = None) -> None:
+    """Raise ValueError with one line per problem of a config validated against `schema` (which
+    filled in its defaults; `given`: the config as the user wrote it, before that)."""
+    # each later check reads numbers that the earlier ones vouch for (finite, integers where integers belong)
+    problems = non_finite(config) or integral_floats(config, schema)
+    if not problems:
+        problems = grid_problems(config) + split_problems(config) + claims_problems(given or config)
     if problems:
         raise ValueError("\n".join(problems))
 
@@ -47,22 +51,31 @@ def grid_problems(config: dict) -> list[str]:
     problems = []
     for name, family in config["continuation"]["families"].items():
         for point in grid.family_points(family):
-            params = grid.resolve_point(defaults, point, name)
             where = f"continuation.families.{name}, point {describe(point)}"
+            params = grid.resolve(defaults, point, where).values()
             problems += [f"{where}: {problem}" for problem in point_problems(params, point, defaults)]
-    if config.get("ensembles"):
-        for method, variant in grid.ensemble_variants(config["ensembles"], config["seeds"]).items():
-            params = grid.resolve_variant(defaults, variant)
+    if ens := config.get("ensembles"):
+        for method, point in grid.ensemble_points(ens, config["seeds"]).items():
             where = f"ensembles, method {method}"
-            problems += [f"{where}: {problem}" for problem in point_problems(params, variant, defaults)]
-        problems += fge_problems(config["ensembles"])
+            params = grid.resolve(defaults, point, where).values()
+            problems += [f"{where}: {problem}"
+                         for problem in point_problems(params, point, defaults, ENSEMBLE_NAMES.get(method, {}))]
+        problems += fge_problems(ens) + ensemble_lr_problems(ens, defaults)
     return list(dict.fromkeys(problems))
 
 
-def point_problems(params: dict, point: dict, defaults: dict) -> list[str]:
-    """One resolved grid point's settings that would change nothing in its training."""
+# the ensemble block's own names for the grid keys its methods set
+ENSEMBLE_NAMES = {"fge": {"eta_min": "ensembles.fge.lr_low", "t0": "ensembles.fge.cycle", "epochs": "the budget"},
+                  "swa": {"eta_min": "ensembles.swa.lr"}}
+
+
+def point_problems(params: dict, point: dict, defaults: dict, names: dict | None = None) -> list[str]:
+    """One resolved grid point's settings that would change nothing in its training (`names`:
+    what the config calls a key, where it is not the key itself)."""
 
     def show(key):  # "step_size 30 (the default)"
+        if names and key in names:
+            return f"{names[key]} {params[key]}"
         return f"{key} {params[key]}{source(key, point, defaults)}"
 
     epochs, schedule = params["epochs"], params["schedule"]
@@ -92,6 +105,82 @@ def fge_problems(ens: dict) -> list[str]:
     if budget // cycle < 2:
         return [f"{where} gives {budget // cycle} member in the budget of {budget} epochs: an ensemble needs two"]
     return []
+
+
+def ensemble_lr_problems(ens: dict, defaults: dict) -> list[str]:
+    """SWALR anneals down to its lr: one above the ensembles' lr would anneal up."""
+    lr = ens.get("lr", defaults.get("lr"))
+    if "swa" in ens and ens["swa"]["lr"] > lr:
+        return [f"ensembles.swa.lr {ens['swa']['lr']} > ensembles.lr {lr}: SWALR anneals down from the ensembles' "
+                "lr to the SWA lr; give one at most ensembles.lr"]
+    return []
+
+
+def claims_problems(config: dict) -> list[str]:
+    """A claims.early_epochs given in the config must fit in some run, else every 'early' claim has
+    nothing to read (the default is the claims' own, and they clip it to the runs)."""
+    early, defaults = config.get("claims", {}).get("early_epochs"), config["continuation"]["defaults"]
+    if early is None:
+        return []
+    epochs = [grid.resolve(defaults, point, name).training.epochs
+              for name, family in config["continuation"]["families"].items() for point in grid.family_points(family)]
+    if epochs and early > max(epochs):
+        return [f"claims.early_epochs {early} > the longest run's {max(epochs)} epochs: 'early' would be longer "
+                "than every run"]
+    return []
+
+
+def integral_floats(value, schema: dict, path: str = "", root: dict | None = None) -> list[str]:
+    """Every float where the schema wants an integer, by its key path. JSON Schema counts 2.0 as
+    an integer, but YAML reads it as a float, which then names another run (`every2.0`) or fails
+    inside a job."""
+    root = root or schema
+    while "$ref" in schema:  # "#/$defs/a/b"
+        node = root
+        for part in schema["$ref"].removeprefix("#/").split("/"):
+            node = node[part]
+        schema = {**node, **{k: v for k, v in schema.items() if k != "$ref"}}
+    if schema.get("type") == "integer" and isinstance(value, float):
+        return [f"{path} is {value}: expected an integer (write {int(value)}, without the point)"]
+    found = []
+    for sub in schema.get("allOf", []) + schema.get("anyOf", []):
+        found += integral_floats(value, sub, path, root)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            sub = schema.get("properties", {}).get(key, schema.get("additionalProperties"))
+            if isinstance(sub, dict):
+                found += integral_floats(item, sub, f"{path}.{key}" if path else str(key), root)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            found += integral_floats(item, schema["items"], f"{path}[{i}]", root)
+    return list(dict.fromkeys(found))
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        first = {}  # key -> the line it was first given on
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in first:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice (first on line {first[key] + 1})", key_node.start_mark)
+            first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def repeated_keys(path) -> str | None:
+    """Where a YAML file gives a key twice in one mapping (file, line and the keys), or None."""
+    try:
+        with open(path) as f:
+            yaml.load(f, Loader=UniqueKeyLoader)
+    except yaml.constructor.ConstructorError as err:
+        mark = err.problem_mark
+        return f"{path}, line {mark.line + 1}: {err.problem}; the last would silently win, give each key once"
+    except (yaml.YAMLError, OSError):
+        return None  # not ours to report: snakemake's own reading of the file says what is wrong
+    return None
 
 
 def source(key: str, point: dict, defaults: dict) -> str:

@@ -24,7 +24,7 @@ DATASETS = ("digits", *TORCHVISION_SETS)
 AUGMENTED = {"cifar10", "cifar100"}
 
 
-class DatasetMissingError(RuntimeError):
+class DatasetMissingError(ValueError):
     """The dataset is neither on disk nor downloadable."""
 
 
@@ -74,8 +74,8 @@ def _load_torchvision(name: str, root: Path, download: bool):
     return splits
 
 
-def prepare(name: str, data_dir: str | Path, val_fraction: float, test_fraction: float, seed: int,
-            download: bool = True) -> dict:
+def prepare(name: str, data_dir: str | Path = "data", val_fraction: float = 0.1, test_fraction: float = 0.2,
+            seed: int = 0, download: bool = True) -> dict:
     """Read a dataset and split it reproducibly: the same seed always gives the same split.
 
     Sets with an official test split keep it; the validation split is taken from the training set.
@@ -172,12 +172,6 @@ def draw_crop_flip(n: int, generator: torch.Generator, pad: int = 4) -> tuple[to
     so a run is reproducible on any device."""
     offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator)
     return offsets, torch.rand(n, generator=generator) < 0.5
-
-
-def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Pad-`pad` random crop and horizontal flip of a batch."""
-    offsets, flips = draw_crop_flip(len(x), generator, pad)
-    return crop_flip(x, offsets.to(x.device), flips.to(x.device), pad)
 
 
 def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int = 4) -> torch.Tensor:

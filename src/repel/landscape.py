@@ -16,7 +16,11 @@ from .data import DeviceData
 from .train import evaluate
 
 
-def alphas(n: int = 21, lo: float = -0.5, hi: float = 1.5) -> list[float]:
+STEPS = 21  # points on alpha
+BN_BATCHES = 50  # training batches (of 128) that recompute BatchNorm statistics at each alpha
+
+
+def alphas(n: int = STEPS, lo: float = -0.5, hi: float = 1.5) -> list[float]:
     """n evenly spaced alphas over [lo, hi], plus exactly 0.0 and 1.0 (the two endpoints)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"n must be an integer >= 2, got {n!r}")
@@ -92,3 +96,28 @@ def barrier(df: pd.DataFrame, column: str = "loss") -> float:
     # l0 + alpha (l1 - l0): exactly l0 everywhere when the endpoints are equal
     excess = inside[column] - (l0 + inside["alpha"] * (l1 - l0))
     return float(excess.max())
+
+
+def write_lines(prepared: dict, ckpt: dict, lines, load, device: torch.device, steps: int | None = None,
+                bn_batches: int | None = None, log=print) -> None:
+    """Write each line's table. `lines` are (columns, out, [weights files]): the path through the
+    files in order, its table's identifying columns (run, or method and ensemble) and where it goes;
+    `load(path)` gives a file's state; `ckpt` (a base checkpoint) the network and its seed."""
+    from . import models, storage
+
+    steps, bn_batches = steps or STEPS, bn_batches or BN_BATCHES
+    model = models.from_arch(ckpt["arch"]).to(device)
+    train, val = (DeviceData(prepared, split, device) for split in ("train", "val"))
+    bn_recomputed = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    for columns, out, ends in lines:
+        states = [load(path) for path in ends]
+        frames = []
+        for pair, (start, end) in enumerate(zip(states, states[1:])):
+            df = interpolate(model, start, end, alphas(steps), train, val, bn_batches=bn_batches)
+            frames.append(df.assign(pair=pair, start=str(ends[pair]), end=str(ends[pair + 1]), barrier=barrier(df),
+                                    bn_recomputed=bn_recomputed))
+            log(f"loss barrier from {ends[pair]} to {ends[pair + 1]}: {barrier(df):.4g}")
+        df = pd.concat(frames, ignore_index=True).assign(
+            split="val", dataset=prepared["name"], model=ckpt["arch"]["model"], **columns, seed=ckpt["config"]["seed"])
+        storage.save_parquet(df, out)
+        log(f"-> {out}")

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import torch
 
-KERNELS = ("rbf", "laplacian", "imq", "hinge", "none")
-DISTANCES = ("sum", "mean")
+from .spec import DISTANCES, KERNELS
 
 
 def _scale(kernel: str, width: float | None, gamma: float | None) -> float:

@@ -22,9 +22,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .claims import VERDICTS  # noqa: E402
+from .spec import PENALTY_KEYS, column, label  # noqa: E402
 
 CONTROL_COLORS = ["tab:red", "darkred", "lightcoral", "orangered"]
-VARIANT_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
+POINT_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
                   "tab:olive", "tab:cyan", "navy", "teal", "goldenrod"]  # no red: red is the control
 PANELS = {  # metrics column -> y-axis label
     "val_acc": "validation accuracy", "test_acc": "test accuracy", "train_acc": "training accuracy",
@@ -38,34 +39,18 @@ NOT_IN_BASE = START_AT_ZERO | {"grad_ratio"}  # no meaning before the checkpoint
 LOG_PANELS = {"grad_ratio"}  # ratios that span orders of magnitude
 ZOOM_BELOW = 0.25  # an inset zooms on the continuation where its y-range is under this share of the panel's
 BARRIER_SHOWN = 1e-3  # smaller landscape barriers are noise: the line stays in the basin
-COLUMNS = {"lr": "lr_init"}  # a swept key -> its metrics column, where the names differ
-LABELS = {  # a swept key -> how a run's value of it reads in a legend
-    "strength": lambda r: f"s={r['strength']:g}",
-    "kernel": lambda r: r["kernel"],
-    "width": lambda r: f"σ={r['width']:g}",
-    "gamma": lambda r: f"γ={r['gamma']:g}",
-    "distance": lambda r: f"{r['distance']} distance",
-    "checkpoint_every": lambda r: f"new checkpoint every {r['checkpoint_every']:g} ep" if r["checkpoint_every"] else "one checkpoint",
-    "merge": lambda r: "merged into their mean" if r["merge"] else "one hill each",
-    "lr": lambda r: f"lr={r['lr_init']:g}",
-    "schedule": lambda r: r["schedule"],
-    "epochs": lambda r: f"{r['epochs']:g} ep",
-}
-PENALTY_ONLY = {"kernel", "width", "gamma", "distance", "checkpoint_every", "merge"}  # a control has none
 
 
 def describe(run: pd.Series, varying: list[str]) -> str:
-    """Legend text: the values of the keys the family varies (all of the penalty's if none).
-
-    Schedule settings without a metrics column (t0, step_size, ...) are read from the run id."""
-    if run["strength"] == 0:
-        keys = [k for k in varying if k not in PENALTY_ONLY | {"strength"}]
+    """Legend text: the values of the keys the family varies (all of the penalty's if none), as
+    spec.py labels them, read from the run's grid columns."""
+    if run["strength"] == 0:  # a control has no penalty settings
+        keys = [k for k in varying if k not in PENALTY_KEYS]
         parts = ["control (s=0)"]
     else:
         keys = varying or ["strength", "kernel", "gamma" if pd.notna(run["gamma"]) else "width"]
         parts = []
-    for key in keys:
-        parts.append(LABELS[key](run) if key in LABELS else f"{key} ({run.name.split('_', 1)[1]})")
+    parts += [label(key, run[column(key)]) for key in keys]
     return ", ".join(dict.fromkeys(parts))
 
 
@@ -101,7 +86,7 @@ def _runs_in_order(firsts: pd.DataFrame, runs: list[str]):
     present = [r for r in runs if r in firsts.index]
     controls = [r for r in present if firsts.loc[r, "strength"] == 0]
     others = [r for r in present if firsts.loc[r, "strength"] != 0]
-    colors = _distinct(CONTROL_COLORS, "Reds", len(controls)) + _distinct(VARIANT_COLORS, "viridis", len(others))
+    colors = _distinct(CONTROL_COLORS, "Reds", len(controls)) + _distinct(POINT_COLORS, "viridis", len(others))
     for rid, color in zip(controls + others, colors):
         yield rid, firsts.loc[rid], color
 
@@ -188,7 +173,7 @@ def _finals(ax, panel: pd.DataFrame, column: str, spec: dict) -> None:
     combination of the other keys the family varies."""
     runs = panel[panel["phase"] == "continue"]
     x_key = spec["x"]
-    x_column = COLUMNS.get(x_key, x_key)
+    x_column = column(x_key)
     last = runs.sort_values("epoch").groupby(["run", "seed"]).tail(1)  # a diverged run's too
     others = [k for k in spec["varying"] if k != x_key]
     firsts = last.groupby("run").first()
@@ -216,9 +201,6 @@ def plot_family(df: pd.DataFrame, name: str, spec: dict, out_dir: Path, formats=
 
 def family_figure(df: pd.DataFrame, name: str, spec: dict):
     """One family's figure: a row per dataset/model, a column per panel (a metric)."""
-    if spec["figure"] == "final" and COLUMNS.get(spec["x"], spec["x"]) not in df.columns:
-        raise ValueError(f"family '{name}': figure 'final' draws final values against the first swept key, "
-                         f"and '{spec['x']}' has no metrics column; sweep one of {', '.join(LABELS)} first")
     runs = df[(df["phase"] == "continue") & df["run"].isin(spec["runs"])]
     # the base trainings of these runs' seeds only (other seeds may train bases for the ensembles)
     df = pd.concat([df[(df["phase"] == "base") & df["seed"].isin(runs["seed"])], runs])
@@ -341,7 +323,7 @@ def plot_ensembles(curves: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, for
     A method has one ensemble per seed (or group of independent seeds): curves are their mean with
     a min-max band, heatmaps their mean disagreement, the scatter every pair of every ensemble."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    colors = dict(zip(sorted(curves["method"].unique()), VARIANT_COLORS))
+    colors = dict(zip(sorted(curves["method"].unique()), POINT_COLORS))
     written = _save(ensemble_accuracy_figure(curves, colors), out_dir, "ensemble_accuracy", formats)
     written += _save(disagreement_figure(pairs), out_dir, "ensemble_disagreement", formats)
     written += _save(diversity_figure(pairs, colors), out_dir, "diversity_vs_distance", formats)
@@ -502,3 +484,35 @@ def plot_claims(table: pd.DataFrame, out_dir: Path, formats=("png", "pdf")) -> l
     """The claims figure (`claims_figure`), saved as out_dir/claims.<format>."""
     out_dir.mkdir(parents=True, exist_ok=True)
     return _save(claims_figure(table), out_dir, "claims", formats, tight_layout=False)
+
+
+def plot_tables(args) -> None:
+    """`repel plot`: the figures its arguments ask for (a family's, the landscape, the ensembles, the claims)."""
+    import json
+
+    from . import storage
+
+    out, written, formats = Path(args.out_dir), [], args.formats or ("png", "pdf")
+    if args.metrics:
+        if not (args.family and args.spec):
+            raise ValueError("--metrics needs --family and --spec: the figures are drawn one family at a time")
+        written += plot_family(storage.read_parquet(args.metrics, "aggregated metrics"), args.family,
+                               json.loads(args.spec), out, formats)
+    if args.landscape:
+        if not (args.summary and args.families):
+            raise ValueError("--landscape needs --summary and --families: its lines are labelled as the families'")
+        written += plot_landscape(storage.read_parquet(args.landscape, "aggregated landscape"),
+                                  storage.read_parquet(args.summary, "summary"), json.loads(args.families), out,
+                                  formats)
+    if args.ensembles:
+        if not args.pairs:
+            raise ValueError("--ensembles needs --pairs (ensemble_pairs.parquet) too")
+        averages = storage.read_parquet(args.averages, "weight averages") if args.averages else None
+        written += plot_ensembles(storage.read_parquet(args.ensembles, "ensemble curves"),
+                                  storage.read_parquet(args.pairs, "ensemble pairs"), out, formats, averages)
+    if args.claims:
+        written += plot_claims(storage.read_parquet(args.claims, "claims"), out, formats)
+    if not written:
+        raise ValueError("nothing to plot: give --metrics, --landscape, --ensembles or --claims")
+    for path in written:
+        print(f"wrote {path}", flush=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,16 +62,36 @@ class BadFileError(ValueError):
         self.path, self.problem = Path(path), problem
 
 
-def _tmp(path: Path) -> Path:
+class WriteError(OSError):
+    """An output that could not be written, with the reason."""
+
+
+def _write(path, write) -> None:
+    """`write(tmp)` to a temporary name beside `path`, then rename it into place. A write that fails
+    (a full disk, say) leaves no temporary file behind and says why, naming the file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch reports a failed write as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        raise WriteError(f"could not write {path}: {_os_cause(err)} ({free} bytes free on its disk)") from err
+
+
+def _os_cause(err: BaseException | None) -> str:
+    """The operating system's reason behind a failed write; torch says only 'unexpected pos ...'."""
+    while err is not None:
+        if isinstance(err, OSError) and err.strerror:
+            return err.strerror
+        err = err.__cause__ or err.__context__
+    return "the write stopped short, as it does on a full disk"
 
 
 def save_torch(obj, path) -> None:
-    path = Path(path)
-    tmp = _tmp(path)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    _write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_torch(path, kind: str | None = None) -> dict:
@@ -102,14 +123,8 @@ def read_parquet(path, kind: str | None = None) -> pd.DataFrame:
 
 
 def save_parquet(df: pd.DataFrame, path) -> None:
-    path = Path(path)
-    tmp = _tmp(path)
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    _write(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def save_text(text: str, path) -> None:
-    path = Path(path)
-    tmp = _tmp(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    _write(path, lambda tmp: tmp.write_text(text))

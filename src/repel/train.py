@@ -19,14 +19,13 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import SWALR
 
 from .data import DeviceData
-from .grid import SCHEDULE_DEFAULTS
+from .spec import DEFAULTS, SCHEDULES
 from .models import trainable_parameters
 from .penalty import DistancePenalty
 
 if TYPE_CHECKING:  # a type only
     from .resume import ResumeState
 
-SCHEDULES = ("constant", "step", "cosine", "cosine_restarts", "cyclic", "swa")
 # speed options: each changes how fast a run goes, not what it trains (bf16 and compile change rounding)
 AMP = ("auto", "off", "bf16")
 CHANNELS_LAST = ("auto", "on", "off")
@@ -41,11 +40,11 @@ class TrainConfig:
     weight_decay: float = 1e-3   # L2, applied by SGD
     batch_size: int = 128
     schedule: str = "constant"   # constant | step | cosine | cosine_restarts | cyclic | swa, stepped every batch
-    step_size: int = SCHEDULE_DEFAULTS["step_size"]     # epochs between decays (step)
-    step_gamma: float = SCHEDULE_DEFAULTS["step_gamma"]  # decay factor (step)
-    t0: int = SCHEDULE_DEFAULTS["t0"]                   # epochs in the first cycle (cosine_restarts, cyclic)
-    t_mult: int = SCHEDULE_DEFAULTS["t_mult"]           # cycle length multiplier (cosine_restarts)
-    eta_min: float = SCHEDULE_DEFAULTS["eta_min"]       # lowest lr (cosine, cosine_restarts, cyclic); swa: its lr
+    step_size: int = DEFAULTS["step_size"]     # epochs between decays (step)
+    step_gamma: float = DEFAULTS["step_gamma"]  # decay factor (step)
+    t0: int = DEFAULTS["t0"]                   # epochs in the first cycle (cosine_restarts, cyclic)
+    t_mult: int = DEFAULTS["t_mult"]           # cycle length multiplier (cosine_restarts)
+    eta_min: float = DEFAULTS["eta_min"]       # lowest lr (cosine, cosine_restarts, cyclic); swa: its lr
     seed: int = 0                # data order and augmentation
     amp: str = "auto"            # bf16 autocast of forward and loss: auto = on CUDA only | off | bf16
     channels_last: str = "auto"  # NHWC layout for conv nets: auto = on (measured faster on CPU) | on | off

@@ -18,4 +18,4 @@ rule train_base:
         "../../envs/repel.yaml"
     shell:
         "python -m repel train-base --data {input} --model {wildcards.model} --seed {wildcards.seed} "
-        "{params.args} {RUN_OPTIONS} --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
+        "{params.args} $REPEL_RUN_OPTIONS --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"

@@ -1,15 +1,15 @@
 # Helpers for the workflow: config validation, the run grid, input and params functions.
+import copy
 import json
 import os
 import shlex
 import sys
 from pathlib import Path
 
+import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-
-validate(config, schema="../schemas/config.schema.yaml")
 
 # The workflow imports the package from this checkout, and its jobs run it from here too
 # (installed or not, and inside conda environments).
@@ -18,9 +18,15 @@ sys.path.insert(0, SRC)
 shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 from repel import config_check, grid  # noqa: E402
 
+for path in workflow.configfiles:  # PyYAML keeps the last of a key given twice, silently
+    if problem := config_check.repeated_keys(path):
+        raise WorkflowError(f"config: {problem}")
+SCHEMA_FILE = Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"
+GIVEN = copy.deepcopy(config)  # before the schema fills in its defaults
+validate(config, schema=str(SCHEMA_FILE))
 ENSEMBLES = config.get("ensembles")
-try:  # what the schema cannot check: NaN, settings that never act, empty splits, a point without strength
-    config_check.check(config)
+try:  # what the schema cannot check: NaN, integral floats, settings that never act, empty splits, ...
+    config_check.check(config, yaml.safe_load(SCHEMA_FILE.read_text()), GIVEN)
     RUNS = grid.expand(config["continuation"], config["seeds"], ENSEMBLES)
     FAMILIES = grid.families(config["continuation"])
 except ValueError as error:
@@ -36,8 +42,8 @@ SEEDS = sorted({s for run in RUNS.values() for s in run["seeds"]})
 # jobs declare the snapshot files, one rule per set of epochs (FGE's cycles are shorter); SWA's
 # declare its averaged model too.
 MEMBER_EPOCHS = {e["run"]: e["epochs"] for method in ENSEMBLE_PLAN.values() for e in method.values() if e["epochs"]}
-FGE_RUNS = sorted(run for run in MEMBER_EPOCHS if RUNS[run]["params"]["schedule"] == "cyclic")
-SWA_RUNS = sorted(run for run in MEMBER_EPOCHS if RUNS[run]["params"]["schedule"] == "swa")
+FGE_RUNS = sorted(run for run in MEMBER_EPOCHS if RUNS[run]["spec"].training.schedule == "cyclic")
+SWA_RUNS = sorted(run for run in MEMBER_EPOCHS if RUNS[run]["spec"].training.schedule == "swa")
 SNAPSHOT_RUNS = sorted(set(MEMBER_EPOCHS) - set(FGE_RUNS) - set(SWA_RUNS))
 PLAIN_RUNS = sorted(set(RUNS) - set(MEMBER_EPOCHS))
 # runs that train the same seed the same way, differing only in the penalty, train together:
@@ -51,19 +57,26 @@ def res(path):
     return f"{RESULTS}/{path}"
 
 
-# How jobs run, not what they compute: the shell commands read these globals rather than params,
-# so that changing one re-runs nothing (params are a rerun trigger). bf16 and compile change
-# rounding only. YAML reads a bare on/off as true/false; they are written back as on/off here.
+# How jobs run, not what they compute (device, checkpointing, speed, TensorBoard): environment
+# variables this file sets, which every job's shell inherits (on a cluster too, where the job's own
+# snakemake reads this file again). Neither params nor input, so changing one re-runs nothing, and
+# no rule's shell command reads a global. The schema constrains each value to plain characters
+# (device, results, the speed enums), so they split into words without quoting. bf16 and compile
+# change rounding only. YAML reads a bare on/off as true/false; they are written back as on/off.
 # TensorBoard events are a side channel, never a declared output: the job puts its own run under
-# the root, as <dataset>/<model>/<run>/seed<k> (a per-job path here would need the wildcards,
-# which a global string cannot take, and params would make it a rerun trigger).
-DEVICE = shlex.quote(config["device"])  # alone, for the jobs that run a network without training it
-RUN_OPTIONS = " ".join([
-    f"--device {DEVICE} --save-every {config['save_every']}",
-    *(f"--{key.replace('_', '-')} {shlex.quote({True: 'on', False: 'off'}.get(value, value))}"
+# the root, as <dataset>/<model>/<run>/seed<k>.
+RUN_OPTIONS = [
+    f"--device {config['device']} --save-every {config['save_every']}",
+    *(f"--{key.replace('_', '-')} {({True: 'on', False: 'off'}.get(value, value))}"
       for key, value in config["speed"].items()),
-    *([f"--tensorboard {shlex.quote(res('tensorboard'))}"] if config["tensorboard"] else []),
-])
+    *([f"--tensorboard {res('tensorboard')}"] if config["tensorboard"] else []),
+]
+# REPEL_DEVICE: for the jobs that run a network without training it
+os.environ.update(REPEL_DEVICE=config["device"], REPEL_RUN_OPTIONS=" ".join(RUN_OPTIONS))
+
+envvars:
+    "REPEL_DEVICE",
+    "REPEL_RUN_OPTIONS",
 
 
 def get_optimizer_args():
@@ -77,8 +90,9 @@ def get_base_args():
     return f"--epochs {b['epochs']} --lr {b['lr']} {get_optimizer_args()}"
 
 
-def get_run_args(wildcards):
-    return f"{grid.cli_args(RUNS[wildcards.run]['params'])} {get_optimizer_args()}"
+def get_run_spec(wildcards):
+    """The run's spec as JSON, for `repel continue --spec` (a params: changing it re-runs the run)."""
+    return RUNS[wildcards.run]["spec"].to_json()
 
 
 def get_gres():
@@ -130,16 +144,10 @@ def get_pack_members(pack):
     """The pack's members for `repel continue-pack --members`: JSON, one object per run."""
     def members(wildcards):
         return json.dumps([
-            {"run": run, "out_dir": res(f"continue/{wildcards.dataset}/{wildcards.model}/{run}/seed{pack['seed']}"),
-             "snapshot_every": snapshot_every(run),
-             **{key: RUNS[run]["params"][key] for key in grid.PENALTY_KEYS}}
-            for run in pack["runs"]])
+            {"out_dir": res(f"continue/{wildcards.dataset}/{wildcards.model}/{run}/seed{pack['seed']}"),
+             "snapshot_every": snapshot_every(run), "spec": RUNS[run]["spec"].values()}
+            for run in pack["runs"]], sort_keys=True)
     return members
-
-
-def get_pack_args(pack):
-    """The training flags every member of a pack shares (the packing made them equal)."""
-    return f"{grid.cli_args(RUNS[pack['runs'][0]]['params'], grid.TRAINING_KEYS)} {get_optimizer_args()}"
 
 
 def get_run_dir(wildcards, run):
@@ -222,6 +230,7 @@ def get_final_outputs():
     outputs += expand(res("plots/families/{family}.{ext}"), family=FAMILIES, ext=["png", "pdf"])
     outputs += expand(res("aggregate/claims.{ext}"), ext=["md", "csv", "parquet"])
     outputs += expand(res("plots/claims.{ext}"), ext=["png", "pdf"])
+    outputs += METHOD_FIGURES  # workflow/rules/plots.smk
     if config["landscape"]:
         outputs += [res("aggregate/landscape.parquet")]
         outputs += expand(res("plots/landscape.{ext}"), ext=["png", "pdf"])

@@ -8,7 +8,8 @@ rule continue_run:
     log:
         res("logs/continue_run/{dataset}/{model}/{run}/seed{seed}.log"),
     params:
-        args=get_run_args,
+        spec=get_run_spec,
+        optimizer=get_optimizer_args(),
         snapshot_every=get_snapshot_every,
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     wildcard_constraints:
@@ -22,7 +23,7 @@ rule continue_run:
         "../../envs/repel.yaml"
     shell:
         "python -m repel continue --data {input.data} --checkpoint {input.checkpoint} "
-        "--run {wildcards.run} {params.args} --snapshot-every {params.snapshot_every} {RUN_OPTIONS} "
+        "--spec {params.spec:q} {params.optimizer} --snapshot-every {params.snapshot_every} $REPEL_RUN_OPTIONS "
         "--threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
 
 
@@ -73,7 +74,7 @@ for index, (name, pack) in enumerate(PACKS.items()):
         log:
             res(f"logs/continue_pack/{{dataset}}/{{model}}/{name}.log"),
         params:
-            args=get_pack_args(pack),
+            optimizer=get_optimizer_args(),
             members=get_pack_members(pack),
             state_dir=res(f"packs/{{dataset}}/{{model}}/{name}"),
         threads: config["threads"]
@@ -84,8 +85,8 @@ for index, (name, pack) in enumerate(PACKS.items()):
         conda:
             "../../envs/repel.yaml"
         shell:
-            "python -m repel continue-pack --data {input.data} --checkpoint {input.checkpoint} {params.args} "
-            "--members {params.members:q} {RUN_OPTIONS} --threads {threads} --out-dir {params.state_dir} > {log} 2>&1"
+            "python -m repel continue-pack --data {input.data} --checkpoint {input.checkpoint} {params.optimizer} "
+            "--members {params.members:q} $REPEL_RUN_OPTIONS --threads {threads} --out-dir {params.state_dir} > {log} 2>&1"
 
     for alone in ("continue_run", "continue_run_snapshots", "continue_run_fge"):
         workflow.ruleorder(f"continue_pack_{index}", alone)

@@ -19,7 +19,7 @@ rule predict:
     shell:
         "python -m repel predict --data {input.data} --checkpoints {input.checkpoints} "
         "--members {input.members} --swa {input.swa} --method {wildcards.method} --ensemble {wildcards.ensemble} "
-        "--member-landscape {output.landscape} --device {DEVICE} "
+        "--member-landscape {output.landscape} --device $REPEL_DEVICE "
         "--threads {threads} --out {output.predictions} > {log} 2>&1"
 
 

@@ -16,7 +16,7 @@ rule landscape:
         "../../envs/repel.yaml"
     shell:
         "python -m repel landscape --data {input.data} --checkpoint {input.checkpoint} "
-        "--weights {input.weights} --run {wildcards.run} --device {DEVICE} "
+        "--weights {input.weights} --run {wildcards.run} --device $REPEL_DEVICE "
         "--threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -49,7 +49,7 @@ for index, (name, pack) in enumerate(PACKS.items()):
             "../../envs/repel.yaml"
         shell:
             "python -m repel landscape --data {input.data} --checkpoint {input.checkpoint} "
-            "--weights {input.weights} --run {params.runs} --device {DEVICE} "
+            "--weights {input.weights} --run {params.runs} --device $REPEL_DEVICE "
             "--threads {threads} --out {output} > {log} 2>&1"
 
     workflow.ruleorder(f"landscape_pack_{index}", "landscape")

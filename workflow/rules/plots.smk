@@ -23,3 +23,49 @@ rule plot_family:
     shell:
         "python -m repel plot --metrics {input} --family {wildcards.family} --spec {params.spec:q} "
         "--out-dir {params.out_dir} --formats png pdf > {log} 2>&1"
+
+
+# The report's method section: the kernels as the runs felt them, and the hill on a 2-D loss (in
+# get_final_outputs). A list, not a function: snakemake --lint wants functions in common.smk only.
+METHOD_FIGURES = expand(res("plots/{figure}.{ext}"), figure=["kernels", "hill_2d"], ext=["png", "pdf"])
+
+
+rule plot_kernels:
+    input:
+        res("aggregate/metrics.parquet"),  # the settings that ran and the distances they reached
+    output:
+        report(
+            res("plots/kernels.png"),
+            caption="../report/kernels.rst",
+            category="Method",
+            labels={"figure": "1. the kernels as the runs felt them"},  # first in the section
+        ),
+        res("plots/kernels.pdf"),
+    log:
+        res("logs/plot_kernels.log"),
+    params:
+        configfiles=CONFIG_FILES,  # named in the report's caption
+        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
+    conda:
+        "../../envs/repel.yaml"
+    shell:
+        "python -m repel plot-method --metrics {input} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule plot_hill_2d:  # needs no data: a stated 2-D loss, seconds
+    output:
+        report(
+            res("plots/hill_2d.png"),
+            caption="../report/hill_2d.rst",
+            category="Method",
+            labels={"figure": "2. the hill on a 2-D loss"},
+        ),
+        res("plots/hill_2d.pdf"),
+    log:
+        res("logs/plot_hill_2d.log"),
+    params:
+        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
+    conda:
+        "../../envs/repel.yaml"
+    shell:
+        "python -m repel plot-method --hill --out-dir {params.out_dir} > {log} 2>&1"

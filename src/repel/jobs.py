@@ -1,0 +1,224 @@
+"""The jobs that run networks: read their inputs, train or predict, write their outputs.
+
+A base training trains from scratch to the checkpoint epoch. A continuation job trains one run, or
+a pack of runs that share their training and differ only in the penalty (repel.pack), from a base
+checkpoint: each run is a spec.Run, and each writes its own directory (metrics.parquet with the
+run's grid settings as columns, final.pt, run.json, its snapshots). The command line (cli.py)
+parses the arguments and calls these.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+from . import checkpoint, models, storage
+from . import data as data_mod
+from .averaging import recompute_bn
+from .penalty import DistancePenalty
+from .resume import ResumeState, fingerprint
+from .spec import Run
+from .tensorboard import EventLog, run_dir
+from .train import TrainConfig, fit
+
+# how a job runs, not what it trains: a resumable state saved under other values is still this job's
+HOW = ("func", "device", "threads", "save_every", "tensorboard")
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def setup(args) -> torch.device:
+    """The job's device and CPU threads (config keys device and threads), said in its log."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device in (None, "auto"):
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elif args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"device '{args.device}' asked for, but no CUDA GPU is available (use 'auto' or 'cpu')")
+    else:
+        device = torch.device(args.device)
+    log(f"device: {device}  threads: {torch.get_num_threads()}  torch {torch.__version__}")
+    return device
+
+
+def _resume_state(args, *inputs) -> ResumeState | None:
+    """The job's resumable state in its output directory, keyed to its settings and inputs."""
+    if not args.save_every:
+        return None
+    settings = {k: v for k, v in vars(args).items() if k not in HOW}
+    return ResumeState(Path(args.out_dir) / "resume.pt", fingerprint(settings, *inputs), args.save_every, log)
+
+
+def _event_log(args, job_log, dataset: str, model: str, run: str, seed: int) -> EventLog | None:
+    """The job's TensorBoard run, under --tensorboard DIR (none without it)."""
+    return EventLog(run_dir(args.tensorboard, dataset, model, run, seed), job_log) if args.tensorboard else None
+
+
+def train_config(args, seed: int, spec: Run | None = None) -> TrainConfig:
+    """The loop's settings: the base's optimizer (momentum, weight decay, batch), the run's training
+    (the base's own lr and epochs without a spec), the seed, and how fast to run."""
+    training = vars(spec.training) if spec is not None else {"epochs": args.epochs, "lr": args.lr}
+    given = {key: getattr(args, key) for key in ("momentum", "weight_decay", "batch_size", "amp", "channels_last",
+                                                  "compile")}
+    # an option not given takes TrainConfig's default (the base's, config/README.md)
+    return TrainConfig(**{k: v for k, v in {**training, **given}.items() if v is not None}, seed=seed)
+
+
+def _frame(rows: list[dict], columns: dict):
+    import pandas as pd  # here, not at the top: only the jobs that write a table pay for it
+
+    return pd.DataFrame(rows).assign(**columns)
+
+
+def train_base(args) -> None:
+    args.seed = args.seed or 0  # the default initialisation and data order
+    device = setup(args)
+    prepared = data_mod.load(args.data)
+    in_channels, image_size = prepared["train_x"].shape[1], prepared["train_x"].shape[-1]
+    arch = {"model": args.model, "in_channels": int(in_channels), "num_classes": prepared["num_classes"],
+            "image_size": int(image_size)}
+    torch.manual_seed(args.seed)  # the model's initialisation
+    model = models.from_arch(arch).to(device)
+    resume = _resume_state(args, args.data)
+    job_log = resume.log if resume is not None else log
+    events = _event_log(args, job_log, prepared["name"], args.model, "base", args.seed)
+    rows, optimizer, generator = fit(model, prepared, train_config(args, args.seed), device, log=job_log,
+                                     resume=resume, on_row=events.row if events else None)
+    out = Path(args.out_dir)
+    columns = {"phase": "base", "dataset": prepared["name"], "model": args.model, "seed": args.seed, "run": "base"}
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
+    checkpoint.save_base(out / "checkpoint.pt", model, optimizer, rows[-1]["epoch"], generator, arch, settings)
+    storage.save_parquet(_frame(rows, columns), out / "metrics.parquet")
+    if events is not None:
+        events.finish(columns, rows[-1]["epoch"])
+    if resume is not None:
+        resume.clear()
+    log(f"base checkpoint at epoch {rows[-1]['epoch']} -> {out / 'checkpoint.pt'}")
+
+
+def _penalty(spec: Run, model) -> DistancePenalty:
+    """A run's penalty, its first hill on the model's current weights."""
+    p = spec.penalty
+    penalty = DistancePenalty(p.strength, p.kernel, p.width, p.gamma, p.distance, merged=p.merge,
+                              every=p.checkpoint_every)
+    penalty.add_checkpoint(models.trainable_parameters(model))
+    return penalty
+
+
+def _snapshot_saver(out: Path, checkpoint_epoch: int, every: int):
+    def save(epochs_done, model):  # ensemble members: every `every` epochs
+        if every and epochs_done % every == 0:
+            checkpoint.save_weights(model, out / "snapshots" / f"epoch{checkpoint_epoch + epochs_done}.pt")
+    return save
+
+
+class Member:
+    """One continuation run of a job: its spec, where it writes, and every how many epochs it
+    keeps a snapshot (0: none)."""
+
+    def __init__(self, spec: Run, out_dir, snapshot_every: int = 0):
+        self.spec, self.out, self.snapshot_every = spec, Path(out_dir), snapshot_every
+
+
+def _finish(args, member: Member, ckpt: dict, prepared: dict, model, rows: list[dict], events) -> None:
+    """Write a run's weights, metrics (its grid settings as columns) and run.json."""
+    columns = {"phase": "continue", "dataset": prepared["name"], "model": ckpt["arch"]["model"],
+               "seed": ckpt["config"]["seed"], "checkpoint_epoch": ckpt["epoch"], **member.spec.columns()}
+    checkpoint.save_weights(model, member.out / "final.pt")
+    # n_params: what a mean distance divides by (the kernels figure draws it on ‖θ − θ_c‖)
+    n_params = sum(p.numel() for p in models.trainable_parameters(model))
+    storage.save_parquet(_frame(rows, {**columns, "n_params": n_params}), member.out / "metrics.parquet")
+    checkpoint.write_run_record(member.out, member.spec.values(), args.checkpoint,
+                                {"seed": ckpt["config"]["seed"], "data": str(args.data)})
+    if events is not None:  # the grid point's parameters, as its metrics.parquet names them
+        events.finish(columns, rows[-1]["epoch"])
+    log(f"{member.spec.id}: final val acc {rows[-1]['val_acc']:.4f}, distance {rows[-1]['dist']:.4g} -> {member.out}")
+
+
+def continue_runs(args, members: list[Member]) -> None:
+    """Continue one run, or a pack of runs that share their training, from the base checkpoint."""
+    if len({m.spec.training for m in members}) != 1:
+        raise ValueError("the members of a pack must share their training (lr, schedule, epochs, ...): got "
+                         + ", ".join(m.spec.training_part() for m in members))
+    device = setup(args)
+    prepared = data_mod.load(args.data)
+    ckpt = checkpoint.load_base(args.checkpoint)
+    nets = [checkpoint.model_from(ckpt, device) for _ in members]
+    penalties = [_penalty(m.spec, net) for m, net in zip(members, nets)]
+    seed = ckpt["config"]["seed"]
+    cfg = train_config(args, seed, members[0].spec)
+    resume = _resume_state(args, args.data, args.checkpoint)  # one state for the job, in --out-dir
+    job_log = resume.log if resume is not None else log
+    events = [_event_log(args, job_log, prepared["name"], ckpt["arch"]["model"], m.spec.id, seed) for m in members]
+    savers = [_snapshot_saver(m.out, ckpt["epoch"], m.snapshot_every) for m in members]
+    # the continuation goes on with the base's optimizer state and data order: with s = 0 it is
+    # exactly the base training, continued
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    common = dict(first_epoch=ckpt["epoch"] + 1, data_rng=ckpt["rng"]["data"], resume=resume)
+    if len(members) == 1:
+        # SWA: the weights averaged after every epoch, beside the trajectory the run follows
+        averaged = AveragedModel(nets[0]) if cfg.schedule == "swa" else None
+        rows, _, _ = fit(nets[0], prepared, cfg, device, penalty=penalties[0], optimizer_state=ckpt["optimizer"],
+                         log=job_log, on_epoch_end=savers[0], on_row=events[0].row if events[0] else None,
+                         averaged=averaged, **common)
+        rows = [rows]
+        if averaged is not None:
+            _finish_swa(averaged, prepared, device, members[0].out / "swa.pt", job_log)
+    else:
+        from .pack import fit_pack
+
+        # conv nets on a CPU one after another: batching their convolutions gained nothing there
+        # (benchmarks/pack_speed.py), and this way each run equals its job alone exactly
+        conv_on_cpu = device.type == "cpu" and any(p.dim() == 4 for p in nets[0].parameters())
+        rows = fit_pack(nets, prepared, cfg, device, penalties, optimizer_states=[ckpt["optimizer"]] * len(members),
+                        log=job_log, on_epoch_end=lambda i, done, model: savers[i](done, model),
+                        on_row=lambda i, row: events[i].row(row) if events[i] else None,
+                        batched=False if conv_on_cpu else None, names=[m.spec.id for m in members], **common)
+    for member, net, member_rows, member_events in zip(members, nets, rows, events):
+        _finish(args, member, ckpt, prepared, net, member_rows, member_events)
+    if resume is not None:
+        resume.clear()
+
+
+def _finish_swa(averaged: AveragedModel, prepared: dict, device, path: Path, job_log) -> None:
+    """SWA's model: the running average, its BatchNorm statistics recomputed on the training split."""
+    recompute_bn(averaged.module, data_mod.DeviceData(prepared, "train", device))
+    checkpoint.save_weights(averaged.module, path)
+    job_log(f"SWA: the average of {int(averaged.n_averaged)} epochs' weights -> {path}")
+
+
+def predict(args) -> None:
+    """An ensemble's members' predictions on the test split, stored once (and, with
+    --member-landscape, the loss along the lines between consecutive members)."""
+    from . import landscape
+    from .ensemble import member_accuracy
+    from .predict import member_predictions
+
+    device = setup(args)
+    prepared = data_mod.load(args.data)
+    if len(args.checkpoints) != len(args.members):
+        raise ValueError(f"give one --checkpoints file per member: {len(args.members)} members, "
+                         f"{len(args.checkpoints)} checkpoints")
+    # members of one run share its checkpoint: load each file once
+    ckpts = {path: checkpoint.load_base(path) for path in dict.fromkeys(args.checkpoints)}
+    arch = ckpts[args.checkpoints[0]]["arch"]
+    members = [checkpoint.load_weights(path, arch, "member") for path in args.members]
+    swa = [checkpoint.load_weights(path, arch, "SWA model") for path in args.swa or []]
+    out = member_predictions(arch, [ckpts[path]["model"] for path in args.checkpoints], members, prepared, device,
+                             swa_states=swa)
+    out.update(dataset=prepared["name"], model=arch["model"], method=args.method, ensemble=args.ensemble,
+               members=[str(p) for p in args.members], checkpoints=[str(p) for p in args.checkpoints],
+               swa=[str(p) for p in args.swa or []])
+    storage.save_torch(out, args.out)
+    acc = member_accuracy(out["log_probs"], out["labels"])
+    log(f"{args.method} {args.ensemble}: {len(members)} members, test accuracy "
+        f"{', '.join(f'{a:.4f}' for a in acc.tolist())} -> {args.out}")
+    if args.member_landscape:  # in this process: its start-up would cost about what the landscape does
+        states = dict(zip(args.members, members))
+        lines = [({"method": args.method, "ensemble": args.ensemble}, args.member_landscape, list(args.members))]
+        landscape.write_lines(prepared, ckpts[args.checkpoints[0]], lines, states.__getitem__, device, args.steps,
+                              args.bn_batches, log)

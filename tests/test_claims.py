@@ -94,17 +94,15 @@ def metrics_table(flip=False, seeds=SEEDS, dataset="digits", model="cnn", runs=R
                          "epoch": epoch, "val_acc": BASE_ACC * epoch / CHECKPOINT, "train_ce": 1.0,
                          "dist": math.nan, "diverged": False, "label": "base", "control": "base"})
         for rid, run in runs.items():
-            p = run["params"]
+            p = run["spec"].values()
             c = curves(p, seed, flip)
             for k in range(EPOCHS):
                 diverged = rid in diverge and k == EPOCHS - 1
                 rows.append({
-                    "phase": "continue", "dataset": dataset, "model": model, "seed": seed, "run": rid,
-                    "epoch": CHECKPOINT + 1 + k, "checkpoint_epoch": CHECKPOINT, "strength": p["strength"],
-                    "kernel": p["kernel"], "width": p["width"], "gamma": p["gamma"], "distance": p["distance"],
-                    "checkpoint_every": p["checkpoint_every"], "merge": p["merge"], "lr_init": p["lr"],
-                    "schedule": p["schedule"], "epochs": p["epochs"], "label": ",".join(run["labels"]),
-                    "control": run["control"], "val_acc": c["val_acc"][k], "test_acc": c["val_acc"][k],
+                    "phase": "continue", "dataset": dataset, "model": model, "seed": seed,
+                    **run["spec"].columns(),  # run, control and every grid column, as training writes them
+                    "epoch": CHECKPOINT + 1 + k, "checkpoint_epoch": CHECKPOINT, "label": ",".join(run["labels"]),
+                    "val_acc": c["val_acc"][k], "test_acc": c["val_acc"][k],
                     "train_ce": math.nan if diverged else c["train_ce"][k],
                     "train_loss": math.nan if diverged else c["train_ce"][k],
                     "dist": math.nan if diverged else c["dist"][k], "diverged": diverged,

@@ -73,22 +73,9 @@ def cmd_predict(args) -> None:
 
 
 def cmd_landscape(args) -> None:
-    from . import checkpoint, data, jobs, landscape
+    from . import jobs
 
-    device = jobs.setup(args)
-    prepared = data.load(args.data)
-    ckpt = checkpoint.load_base(args.checkpoint)
-    if not len(args.weights) == len(args.run) == len(args.out):
-        raise ValueError(f"give one --run and one --out per --weights file: {len(args.weights)} weights, "
-                         f"{len(args.run)} runs, {len(args.out)} outputs")
-    # one line and one table per weights file, from the checkpoint (the runs of a pack, in one process)
-    lines = [({"run": run}, out, [args.checkpoint, weights]) for run, out, weights in zip(args.run, args.out,
-                                                                                          args.weights)]
-
-    def load(path):
-        return ckpt["model"] if path == args.checkpoint else checkpoint.load_weights(path, ckpt["arch"])
-
-    landscape.write_lines(prepared, ckpt, lines, load, device, args.steps, args.bn_batches, jobs.log)
+    jobs.landscape(args)
 
 
 def cmd_ensembles(args) -> None:

@@ -221,3 +221,23 @@ def predict(args) -> None:
         lines = [({"method": args.method, "ensemble": args.ensemble}, args.member_landscape, list(args.members))]
         landscape.write_lines(prepared, ckpts[args.checkpoints[0]], lines, states.__getitem__, device, args.steps,
                               args.bn_batches, log)
+
+
+def landscape(args) -> None:
+    """The loss along the line from the checkpoint to each run's weights, a table each (the runs
+    of a pack in one process)."""
+    from . import landscape as lines_of
+
+    device = setup(args)
+    prepared = data_mod.load(args.data)
+    ckpt = checkpoint.load_base(args.checkpoint)
+    if not len(args.weights) == len(args.run) == len(args.out):
+        raise ValueError(f"give one --run and one --out per --weights file: {len(args.weights)} weights, "
+                         f"{len(args.run)} runs, {len(args.out)} outputs")
+    lines = [({"run": run}, out, [args.checkpoint, weights]) for run, out, weights in zip(args.run, args.out,
+                                                                                          args.weights)]
+
+    def load(path):
+        return ckpt["model"] if path == args.checkpoint else checkpoint.load_weights(path, ckpt["arch"])
+
+    lines_of.write_lines(prepared, ckpt, lines, load, device, args.steps, args.bn_batches, log)

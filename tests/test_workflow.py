@@ -251,8 +251,8 @@ def test_nothing_to_do_when_nothing_changed(finished):
 
 def test_lint_finds_nothing():
     result = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0 and "Congratulations, your workflow is in a good condition!" in result.stdout, (
-        result.stdout + result.stderr)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "Congratulations, your workflow is in a good condition!" in output, output
 
 
 def test_a_given_config_replaces_the_embedded_default(tmp_path):

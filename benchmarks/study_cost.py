@@ -93,11 +93,11 @@ def packed_hours(packs: dict, runs: dict, run_seeds: dict, epoch_alone: float, e
     """Device-hours of one dataset/model's continuation jobs with the config's packs (grid.packs):
     each pack at its size's epoch time, the runs of no pack at one run's."""
     packed = {(rid, p["seed"]) for p in packs.values() for rid in p["runs"]}
-    alone = sum(runs[rid]["params"]["epochs"] for rid, seeds in run_seeds.items() for seed in seeds
+    alone = sum(runs[rid]["spec"].training.epochs for rid, seeds in run_seeds.items() for seed in seeds
                 if (rid, seed) not in packed)
     seconds = epoch_alone * alone
     for p in packs.values():
-        seconds += epoch_pack[len(p["runs"])] * runs[p["runs"][0]]["params"]["epochs"]
+        seconds += epoch_pack[len(p["runs"])] * runs[p["runs"][0]]["spec"].training.epochs
     return seconds / 3600
 
 
@@ -115,7 +115,7 @@ def main() -> None:
     batch = config["base"].get("batch_size", 128)
     runs = grid.expand(config["continuation"], config["seeds"], config.get("ensembles"))
     run_seeds = {rid: grid.training_seeds(run) for rid, run in runs.items()}  # members' seeds too
-    run_epochs = sum(run["params"]["epochs"] * len(run_seeds[rid]) for rid, run in runs.items())
+    run_epochs = sum(run["spec"].training.epochs * len(run_seeds[rid]) for rid, run in runs.items())
     n_seeds = len({s for seeds in run_seeds.values() for s in seeds})
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.configfile}: {len(runs)} grid points (family points, their controls, ensemble runs), "

@@ -37,3 +37,10 @@ def average_of(model: torch.nn.Module, states: list[dict], train: DeviceData) ->
         averaged.update_parameters(model)
     recompute_bn(averaged.module, train)
     return averaged.module
+
+
+def swa_model(averaged: AveragedModel, train: DeviceData) -> torch.nn.Module:
+    """SWA's model at the end of its run: the running average of the epochs' weights, its
+    BatchNorm statistics recomputed on the training split (they are not the average's own)."""
+    recompute_bn(averaged.module, train)
+    return averaged.module

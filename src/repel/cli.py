@@ -17,6 +17,7 @@ imports what its stage needs when it runs, so a stage that trains nothing never 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -41,12 +42,6 @@ def cmd_prepare(args) -> None:
           f"{prepared['num_classes']} classes -> {args.out}")
 
 
-def cmd_train_base(args) -> None:
-    from . import jobs
-
-    jobs.train_base(args)
-
-
 def cmd_continue(args) -> None:
     from . import jobs
 
@@ -64,31 +59,6 @@ def cmd_continue_pack(args) -> None:
             raise ValueError(f"--members: the member {m.get('out_dir', m)} lacks {', '.join(missing)}")
     jobs.continue_runs(args, [jobs.Member(spec.Run.of(m["spec"], f"--members[{i}].spec"), m["out_dir"],
                                           m["snapshot_every"]) for i, m in enumerate(members)])
-
-
-def cmd_predict(args) -> None:
-    from . import jobs
-
-    jobs.predict(args)
-
-
-def cmd_landscape(args) -> None:
-    from . import checkpoint, data, jobs, landscape
-
-    device = jobs.setup(args)
-    prepared = data.load(args.data)
-    ckpt = checkpoint.load_base(args.checkpoint)
-    if not len(args.weights) == len(args.run) == len(args.out):
-        raise ValueError(f"give one --run and one --out per --weights file: {len(args.weights)} weights, "
-                         f"{len(args.run)} runs, {len(args.out)} outputs")
-    # one line and one table per weights file, from the checkpoint (the runs of a pack, in one process)
-    lines = [({"run": run}, out, [args.checkpoint, weights]) for run, out, weights in zip(args.run, args.out,
-                                                                                          args.weights)]
-
-    def load(path):
-        return ckpt["model"] if path == args.checkpoint else checkpoint.load_weights(path, ckpt["arch"])
-
-    landscape.write_lines(prepared, ckpt, lines, load, device, args.steps, args.bn_batches, jobs.log)
 
 
 def cmd_ensembles(args) -> None:
@@ -131,12 +101,6 @@ def cmd_claims(args) -> None:
     print(f"{len(table)} claim rows ({', '.join(f'{n} {v}' for v, n in counts.items())}) -> {out}")
 
 
-def cmd_plot(args) -> None:
-    from .plots import plot_tables
-
-    plot_tables(args)
-
-
 def cmd_plot_method(args) -> None:
     from . import method_figures
 
@@ -170,14 +134,14 @@ TRAINING = f"""--data!=prepared dataset file (python -m repel prepare)
 {DEVICE}"""
 LANDSCAPE = """--steps:int=points on alpha in [-0.5, 1.5] (default: repel.landscape.STEPS)
 --bn-batches:int=training batches (of 128) to recompute BatchNorm statistics at each alpha"""
-COMMANDS = {  # name: (function, help, options)
+COMMANDS = {  # name: (function, or "module:function" of the package, imported when it runs; help; options)
     "prepare": (cmd_prepare, "read a dataset once into one compact tensor file", """--dataset!=which dataset to prepare
         --data-dir=where torchvision datasets are (or are downloaded to)
         --val-fraction:float=of the training set, held out for validation
         --test-fraction:float=test split for sets without one (digits)
         --seed:int=seed of the train/validation split
         --out!=the prepared file to write (.pt)"""),
-    "train-base": (cmd_train_base, "train from scratch to the checkpoint epoch", f"""{TRAINING}
+    "train-base": ("jobs:train_base", "train from scratch to the checkpoint epoch", f"""{TRAINING}
         --epochs!:int=epochs to train: the checkpoint epoch
         --lr:float=learning rate (config base.lr)
         --seed:int=initialisation and data order (default 0)
@@ -200,7 +164,7 @@ COMMANDS = {  # name: (function, help, options)
         --landscape=landscape.parquet written by aggregate-landscape; without it landscape.left is 'not run'
         --settings=the config's claims block as JSON (or a .json file): thresholds over their defaults
         --out-dir!=directory for claims.parquet, claims.csv and claims.md"""),
-    "predict": (cmd_predict, "ensemble members' predictions on the test split, stored once", f"""--data!=prepared dataset
+    "predict": ("jobs:predict", "ensemble members' predictions on the test split, stored once", f"""--data!=prepared dataset
         --checkpoints*!=the base checkpoint each member started from, one per member (in --members' order)
         --members*!=members' weight files, oldest first
         --swa*=SWA models (swa.pt of a run with schedule swa) to evaluate beside the members' weight average
@@ -210,7 +174,7 @@ COMMANDS = {  # name: (function, help, options)
         --out!=the predictions file to write (.pt)
         {LANDSCAPE}
         {DEVICE}"""),
-    "landscape": (cmd_landscape, "loss and error along the line from the checkpoint to runs", f"""--data!=prepared dataset
+    "landscape": ("jobs:landscape", "loss and error along the line from the checkpoint to runs", f"""--data!=prepared dataset
         --checkpoint!=theta_c: the base checkpoint
         --weights*!=theta: each run's final.pt
         --run*!=run id per --weights file, recorded
@@ -222,7 +186,7 @@ COMMANDS = {  # name: (function, help, options)
         --out-dir!=directory for the ensemble tables"""),
     "aggregate-landscape": (cmd_aggregate_landscape, "every run's landscape -> one table", """--landscapes*!=tables
         --out!=the combined table to write (.parquet)"""),
-    "plot": (cmd_plot, "figures from the aggregated tables", """--metrics=metrics.parquet: one family's figure
+    "plot": ("plots:plot_tables", "figures from the aggregated tables", """--metrics=metrics.parquet: one family's figure
         --family=the family's name: the figure's file name (with --metrics)
         --spec=the family as JSON: runs, varying keys, figure, panels, x (grid.families)
         --landscape=landscape.parquet: loss along the line from the checkpoint (with --summary and --families)
@@ -259,8 +223,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    func = args.func
+    if isinstance(func, str):  # "module:function": the stage's own module, imported only now
+        module, name = func.split(":")
+        func = getattr(importlib.import_module(f"{__package__}.{module}"), name)
     try:
-        args.func(args)
+        func(args)
     except ValueError as err:  # a bad input, named by the stage (a missing dataset, file or key)
         print(f"repel: error: {err}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ import itertools
 from .spec import Run
 
 CONTROL_LABEL = "control"
+SNAPSHOT = "snapshots/epoch{epoch}.pt"  # an ensemble member, in its run's seed directory; epoch counts from the base's start
 # method -> how it gets its members, all at the same epoch budget: distance snapshots (a new hill
 # every cycle; the model before each is a member), SGDR snapshots (cosine with warm restarts every
 # cycle, no penalty), SGDR + distance, independent seeds (one run per seed, no penalty: the

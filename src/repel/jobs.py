@@ -16,7 +16,8 @@ from torch.optim.swa_utils import AveragedModel
 
 from . import checkpoint, models, storage
 from . import data as data_mod
-from .averaging import recompute_bn
+from .averaging import swa_model
+from .grid import SNAPSHOT
 from .penalty import DistancePenalty
 from .resume import ResumeState, fingerprint
 from .spec import Run
@@ -112,7 +113,7 @@ def _penalty(spec: Run, model) -> DistancePenalty:
 def _snapshot_saver(out: Path, checkpoint_epoch: int, every: int):
     def save(epochs_done, model):  # ensemble members: every `every` epochs
         if every and epochs_done % every == 0:
-            checkpoint.save_weights(model, out / "snapshots" / f"epoch{checkpoint_epoch + epochs_done}.pt")
+            checkpoint.save_weights(model, out / SNAPSHOT.format(epoch=checkpoint_epoch + epochs_done))
     return save
 
 
@@ -185,9 +186,8 @@ def continue_runs(args, members: list[Member]) -> None:
 
 
 def _finish_swa(averaged: AveragedModel, prepared: dict, device, path: Path, job_log) -> None:
-    """SWA's model: the running average, its BatchNorm statistics recomputed on the training split."""
-    recompute_bn(averaged.module, data_mod.DeviceData(prepared, "train", device))
-    checkpoint.save_weights(averaged.module, path)
+    """Write SWA's model (averaging.swa_model)."""
+    checkpoint.save_weights(swa_model(averaged, data_mod.DeviceData(prepared, "train", device)), path)
     job_log(f"SWA: the average of {int(averaged.n_averaged)} epochs' weights -> {path}")
 
 
@@ -222,3 +222,23 @@ def predict(args) -> None:
         lines = [({"method": args.method, "ensemble": args.ensemble}, args.member_landscape, list(args.members))]
         landscape.write_lines(prepared, ckpts[args.checkpoints[0]], lines, states.__getitem__, device, args.steps,
                               args.bn_batches, log)
+
+
+def landscape(args) -> None:
+    """The loss along the line from the checkpoint to each run's weights, a table each (the runs
+    of a pack in one process)."""
+    from . import landscape as lines_of
+
+    device = setup(args)
+    prepared = data_mod.load(args.data)
+    ckpt = checkpoint.load_base(args.checkpoint)
+    if not len(args.weights) == len(args.run) == len(args.out):
+        raise ValueError(f"give one --run and one --out per --weights file: {len(args.weights)} weights, "
+                         f"{len(args.run)} runs, {len(args.out)} outputs")
+    lines = [({"run": run}, out, [args.checkpoint, weights]) for run, out, weights in zip(args.run, args.out,
+                                                                                          args.weights)]
+
+    def load(path):
+        return ckpt["model"] if path == args.checkpoint else checkpoint.load_weights(path, ckpt["arch"])
+
+    lines_of.write_lines(prepared, ckpt, lines, load, device, args.steps, args.bn_batches, log)

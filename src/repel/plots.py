@@ -21,8 +21,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from . import spec as run_spec  # noqa: E402
 from .claims import VERDICTS  # noqa: E402
-from .spec import PENALTY_KEYS, column, label  # noqa: E402
 
 CONTROL_COLORS = ["tab:red", "darkred", "lightcoral", "orangered"]
 POINT_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
@@ -45,12 +45,12 @@ def describe(run: pd.Series, varying: list[str]) -> str:
     """Legend text: the values of the keys the family varies (all of the penalty's if none), as
     spec.py labels them, read from the run's grid columns."""
     if run["strength"] == 0:  # a control has no penalty settings
-        keys = [k for k in varying if k not in PENALTY_KEYS]
+        keys = [k for k in varying if k not in run_spec.PENALTY_KEYS]
         parts = ["control (s=0)"]
     else:
         keys = varying or ["strength", "kernel", "gamma" if pd.notna(run["gamma"]) else "width"]
         parts = []
-    parts += [label(key, run[column(key)]) for key in keys]
+    parts += [run_spec.label(key, run[run_spec.column(key)]) for key in keys]
     return ", ".join(dict.fromkeys(parts))
 
 
@@ -173,7 +173,7 @@ def _finals(ax, panel: pd.DataFrame, column: str, spec: dict) -> None:
     combination of the other keys the family varies."""
     runs = panel[panel["phase"] == "continue"]
     x_key = spec["x"]
-    x_column = column(x_key)
+    x_column = run_spec.column(x_key)
     last = runs.sort_values("epoch").groupby(["run", "seed"]).tail(1)  # a diverged run's too
     others = [k for k in spec["varying"] if k != x_key]
     firsts = last.groupby("run").first()

@@ -112,7 +112,7 @@ def get_run_pattern(runs):
 
 def get_member_snapshots(seed_dir, epochs):
     """A run's snapshot files (in its seed's directory) at these member epochs after the checkpoint."""
-    return [f"{seed_dir}/snapshots/epoch{config['base']['epochs'] + epoch}.pt" for epoch in epochs]
+    return [f"{seed_dir}/{grid.SNAPSHOT.format(epoch=config['base']['epochs'] + epoch)}" for epoch in epochs]
 
 
 def get_snapshots(runs):

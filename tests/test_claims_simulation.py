@@ -215,7 +215,7 @@ class World:
         curves, pair_rows = [], []
         for method in ("distance", "sgdr", "independent"):
             names = ["seeds0-1-2"] if method == "independent" else [f"seed{k}" for k in range(SEEDS)]
-            for k, name in enumerate(names):
+            for name in names:
                 study = np.arange(STUDIES)
                 curves.append(pd.DataFrame({"study": study, "method": method, "ensemble": name, "m": members,
                                             "gain_best": e * EFFECT_GAIN + rng.normal(0, SD_GAIN, STUDIES)}))

@@ -202,7 +202,8 @@ def displacement_cosine(weights, theta_c: torch.Tensor) -> torch.Tensor:
     theta_c for all members, or (M, P), each member's own (independent seeds start apart)."""
     w = _stack_weights(weights)
     if theta_c.shape not in {(w.shape[1],), tuple(w.shape)}:
-        raise ValueError(f"theta_c must be ({w.shape[1]},) or {tuple(w.shape)} like the members, got {tuple(theta_c.shape)}")
+        raise ValueError(f"theta_c must be ({w.shape[1]},) or {tuple(w.shape)} like the members, "
+                         f"got {tuple(theta_c.shape)}")
     return _cosine(w - theta_c)
 
 

@@ -29,7 +29,8 @@ def member_predictions(arch: dict, checkpoint_states: list[dict], member_states:
     log-softmax outputs of the members' weight average (BatchNorm recomputed on the training split),
     and of each given SWA model."""
     if len(checkpoint_states) != len(member_states):
-        raise ValueError(f"one checkpoint per member: {len(member_states)} members, {len(checkpoint_states)} checkpoints")
+        raise ValueError(f"one checkpoint per member: {len(member_states)} members, "
+                         f"{len(checkpoint_states)} checkpoints")
     model = models.from_arch(arch).to(device)
     data = DeviceData(prepared, split, device)
     log_probs, weights, theta_c = [], [], []

@@ -483,3 +483,17 @@ def test_cli_writes_the_tables_and_plot_draws_them(tmp_path):
     assert cli.main(["plot", "--claims", str(out / "claims.parquet"), "--out-dir", str(tmp_path / "plots"),
                      "--formats", "png"]) == 0
     assert (tmp_path / "plots" / "claims.png").stat().st_size > 0
+
+
+def test_the_landscape_claim_needs_its_table_and_the_baseline_family():
+    metrics = metrics_table()
+    rows = metrics[(metrics["phase"] == "continue")].drop_duplicates(["run", "seed"])
+    landscape = rows[["dataset", "model", "run", "seed"]].assign(pair=0, barrier=0.1)
+    # the penalized baseline run's barrier 0.2 + 0.01 seed above its control's 0.1
+    baseline = FAMILIES["baseline"]["runs"][-1]
+    landscape.loc[landscape["run"] == baseline, "barrier"] = 0.3 + 0.01 * landscape["seed"]
+    row = claims.evaluate(metrics, FAMILIES, landscape=landscape).set_index("claim").loc["landscape.left"]
+    assert row["verdict"] == "holds" and row["value"] == pytest.approx(0.21)
+    families = {k: v for k, v in FAMILIES.items() if k != "baseline"}
+    row = claims.evaluate(metrics, families, landscape=landscape).set_index("claim").loc["landscape.left"]
+    assert row["verdict"] == "not run" and "no family 'baseline'" in row["note"]

@@ -875,7 +875,11 @@ def _missing(claim: Claim, t: Tables) -> pd.Series:
         if any(x is None for x in tables):
             return none + f"no {claim.family} table given"
         have = pd.MultiIndex.from_frame(pd.concat([x[CELL] for x in tables]).drop_duplicates())
-        return none.where(t.cells.isin(have), f"no {claim.family} rows for this dataset/model")
+        why = none.where(t.cells.isin(have), f"no {claim.family} rows for this dataset/model")
+        if claim.family == "ensembles":
+            return why
+        # the landscape claim compares the baseline family's runs with their controls
+        return why.where(why != "", _missing(Claim("", "baseline", "", "", "", (), "", None), t))
     if claim.family not in t.families:
         return none + f"the config has no family '{claim.family}'"
     have = t.family_runs(claim.family).index.droplevel("run")

@@ -74,8 +74,13 @@ def main(argv=None) -> int:
             d, n = compare(pd.read_parquet(old), pd.read_parquet(new), f"aggregate/{table}")
             differences += d
             notes += n
-    for note in dict.fromkeys(notes):
-        print(f"note: {note}")
+    folded: dict[str, list[str]] = {}  # the same note on many runs' tables, said once
+    for note in notes:
+        table, _, what = note.partition(": ")
+        folded.setdefault(what, []).append(table)
+    for what, tables in folded.items():
+        where = tables[0] if len(tables) == 1 else f"{len(tables)} tables ({tables[0]}, ...)"
+        print(f"note: {where}: {what}")
     for difference in differences:
         print(f"DIFFERS: {difference}")
     print(f"{len(set(old_runs) & set(new_runs))} runs' tables and {len(TABLES)} aggregated tables compared: "

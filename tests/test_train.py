@@ -5,7 +5,7 @@ import torch
 
 from repel import models
 from repel.penalty import DistancePenalty
-from repel.train import TrainConfig, fit, make_scheduler
+from repel.train import DIVERGENCE_FACTOR, TrainConfig, divergence, fit, make_scheduler
 
 
 def _model(digits, seed=0):
@@ -98,6 +98,36 @@ def test_a_nan_loss_stops_the_run_and_is_marked_diverged(digits):
     assert rows[-1]["diverged"] is True
     assert not math.isfinite(rows[-1]["train_loss"])
     assert all(r["diverged"] is False for r in rows[:-1])
+
+
+def test_a_run_that_explodes_without_reaching_inf_stops_and_is_marked_diverged(digits):
+    """The small CNN at lr 50: its cross-entropy is finite but far above 100 ln 10 (= 230) after the
+    first epoch; it stops there, its row marked."""
+    logged = []
+    rows, _, _ = fit(_model(digits), digits, TrainConfig(epochs=3, lr=50.0), torch.device("cpu"), log=logged.append)
+    assert len(rows) == 1 and rows[-1]["diverged"] is True
+    assert math.isfinite(rows[-1]["train_loss"]) and rows[-1]["train_ce"] > DIVERGENCE_FACTOR * math.log(10)
+    assert "diverged at epoch 1: the training cross-entropy" in logged[-1]
+
+
+def test_a_rough_run_that_does_not_explode_is_not_marked_diverged(digits):
+    """The MLP at lr 1: its loss jumps about (well above ln 10 at times) but stays below the rule's
+    limit, and it trains every epoch."""
+    torch.manual_seed(0)
+    mlp = models.build("mlp", 1, digits["num_classes"], digits["train_x"].shape[-1])
+    rows, _, _ = fit(mlp, digits, TrainConfig(epochs=4, lr=1.0), torch.device("cpu"), log=lambda m: None)
+    assert len(rows) == 4 and not any(r["diverged"] for r in rows)
+    assert max(r["train_ce"] for r in rows) > math.log(10)  # rough: worse than a uniform guess at times
+    assert all(r["train_ce"] < DIVERGENCE_FACTOR * math.log(10) for r in rows)
+
+
+def test_the_divergence_rule_on_hand_made_rows():
+    limit = DIVERGENCE_FACTOR * math.log(10)
+    assert divergence({"train_loss": 1e3, "train_ce": 0.5}, limit) is None  # a large penalty: no explosion
+    assert divergence({"train_loss": 1.0, "train_ce": 1.0}, limit) is None
+    assert "above 100 ln C" in divergence({"train_loss": 2 * limit, "train_ce": 2 * limit}, limit)
+    assert divergence({"train_loss": math.inf, "train_ce": 1.0}, limit) == "the training loss is inf"
+    assert divergence({"train_loss": math.nan, "train_ce": math.nan}, limit) == "the training loss is nan"
 
 
 def test_warm_restarts_restart_the_lr_every_t0_epochs():

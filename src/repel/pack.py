@@ -8,8 +8,10 @@ BatchNorm buffers are stacked (torch.func.stack_module_state; each member keeps 
 statistics). One vmap'd functional_call runs every member on the same batch, one
 torch.optim.SGD steps the rows, which is each member's own SGD, since SGD with momentum and weight
 decay is elementwise, and penalty.StackedPenalties adds every member's penalty gradient to its own
-row at once. Every member gets the metric rows `train.fit` would give it, equal up to the rounding
-of batched convolutions (tests/test_pack.py checks them against separate `train.fit` runs).
+row at once. The loop is train.fit's own, train.train_members, given the stack (`_Batched`) in place
+of one model: every member gets the metric rows `train.fit` would give it, equal up to the rounding
+of batched matrix products and convolutions (tests/test_pack.py checks them against separate
+`train.fit` runs).
 
 What it gains (benchmarks/pack_speed.py, 2 CPU cores, digits, an rbf penalty per member): 8 MLPs
 train 2.8-3.4x the total images/s of a pack of one (2.2x train.fit alone), where the matrix
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 import warnings
 from functools import partial
 
@@ -40,10 +41,8 @@ from torch.func import functional_call, stack_module_state, vmap
 from .data import DeviceData
 from .penalty import DistancePenalty, StackedPenalties
 from .resume import ResumeState, load_parts, state_of
-from .train import (Speed, TrainConfig, checkpoint_distances, epoch_line, epoch_row, fit, flat_norm, make_scheduler,
-                    resolve_speed)
+from .train import EVAL_BATCH, Speed, TrainConfig, fit, resolve_speed, train_members
 
-EVAL_BATCH = 1024  # images per evaluation batch, as train.evaluate
 # A parameter that is a view with gaps (a member's slice of the rows) expects a dense gradient, and
 # autograd says so once; ours is the same view into the gradient rows, which it adds into in place.
 warnings.filterwarnings("ignore", "grad and param do not obey the gradient layout contract", UserWarning)
@@ -169,21 +168,6 @@ class _Stopped:
             self.members.add(i)
 
 
-class _Penalties:
-    """Every member's penalty as one part of the resumable state."""
-
-    def __init__(self, penalties: list[DistancePenalty | None]):
-        self.penalties = penalties
-
-    def state_dict(self) -> list:
-        return [p.state_dict() if p is not None else None for p in self.penalties]
-
-    def load_state_dict(self, state: list) -> None:
-        for penalty, saved in zip(self.penalties, state):
-            if penalty is not None:
-                penalty.load_state_dict(saved)
-
-
 def _stacked_optimizer_state(states: list[dict], stack: _Stack) -> dict:
     """One SGD state dict for the flat parameters: each member's momentum buffers in its row.
 
@@ -204,16 +188,6 @@ def _stacked_optimizer_state(states: list[dict], stack: _Stack) -> dict:
     groups[0]["params"] = [0]
     return {"state": {0: {"momentum_buffer": stack.rows_of(buffers)}} if kept == {True} else {},
             "param_groups": groups}
-
-
-def _optimizer(stack: _Stack, cfg: TrainConfig, optimizer_states: list[dict] | None):
-    """train.fit's SGD, over the flat parameters: elementwise, so each row steps as its member's own SGD."""
-    optimizer = torch.optim.SGD([stack.flat], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if optimizer_states is not None:  # keep the momentum buffers; the lr is this call's (as fit)
-        optimizer.load_state_dict(_stacked_optimizer_state(optimizer_states, stack))
-        for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] = cfg.lr
-    return optimizer
 
 
 @torch.inference_mode()
@@ -253,22 +227,6 @@ def _train_pass(stack: _Stack, optimizer, scheduler, batches, penalties: Stacked
     return sums, lr_steps
 
 
-def _measure(stack: _Stack, sums: torch.Tensor, val: DeviceData, test: DeviceData, speed: Speed,
-             measured: list[DistancePenalty | None]) -> list[list[float]]:
-    """Every member's epoch values in train.fit's order: the training sums, val and test loss and
-    accuracy, weight norm, and with a penalty in `measured` its distances; one synchronisation."""
-    evals = torch.cat([sums, _evaluate(stack, val, speed), _evaluate(stack, test, speed),
-                       torch.linalg.vector_norm(stack.flat, dim=1).view(stack.k, 1)], 1)
-    per_member = [evals[i] if penalty is None else torch.cat([evals[i], checkpoint_distances(penalty, stack.members[i])])
-                  for i, penalty in enumerate(measured)]
-    values = torch.cat(per_member).tolist()  # the epoch's one synchronisation
-    out, start = [], 0
-    for tensor in per_member:
-        out.append(values[start:start + len(tensor)])
-        start += len(tensor)
-    return out
-
-
 def batching_problem(models: list[nn.Module], train: DeviceData, speed: Speed) -> str | None:
     """Why these members cannot train batched under vmap, or None when they can.
 
@@ -289,7 +247,8 @@ def batching_problem(models: list[nn.Module], train: DeviceData, speed: Speed) -
                 ce, _ = stack.loss(xb, yb)
             ce.sum().backward()
         except RuntimeError as err:  # vmap and its batching rules raise these (NotImplementedError too)
-            return f"vmap cannot batch {type(models[0]).__name__}: {type(err).__name__}: {str(err).strip().splitlines()[0]}"
+            first_line = str(err).strip().splitlines()[0]
+            return f"vmap cannot batch {type(models[0]).__name__}: {type(err).__name__}: {first_line}"
     return None
 
 
@@ -303,8 +262,8 @@ def fit_pack(models: list[nn.Module], prepared: dict, cfg: TrainConfig, device: 
     train.fit's contract for k members that share the data order (`cfg.seed`, `data_rng`), the
     optimizer settings, lr schedule and epochs: member i is `models[i]` trained with
     `penalties[i]` (None: no penalty) from `optimizer_states[i]`, and at the end `models[i]` holds
-    its trained weights and buffers. A member whose training loss becomes NaN or inf stops alone:
-    its last row has `diverged` set and its model keeps that epoch's weights; the others go on.
+    its trained weights and buffers. A member that diverges (repel.train's rule) stops alone: its
+    last row has `diverged` set and its model keeps that epoch's weights; the others go on.
     `on_epoch_end(i, epochs_done, model_i)` and `on_row(i, row)` are fit's callbacks with the
     member's index. With `resume`, the whole pack saves and resumes as one state.
 
@@ -319,92 +278,71 @@ def fit_pack(models: list[nn.Module], prepared: dict, cfg: TrainConfig, device: 
                          f"{'no' if optimizer_states is None else len(optimizer_states)} optimizer states")
     names = names or [f"member {i}" for i in range(k)]
     speed = resolve_speed(cfg, models[0], device)
-    train = DeviceData(prepared, "train", device)
     if batched is None:
-        problem = batching_problem(models, train, speed)
+        problem = batching_problem(models, DeviceData(prepared, "train", device), speed)
     else:
         problem = None if batched else "asked to train the members one after another"
     if problem is None:
         log(f"pack of {k}: batched, one vmap'd forward and backward for all members")
-        return _fit_batched(models, prepared, train, cfg, device, speed, penalties, first_epoch, optimizer_states,
-                            data_rng, log, resume, on_epoch_end, on_row, names)
-    del train  # train.fit loads its own copy
+        if speed.compile_mode:  # vmap'd functional calls under torch.compile are not measured yet
+            log("pack: torch.compile is not used for packs; training eagerly")
+        rows, _, _ = train_members(_Batched(models, penalties, device, speed), prepared, cfg, device, penalties,
+                                   first_epoch, optimizer_states, data_rng, log, resume, on_epoch_end, on_row,
+                                   names=names)
+        return rows
     log(f"pack of {k}: one member after another with train.fit ({problem})")
     return _fit_one_by_one(models, prepared, cfg, device, penalties, first_epoch, optimizer_states, data_rng,
                            log, resume, on_epoch_end, on_row, names)
 
 
-def _fit_batched(models, prepared, train, cfg, device, speed, penalties, first_epoch, optimizer_states, data_rng,
-                 log, resume, on_epoch_end, on_row, names) -> list[list[dict]]:
-    """The pack's training loop: train.fit's, with every member in one batched step."""
-    k = len(models)
-    if speed.compile_mode:  # vmap'd functional calls under torch.compile are not measured yet
-        log("pack: torch.compile is not used for packs; training eagerly")
-    stack = _Stack(models, device, speed.channels_last)
-    if speed.channels_last:  # as fit: the checkpoints in the parameters' layout, for the fused foreach kernels
-        for penalty, views in zip(penalties, stack.members):
-            if penalty is not None:
-                penalty.match_layout(views)
-    val, test = (DeviceData(prepared, split, device) for split in ("val", "test"))
-    optimizer = _optimizer(stack, cfg, optimizer_states)
-    stacked = StackedPenalties(penalties, stack.flat.shape[1], device)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    if data_rng is not None:
-        generator.set_state(data_rng)
-    # as fit: distances are measured to each penalty's first centre, the checkpoint it starts from
-    origins = [p.centers[0] if p is not None and p.centers else None for p in penalties]
-    origin_norms = [flat_norm(o).item() if o is not None else None for o in origins]
-    stopped = _Stopped(models)
+class _Batched:
+    """The members train.train_members trains as a pack: a _Stack, all members in one batched step
+    (train.OneModel says what the loop asks of them)."""
 
-    # everything that decides the rest of the pack, for one resumable state; its "rows" are one record
-    # per epoch, {"epoch", "members": each member's row, None once it has stopped}
-    parts = {"weights": stack, "optimizer": optimizer, "scheduler": scheduler, "data_rng": generator,
-             "penalties": _Penalties(penalties), "stopped": stopped}
-    records = resume.restore(parts) if resume is not None else []
-    last_epoch = first_epoch + cfg.epochs - 1
+    def __init__(self, models: list[nn.Module], penalties: list[DistancePenalty | None], device: torch.device,
+                 speed: Speed):
+        self.k, self.speed, self.models = len(models), speed, models
+        self.stack = _Stack(models, device, speed.channels_last)
+        self.penalties = StackedPenalties(penalties, self.stack.flat.shape[1], device)
+        self._stopped = _Stopped(models)
+        # train.fit's SGD over the rows: elementwise, so each row steps as its member's own SGD
+        self.optimized = [self.stack.flat]
 
-    for epoch in range(first_epoch + len(records), first_epoch + cfg.epochs):
-        start = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        stacked.update([i not in stopped.members for i in range(k)], stack.rows_of)
-        batches = train.batches(cfg.batch_size, generator, channels_last=speed.channels_last)
-        sums, lr_steps = _train_pass(stack, optimizer, scheduler, batches, stacked, speed)
-        if device.type == "cuda":  # the training pass's time, apart from evaluation
-            torch.cuda.synchronize(device)
-        train_seconds = time.perf_counter() - start
-        values = _measure(stack, sums, val, test, speed, [p if o is not None else None for p, o in zip(penalties, origins)])
-        seconds = time.perf_counter() - start
+    @property
+    def stopped(self) -> set[int]:
+        return self._stopped.members
 
-        records.append({"epoch": epoch, "members": [None] * k})
-        for i, penalty in enumerate(penalties):
-            if i in stopped.members:
-                continue
-            row = epoch_row(epoch, lr, lr_steps, values[i], len(train), penalty is not None, origin_norms[i],
-                            seconds, train_seconds)
-            records[-1]["members"][i] = row
-            log(f"{names[i]}: {epoch_line(row, last_epoch)}")
-            if on_row is not None:
-                on_row(i, row)
-            if row["diverged"]:
-                log(f"{names[i]}: diverged at epoch {epoch}: the training loss is {row['train_loss']}; "
-                    "stopping this member, the others go on")
-                stopped.stop(i, stack)
-                continue
-            if penalty is not None:
-                penalty.end_of_epoch(len(records), stack.members[i])
-            if on_epoch_end is not None:
-                stack.copy_to(i, models[i])
-                on_epoch_end(i, len(records), models[i])
-        if len(stopped.members) == k:  # as fit after a divergence: nothing left to train or save
-            break
-        if resume is not None:
-            resume.save_if_due(parts, records)
-    for i, model in enumerate(models):
-        if i not in stopped.members:
-            stack.copy_to(i, model)
-    return [[record["members"][i] for record in records if record["members"][i] is not None] for i in range(k)]
+    def optimizer_state(self, states: list[dict]) -> dict:
+        return _stacked_optimizer_state(states, self.stack)
+
+    def params(self, i: int) -> list[torch.Tensor]:
+        return self.stack.members[i]
+
+    def train_pass(self, batches, optimizer, scheduler) -> tuple[torch.Tensor, list[float]]:
+        # the centres change only between epochs: laid out as rows once per epoch
+        self.penalties.update([i not in self.stopped for i in range(self.k)], self.stack.rows_of)
+        return _train_pass(self.stack, optimizer, scheduler, batches, self.penalties, self.speed)
+
+    def evaluate(self, data: DeviceData) -> torch.Tensor:
+        return _evaluate(self.stack, data, self.speed)
+
+    def weight_norms(self) -> torch.Tensor:
+        return torch.linalg.vector_norm(self.stack.flat, dim=1)
+
+    def model(self, i: int) -> nn.Module:
+        self.stack.copy_to(i, self.models[i])
+        return self.models[i]
+
+    def stop(self, i: int) -> None:
+        self._stopped.stop(i, self.stack)
+
+    def parts(self) -> dict:
+        return {"weights": self.stack, "stopped": self._stopped}
+
+    def finish(self) -> None:
+        for i, model in enumerate(self.models):
+            if i not in self.stopped:
+                self.stack.copy_to(i, model)
 
 
 class _OneByOne:

@@ -102,11 +102,6 @@ class DistancePenalty:
         if self.every and epochs_done % self.every == 0:
             self.add_checkpoint(params)
 
-    def merge(self) -> None:
-        """From now on, one centre at the mean of the checkpoints instead of one per checkpoint."""
-        self.merged = True
-        self._update_centers()
-
     def match_layout(self, params: list[torch.Tensor]) -> None:
         """Store the checkpoints in the parameters' memory layout (channels_last, say): the fused
         foreach kernels on CUDA need matching strides, else they fall back to one kernel per tensor."""
@@ -142,12 +137,6 @@ class DistancePenalty:
             return d, 1.0
         n = float(sum(p.numel() for p in params))
         return d / n, n
-
-    def value(self, params: list[torch.Tensor]) -> torch.Tensor:
-        """The penalty s * sum_c k(d_c) at the given parameters (no gradient)."""
-        d, _ = self._scaled(self.sq_distances(params), params)
-        k, _ = kernel_and_slope(self.kernel, self.scale, d)
-        return self.strength * k.sum()
 
     @torch.no_grad()
     def add_grad_(self, params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,7 +190,8 @@ class StackedPenalties:
         self.has = per_member(lambda p: True, False)
         self.strength = per_member(lambda p: p.strength, 0.0)
         self.scale = per_member(lambda p: p.scale, 0.0)
-        self.divisor = per_member(lambda p: float(n) if p.distance == "mean" else 1.0, 1.0)  # DistancePenalty._scaled's n
+        # DistancePenalty._scaled's n
+        self.divisor = per_member(lambda p: float(n) if p.distance == "mean" else 1.0, 1.0)
         self.kernels = {kernel: per_member(lambda p: p.kernel == kernel, False)
                         for kernel in sorted({p.kernel for p in penalties if p is not None})}
         self.centers: list[torch.Tensor] = []  # [j]: (k, n) rows of each member's j-th centre

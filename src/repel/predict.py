@@ -12,11 +12,12 @@ import torch
 from . import models
 from .averaging import average_of
 from .data import DeviceData
+from .train import EVAL_BATCH
 from .ensemble import flat_weights
 
 
 @torch.no_grad()
-def log_softmax_outputs(model, data: DeviceData, batch_size: int = 1024) -> torch.Tensor:
+def log_softmax_outputs(model, data: DeviceData, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """(N, K) log-softmax outputs of `model` in evaluation mode on a split, in the split's order."""
     model.eval()
     return torch.cat([torch.log_softmax(model(xb).float(), dim=1) for xb, _ in data.batches(batch_size)])

@@ -47,6 +47,24 @@ def load_parts(parts: dict, state: dict) -> None:
     torch.set_rng_state(state["torch_rng"])
 
 
+class PerMember:
+    """A list of parts (objects with state_dict, or None: skipped) as one part: a pack's per-member
+    penalties, say."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+
+    def state_dict(self) -> list:
+        return [p.state_dict() if p is not None else None for p in self.parts]
+
+    def load_state_dict(self, state: list) -> None:
+        if len(state) != len(self.parts):
+            raise ValueError(f"a saved state of {len(state)} members for {len(self.parts)}")
+        for part, saved in zip(self.parts, state):
+            if part is not None:
+                part.load_state_dict(saved)
+
+
 class ResumeState:
     """Periodic save and restore of a training run's complete state, in `path`.
 

@@ -32,8 +32,8 @@ def _train_base(root, *extra):
 
 def _continue(root, out, *extra):
     return main(["continue", "--data", str(root / "digits.pt"), "--checkpoint", str(root / "base" / "checkpoint.pt"),
-                 "--run", RUN, "--strength", "10", "--kernel", "rbf", "--width", "1", "--epochs", "3",
-                 "--threads", "1", "--out-dir", str(out), *extra])
+                 "--spec", '{"strength": 10, "kernel": "rbf", "width": 1, "epochs": 3}', "--threads", "1",
+                 "--out-dir", str(out), *extra])
 
 
 def _events(path) -> EventAccumulator:
@@ -103,11 +103,10 @@ def _last_epoch(run_dir) -> int:
 
 def test_a_killed_and_resumed_run_has_every_epoch_once(runs):
     out, tb = runs / "killed", runs / "tb-killed"
-    run_dir = tb / "digits" / "cnn" / "r" / "seed0"
+    run_dir = tb / "digits" / "cnn" / "s10-rbf-w1_lr0.01-const-e10" / "seed0"
     cmd = [sys.executable, "-m", "repel", "continue", "--data", str(runs / "digits.pt"),
-           "--checkpoint", str(runs / "base" / "checkpoint.pt"), "--run", "r", "--strength", "10", "--width", "1",
-           "--epochs", "10", "--threads", "1", "--device", "cpu", "--save-every", "4", "--tensorboard", str(tb),
-           "--out-dir", str(out)]
+           "--checkpoint", str(runs / "base" / "checkpoint.pt"), "--spec", '{"strength": 10, "width": 1, "epochs": 10}',
+           "--threads", "1", "--device", "cpu", "--save-every", "4", "--tensorboard", str(tb), "--out-dir", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # kill it once epoch 7 is written: the state is saved after epochs 4 and 8 of the run (6 and 10),
     # so its events go beyond its saved state, and the resumed attempt writes those epochs again

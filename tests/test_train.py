@@ -156,9 +156,8 @@ def test_a_control_continuation_is_the_base_training_continued(tmp_path):
     for epochs in ("2", "4"):
         assert main(["train-base", "--data", data, "--model", "cnn", "--epochs", epochs, "--seed", "3",
                      "--threads", "1", "--out-dir", str(tmp_path / f"base{epochs}")]) == 0
-    assert main(["continue", "--data", data, "--checkpoint", str(tmp_path / "base2/checkpoint.pt"), "--run", "c",
-                 "--strength", "0", "--kernel", "none", "--epochs", "2", "--threads", "1",
-                 "--out-dir", str(tmp_path / "cont")]) == 0
+    assert main(["continue", "--data", data, "--checkpoint", str(tmp_path / "base2/checkpoint.pt"),
+                 "--spec", '{"strength": 0, "epochs": 2}', "--threads", "1", "--out-dir", str(tmp_path / "cont")]) == 0
     longer, continued = load_torch(tmp_path / "base4/checkpoint.pt")["model"], load_torch(tmp_path / "cont/final.pt")
     for key in longer:
         assert torch.equal(longer[key], continued[key]), key
@@ -196,8 +195,8 @@ def test_snapshots_are_saved_every_k_epochs(tmp_path):
     assert main(["prepare", "--dataset", "digits", "--out", data]) == 0
     assert main(["train-base", "--data", data, "--model", "cnn", "--epochs", "1", "--threads", "1",
                  "--out-dir", str(tmp_path / "base")]) == 0
-    assert main(["continue", "--data", data, "--checkpoint", str(tmp_path / "base/checkpoint.pt"), "--run", "r",
-                 "--strength", "1", "--width", "1", "--epochs", "4", "--snapshot-every", "2", "--threads", "1",
+    assert main(["continue", "--data", data, "--checkpoint", str(tmp_path / "base/checkpoint.pt"),
+                 "--spec", '{"strength": 1, "width": 1, "epochs": 4}', "--snapshot-every", "2", "--threads", "1",
                  "--out-dir", str(tmp_path / "run")]) == 0
     assert sorted(p.name for p in (tmp_path / "run/snapshots").iterdir()) == ["epoch3.pt", "epoch5.pt"]
     last, final = load_torch(tmp_path / "run/snapshots/epoch5.pt"), load_torch(tmp_path / "run/final.pt")

@@ -19,8 +19,16 @@ import numpy as np
 import pandas as pd
 
 TIMINGS = {"epoch_seconds", "train_seconds", "images_per_second"}
-TABLES = ["summary.parquet", "claims.parquet", "ensembles.parquet", "ensemble_pairs.parquet", "landscape.parquet",
-          "member_landscape.parquet", "weight_averages.parquet", "metrics.parquet"]
+TABLES = [
+    "summary.parquet",
+    "claims.parquet",
+    "ensembles.parquet",
+    "ensemble_pairs.parquet",
+    "landscape.parquet",
+    "member_landscape.parquet",
+    "weight_averages.parquet",
+    "metrics.parquet",
+]
 # columns that name files under the root they were made in, and the order rows come in
 PATHS = {"start", "end", "members", "checkpoints", "swa"}
 
@@ -49,8 +57,12 @@ def compare(old: pd.DataFrame, new: pd.DataFrame, name: str) -> tuple[list[str],
 
 
 def run_tables(root: Path) -> dict[str, Path]:
-    return {str(p.relative_to(root)): p for p in sorted([*root.glob("base/*/*/seed*/metrics.parquet"),
-                                                         *root.glob("continue/*/*/*/seed*/metrics.parquet")])}
+    return {
+        str(p.relative_to(root)): p
+        for p in sorted(
+            [*root.glob("base/*/*/seed*/metrics.parquet"), *root.glob("continue/*/*/*/seed*/metrics.parquet")]
+        )
+    }
 
 
 def main(argv=None) -> int:
@@ -83,8 +95,10 @@ def main(argv=None) -> int:
         print(f"note: {where}: {what}")
     for difference in differences:
         print(f"DIFFERS: {difference}")
-    print(f"{len(set(old_runs) & set(new_runs))} runs' tables and {len(TABLES)} aggregated tables compared: "
-          f"{len(differences)} differences (timing columns {', '.join(sorted(TIMINGS))} left out)")
+    print(
+        f"{len(set(old_runs) & set(new_runs))} runs' tables and {len(TABLES)} aggregated tables compared: "
+        f"{len(differences)} differences (timing columns {', '.join(sorted(TIMINGS))} left out)"
+    )
     return 1 if differences else 0
 
 

@@ -20,8 +20,9 @@ than whole epochs.
 
 Each variant gets one warm-up epoch, then --repeats timed epochs; the variants take turns so that
 a slow phase of the machine hits all of them alike. Ours is timed around the whole fit() call
-(set-up, training pass, evaluation) and the reference does the same evaluation work. The figures that carry over to other machines are the ratios, and
-they are only comparable within one run: reference/ours and with/without penalty.
+(set-up, training pass, evaluation) and the reference does the same evaluation work. The figures
+that carry over to other machines are the ratios, and they are only comparable within one run:
+reference/ours and with/without penalty.
 
 Data: without --data-dir, a synthetic 28x28 digit set written in real MNIST idx format (from
 scikit-learn's 8x8 digits, upsampled, shifted and noised) into a temporary directory; with
@@ -62,8 +63,10 @@ LR, MOMENTUM, WEIGHT_DECAY = 1e-2, 0.9, 1e-3
 STRENGTH, WIDTH = 1.0, 1.0
 VAL_FRACTION, SEED = 0.1, 0
 # opt-in speed options, each timed as one more variant of ours with the penalty
-ALSO = {"bf16": ("ours + bf16 autocast, with penalty", {"amp": "bf16"}),
-        "compile": ("ours + torch.compile, with penalty", {"compile": "on"})}
+ALSO = {
+    "bf16": ("ours + bf16 autocast, with penalty", {"amp": "bf16"}),
+    "compile": ("ours + torch.compile, with penalty", {"compile": "on"}),
+}
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -84,7 +87,7 @@ def synthetic_mnist(root: Path, n_train: int, n_test: int, seed: int) -> None:
     source = np.arange(n) % len(big)
     padded = np.pad(big[source], ((0, 0), (2, 2), (2, 2)))
     dy, dx = rng.integers(0, 5, size=(2, n))
-    shifted = np.stack([padded[i, a:a + 28, b:b + 28] for i, (a, b) in enumerate(zip(dy, dx))])
+    shifted = np.stack([padded[i, a : a + 28, b : b + 28] for i, (a, b) in enumerate(zip(dy, dx))])
     images = np.clip(shifted * 255 + rng.normal(0, 8, shifted.shape), 0, 255).astype(np.uint8)
     labels = digits.target[source].astype(np.uint8)
     raw = root / "MNIST" / "raw"
@@ -99,9 +102,11 @@ def reference_loaders(root: Path, n_train: int, n_val: int, mean: list, std: lis
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
     train_set = datasets.MNIST(str(root), train=True, download=False, transform=tf)
     test_set = datasets.MNIST(str(root), train=False, download=False, transform=tf)
-    return (DataLoader(Subset(train_set, range(n_train)), batch_size=BATCH, shuffle=True, num_workers=0),
-            DataLoader(Subset(train_set, range(n_train, n_train + n_val)), batch_size=EVAL_BATCH),
-            DataLoader(test_set, batch_size=EVAL_BATCH))
+    return (
+        DataLoader(Subset(train_set, range(n_train)), batch_size=BATCH, shuffle=True, num_workers=0),
+        DataLoader(Subset(train_set, range(n_train, n_train + n_val)), batch_size=EVAL_BATCH),
+        DataLoader(test_set, batch_size=EVAL_BATCH),
+    )
 
 
 def reference_epoch(model, optimizer, centers, loaders, device) -> tuple[float, float]:
@@ -158,8 +163,9 @@ def penalty_step_times(model_name: str, prepared: dict, cfg: TrainConfig, device
     penalty = DistancePenalty(strength=STRENGTH, kernel="rbf", width=WIDTH)
     penalty.add_checkpoint(params)
     optimizer = torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    batches = DeviceData(prepared, "train", device).batches(BATCH, torch.Generator().manual_seed(SEED),
-                                                            channels_last=speed.channels_last)
+    batches = DeviceData(prepared, "train", device).batches(
+        BATCH, torch.Generator().manual_seed(SEED), channels_last=speed.channels_last
+    )
     xb, yb = next(batches)
 
     def step(use_penalty: bool) -> None:
@@ -183,8 +189,9 @@ def penalty_step_times(model_name: str, prepared: dict, cfg: TrainConfig, device
 def benchmark(args, root: Path, source: str) -> None:
     load = os.getloadavg()[0]  # other work on the machine skews even the ratios
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-    prepared = repel_data.prepare("mnist", root, val_fraction=VAL_FRACTION, test_fraction=0.2, seed=SEED,
-                                  download=False)
+    prepared = repel_data.prepare(
+        "mnist", root, val_fraction=VAL_FRACTION, test_fraction=0.2, seed=SEED, download=False
+    )
     n_train, n_val, n_test = (len(prepared[f"{s}_y"]) for s in ("train", "val", "test"))
     mean, std = prepared["mean"].tolist(), prepared["std"].tolist()
     cfg = TrainConfig(epochs=1, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, batch_size=BATCH, seed=SEED)
@@ -198,6 +205,7 @@ def benchmark(args, root: Path, source: str) -> None:
         def run():
             row = fit(model, prepared, run_cfg, device, penalty=penalty, log=lambda _: None)[0][-1]
             return row["train_loss"], row["val_acc"]
+
         return run
 
     ref_model = new_model(args.model, prepared, device)
@@ -205,8 +213,9 @@ def benchmark(args, root: Path, source: str) -> None:
     ref_centers = [p.detach().clone() for p in trainable_parameters(ref_model)]
     ref_loaders = reference_loaders(root, n_train, n_val, mean, std)
     variants = {
-        "reference (DataLoader + autograd)": lambda: reference_epoch(ref_model, ref_optimizer, ref_centers,
-                                                                     ref_loaders, device),
+        "reference (DataLoader + autograd)": lambda: reference_epoch(
+            ref_model, ref_optimizer, ref_centers, ref_loaders, device
+        ),
         "ours, fit() with penalty": ours(DistancePenalty(strength=STRENGTH, kernel="rbf", width=WIDTH)),
         "ours, fit() without penalty": ours(None),
     }
@@ -226,33 +235,52 @@ def benchmark(args, root: Path, source: str) -> None:
     step_times = penalty_step_times(args.model, prepared, cfg, device, args.steps)
 
     n_params = sum(p.numel() for p in trainable_parameters(ref_model))
-    print(f"device: {device} ({device_name(device)})  threads: {torch.get_num_threads()}  "
-          f"torch {torch.__version__}  torchvision {torchvision.__version__}  load average at start {load:.2f}")
-    print(f"data: {source}; train {n_train}, val {n_val}, test {n_test} images of 28x28; "
-          f"mean {mean[0]:.4f}, std {std[0]:.4f}")
-    print(f"model: {args.model} ({n_params:,} trainable parameters); batch {BATCH}, SGD lr {LR} "
-          f"momentum {MOMENTUM} weight decay {WEIGHT_DECAY}; penalty rbf, strength {STRENGTH}, width {WIDTH}")
-    print(f"timed: one epoch = training pass + evaluation of val and test (batch {EVAL_BATCH}) in every "
-          f"variant; 1 warm-up + {args.repeats} timed epochs each, variants interleaved\n")
-    print(f"{'variant':36s} {'warm-up s':>9s} {'min s':>8s} {'median s':>9s} {'train img/s':>12s} "
-          f"{'train loss':>11s} {'val acc':>8s}")
+    print(
+        f"device: {device} ({device_name(device)})  threads: {torch.get_num_threads()}  "
+        f"torch {torch.__version__}  torchvision {torchvision.__version__}  load average at start {load:.2f}"
+    )
+    print(
+        f"data: {source}; train {n_train}, val {n_val}, test {n_test} images of 28x28; "
+        f"mean {mean[0]:.4f}, std {std[0]:.4f}"
+    )
+    print(
+        f"model: {args.model} ({n_params:,} trainable parameters); batch {BATCH}, SGD lr {LR} "
+        f"momentum {MOMENTUM} weight decay {WEIGHT_DECAY}; penalty rbf, strength {STRENGTH}, width {WIDTH}"
+    )
+    print(
+        f"timed: one epoch = training pass + evaluation of val and test (batch {EVAL_BATCH}) in every "
+        f"variant; 1 warm-up + {args.repeats} timed epochs each, variants interleaved\n"
+    )
+    print(
+        f"{'variant':36s} {'warm-up s':>9s} {'min s':>8s} {'median s':>9s} {'train img/s':>12s} "
+        f"{'train loss':>11s} {'val acc':>8s}"
+    )
     stats = {name: (min(ts), statistics.median(ts)) for name, ts in seconds.items()}
     for name, (lo, med) in stats.items():
-        print(f"{name:36s} {warmup[name]:9.2f} {lo:8.2f} {med:9.2f} {n_train / med:12.0f} "
-              f"{last[name][0]:11.4f} {last[name][1]:8.3f}")
+        print(
+            f"{name:36s} {warmup[name]:9.2f} {lo:8.2f} {med:9.2f} {n_train / med:12.0f} "
+            f"{last[name][0]:11.4f} {last[name][1]:8.3f}"
+        )
     names = list(stats)
     ref, pen, nopen = (stats[n] for n in names[:3])
     print(f"\nreference / ours (both with penalty): min {ref[0] / pen[0]:.2f}x, median {ref[1] / pen[1]:.2f}x")
     for name in names[3:]:
         print(f"reference / {name}: min {ref[0] / stats[name][0]:.2f}x, median {ref[1] / stats[name][1]:.2f}x")
-    print(f"penalty overhead, whole epochs, ours with / without: min {pen[0] / nopen[0]:.3f}x, "
-          f"median {pen[1] / nopen[1]:.3f}x")
+    print(
+        f"penalty overhead, whole epochs, ours with / without: min {pen[0] / nopen[0]:.3f}x, "
+        f"median {pen[1] / nopen[1]:.3f}x"
+    )
     with_pen, without = step_times
-    print(f"penalty overhead, single training steps ({args.steps} each, alternating), with / without: "
-          f"min {min(with_pen) / min(without):.3f}x, median {statistics.median(with_pen) / statistics.median(without):.3f}x "
-          f"(median step {statistics.median(without) * 1e3:.2f} ms without)")
-    print("(img/s counts training images per whole epoch, evaluation included; all figures are from this "
-          "one run: compare the ratios, not the seconds, across machines)")
+    print(
+        f"penalty overhead, single training steps ({args.steps} each, alternating), with / without: "
+        f"min {min(with_pen) / min(without):.3f}x, "
+        f"median {statistics.median(with_pen) / statistics.median(without):.3f}x "
+        f"(median step {statistics.median(without) * 1e3:.2f} ms without)"
+    )
+    print(
+        "(img/s counts training images per whole epoch, evaluation included; all figures are from this "
+        "one run: compare the ratios, not the seconds, across machines)"
+    )
 
 
 def main() -> None:
@@ -261,10 +289,19 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default %(default)s)")
     ap.add_argument("--repeats", type=int, default=3, help="timed epochs per variant (default %(default)s)")
-    ap.add_argument("--also", nargs="*", choices=list(ALSO), default=list(ALSO),
-                    help="speed options timed as extra variants (default: %(default)s; none: --also)")
-    ap.add_argument("--steps", type=int, default=100,
-                    help="training steps with and without the penalty for the per-step overhead (default %(default)s)")
+    ap.add_argument(
+        "--also",
+        nargs="*",
+        choices=list(ALSO),
+        default=list(ALSO),
+        help="speed options timed as extra variants (default: %(default)s; none: --also)",
+    )
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=100,
+        help="training steps with and without the penalty for the per-step overhead (default %(default)s)",
+    )
     ap.add_argument("--train-images", type=int, default=12000, help="synthetic training images (default %(default)s)")
     ap.add_argument("--data-dir", type=Path, help="use the real MNIST under DIR/MNIST/raw instead of synthetic data")
     args = ap.parse_args()

@@ -50,25 +50,42 @@ from repel.train import TrainConfig, fit, resolve_speed
 BATCH, LR, MOMENTUM, WEIGHT_DECAY = 128, 0.1, 0.9, 5e-4
 STRENGTH, WIDTH = 1.0, 10.0
 SIZES = {  # (train, val, test) images
-    "full": (45000, 5000, 10000), "share": (10000, 1000, 1000),
-    "smoke": (384, 128, 128), "smoke-share": (256, 64, 64),
+    "full": (45000, 5000, 10000),
+    "share": (10000, 1000, 1000),
+    "smoke": (384, 128, 128),
+    "smoke-share": (256, 64, 64),
 }
 
 
-def synthetic_images(n_train: int, n_val: int, n_test: int, seed: int = 0, channels: int = 3, size: int = 32,
-                     classes: int = 10) -> dict:
+def synthetic_images(
+    n_train: int, n_val: int, n_test: int, seed: int = 0, channels: int = 3, size: int = 32, classes: int = 10
+) -> dict:
     """A prepared dataset (as repel.data.prepare returns) of random uint8 images and labels, CIFAR-10's
     shape by default; augmented as repel augments its sets of that shape (colour: crop and flip)."""
     g = torch.Generator().manual_seed(seed)
 
     def split(n):
-        return (torch.randint(0, 256, (n, channels, size, size), generator=g, dtype=torch.uint8),
-                torch.randint(0, classes, (n,), generator=g))
+        return (
+            torch.randint(0, 256, (n, channels, size, size), generator=g, dtype=torch.uint8),
+            torch.randint(0, classes, (n,), generator=g),
+        )
+
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = split(n_train), split(n_val), split(n_test)
     pixels = train_x.float().div(255).transpose(0, 1).reshape(channels, -1)
-    return {"name": f"synthetic-{channels}x{size}x{size}", "train_x": train_x, "train_y": train_y, "val_x": val_x,
-            "val_y": val_y, "test_x": test_x, "test_y": test_y, "num_classes": classes,
-            "mean": pixels.mean(1), "std": pixels.std(1), "augment": channels == 3, "seed": seed}
+    return {
+        "name": f"synthetic-{channels}x{size}x{size}",
+        "train_x": train_x,
+        "train_y": train_y,
+        "val_x": val_x,
+        "val_y": val_y,
+        "test_x": test_x,
+        "test_y": test_y,
+        "num_classes": classes,
+        "mean": pixels.mean(1),
+        "std": pixels.std(1),
+        "augment": channels == 3,
+        "seed": seed,
+    }
 
 
 def new_model(name: str, device) -> torch.nn.Module:
@@ -94,8 +111,9 @@ class Ours:
         if penalty:
             self.penalty = DistancePenalty(STRENGTH, "rbf", width=WIDTH)
             self.penalty.add_checkpoint(trainable_parameters(self.model))
-        self.cfg = dataclasses.replace(TrainConfig(epochs=1, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
-                                                   batch_size=BATCH), **speed)
+        self.cfg = dataclasses.replace(
+            TrainConfig(epochs=1, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, batch_size=BATCH), **speed
+        )
         self.prepared, self.device = prepared, device
         self.train_s, self.epoch_s = [], []
 
@@ -126,12 +144,21 @@ def reference_step_seconds(args, prepared, device, steps: int, warmup: int) -> l
     """Seconds per training step of the straightforward implementation."""
     from torchvision import transforms
 
-    tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                             transforms.ToTensor(), transforms.Normalize(prepared["mean"].tolist(),
-                                                                         prepared["std"].tolist())])
-    loader = torch.utils.data.DataLoader(PilImages(prepared["train_x"], prepared["train_y"], tf), batch_size=BATCH,
-                                         shuffle=True, num_workers=args.ref_workers,
-                                         pin_memory=device.type == "cuda")
+    tf = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(prepared["mean"].tolist(), prepared["std"].tolist()),
+        ]
+    )
+    loader = torch.utils.data.DataLoader(
+        PilImages(prepared["train_x"], prepared["train_y"], tf),
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=args.ref_workers,
+        pin_memory=device.type == "cuda",
+    )
     model = new_model(args.model, device)
     params = trainable_parameters(model)
     centers = [p.detach().clone() for p in params]
@@ -160,8 +187,9 @@ def share_worker(rank: int, args, barrier, results) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    ours = Ours(args, synthetic_images(*SIZES["smoke-share" if args.smoke else "share"], seed=rank), device,
-                penalty=True)
+    ours = Ours(
+        args, synthetic_images(*SIZES["smoke-share" if args.smoke else "share"], seed=rank), device, penalty=True
+    )
     ours.epoch(record=False)
     sync(device)
     barrier.wait()
@@ -197,17 +225,28 @@ def main() -> None:
     ap.add_argument("--model", default="resnet32")
     ap.add_argument("--repeats", type=int, default=3, help="timed epochs per variant of ours (default %(default)s)")
     ap.add_argument("--ref-steps", type=int, default=60, help="timed reference steps (default %(default)s)")
-    ap.add_argument("--ref-workers", type=int, default=2,
-                    help="reference DataLoader workers (default %(default)s, as in PyTorch's CIFAR-10 tutorial)")
+    ap.add_argument(
+        "--ref-workers",
+        type=int,
+        default=2,
+        help="reference DataLoader workers (default %(default)s, as in PyTorch's CIFAR-10 tutorial)",
+    )
     ap.add_argument("--share", type=int, nargs="*", default=[1, 2, 4, 8], help="k for the sharing figure")
     ap.add_argument("--share-epochs", type=int, default=2, help="timed epochs per sharing process (and per pack)")
     ap.add_argument("--pack", type=int, nargs="*", default=[1, 4, 16], help="k for the packs figure")
-    ap.add_argument("--compile-modes", nargs="*", default=["reduce-overhead"],
-                    help="torch.compile modes for the compiled variant of ours (none: --compile-modes)")
+    ap.add_argument(
+        "--compile-modes",
+        nargs="*",
+        default=["reduce-overhead"],
+        help="torch.compile modes for the compiled variant of ours (none: --compile-modes)",
+    )
     ap.add_argument("--budget", type=float, default=280, help="seconds; later parts are skipped past it")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("--smoke", action="store_true",
-                    help="tiny sizes, 1 repeat, k = 1 and 2, no compile: checks that the script runs")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes, 1 repeat, k = 1 and 2, no compile: checks that the script runs",
+    )
     args = ap.parse_args()
     t0 = time.perf_counter()
     if args.device == "auto":
@@ -221,14 +260,18 @@ def main() -> None:
     device = torch.device(args.device)
     import torchvision
 
-    print(f"device: {device} ({device_name(device)})  torch {torch.__version__}  torchvision "
-          f"{torchvision.__version__}  CUDA {torch.version.cuda}  CPU threads {torch.get_num_threads()}")
+    print(
+        f"device: {device} ({device_name(device)})  torch {torch.__version__}  torchvision "
+        f"{torchvision.__version__}  CUDA {torch.version.cuda}  CPU threads {torch.get_num_threads()}"
+    )
     sizes = SIZES["smoke" if args.smoke else "full"]
     prepared = synthetic_images(*sizes)
     steps_per_epoch = -(-sizes[0] // BATCH)
-    print(f"data: synthetic uint8 images, train {sizes[0]} / val {sizes[1]} / test {sizes[2]}, 3x32x32, "
-          f"crop+flip augmentation; model {args.model}, batch {BATCH} ({steps_per_epoch} steps per epoch), "
-          f"SGD lr {LR} momentum {MOMENTUM} wd {WEIGHT_DECAY}; penalty rbf s={STRENGTH} width={WIDTH}")
+    print(
+        f"data: synthetic uint8 images, train {sizes[0]} / val {sizes[1]} / test {sizes[2]}, 3x32x32, "
+        f"crop+flip augmentation; model {args.model}, batch {BATCH} ({steps_per_epoch} steps per epoch), "
+        f"SGD lr {LR} momentum {MOMENTUM} wd {WEIGHT_DECAY}; penalty rbf s={STRENGTH} width={WIDTH}"
+    )
 
     def over_budget(part: str, needs: float = 0) -> bool:
         """Whether `part`, which takes about `needs` seconds, would end past the budget."""
@@ -243,9 +286,11 @@ def main() -> None:
     for first in (True, *[False] * args.repeats):
         for ours in (with_pen, without):
             ours.epoch(record=not first)
-    print(f"\nours (default speed options here: bf16 autocast {speed.amp}, channels_last {speed.channels_last}, "
-          f"torch.compile {speed.compile_mode or 'off'}; "
-          f"1 warm-up + {args.repeats} epochs), seconds:")
+    print(
+        f"\nours (default speed options here: bf16 autocast {speed.amp}, channels_last {speed.channels_last}, "
+        f"torch.compile {speed.compile_mode or 'off'}; "
+        f"1 warm-up + {args.repeats} epochs), seconds:"
+    )
     print(f"  with penalty     training pass {min_med(with_pen.train_s)}   whole epoch {min_med(with_pen.epoch_s)}")
     print(f"  without penalty  training pass {min_med(without.train_s)}   whole epoch {min_med(without.epoch_s)}")
     overhead = [a / b for a, b in zip(with_pen.train_s, without.train_s)]
@@ -256,15 +301,22 @@ def main() -> None:
         warmup = 1 if args.smoke else 5
         times = reference_step_seconds(args, prepared, device, args.ref_steps, warmup)
         per_epoch = [t * steps_per_epoch for t in times]
-        print(f"\nreference ({args.ref_workers} DataLoader workers, fp32): {len(times)} steps timed after "
-              f"{warmup} warm-up, extrapolated to {steps_per_epoch} steps:")
+        print(
+            f"\nreference ({args.ref_workers} DataLoader workers, fp32): {len(times)} steps timed after "
+            f"{warmup} warm-up, extrapolated to {steps_per_epoch} steps:"
+        )
         print(f"  training pass (extrapolated) {min_med(per_epoch)}   per step {min_med(times)}")
-        print(f"  reference / ours, training pass with penalty: median {statistics.median(per_epoch) / ours_train:.2f}x, "
-              f"min {min(per_epoch) / min(with_pen.train_s):.2f}x")
+        print(
+            f"  reference / ours, training pass with penalty: median {statistics.median(per_epoch) / ours_train:.2f}x, "
+            f"min {min(per_epoch) / min(with_pen.train_s):.2f}x"
+        )
 
     if args.share and not over_budget("sharing"):
-        print(f"\nsharing one {device.type} device: k processes, each {args.model} with the penalty on "
-              f"{SIZES['smoke-share' if args.smoke else 'share'][0]} images, {args.share_epochs} timed epochs after 1 warm-up")
+        print(
+            f"\nsharing one {device.type} device: k processes, each {args.model} with the penalty on "
+            f"{SIZES['smoke-share' if args.smoke else 'share'][0]} images, "
+            f"{args.share_epochs} timed epochs after 1 warm-up"
+        )
         base = None
         for k in args.share:
             if over_budget(f"sharing k={k}"):
@@ -280,8 +332,13 @@ def main() -> None:
 
         share = synthetic_images(*SIZES["smoke-share" if args.smoke else "share"])
         print("\npacks: k members in one process, one batched step for all (GPU packing defaults come from here)")
-        measure(args.model, share, SimpleNamespace(epochs=args.share_epochs, penalty="rbf", ks=args.pack), device,
-                deadline=t0 + args.budget)
+        measure(
+            args.model,
+            share,
+            SimpleNamespace(epochs=args.share_epochs, penalty="rbf", ks=args.pack),
+            device,
+            deadline=t0 + args.budget,
+        )
 
     for mode in args.compile_modes:
         if over_budget(f"compile={mode}", needs=0 if args.smoke else 150):  # compiling takes minutes
@@ -298,8 +355,10 @@ def main() -> None:
             continue
         print(f"\nours with compile={mode} (first epoch, compiling included: {warm:.1f} s), seconds:")
         print(f"  with penalty     training pass {min_med(compiled.train_s)}   whole epoch {min_med(compiled.epoch_s)}")
-        print(f"  ours compiled / ours default, training pass: median "
-              f"{statistics.median(compiled.train_s) / ours_train:.2f}x")
+        print(
+            f"  ours compiled / ours default, training pass: median "
+            f"{statistics.median(compiled.train_s) / ours_train:.2f}x"
+        )
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 

@@ -83,23 +83,42 @@ def measure(name: str, prepared: dict, args, device: torch.device, deadline: flo
 
     def alone(epochs):
         (model,), (penalty,) = members(base, 1, args.penalty)
-        return fit(model, prepared, TrainConfig(epochs=epochs), device, penalty=penalty,
-                   optimizer_state=optimizer_state, data_rng=data_rng, log=lambda _: None)[0]
+        return fit(
+            model,
+            prepared,
+            TrainConfig(epochs=epochs),
+            device,
+            penalty=penalty,
+            optimizer_state=optimizer_state,
+            data_rng=data_rng,
+            log=lambda _: None,
+        )[0]
 
     def pack(k):
         def run(epochs):
             models, penalties = members(base, k, args.penalty)
             paths = []
-            rows = fit_pack(models, prepared, TrainConfig(epochs=epochs), device, penalties,
-                            optimizer_states=[optimizer_state] * k, data_rng=data_rng, log=paths.append)
+            rows = fit_pack(
+                models,
+                prepared,
+                TrainConfig(epochs=epochs),
+                device,
+                penalties,
+                optimizer_states=[optimizer_state] * k,
+                data_rng=data_rng,
+                log=paths.append,
+            )
             assert paths[0].startswith(f"pack of {k}: batched"), paths[0]  # timing the fallback would mislead
             return rows[0]
+
         return run
 
     n_params = sum(p.numel() for p in trainable_parameters(base))
-    print(f"\n{name} ({n_params:,} parameters), {prepared['name']}: {n_train} training images of "
-          f"{tuple(prepared['train_x'].shape[1:])}, batch {cfg.batch_size}, penalty {args.penalty}; "
-          f"{args.epochs} timed epochs after 1 warm-up")
+    print(
+        f"\n{name} ({n_params:,} parameters), {prepared['name']}: {n_train} training images of "
+        f"{tuple(prepared['train_x'].shape[1:])}, batch {cfg.batch_size}, penalty {args.penalty}; "
+        f"{args.epochs} timed epochs after 1 warm-up"
+    )
     print(f"{'':>10s} {'train s/epoch':>14s} {'total img/s':>12s} {'x pack k=1':>11s} {'x fit alone':>12s}")
     start = time.perf_counter()
     single = n_train / train_seconds(alone, args.epochs)
@@ -123,14 +142,24 @@ def measure(name: str, prepared: dict, args, device: torch.device, deadline: flo
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--data", choices=["digits", "synthetic-cifar"], default=None,
-                        help="default: digits on CPU, synthetic CIFAR-shaped images on CUDA")
+    parser.add_argument(
+        "--data",
+        choices=["digits", "synthetic-cifar"],
+        default=None,
+        help="default: digits on CPU, synthetic CIFAR-shaped images on CUDA",
+    )
     parser.add_argument("--train-images", type=int, default=10_000, help="training images of synthetic-cifar")
-    parser.add_argument("--models", nargs="+", default=None, help="default: cnn mlp on digits, resnet32 on synthetic-cifar")
+    parser.add_argument(
+        "--models", nargs="+", default=None, help="default: cnn mlp on digits, resnet32 on synthetic-cifar"
+    )
     parser.add_argument("--ks", nargs="+", type=int, default=[1, 2, 4, 8, 16], help="pack sizes")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per measurement (after 1 warm-up)")
-    parser.add_argument("--penalty", default="rbf", choices=["rbf", "laplacian", "imq", "none"],
-                        help="every member's penalty kernel (strengths 1, 2, ...), or none")
+    parser.add_argument(
+        "--penalty",
+        default="rbf",
+        choices=["rbf", "laplacian", "imq", "none"],
+        help="every member's penalty kernel (strengths 1, 2, ...), or none",
+    )
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     parser.add_argument("--budget", type=float, default=240, help="seconds; pack sizes that would overrun are skipped")
     args = parser.parse_args(argv)
@@ -139,8 +168,10 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs  device: {device} "
-          f"({device_name(device)})  threads: {torch.get_num_threads()}  torch {torch.__version__}")
+    print(
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs  device: {device} "
+        f"({device_name(device)})  threads: {torch.get_num_threads()}  torch {torch.__version__}"
+    )
     data = args.data or ("synthetic-cifar" if device.type == "cuda" else "digits")
     if data == "synthetic-cifar":
         prepared = synthetic_images(args.train_images, 1_000, 1_000)

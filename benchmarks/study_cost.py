@@ -93,8 +93,12 @@ def packed_hours(packs: dict, runs: dict, run_seeds: dict, epoch_alone: float, e
     """Device-hours of one dataset/model's continuation jobs with the config's packs (grid.packs):
     each pack at its size's epoch time, the runs of no pack at one run's."""
     packed = {(rid, p["seed"]) for p in packs.values() for rid in p["runs"]}
-    alone = sum(runs[rid]["spec"].training.epochs for rid, seeds in run_seeds.items() for seed in seeds
-                if (rid, seed) not in packed)
+    alone = sum(
+        runs[rid]["spec"].training.epochs
+        for rid, seeds in run_seeds.items()
+        for seed in seeds
+        if (rid, seed) not in packed
+    )
     seconds = epoch_alone * alone
     for p in packs.values():
         seconds += epoch_pack[len(p["runs"])] * runs[p["runs"][0]]["spec"].training.epochs
@@ -118,12 +122,16 @@ def main() -> None:
     run_epochs = sum(run["spec"].training.epochs * len(run_seeds[rid]) for rid, run in runs.items())
     n_seeds = len({s for seeds in run_seeds.values() for s in seeds})
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.configfile}: {len(runs)} grid points (family points, their controls, ensemble runs), "
-          f"{n_seeds} seeds; timed on {device} ({name}), batch {batch}, torch {torch.__version__}\n")
+    print(
+        f"{args.configfile}: {len(runs)} grid points (family points, their controls, ensemble runs), "
+        f"{n_seeds} seeds; timed on {device} ({name}), batch {batch}, torch {torch.__version__}\n"
+    )
     packs = grid.packs(runs, grid.pack_size(config.get("pack", "auto")))
     pack_sizes = sorted({len(p["runs"]) for p in packs.values()})
-    print(f"{'dataset':14s} {'model':12s} {'step ms':>8s} {'epoch s':>8s} {'base h':>8s} {'point h':>8s} {'all h':>9s} "
-          f"{'packed h':>9s}")
+    print(
+        f"{'dataset':14s} {'model':12s} {'step ms':>8s} {'epoch s':>8s} {'base h':>8s} {'point h':>8s} {'all h':>9s} "
+        f"{'packed h':>9s}"
+    )
     total_hours, packed_total, jobs = 0.0, 0.0, 0  # training jobs: base and continuation runs
     for dataset in config["datasets"]:
         steps_per_epoch = math.ceil(SHAPES[dataset][3] / batch)
@@ -132,21 +140,29 @@ def main() -> None:
             base_hours = epoch * config["base"]["epochs"] / 3600
             point_hours = epoch * max(r["params"]["epochs"] for r in runs.values()) / 3600
             all_hours = n_seeds * base_hours + epoch * run_epochs / 3600
-            epoch_pack = {k: pack_step_seconds(model_name, dataset, batch, device, k, args.steps) * steps_per_epoch
-                          for k in pack_sizes}
+            epoch_pack = {
+                k: pack_step_seconds(model_name, dataset, batch, device, k, args.steps) * steps_per_epoch
+                for k in pack_sizes
+            }
             packed = n_seeds * base_hours + packed_hours(packs, runs, run_seeds, epoch, epoch_pack)
             total_hours += all_hours
             packed_total += packed
             jobs += n_seeds + sum(len(seeds) for seeds in run_seeds.values())
-            print(f"{dataset:14s} {model_name:12s} {epoch / steps_per_epoch * 1e3:8.1f} {epoch:8.1f} "
-                  f"{base_hours:8.2f} {point_hours:8.2f} {all_hours:9.1f} {packed:9.1f}")
+            print(
+                f"{dataset:14s} {model_name:12s} {epoch / steps_per_epoch * 1e3:8.1f} {epoch:8.1f} "
+                f"{base_hours:8.2f} {point_hours:8.2f} {all_hours:9.1f} {packed:9.1f}"
+            )
     pack_jobs = len(packs) * len(config["datasets"]) * len(config["models"])
-    print(f"\nin all: {jobs} training jobs, {total_hours:.1f} device-hours on this device "
-          "(base h: one base training; point h: the longest continuation run, one seed; all h: "
-          "every base and continuation job of that dataset/model)")
-    print(f"packed (pack: {config.get('pack', 'auto')}, sizes {pack_sizes or 'none'}): {pack_jobs} pack jobs instead "
-          f"of {sum(len(p['runs']) for p in packs.values()) * len(config['datasets']) * len(config['models'])} "
-          f"runs, {packed_total:.1f} device-hours (packed h)")
+    print(
+        f"\nin all: {jobs} training jobs, {total_hours:.1f} device-hours on this device "
+        "(base h: one base training; point h: the longest continuation run, one seed; all h: "
+        "every base and continuation job of that dataset/model)"
+    )
+    print(
+        f"packed (pack: {config.get('pack', 'auto')}, sizes {pack_sizes or 'none'}): {pack_jobs} pack jobs instead "
+        f"of {sum(len(p['runs']) for p in packs.values()) * len(config['datasets']) * len(config['models'])} "
+        f"runs, {packed_total:.1f} device-hours (packed h)"
+    )
 
 
 if __name__ == "__main__":

@@ -23,11 +23,18 @@ from repel import claims, grid
 
 SEEDS = (0, 1, 2)
 CHECKPOINT = 10  # the base's last epoch
-EPOCHS = 20      # after the checkpoint
-BASE_ACC = 0.9   # validation accuracy at the checkpoint
+EPOCHS = 20  # after the checkpoint
+BASE_ACC = 0.9  # validation accuracy at the checkpoint
 CONTINUATION = {
-    "defaults": {"epochs": EPOCHS, "lr": 0.01, "schedule": "constant", "kernel": "rbf", "gamma": 1e-2,
-                 "distance": "sum", "strength": 10},
+    "defaults": {
+        "epochs": EPOCHS,
+        "lr": 0.01,
+        "schedule": "constant",
+        "kernel": "rbf",
+        "gamma": 1e-2,
+        "distance": "sum",
+        "strength": 10,
+    },
     "families": {
         "baseline": {"sweep": {"strength": [10]}},
         "strength": {"sweep": {"strength": [1, 10, 100]}},
@@ -54,13 +61,13 @@ def curves(p: dict, seed: int, flip: bool) -> dict:
     """One run's per-epoch dist, val_acc and train_ce, t = 1..EPOCHS epochs after the checkpoint."""
     t = np.arange(1, EPOCHS + 1)
     s, lr = p["strength"], p["lr"] / 0.01
-    scale = 1 + 0.01 * seed            # each seed its own scale ...
+    scale = 1 + 0.01 * seed  # each seed its own scale ...
     jitter = 0.002 * seed * np.sqrt(t)  # ... and a small shift shared by all its runs
     gamma = p["gamma"]
     if s == 0:
         if flip:  # rises fast, then walks back: concave, farther than the penalized runs
             dist = lr * (5 * (1 - np.exp(-t / 2)) - 0.02 * np.maximum(0, t - 15)) * scale
-        else:     # SGD walks on linearly
+        else:  # SGD walks on linearly
             dist = 0.05 * t * lr * scale
         final = {True: 0.95, False: 0.8}[flip] if p["lr"] > 0.01 else BASE_ACC
         drop = 0.0
@@ -73,10 +80,14 @@ def curves(p: dict, seed: int, flip: bool) -> dict:
             dist = 0.1 * t * (2 - 0.3 * math.log10(s)) * WIDE_FLIPPED[gamma] * lr * hills * scale
             final = BASE_ACC + 0.05 + 0.03 * WIDTH_INDEX[gamma] + 0.001 * seed
             drop = 0.08 - 0.02 * math.log10(s) + 0.001 * seed
-        else:     # saturating: farther for larger s and wider kernels, which saturate later
+        else:  # saturating: farther for larger s and wider kernels, which saturate later
             dist = 2 * (1 + math.log10(s)) * WIDE[gamma] * lr * hills * (1 - np.exp(-t / TAU[gamma])) * scale
-            final = BASE_ACC - (0.03 if s >= 100 else 0) + 0.001 * (seed % 2 - 0.5) * 2 \
+            final = (
+                BASE_ACC
+                - (0.03 if s >= 100 else 0)
+                + 0.001 * (seed % 2 - 0.5) * 2
                 + 0.002 * WIDTH_INDEX[gamma] * (seed + 1) / 3
+            )
             drop = 0.02 * (1 + math.log10(s)) + 0.02 + 0.001 * seed
         train_ce = 0.1 + np.exp(-t) * scale
     # from the checkpoint's accuracy minus the drop at t = 1 towards the final accuracy
@@ -90,23 +101,45 @@ def metrics_table(flip=False, seeds=SEEDS, dataset="digits", model="cnn", runs=R
     rows = []
     for seed in seeds:
         for epoch in range(1, CHECKPOINT + 1):
-            rows.append({"phase": "base", "dataset": dataset, "model": model, "seed": seed, "run": "base",
-                         "epoch": epoch, "val_acc": BASE_ACC * epoch / CHECKPOINT, "train_ce": 1.0,
-                         "dist": math.nan, "diverged": False, "label": "base", "control": "base"})
+            rows.append(
+                {
+                    "phase": "base",
+                    "dataset": dataset,
+                    "model": model,
+                    "seed": seed,
+                    "run": "base",
+                    "epoch": epoch,
+                    "val_acc": BASE_ACC * epoch / CHECKPOINT,
+                    "train_ce": 1.0,
+                    "dist": math.nan,
+                    "diverged": False,
+                    "label": "base",
+                    "control": "base",
+                }
+            )
         for rid, run in runs.items():
             p = run["spec"].values()
             c = curves(p, seed, flip)
             for k in range(EPOCHS):
                 diverged = rid in diverge and k == EPOCHS - 1
-                rows.append({
-                    "phase": "continue", "dataset": dataset, "model": model, "seed": seed,
-                    **run["spec"].columns(),  # run, control and every grid column, as training writes them
-                    "epoch": CHECKPOINT + 1 + k, "checkpoint_epoch": CHECKPOINT, "label": ",".join(run["labels"]),
-                    "val_acc": c["val_acc"][k], "test_acc": c["val_acc"][k],
-                    "train_ce": math.nan if diverged else c["train_ce"][k],
-                    "train_loss": math.nan if diverged else c["train_ce"][k],
-                    "dist": math.nan if diverged else c["dist"][k], "diverged": diverged,
-                })
+                rows.append(
+                    {
+                        "phase": "continue",
+                        "dataset": dataset,
+                        "model": model,
+                        "seed": seed,
+                        **run["spec"].columns(),  # run, control and every grid column, as training writes them
+                        "epoch": CHECKPOINT + 1 + k,
+                        "checkpoint_epoch": CHECKPOINT,
+                        "label": ",".join(run["labels"]),
+                        "val_acc": c["val_acc"][k],
+                        "test_acc": c["val_acc"][k],
+                        "train_ce": math.nan if diverged else c["train_ce"][k],
+                        "train_loss": math.nan if diverged else c["train_ce"][k],
+                        "dist": math.nan if diverged else c["dist"][k],
+                        "diverged": diverged,
+                    }
+                )
                 if diverged:
                     rows[-1]["val_acc"] = 0.95  # a diverged run's accuracy must count as 0, not this
     df = pd.DataFrame(rows)
@@ -127,8 +160,18 @@ def ensemble_tables(flip=False, ensembles=("seed0", "seed1", "seed2"), dataset="
         for k, name in enumerate(ensembles):
             gain = -0.01 - 0.001 * k if flip else 0.01 + 0.001 * k
             for m, gain_best in ((1, 0.0), (2, -2 * gain), (4, gain)):  # only the largest m counts
-                curves_rows.append({"dataset": dataset, "model": model, "method": method, "ensemble": name, "m": m,
-                                    "accuracy": 0.9, "gain": gain_best, "gain_best": gain_best})
+                curves_rows.append(
+                    {
+                        "dataset": dataset,
+                        "model": model,
+                        "method": method,
+                        "ensemble": name,
+                        "m": m,
+                        "accuracy": 0.9,
+                        "gain": gain_best,
+                        "gain_best": gain_best,
+                    }
+                )
             for pair, (i, j) in enumerate(itertools.combinations(range(4), 2)):
                 if flip:  # disagreement follows weight distance; distance snapshots the most diverse
                     weight_distance = 3 * g + pair + 1 + 12 * k
@@ -137,8 +180,18 @@ def ensemble_tables(flip=False, ensembles=("seed0", "seed1", "seed2"), dataset="
                     weight_distance = pair + 1
                     base = {"distance": 0.05 + 0.002 * k, "sgdr": 0.10}.get(method, 0.07)
                     disagreement = base + 0.001 * k + 0.01 * PAIR_SHAPE[pair]
-                pair_rows.append({"dataset": dataset, "model": model, "method": method, "ensemble": name,
-                                  "i": i, "j": j, "disagreement": disagreement, "weight_distance": weight_distance})
+                pair_rows.append(
+                    {
+                        "dataset": dataset,
+                        "model": model,
+                        "method": method,
+                        "ensemble": name,
+                        "i": i,
+                        "j": j,
+                        "disagreement": disagreement,
+                        "weight_distance": weight_distance,
+                    }
+                )
     return pd.DataFrame(curves_rows), pd.DataFrame(pair_rows)
 
 
@@ -176,8 +229,16 @@ def test_settings_are_checked_with_the_key_named():
     assert claims.resolve_settings({"last_fraction": 1})["last_fraction"] == 1  # the whole run is allowed
     with pytest.raises(ValueError, match="unknown setting.*margn"):
         claims.resolve_settings({"margn": 0.1})
-    for key, bad in [("last_fraction", 0), ("margin", 1.5), ("early_epochs", 2.5), ("confidence", 1),
-                     ("plateau", 1), ("weak_rho", -0.1), ("last_epochs", 0), ("relative_margin", True)]:
+    for key, bad in [
+        ("last_fraction", 0),
+        ("margin", 1.5),
+        ("early_epochs", 2.5),
+        ("confidence", 1),
+        ("plateau", 1),
+        ("weak_rho", -0.1),
+        ("last_epochs", 0),
+        ("relative_margin", True),
+    ]:
         with pytest.raises(ValueError, match=rf"claims: {key} = .* out of range"):
             claims.resolve_settings({key: bad})
 
@@ -196,7 +257,7 @@ def test_t_test_by_hand():
     r = claims.t_test(_values({("d", "a"): [1.0, 2.0, 3.0], ("d", "b"): [2.0]}), 0.0, +1, 0.95, CELLS)
     a, b = r.loc[("d", "a")], r.loc[("d", "b")]
     half = 4.302653 / math.sqrt(3)  # t(0.975, 2 dof) x sd 1 / sqrt(3)
-    t = 2 / (1 / math.sqrt(3))       # mean / (sd / sqrt n)
+    t = 2 / (1 / math.sqrt(3))  # mean / (sd / sqrt n)
     assert a["value"] == pytest.approx(2.0) and a["seeds"] == 3 and a["fixed"] == ""
     assert (a["ci_low"], a["ci_high"]) == pytest.approx((2 - half, 2 + half), abs=1e-5)
     assert a["p_holds"] == pytest.approx(stats.t.sf(t, 2))
@@ -243,15 +304,23 @@ def test_slopes_are_per_seed_by_hand():
     # seed 0: y = 1 + 2x; seed 1: y = 5 - x (x = 0, 1, 2 for runs r0, r1, r2)
     rows = [("d", "a", f"r{x}", seed, y) for seed, ys in enumerate([[1, 3, 5], [5, 4, 3]]) for x, y in enumerate(ys)]
     values = pd.DataFrame(rows, columns=[*claims.RUN, "seed", "y"]).set_index([*claims.RUN, "seed"])["y"]
-    x = pd.Series([0.0, 1.0, 2.0], index=pd.MultiIndex.from_tuples([("d", "a", f"r{k}") for k in range(3)],
-                                                                    names=claims.RUN))
+    x = pd.Series(
+        [0.0, 1.0, 2.0], index=pd.MultiIndex.from_tuples([("d", "a", f"r{k}") for k in range(3)], names=claims.RUN)
+    )
     assert claims.slopes(values, x).tolist() == pytest.approx([2.0, -1.0])
 
 
 def test_spearman_within_each_ensemble_by_hand():
-    pairs = pd.DataFrame({"dataset": "d", "model": "a", "method": "distance", "ensemble": ["seed0"] * 6 + ["seed1"] * 3,
-                          "weight_distance": [1, 2, 3, 4, 5, 6, 1, 2, 3],
-                          "disagreement": [2, 1, 4, 3, 5, 6, 1, 2, 3.0]})
+    pairs = pd.DataFrame(
+        {
+            "dataset": "d",
+            "model": "a",
+            "method": "distance",
+            "ensemble": ["seed0"] * 6 + ["seed1"] * 3,
+            "weight_distance": [1, 2, 3, 4, 5, 6, 1, 2, 3],
+            "disagreement": [2, 1, 4, 3, 5, 6, 1, 2, 3.0],
+        }
+    )
     rho = claims.within_ensemble_rho(pairs)
     # seed0: rank differences 1, -1, 1, -1, 0, 0 of 6 pairs; seed1 has fewer than MIN_PAIRS
     assert rho.tolist() == pytest.approx([1 - 6 * 4 / (6 * 35)])
@@ -259,14 +328,38 @@ def test_spearman_within_each_ensemble_by_hand():
 
 
 def test_early_drop_half_ratio_and_growth_by_hand():
-    rows = pd.DataFrame({"phase": "continue", "dataset": "d", "model": "a", "run": "r", "control": "r", "seed": 0,
-                         "epoch": range(11, 17), "checkpoint_epoch": 10, "strength": 0.0, "diverged": False,
-                         "val_acc": [0.88, 0.89, 0.9, 0.9, 0.9, 0.7], "test_acc": [0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
-                         "dist": [1, 2, 3, 4, 4, 4.0]})
-    base = pd.DataFrame({"phase": "base", "dataset": "d", "model": "a", "run": "base", "seed": [0], "epoch": 10,
-                         "val_acc": 0.9, "diverged": False})
-    t = claims.Tables(pd.concat([base, rows]), {}, None, None, None,
-                      claims.resolve_settings({"last_epochs": 2, "last_fraction": 0.5}))
+    rows = pd.DataFrame(
+        {
+            "phase": "continue",
+            "dataset": "d",
+            "model": "a",
+            "run": "r",
+            "control": "r",
+            "seed": 0,
+            "epoch": range(11, 17),
+            "checkpoint_epoch": 10,
+            "strength": 0.0,
+            "diverged": False,
+            "val_acc": [0.88, 0.89, 0.9, 0.9, 0.9, 0.7],
+            "test_acc": [0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+            "dist": [1, 2, 3, 4, 4, 4.0],
+        }
+    )
+    base = pd.DataFrame(
+        {
+            "phase": "base",
+            "dataset": "d",
+            "model": "a",
+            "run": "base",
+            "seed": [0],
+            "epoch": 10,
+            "val_acc": 0.9,
+            "diverged": False,
+        }
+    )
+    t = claims.Tables(
+        pd.concat([base, rows]), {}, None, None, None, claims.resolve_settings({"last_epochs": 2, "last_fraction": 0.5})
+    )
     st = t.stats.loc[("d", "a", "r", 0)]
     assert st["early_drop"] == pytest.approx(0.02)  # the dip at epoch 16 is not early (first 5 epochs)
     assert st["half_ratio"] == pytest.approx(3 / 4)  # epoch 13: the middle of 10..16
@@ -277,9 +370,17 @@ def test_early_drop_half_ratio_and_growth_by_hand():
 
 # --- crossing detector ------------------------------------------------------------------------
 
+
 def _gap(values):
-    return pd.DataFrame({"dataset": "d", "model": "a", "seed": 0, "epoch": range(11, 11 + len(values)),
-                         "gap": np.asarray(values, dtype=float)})
+    return pd.DataFrame(
+        {
+            "dataset": "d",
+            "model": "a",
+            "seed": 0,
+            "epoch": range(11, 11 + len(values)),
+            "gap": np.asarray(values, dtype=float),
+        }
+    )
 
 
 def test_crossing_epoch_finds_a_planted_crossing():
@@ -290,9 +391,9 @@ def test_crossing_epoch_finds_a_planted_crossing():
 
 
 def test_crossing_epoch_none_when_not_yet_or_never_behind():
-    assert claims.crossing_epochs(_gap([-1] * 10)).isna().all()                 # always behind: censored
+    assert claims.crossing_epochs(_gap([-1] * 10)).isna().all()  # always behind: censored
     assert claims.crossing_epochs(_gap([-4, 1, 1, 1, 1, 1, 1, 1, 1, -1])).isna().all()  # falls back at the end
-    assert len(claims.crossing_epochs(_gap([1] * 10)).dropna()) == 0            # the narrower never led
+    assert len(claims.crossing_epochs(_gap([1] * 10)).dropna()) == 0  # the narrower never led
 
 
 # --- the small world: every claim holds as claimed, does not hold flipped --------------------------
@@ -344,10 +445,14 @@ def test_strength_drop_is_the_seeds_slopes_by_hand(as_claimed):
 def test_width_crossing_epochs_in_value(as_claimed, flipped):
     # gamma 1e-2 -> 1e-3: 8(1 - e^(-t/4)) overtakes 4(1 - e^-t) at t = 3; 1e-3 -> 1e-4: 16(1 - e^(-t/16))
     # overtakes 8(1 - e^(-t/4)) at t = 10 (7.435 > 7.343; at t = 9, 6.881 < 7.157)
-    assert as_claimed.set_index("claim").loc["width.crossing", "value_text"] == \
-        "γ 0.01→0.001: epoch 13 (3/3 seeds); γ 0.001→0.0001: epoch 20 (3/3 seeds)"
-    assert flipped.set_index("claim").loc["width.crossing", "value_text"] == \
-        "γ 0.01→0.001: not crossed by epoch 30; γ 0.001→0.0001: not crossed by epoch 30"
+    assert (
+        as_claimed.set_index("claim").loc["width.crossing", "value_text"]
+        == "γ 0.01→0.001: epoch 13 (3/3 seeds); γ 0.001→0.0001: epoch 20 (3/3 seeds)"
+    )
+    assert (
+        flipped.set_index("claim").loc["width.crossing", "value_text"]
+        == "γ 0.01→0.001: not crossed by epoch 30; γ 0.001→0.0001: not crossed by epoch 30"
+    )
 
 
 def test_parts_are_in_the_note(as_claimed):
@@ -362,8 +467,9 @@ def test_no_run_id_is_read_for_a_parameter():
     # every run renamed to an opaque id (and its control and families with it): the same verdicts
     metrics, (curves_table, pairs) = metrics_table(), ensemble_tables()
     names = {rid: f"run{k}" for k, rid in enumerate(sorted(set(metrics["run"]) - {"base"}))}
-    renamed = metrics.assign(run=metrics["run"].map(lambda r: names.get(r, r)),
-                             control=metrics["control"].map(lambda r: names.get(r, r)))
+    renamed = metrics.assign(
+        run=metrics["run"].map(lambda r: names.get(r, r)), control=metrics["control"].map(lambda r: names.get(r, r))
+    )
     families = {f: {**spec, "runs": [names[r] for r in spec["runs"]]} for f, spec in FAMILIES.items()}
     a = claims.evaluate(metrics, FAMILIES, curves_table, pairs)
     b = claims.evaluate(renamed, families, curves_table, pairs)
@@ -373,8 +479,9 @@ def test_no_run_id_is_read_for_a_parameter():
 
 def test_the_single_hill_twin_matches_every_training_column():
     metrics = metrics_table()
-    every5 = next(r for r in FAMILIES["multiple"]["runs"] if metrics.loc[metrics["run"] == r, "checkpoint_every"]
-                  .iloc[0] == 5)
+    every5 = next(
+        r for r in FAMILIES["multiple"]["runs"] if metrics.loc[metrics["run"] == r, "checkpoint_every"].iloc[0] == 5
+    )
     t = claims.Tables(metrics, FAMILIES, None, None, None, claims.resolve_settings(None))
     twin = claims.single_hill(t, t.info.loc[[("digits", "cnn", every5)]])
     assert twin.tolist() == ["s10-rbf-g0.01_lr0.01-const-e20"]
@@ -384,6 +491,7 @@ def test_the_single_hill_twin_matches_every_training_column():
 
 
 # --- not run, divergence, ensembles ----------------------------------------------------------------
+
 
 def test_missing_family_and_tables_give_not_run():
     families = {k: v for k, v in FAMILIES.items() if k != "width"}
@@ -432,9 +540,12 @@ def test_one_independent_ensemble_does_not_block_the_gain():
 
 # --- the table, the command line and the figure -------------------------------------------------
 
+
 def test_settings_are_shown_and_used(flipped):
-    assert flipped.set_index("claim").loc["baseline.accuracy", "thresholds"] == \
-        "margin 0.01; relative_margin 0; last_epochs 5; confidence 0.95"
+    assert (
+        flipped.set_index("claim").loc["baseline.accuracy", "thresholds"]
+        == "margin 0.01; relative_margin 0; last_epochs 5; confidence 0.95"
+    )
     wide = claims.evaluate(metrics_table(flip=True), FAMILIES, settings={"margin": 0.1})
     row = wide.set_index("claim").loc["baseline.accuracy"]
     assert row["thresholds"].startswith("margin 0.1;") and "max(0.1, 0 ×" in row["rule"]
@@ -448,8 +559,9 @@ def test_table_shape_adjustment_and_markdown(as_claimed):
     assert list(as_claimed.columns) == claims.COLUMNS
     assert set(as_claimed["verdict"]) <= set(claims.VERDICTS)
     assert as_claimed["figure"].str.startswith("plots/").all()
-    decided = as_claimed[as_claimed["verdict"].isin(["holds", "does not hold", "inconclusive"])
-                         & as_claimed["p_value"].notna()]
+    decided = as_claimed[
+        as_claimed["verdict"].isin(["holds", "does not hold", "inconclusive"]) & as_claimed["p_value"].notna()
+    ]
     assert (decided["p_adjusted"] >= decided["p_value"] - 1e-15).all()  # BH never lowers a p-value
     assert decided["adjusted_with"].str.contains(f"over the {len(decided)} decided tests of this table").all()
     text = claims.markdown(as_claimed)
@@ -468,9 +580,26 @@ def test_cli_writes_the_tables_and_plot_draws_them(tmp_path):
     for name, df in (("metrics", metrics), ("ensembles", curves_table), ("pairs", pairs)):
         df.to_parquet(tmp_path / f"{name}.parquet")
     out = tmp_path / "claims"
-    assert cli.main(["claims", "--metrics", str(tmp_path / "metrics.parquet"), "--families", json.dumps(FAMILIES),
-                     "--ensembles", str(tmp_path / "ensembles.parquet"), "--pairs", str(tmp_path / "pairs.parquet"),
-                     "--settings", '{"margin": 0.01}', "--out-dir", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "claims",
+                "--metrics",
+                str(tmp_path / "metrics.parquet"),
+                "--families",
+                json.dumps(FAMILIES),
+                "--ensembles",
+                str(tmp_path / "ensembles.parquet"),
+                "--pairs",
+                str(tmp_path / "pairs.parquet"),
+                "--settings",
+                '{"margin": 0.01}',
+                "--out-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = pd.read_parquet(out / "claims.parquet")
     assert len(table) == 2 * len(claims.CLAIMS)
     assert (verdicts(table, model="cnn")[DECIDED] == "holds").all()
@@ -480,8 +609,12 @@ def test_cli_writes_the_tables_and_plot_draws_them(tmp_path):
     ax = fig.axes[0]
     assert ax.images[0].get_array().shape == (len(claims.CLAIMS), 2)  # claims x dataset/model
     assert len(ax.texts) == 2 * len(claims.CLAIMS)
-    assert cli.main(["plot", "--claims", str(out / "claims.parquet"), "--out-dir", str(tmp_path / "plots"),
-                     "--formats", "png"]) == 0
+    assert (
+        cli.main(
+            ["plot", "--claims", str(out / "claims.parquet"), "--out-dir", str(tmp_path / "plots"), "--formats", "png"]
+        )
+        == 0
+    )
     assert (tmp_path / "plots" / "claims.png").stat().st_size > 0
 
 

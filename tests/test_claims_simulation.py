@@ -44,12 +44,12 @@ EXPLORATORY = {c.id for c in claims.CLAIMS if c.exploratory}
 DECIDED = [c.id for c in claims.CLAIMS if not c.exploratory]
 
 # per-seed noise (standard deviations) and the planted effects, in those units
-SD_DIST = 0.02      # final distance, per run and seed
-SD_RATIO = 0.005    # half-ratio and growth ratio
+SD_DIST = 0.02  # final distance, per run and seed
+SD_RATIO = 0.005  # half-ratio and growth ratio
 SD_EPOCH_ACC = 0.002  # epoch-to-epoch accuracy noise (weights moving), before quantization
 SD_DROP = 0.002
-SD_TREND = 0.002    # final distance of the runs a trend is fitted to
-SLOPE_SD = 0.01     # the seeds' random slopes (mean 0) of every trend
+SD_TREND = 0.002  # final distance of the runs a trend is fitted to
+SLOPE_SD = 0.01  # the seeds' random slopes (mean 0) of every trend
 EFFECT_DIST = 6 * SD_DIST * math.sqrt(2)
 EFFECT_RATIO = 6 * SD_RATIO * math.sqrt(2)
 EFFECT_ACC = 0.02
@@ -85,7 +85,7 @@ class World:
     def __init__(self, e: int, rng: np.random.Generator, crossing: str | None = None):
         self.e, self.rng, self.crossing = e, rng, crossing
         self.shape = (STUDIES, SEEDS)
-        self.seed_acc = rng.normal(0, 0.01, self.shape)   # seed intercepts
+        self.seed_acc = rng.normal(0, 0.01, self.shape)  # seed intercepts
         self.seed_dist = rng.normal(0, 0.1, self.shape)
         self.frames, self.families, self.landscape = [], {}, []
         self.build()
@@ -103,9 +103,24 @@ class World:
         return np.round(acc * images) / images
 
     def add(self, run, families, control, dist, test_mean, drop=None, n=EPOCHS, barrier=None, **columns):
-        params = {"strength": 10.0, "kernel": "rbf", "width": math.nan, "gamma": 1e-2, "distance": "sum",
-                  "checkpoint_every": 0, "merge": False, "lr_init": 0.01, "schedule": "constant", "epochs": n,
-                  "step_size": 30, "step_gamma": 0.1, "t0": 10, "t_mult": 1, "eta_min": 0.0, **columns}
+        params = {
+            "strength": 10.0,
+            "kernel": "rbf",
+            "width": math.nan,
+            "gamma": 1e-2,
+            "distance": "sum",
+            "checkpoint_every": 0,
+            "merge": False,
+            "lr_init": 0.01,
+            "schedule": "constant",
+            "epochs": n,
+            "step_size": 30,
+            "step_gamma": 0.1,
+            "t0": 10,
+            "t_mult": 1,
+            "eta_min": 0.0,
+            **columns,
+        }
         if params["strength"] == 0:
             params.update(kernel="none", gamma=math.nan)
         test = self.accuracy(test_mean, TEST_IMAGES, n)
@@ -113,54 +128,123 @@ class World:
         if drop is not None:  # the first epoch after the checkpoint dips below it
             val[..., 0] = 0.9 + self.seed_acc - drop
         study, seed, k = np.meshgrid(np.arange(STUDIES), np.arange(SEEDS), np.arange(n), indexing="ij")
-        self.frames.append(pd.DataFrame({
-            "study": study.ravel(), "seed": seed.ravel(), "epoch": CHECKPOINT + 1 + k.ravel(), "run": run,
-            "phase": "continue", "checkpoint_epoch": CHECKPOINT, "control": control, "dist": dist.ravel(),
-            "val_acc": val.ravel(), "test_acc": test.ravel(), "train_ce": 0.1, "train_loss": 0.1,
-            "diverged": False, "label": run, **params}))
+        self.frames.append(
+            pd.DataFrame(
+                {
+                    "study": study.ravel(),
+                    "seed": seed.ravel(),
+                    "epoch": CHECKPOINT + 1 + k.ravel(),
+                    "run": run,
+                    "phase": "continue",
+                    "checkpoint_epoch": CHECKPOINT,
+                    "control": control,
+                    "dist": dist.ravel(),
+                    "val_acc": val.ravel(),
+                    "test_acc": test.ravel(),
+                    "train_ce": 0.1,
+                    "train_loss": 0.1,
+                    "diverged": False,
+                    "label": run,
+                    **params,
+                }
+            )
+        )
         for family in families:
             self.families.setdefault(family, {"runs": [], "varying": []})["runs"].append(run)
         if barrier is not None:
             study, seed = np.meshgrid(np.arange(STUDIES), np.arange(SEEDS), indexing="ij")
-            self.landscape.append(pd.DataFrame({"study": study.ravel(), "seed": seed.ravel(), "run": run,
-                                                "pair": 0, "barrier": barrier.ravel()}))
+            self.landscape.append(
+                pd.DataFrame(
+                    {"study": study.ravel(), "seed": seed.ravel(), "run": run, "pair": 0, "barrier": barrier.ravel()}
+                )
+            )
 
     def control(self, run, families, lr=0.01, schedule="constant", n=EPOCHS, test=0.9, growth=None):
         growth = 0.2 + self.noise(SD_RATIO) if growth is None else growth
-        dist = _curve(n, 1 + self.seed_dist + self.noise(SD_DIST), growth, 0.5 + self.noise(SD_RATIO),
-                      0.05 + self.noise(0.005))
-        self.add(run, families, run, dist, np.full(self.shape, test), strength=0.0, lr_init=lr, schedule=schedule,
-                 epochs=n, n=n, barrier=0.1 + self.noise(0.01))
+        dist = _curve(
+            n, 1 + self.seed_dist + self.noise(SD_DIST), growth, 0.5 + self.noise(SD_RATIO), 0.05 + self.noise(0.005)
+        )
+        self.add(
+            run,
+            families,
+            run,
+            dist,
+            np.full(self.shape, test),
+            strength=0.0,
+            lr_init=lr,
+            schedule=schedule,
+            epochs=n,
+            n=n,
+            barrier=0.1 + self.noise(0.01),
+        )
 
-    def penalized(self, run, families, control, farther=None, acc=0.0, growth=None, half=None, first=None,
-                  final=None, drop=None, n=EPOCHS, barrier=None, **columns):
+    def penalized(
+        self,
+        run,
+        families,
+        control,
+        farther=None,
+        acc=0.0,
+        growth=None,
+        half=None,
+        first=None,
+        final=None,
+        drop=None,
+        n=EPOCHS,
+        barrier=None,
+        **columns,
+    ):
         """farther: final dist above the control's (default: the planted effect e); acc: test
         accuracy − the control's 0.9."""
-        final = 1 + self.seed_dist + (self.e * EFFECT_DIST if farther is None else farther) \
-            + self.noise(SD_DIST) if final is None else final
+        final = (
+            1 + self.seed_dist + (self.e * EFFECT_DIST if farther is None else farther) + self.noise(SD_DIST)
+            if final is None
+            else final
+        )
         growth = 0.1 + self.noise(SD_RATIO) if growth is None else growth
         half = 0.5 + self.noise(SD_RATIO) if half is None else half
         first = 0.3 + self.noise(0.005) if first is None else first
-        self.add(run, families, control, _curve(n, final, growth, half, first), 0.9 + acc + self.noise(0.0005),
-                 drop=drop, n=n, barrier=barrier, **columns)
+        self.add(
+            run,
+            families,
+            control,
+            _curve(n, final, growth, half, first),
+            0.9 + acc + self.noise(0.0005),
+            drop=drop,
+            n=n,
+            barrier=barrier,
+            **columns,
+        )
 
     def build(self):
         e = self.e
         same_acc = {1: 0.0, 0: MARGIN, -1: 3 * MARGIN}[e]  # equivalence: inside, at, outside the margin
         # baseline: the control walks on (growth ratio vs plateau), the penalty ends farther and concave
-        self.control("C", ["baseline", "strength", "width", "kernel"],
-                     growth=PLATEAU + e * EFFECT_RATIO + self.noise(SD_RATIO))
-        self.penalized("B", ["baseline"], "C", acc=same_acc, half=0.5 + e * EFFECT_RATIO + self.noise(SD_RATIO),
-                       barrier=0.1 + e * 0.1 + self.noise(0.01))
+        self.control(
+            "C", ["baseline", "strength", "width", "kernel"], growth=PLATEAU + e * EFFECT_RATIO + self.noise(SD_RATIO)
+        )
+        self.penalized(
+            "B",
+            ["baseline"],
+            "C",
+            acc=same_acc,
+            half=0.5 + e * EFFECT_RATIO + self.noise(SD_RATIO),
+            barrier=0.1 + e * 0.1 + self.noise(0.01),
+        )
         # strength: drop and final distance trend with log10 s; at the largest s a plateau and lower accuracy
         drop_slope, dist_slope = self.slope(), self.slope()
         for x, s in enumerate([1.0, 10.0, 100.0]):
             largest = s == 100.0
-            self.penalized(f"S{s:g}", ["strength"], "C", strength=s,
-                           final=1 + self.seed_dist + dist_slope * x + self.noise(SD_TREND),
-                           drop=0.2 + drop_slope * x + self.noise(SD_DROP),
-                           growth=PLATEAU - e * EFFECT_RATIO + self.noise(SD_RATIO) if largest else None,
-                           acc=-e * EFFECT_ACC if largest else 0.0)
+            self.penalized(
+                f"S{s:g}",
+                ["strength"],
+                "C",
+                strength=s,
+                final=1 + self.seed_dist + dist_slope * x + self.noise(SD_TREND),
+                drop=0.2 + drop_slope * x + self.noise(SD_DROP),
+                growth=PLATEAU - e * EFFECT_RATIO + self.noise(SD_RATIO) if largest else None,
+                acc=-e * EFFECT_ACC if largest else 0.0,
+            )
         # width: final distance trends with log10 (1/gamma); the narrower leads at the first epoch
         self.families["width"]["varying"] = ["gamma"]
         dist_slope = self.slope()
@@ -172,9 +256,16 @@ class World:
             growth = 0.1 + {-1: -0.04, 0: 0.0, 1: 0.0}[e] * x + self.noise(SD_RATIO)
             if self.crossing == "censored":
                 growth = 0.1 + 0.05 * x + self.noise(SD_RATIO)
-            self.penalized(f"W{g:g}", ["width"], "C", gamma=g, acc=same_acc, growth=growth,
-                           final=1 + self.seed_dist + dist_slope * x + self.noise(SD_TREND),
-                           first=0.3 + first_slope * x + self.noise(0.002))
+            self.penalized(
+                f"W{g:g}",
+                ["width"],
+                "C",
+                gamma=g,
+                acc=same_acc,
+                growth=growth,
+                final=1 + self.seed_dist + dist_slope * x + self.noise(SD_TREND),
+                first=0.3 + first_slope * x + self.noise(0.002),
+            )
         # lr: the penalty farther at every lr; the highest lr's control ends lower
         for lr in (0.001, 0.01, 0.1):
             self.control(f"C{lr:g}", ["lr"], lr=lr, test=0.9 - (e * EFFECT_ACC if lr == 0.1 else 0.0))
@@ -184,8 +275,14 @@ class World:
         # schedule: the penalty ends above its control; the distance shrinks as the lr falls
         for schedule in ("step", "cosine"):
             self.control(f"C{schedule}", ["schedule"], schedule=schedule)
-            self.penalized(f"P{schedule}", ["schedule"], f"C{schedule}", schedule=schedule, acc=e * EFFECT_ACC,
-                           growth=-e * EFFECT_RATIO + self.noise(SD_RATIO))
+            self.penalized(
+                f"P{schedule}",
+                ["schedule"],
+                f"C{schedule}",
+                schedule=schedule,
+                acc=e * EFFECT_ACC,
+                growth=-e * EFFECT_RATIO + self.noise(SD_RATIO),
+            )
         # exploratory families: multiple hills, the epochs budget
         self.penalized("M5", ["multiple"], "C", checkpoint_every=5)
         for n in (10, 20, 40):
@@ -195,7 +292,8 @@ class World:
     def tables(self):
         runs = pd.concat(self.frames, ignore_index=True)
         base = runs[(runs["run"] == "C") & (runs["epoch"] == CHECKPOINT + 1)].assign(
-            phase="base", run="base", control="base", epoch=CHECKPOINT, dist=math.nan)
+            phase="base", run="base", control="base", epoch=CHECKPOINT, dist=math.nan
+        )
         base["val_acc"] = 0.9 + self.seed_acc.ravel()  # study-major, seed-minor, as the rows are
         metrics = pd.concat([base, runs], ignore_index=True)
         landscape = pd.concat(self.landscape, ignore_index=True)
@@ -210,15 +308,24 @@ class World:
         with a planted within-ensemble correlation; independent seeds: one ensemble."""
         e, rng = self.e, self.rng
         rho = {1: 0.0, 0: 2 * math.sin(math.pi * WEAK / 6), -1: 0.9}[e]  # Pearson giving Spearman 0, weak_rho, 0.9
-        diversity = {1: 0.0, 0: DIV_MARGIN, -1: 2 * DIV_MARGIN}[e]      # distance − SGDR disagreement
+        diversity = {1: 0.0, 0: DIV_MARGIN, -1: 2 * DIV_MARGIN}[e]  # distance − SGDR disagreement
         i, j = np.triu_indices(members, 1)
         curves, pair_rows = [], []
         for method in ("distance", "sgdr", "independent"):
             names = ["seeds0-1-2"] if method == "independent" else [f"seed{k}" for k in range(SEEDS)]
             for name in names:
                 study = np.arange(STUDIES)
-                curves.append(pd.DataFrame({"study": study, "method": method, "ensemble": name, "m": members,
-                                            "gain_best": e * EFFECT_GAIN + rng.normal(0, SD_GAIN, STUDIES)}))
+                curves.append(
+                    pd.DataFrame(
+                        {
+                            "study": study,
+                            "method": method,
+                            "ensemble": name,
+                            "m": members,
+                            "gain_best": e * EFFECT_GAIN + rng.normal(0, SD_GAIN, STUDIES),
+                        }
+                    )
+                )
                 x = rng.normal(size=(STUDIES, len(i)))
                 z = rng.normal(size=(STUDIES, len(i)))
                 x = (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
@@ -226,10 +333,19 @@ class World:
                 z = (z - z.mean(1, keepdims=True)) / z.std(1, keepdims=True)
                 r = np.clip(rho + rng.normal(0, 0.03, (STUDIES, 1)), -1, 1)
                 level = 0.1 + (diversity + rng.normal(0, SD_DIV, (STUDIES, 1)) if method == "distance" else 0.0)
-                pair_rows.append(pd.DataFrame({
-                    "study": np.repeat(study, len(i)), "method": method, "ensemble": name,
-                    "i": np.tile(i, STUDIES), "j": np.tile(j, STUDIES), "weight_distance": (5 + x).ravel(),
-                    "disagreement": (level + 0.01 * (r * x + np.sqrt(1 - r ** 2) * z)).ravel()}))
+                pair_rows.append(
+                    pd.DataFrame(
+                        {
+                            "study": np.repeat(study, len(i)),
+                            "method": method,
+                            "ensemble": name,
+                            "i": np.tile(i, STUDIES),
+                            "j": np.tile(j, STUDIES),
+                            "weight_distance": (5 + x).ravel(),
+                            "disagreement": (level + 0.01 * (r * x + np.sqrt(1 - r**2) * z)).ravel(),
+                        }
+                    )
+                )
         return pd.concat(curves, ignore_index=True), pd.concat(pair_rows, ignore_index=True)
 
 
@@ -238,8 +354,9 @@ def _evaluate(world: World) -> pd.DataFrame:
     metrics, ensembles, pairs, landscape = world.tables()
     kwargs = {"landscape": landscape, "adjust_by": ["dataset"]}
     known = inspect.signature(claims.evaluate).parameters
-    table = claims.evaluate(metrics, world.families, ensembles, pairs,
-                            **{k: v for k, v in kwargs.items() if k in known})
+    table = claims.evaluate(
+        metrics, world.families, ensembles, pairs, **{k: v for k, v in kwargs.items() if k in known}
+    )
     return table
 
 

@@ -26,7 +26,9 @@ def test_every_option_has_a_help_text():
 
 
 def test_device_help_lists_what_the_config_accepts():
-    pattern = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())["properties"]["device"]["pattern"]
+    pattern = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())["properties"]["device"][
+        "pattern"
+    ]
     accepted = re.findall(r"[a-z]+", pattern.replace("\\Z", ""))  # auto, cpu, cuda, mps
     assert set(accepted) == {"auto", "cpu", "cuda", "mps"}
     helps = [a.help for _, a in _options() if a.dest == "device"]
@@ -54,8 +56,22 @@ def test_the_readme_by_hand_commands_run_and_write_only_under_scratch(tmp_path):
 
 def test_a_pack_member_lacking_a_setting_is_named(tmp_path, capsys):
     members = json.dumps([{"out_dir": str(tmp_path / "s10"), "snapshot_every": 0}])
-    assert cli.main(["continue-pack", "--data", "unused.pt", "--checkpoint", "unused.pt", "--members", members,
-                     "--out-dir", str(tmp_path)]) == 1
+    assert (
+        cli.main(
+            [
+                "continue-pack",
+                "--data",
+                "unused.pt",
+                "--checkpoint",
+                "unused.pt",
+                "--members",
+                members,
+                "--out-dir",
+                str(tmp_path),
+            ]
+        )
+        == 1
+    )
     assert f"--members: the member {tmp_path / 's10'} lacks spec" in capsys.readouterr().err
 
 
@@ -77,8 +93,12 @@ def test_predict_writes_the_loss_between_its_members(tmp_path):
     data, base = tmp_path / "data.pt", tmp_path / "base"
     device = ["--device", "cpu", "--threads", "1"]
     assert cli.main(["prepare", "--dataset", "digits", "--out", str(data)]) == 0
-    assert cli.main(["train-base", "--data", str(data), "--model", "mlp", "--epochs", "1", *device,
-                     "--out-dir", str(base)]) == 0
+    assert (
+        cli.main(
+            ["train-base", "--data", str(data), "--model", "mlp", "--epochs", "1", *device, "--out-dir", str(base)]
+        )
+        == 0
+    )
     weights = torch.load(base / "checkpoint.pt", weights_only=True)["model"]
     members = []
     for i, scale in enumerate((1.0, 0.5, -1.0)):  # three distinct members; the first is the checkpoint
@@ -87,12 +107,52 @@ def test_predict_writes_the_loss_between_its_members(tmp_path):
         members.append(str(path))
     ckpt = str(base / "checkpoint.pt")
     landscape = ["--steps", "5", "--bn-batches", "2"]
-    assert cli.main(["predict", "--data", str(data), "--checkpoints", ckpt, ckpt, ckpt, "--members", *members,
-                     "--method", "distance", "--ensemble", "seed0", *landscape, *device,
-                     "--member-landscape", str(tmp_path / "from_predict.parquet"),
-                     "--out", str(tmp_path / "predictions.pt")]) == 0
-    assert cli.main(["landscape", "--data", str(data), "--checkpoint", ckpt, "--weights", members[1],
-                     "--run", "r", *landscape, *device, "--out", str(tmp_path / "line.parquet")]) == 0
+    assert (
+        cli.main(
+            [
+                "predict",
+                "--data",
+                str(data),
+                "--checkpoints",
+                ckpt,
+                ckpt,
+                ckpt,
+                "--members",
+                *members,
+                "--method",
+                "distance",
+                "--ensemble",
+                "seed0",
+                *landscape,
+                *device,
+                "--member-landscape",
+                str(tmp_path / "from_predict.parquet"),
+                "--out",
+                str(tmp_path / "predictions.pt"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "landscape",
+                "--data",
+                str(data),
+                "--checkpoint",
+                ckpt,
+                "--weights",
+                members[1],
+                "--run",
+                "r",
+                *landscape,
+                *device,
+                "--out",
+                str(tmp_path / "line.parquet"),
+            ]
+        )
+        == 0
+    )
 
     from_predict = pd.read_parquet(tmp_path / "from_predict.parquet")
     assert sorted(from_predict["pair"].unique()) == [0, 1]
@@ -100,6 +160,8 @@ def test_predict_writes_the_loss_between_its_members(tmp_path):
     assert (from_predict["method"] == "distance").all() and (from_predict["ensemble"] == "seed0").all()
     line = pd.read_parquet(tmp_path / "line.parquet")
     first = from_predict[from_predict["pair"] == 0].reset_index(drop=True)
-    pd.testing.assert_frame_equal(first[["alpha", "loss", "error", "barrier"]], line[["alpha", "loss", "error", "barrier"]])
+    pd.testing.assert_frame_equal(
+        first[["alpha", "loss", "error", "barrier"]], line[["alpha", "loss", "error", "barrier"]]
+    )
     predictions = torch.load(tmp_path / "predictions.pt", weights_only=True)
     assert predictions["log_probs"].shape[0] == 3 and predictions["members"] == members

@@ -45,8 +45,18 @@ def test_mnist_files_on_disk_are_used_without_download(tmp_path):
 
 
 def test_missing_dataset_without_download_says_where_to_put_which_files(tmp_path, capsys):
-    rc = main(["prepare", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--no-download",
-               "--out", str(tmp_path / "out.pt")])
+    rc = main(
+        [
+            "prepare",
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            str(tmp_path),
+            "--no-download",
+            "--out",
+            str(tmp_path / "out.pt"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1
     assert "cifar-10-python.tar.gz" in err and str(tmp_path) in err
@@ -68,7 +78,7 @@ def test_crop_and_flip_move_whole_images_within_the_padding():
     assert out.shape == x.shape and out.dtype == x.dtype
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for i in range(2):
-        windows = [padded[i, :, r:r + 6, c:c + 6] for r in range(5) for c in range(5)]
+        windows = [padded[i, :, r : r + 6, c : c + 6] for r in range(5) for c in range(5)]
         assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
 
 

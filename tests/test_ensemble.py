@@ -8,16 +8,23 @@ from repel import ensemble, models
 
 # Two members (training order: member 0 first), four points, three classes.
 Y = torch.tensor([0, 1, 2, 2])
-PROBS = torch.tensor([
-    [[0.50, 0.30, 0.20],   # member 0: top-1 0, 0, 2, 2 -> right, wrong, right, right
-     [0.50, 0.40, 0.10],
-     [0.10, 0.10, 0.80],
-     [0.10, 0.20, 0.70]],
-    [[0.90, 0.05, 0.05],   # member 1 (the last): top-1 0, 1, 2, 0 -> right, right, right, wrong
-     [0.30, 0.70, 0.00],
-     [0.25, 0.25, 0.50],
-     [0.52, 0.28, 0.20]],
-], dtype=torch.float64)
+PROBS = torch.tensor(
+    [
+        [
+            [0.50, 0.30, 0.20],  # member 0: top-1 0, 0, 2, 2 -> right, wrong, right, right
+            [0.50, 0.40, 0.10],
+            [0.10, 0.10, 0.80],
+            [0.10, 0.20, 0.70],
+        ],
+        [
+            [0.90, 0.05, 0.05],  # member 1 (the last): top-1 0, 1, 2, 0 -> right, right, right, wrong
+            [0.30, 0.70, 0.00],
+            [0.25, 0.25, 0.50],
+            [0.52, 0.28, 0.20],
+        ],
+    ],
+    dtype=torch.float64,
+)
 LOG_PROBS = PROBS.log()  # what predict stores (log 0 = -inf: a probability that underflowed)
 # the ensemble of both, by hand: the mean of the two rows
 #   x0 (.5+.9, .3+.05, .2+.05)/2 = (.70, .175, .125)  top-1 0, right
@@ -44,8 +51,12 @@ def test_the_last_member_alone():
 
 def test_the_two_member_ensemble():
     p = ensemble.ensemble_log_probs(LOG_PROBS, 2)
-    assert torch.allclose(p.exp(), torch.tensor([[.70, .175, .125], [.40, .55, .05], [.175, .175, .65],
-                                                 [.31, .24, .45]], dtype=torch.float64))
+    assert torch.allclose(
+        p.exp(),
+        torch.tensor(
+            [[0.70, 0.175, 0.125], [0.40, 0.55, 0.05], [0.175, 0.175, 0.65], [0.31, 0.24, 0.45]], dtype=torch.float64
+        ),
+    )
     assert float(ensemble.accuracy(p, Y)) == 1.0
     # -(ln .7 + ln .55 + ln .65 + ln .45)/4 = (0.356675 + 0.597837 + 0.430783 + 0.798508)/4
     assert float(ensemble.nll(p, Y)) == pytest.approx(0.545951, abs=1e-6)
@@ -103,8 +114,7 @@ def test_a_tie_counts_as_half_right_everywhere():
 
 def test_the_curve_over_the_last_m_members():
     curve = ensemble.ensemble_curve(LOG_PROBS, Y)
-    assert list(curve.columns) == ["m", "accuracy", "nll", "brier", "ece", "mean_member_accuracy", "gain",
-                                   "gain_best"]
+    assert list(curve.columns) == ["m", "accuracy", "nll", "brier", "ece", "mean_member_accuracy", "gain", "gain_best"]
     assert curve["m"].tolist() == [1, 2]
     assert curve["accuracy"].tolist() == pytest.approx([0.75, 1.0])
     assert curve["nll"].tolist() == pytest.approx([0.691155, 0.545951], abs=1e-6)
@@ -146,8 +156,9 @@ def test_weight_geometry_by_hand():
     # cos: w0.w1 = 0; w0.w2 = 1 / (1 * sqrt 2); w1.w2 = 1 / sqrt 2
     assert torch.allclose(ensemble.weight_cosine(WEIGHTS), torch.tensor([[1, 0, R], [0, 1, R], [R, R, 1]]))
     # displacements: d0 = -d1 (cos -1); d2 is orthogonal to both (cos 0)
-    assert torch.allclose(ensemble.displacement_cosine(WEIGHTS, THETA_C),
-                          torch.tensor([[1.0, -1, 0], [-1, 1, 0], [0, 0, 1]]), atol=1e-7)
+    assert torch.allclose(
+        ensemble.displacement_cosine(WEIGHTS, THETA_C), torch.tensor([[1.0, -1, 0], [-1, 1, 0], [0, 0, 1]]), atol=1e-7
+    )
     # |w0 - w1| = |(1, -1)| = sqrt 2; |w0 - w2| = |(0, -1)| = 1; |w1 - w2| = |(-1, 0)| = 1
     s = math.sqrt(2)
     assert torch.allclose(ensemble.weight_distance(WEIGHTS), torch.tensor([[0, s, 1], [s, 0, 1], [1, 1, 0]]))
@@ -157,15 +168,23 @@ def test_each_member_measured_from_its_own_checkpoint():
     # independent seeds: member i started from its own theta_c,i. Displacements by hand:
     # (1, 0) - (0, 0) = (1, 0); (0, 1) - (0, 2) = (0, -1); (1, 1) - (2, 1) = (-1, 0)
     own = torch.tensor([[0.0, 0.0], [0.0, 2.0], [2.0, 1.0]])
-    assert torch.allclose(ensemble.displacement_cosine(WEIGHTS, own),
-                          torch.tensor([[1.0, 0, -1], [0, 1, 0], [-1, 0, 1]]), atol=1e-7)
+    assert torch.allclose(
+        ensemble.displacement_cosine(WEIGHTS, own), torch.tensor([[1.0, 0, -1], [0, 1, 0], [-1, 0, 1]]), atol=1e-7
+    )
 
 
 def test_pairwise_table_has_one_row_per_pair():
     probs = torch.stack([LOG_PROBS[0], LOG_PROBS[1], LOG_PROBS[1]])
     table = ensemble.pairwise_table(probs, WEIGHTS, THETA_C)
-    assert list(table.columns) == ["i", "j", "disagreement", "correlation", "weight_cosine",
-                                   "displacement_cosine", "weight_distance"]
+    assert list(table.columns) == [
+        "i",
+        "j",
+        "disagreement",
+        "correlation",
+        "weight_cosine",
+        "displacement_cosine",
+        "weight_distance",
+    ]
     assert list(zip(table["i"], table["j"])) == [(0, 1), (0, 2), (1, 2)]
     assert table["disagreement"].tolist() == [0.5, 0.5, 0.0]
     assert table["weight_cosine"].tolist() == pytest.approx([0.0, R, R])
@@ -247,16 +266,37 @@ def test_a_method_s_ensembles_are_kept_apart_and_summarised_as_mean_and_std(tmp_
     members = {"seed0": [right, right], "seed1": [wrong, [[0.6, 0.4], [0.2, 0.8]]]}
     paths, landscapes = [], []
     for k, (name, probs) in enumerate(members.items()):
-        pred = {"log_probs": torch.tensor(probs).log(), "labels": y, "weights": torch.eye(2),
-                "theta_c": torch.zeros(2), "dataset": "d", "model": "m", "method": "distance", "ensemble": name,
-                "average_log_probs": torch.tensor(right).log(), "swa_log_probs": None}
+        pred = {
+            "log_probs": torch.tensor(probs).log(),
+            "labels": y,
+            "weights": torch.eye(2),
+            "theta_c": torch.zeros(2),
+            "dataset": "d",
+            "model": "m",
+            "method": "distance",
+            "ensemble": name,
+            "average_log_probs": torch.tensor(right).log(),
+            "swa_log_probs": None,
+        }
         paths.append(tmp_path / f"{name}.pt")
         storage.save_torch(pred, paths[-1])
         landscapes.append(tmp_path / f"{name}.parquet")
         barrier = 0.2 * (k + 1)  # 0.2 and 0.4
-        storage.save_parquet(pd.DataFrame({"alpha": [0.0, 1.0], "loss": [1.0, 1.0], "pair": 0, "barrier": barrier,
-                                           "dataset": "d", "model": "m", "method": "distance",
-                                           "ensemble": name}), landscapes[-1])
+        storage.save_parquet(
+            pd.DataFrame(
+                {
+                    "alpha": [0.0, 1.0],
+                    "loss": [1.0, 1.0],
+                    "pair": 0,
+                    "barrier": barrier,
+                    "dataset": "d",
+                    "model": "m",
+                    "method": "distance",
+                    "ensemble": name,
+                }
+            ),
+            landscapes[-1],
+        )
     aggregate_ensembles(paths, landscapes, tmp_path)
     curves = pd.read_parquet(tmp_path / "ensembles.parquet")
     assert sorted(curves["ensemble"].unique()) == ["seed0", "seed1"] and len(curves) == 4  # m = 1, 2 each
@@ -278,20 +318,41 @@ def test_weight_averages_sit_beside_their_ensembles(tmp_path):
     # members: right on x0 only, right on both; the ensemble (.75, .25), (.3, .7): right on both
     probs = torch.tensor([[[0.6, 0.4], [0.6, 0.4]], [[0.9, 0.1], [0.0, 1.0]]])
     average, swa = torch.tensor([[0.5, 0.5], [0.25, 0.75]]), torch.tensor([[[0.2, 0.8], [0.2, 0.8]]])
-    pred = {"log_probs": probs.log(), "labels": y, "weights": torch.eye(2), "theta_c": torch.zeros(2), "dataset": "d",
-            "model": "m", "method": "swa", "ensemble": "seed0", "average_log_probs": average.log(),
-            "swa_log_probs": swa.log()}
+    pred = {
+        "log_probs": probs.log(),
+        "labels": y,
+        "weights": torch.eye(2),
+        "theta_c": torch.zeros(2),
+        "dataset": "d",
+        "model": "m",
+        "method": "swa",
+        "ensemble": "seed0",
+        "average_log_probs": average.log(),
+        "swa_log_probs": swa.log(),
+    }
     storage.save_torch(pred, tmp_path / "p.pt")
-    storage.save_parquet(pd.DataFrame({"alpha": [0.0, 1.0], "loss": [1.0, 1.0], "pair": 0, "barrier": 0.0,
-                                       "dataset": "d", "model": "m", "method": "swa",
-                                       "ensemble": "seed0"}), tmp_path / "l.parquet")
+    storage.save_parquet(
+        pd.DataFrame(
+            {
+                "alpha": [0.0, 1.0],
+                "loss": [1.0, 1.0],
+                "pair": 0,
+                "barrier": 0.0,
+                "dataset": "d",
+                "model": "m",
+                "method": "swa",
+                "ensemble": "seed0",
+            }
+        ),
+        tmp_path / "l.parquet",
+    )
     aggregate_ensembles([tmp_path / "p.pt"], [tmp_path / "l.parquet"], tmp_path)
     rows = pd.read_parquet(tmp_path / "weight_averages.parquet").set_index("averaged")
     assert sorted(rows.index) == ["members", "swa"]
     # the average: a 0.5/0.5 tie on x0 counts half right, x1 right -> 0.75; SWA: class 1 twice -> 0.5
     assert rows.loc["members", "accuracy"] == 0.75 and rows.loc["swa", "accuracy"] == 0.5
     assert rows.loc["members", "nll"] == pytest.approx(-(math.log(0.5) + math.log(0.75)) / 2)
-    assert rows.loc["swa", "brier"] == pytest.approx((2 * 0.8 ** 2 + 2 * 0.2 ** 2) / 2)
+    assert rows.loc["swa", "brier"] == pytest.approx((2 * 0.8**2 + 2 * 0.2**2) / 2)
     assert (rows["ensemble_accuracy"] == 1.0).all() and (rows["best_member_accuracy"] == 1.0).all()
     text = (tmp_path / "ensemble_summary.md").read_text()
     assert "SWA: the average over every epoch of the run" in text and "the members' weight average" in text
@@ -301,8 +362,16 @@ def test_predictions_stored_as_probabilities_are_named(tmp_path):
     from repel import storage
     from repel.aggregate import aggregate_ensembles
 
-    pred = {"probs": PROBS, "labels": Y, "weights": torch.eye(2), "theta_c": torch.zeros(2), "dataset": "d",
-            "model": "m", "method": "sgdr", "ensemble": "seed3"}
+    pred = {
+        "probs": PROBS,
+        "labels": Y,
+        "weights": torch.eye(2),
+        "theta_c": torch.zeros(2),
+        "dataset": "d",
+        "model": "m",
+        "method": "sgdr",
+        "ensemble": "seed3",
+    }
     storage.save_torch(pred, tmp_path / "p.pt")
     with pytest.raises(ValueError, match=r"p\.pt: its predictions file holds probabilities.*--forcerun predict"):
         aggregate_ensembles([tmp_path / "p.pt"], [], tmp_path)

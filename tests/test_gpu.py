@@ -19,8 +19,9 @@ from repel.pack import fit_pack
 from repel.penalty import DistancePenalty
 from repel.train import TrainConfig, fit, resolve_speed
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="needs a CUDA GPU: torch.cuda.is_available() is False here")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU: torch.cuda.is_available() is False here"
+)
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 PLAIN = {"amp": "off", "channels_last": "off", "compile": "off"}  # the reference path: fp32, NCHW, eager
@@ -33,8 +34,8 @@ ACCURACIES = ("train_acc", "val_acc", "test_acc")
 # against fp32: loss-like metrics within 0.05 % (relative), accuracies within 2 of 256 images,
 # final weights 1.8 % of the distance travelled apart. Losing the penalty's gradient instead
 # moves the weights 26 % and the val accuracy by 12 images: far outside every limit below.
-CLOSE = {"rel": 0.01, "images": 3, "weights": 0.05}   # CUDA fp32 vs CPU fp32; compiled vs eager
-LOOSE = {"rel": 0.02, "images": 4, "weights": 0.10}   # bf16 autocast vs fp32
+CLOSE = {"rel": 0.01, "images": 3, "weights": 0.05}  # CUDA fp32 vs CPU fp32; compiled vs eager
+LOOSE = {"rel": 0.02, "images": 4, "weights": 0.10}  # bf16 autocast vs fp32
 
 
 def synthetic_prepared(n_train=640, n_val=256, n_test=256, noise=0.5, seed=0) -> dict:
@@ -49,9 +50,20 @@ def synthetic_prepared(n_train=640, n_val=256, n_test=256, noise=0.5, seed=0) ->
 
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = split(n_train), split(n_val), split(n_test)
     pixels = train_x.float() / 255
-    return {"name": "synthetic", "train_x": train_x, "train_y": train_y, "val_x": val_x, "val_y": val_y,
-            "test_x": test_x, "test_y": test_y, "num_classes": 10, "mean": pixels.mean().view(1),
-            "std": pixels.std().view(1), "augment": False, "seed": seed}
+    return {
+        "name": "synthetic",
+        "train_x": train_x,
+        "train_y": train_y,
+        "val_x": val_x,
+        "val_y": val_y,
+        "test_x": test_x,
+        "test_y": test_y,
+        "num_classes": 10,
+        "mean": pixels.mean().view(1),
+        "std": pixels.std().view(1),
+        "augment": False,
+        "seed": seed,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +85,9 @@ def _run(prepared, device, conv_hook=None, **speed):
     model.to(device)
     penalty = DistancePenalty(1.0, "rbf", width=1.0)
     penalty.add_checkpoint(models.trainable_parameters(model))
-    rows, _, _ = fit(model, prepared, TrainConfig(epochs=2, lr=0.05, **speed), device, penalty=penalty,
-                     log=lambda m: None)
+    rows, _, _ = fit(
+        model, prepared, TrainConfig(epochs=2, lr=0.05, **speed), device, penalty=penalty, log=lambda m: None
+    )
     return model, rows, start
 
 
@@ -108,13 +121,18 @@ def test_auto_device_is_cuda_and_cuda_training_matches_cpu(prepared, cuda_fp32):
     _assert_close_runs(cuda_fp32, cpu_fp32, prepared, **CLOSE)
 
 
-@pytest.mark.parametrize("amp, channels_last", [("bf16", "off"), ("auto", "auto")],
-                         ids=["bf16", "auto-defaults"])
+@pytest.mark.parametrize("amp, channels_last", [("bf16", "off"), ("auto", "auto")], ids=["bf16", "auto-defaults"])
 def test_bf16_autocast_on_cuda(prepared, cuda_fp32, amp, channels_last):
     assert resolve_speed(TrainConfig(epochs=1, amp=amp), models.build("cnn", 1, 10, 8), CUDA).amp
     dtypes = set()  # of the first convolution's output, every forward of the fit
-    run = _run(prepared, CUDA, conv_hook=lambda module, inputs, out: dtypes.add(out.dtype),
-               amp=amp, channels_last=channels_last, compile="off")
+    run = _run(
+        prepared,
+        CUDA,
+        conv_hook=lambda module, inputs, out: dtypes.add(out.dtype),
+        amp=amp,
+        channels_last=channels_last,
+        compile="off",
+    )
     assert dtypes == {torch.bfloat16}
     assert all(p.dtype == torch.float32 for p in run[0].parameters())  # autocast: fp32 weights, optimizer
     _assert_close_runs(run, cuda_fp32, prepared, **LOOSE)
@@ -139,8 +157,9 @@ def _pack_and_alone(prepared, device, speed: dict):
         built.append(pair)
     cfg = TrainConfig(epochs=2, lr=0.05, **speed)
     lines = []
-    packed = fit_pack([pair[0][0] for pair in built], prepared, cfg, device, [pair[0][1] for pair in built],
-                      log=lines.append)
+    packed = fit_pack(
+        [pair[0][0] for pair in built], prepared, cfg, device, [pair[0][1] for pair in built], log=lines.append
+    )
     assert lines[0].startswith("pack of 3: batched"), lines[0]
     runs = []
     for ((packed_model, _), (alone_model, penalty)), rows in zip(built, packed):
@@ -149,8 +168,11 @@ def _pack_and_alone(prepared, device, speed: dict):
     return runs
 
 
-@pytest.mark.parametrize("speed, tolerance", [(PLAIN, CLOSE), ({**PLAIN, "amp": "auto", "channels_last": "auto"}, LOOSE)],
-                         ids=["fp32", "auto-defaults"])
+@pytest.mark.parametrize(
+    "speed, tolerance",
+    [(PLAIN, CLOSE), ({**PLAIN, "amp": "auto", "channels_last": "auto"}, LOOSE)],
+    ids=["fp32", "auto-defaults"],
+)
 def test_a_pack_on_cuda_trains_each_member_as_its_run_alone(prepared, speed, tolerance):
     for i, (packed, alone) in enumerate(_pack_and_alone(prepared, CUDA, speed)):
         assert next(packed[0].parameters()).is_cuda
@@ -178,8 +200,9 @@ def test_penalty_on_cuda_channels_last_matches_autograd(centres):
             assert [t.stride() for t in tensors] == [p.stride() for p in params]
         # the oracle, by hand under autograd on the GPU
         leaves = [p.detach().clone().requires_grad_() for p in params]
-        value = strength * sum(torch.exp(-sum(((p - c) ** 2).sum() for p, c in zip(leaves, point)) / (2 * width**2))
-                               for point in points)
+        value = strength * sum(
+            torch.exp(-sum(((p - c) ** 2).sum() for p, c in zip(leaves, point)) / (2 * width**2)) for point in points
+        )
         expected = torch.autograd.grad(value, leaves)
         for p, g in zip(params, ce_grads):
             p.grad = torch.empty_like(p).copy_(g)  # in the parameter's layout, as autograd gives it
@@ -202,8 +225,14 @@ def test_compiled_fit_on_cuda_matches_eager(prepared, cuda_fp32):
 
     if not has_triton():
         pytest.skip("torch.compile on CUDA needs Triton, which is not installed here")
-    errors = tuple(e for e in (getattr(torch._dynamo.exc, "BackendCompilerFailed", None),
-                               getattr(torch._inductor.exc, "InductorError", None)) if e is not None)
+    errors = tuple(
+        e
+        for e in (
+            getattr(torch._dynamo.exc, "BackendCompilerFailed", None),
+            getattr(torch._inductor.exc, "InductorError", None),
+        )
+        if e is not None
+    )
     try:
         run = _run(prepared, CUDA, **dict(PLAIN, compile="on"))
     except errors as err:
@@ -220,11 +249,43 @@ def test_cli_end_to_end_on_cuda(tmp_path, capsys, prepared):
         storage.save_torch(prepared, data)
     assert data.exists()
     base, cont = tmp_path / "base", tmp_path / "continue"
-    assert main(["train-base", "--data", str(data), "--model", "cnn", "--epochs", "2",
-                 "--device", "auto", "--out-dir", str(base)]) == 0
+    assert (
+        main(
+            [
+                "train-base",
+                "--data",
+                str(data),
+                "--model",
+                "cnn",
+                "--epochs",
+                "2",
+                "--device",
+                "auto",
+                "--out-dir",
+                str(base),
+            ]
+        )
+        == 0
+    )
     assert "device: cuda" in capsys.readouterr().out
-    assert main(["continue", "--data", str(data), "--checkpoint", str(base / "checkpoint.pt"),
-                 "--spec", '{"strength": 1, "width": 1, "epochs": 2}', "--device", "cuda", "--out-dir", str(cont)]) == 0
+    assert (
+        main(
+            [
+                "continue",
+                "--data",
+                str(data),
+                "--checkpoint",
+                str(base / "checkpoint.pt"),
+                "--spec",
+                '{"strength": 1, "width": 1, "epochs": 2}',
+                "--device",
+                "cuda",
+                "--out-dir",
+                str(cont),
+            ]
+        )
+        == 0
+    )
     assert "device: cuda" in capsys.readouterr().out
     for path in (base / "checkpoint.pt", base / "metrics.parquet", cont / "final.pt", cont / "metrics.parquet"):
         assert path.exists(), path

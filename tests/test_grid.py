@@ -14,8 +14,12 @@ def points(*pts: dict) -> dict:
 
 def test_every_point_brings_its_control():
     runs = grid.expand(points({"strength": 1}, {"strength": 1, "lr": 0.1}), seeds=[0, 1])
-    assert set(runs) == {"s1-rbf-w1_lr0.01-const-e30", "s0_lr0.01-const-e30",
-                         "s1-rbf-w1_lr0.1-const-e30", "s0_lr0.1-const-e30"}
+    assert set(runs) == {
+        "s1-rbf-w1_lr0.01-const-e30",
+        "s0_lr0.01-const-e30",
+        "s1-rbf-w1_lr0.1-const-e30",
+        "s0_lr0.1-const-e30",
+    }
     assert runs["s1-rbf-w1_lr0.1-const-e30"]["spec"].control().id == "s0_lr0.1-const-e30"
     assert runs["s0_lr0.01-const-e30"]["labels"] == ["control"]
     assert all(run["seeds"] == [0, 1] for run in runs.values())
@@ -24,10 +28,21 @@ def test_every_point_brings_its_control():
 
 
 def test_gamma_replaces_the_default_width_and_ids_name_the_parameters():
-    runs = grid.expand(points(
-        {"strength": 10, "gamma": 1e-4, "kernel": "laplacian", "distance": "mean",
-         "schedule": "cosine_restarts", "t0": 5, "t_mult": 2, "seeds": [3]},
-    ), seeds=[0])
+    runs = grid.expand(
+        points(
+            {
+                "strength": 10,
+                "gamma": 1e-4,
+                "kernel": "laplacian",
+                "distance": "mean",
+                "schedule": "cosine_restarts",
+                "t0": 5,
+                "t_mult": 2,
+                "seeds": [3],
+            },
+        ),
+        seeds=[0],
+    )
     rid = "s10-laplacian-g0.0001-mean_lr0.01-sgdr5x2-e30"
     penalty = runs[rid]["spec"].penalty
     assert penalty.width is None and penalty.gamma == 1e-4
@@ -43,23 +58,32 @@ def test_an_explicit_zero_strength_is_the_shared_control():
     assert runs["s0_lr0.01-const-e30"]["spec"].penalty.kernel == "none"
 
 
-@pytest.mark.parametrize("schedule, extra, part", [
-    ("step", {"step_size": 10, "step_gamma": 0.5}, "step10x0.5"),
-    ("cosine", {}, "cos"),
-    ("cosine", {"eta_min": 1e-4}, "cosmin0.0001"),
-])
+@pytest.mark.parametrize(
+    "schedule, extra, part",
+    [
+        ("step", {"step_size": 10, "step_gamma": 0.5}, "step10x0.5"),
+        ("cosine", {}, "cos"),
+        ("cosine", {"eta_min": 1e-4}, "cosmin0.0001"),
+    ],
+)
 def test_schedules_are_named_with_their_settings(schedule, extra, part):
     run = grid.resolve(DEFAULTS, {"strength": 1, "schedule": schedule, **extra}, "f")
     assert run.id == f"s1-rbf-w1_lr0.01-{part}-e30"
 
 
 def test_repeated_and_merged_checkpoints_are_named_and_passed_on():
-    runs = grid.expand(points(
-        {"strength": 1, "checkpoint_every": 5},
-        {"strength": 1, "checkpoint_every": 5, "merge": True},
-    ), seeds=[0])
-    assert set(runs) == {"s1-rbf-w1-every5_lr0.01-const-e30", "s1-rbf-w1-every5-merged_lr0.01-const-e30",
-                         "s0_lr0.01-const-e30"}
+    runs = grid.expand(
+        points(
+            {"strength": 1, "checkpoint_every": 5},
+            {"strength": 1, "checkpoint_every": 5, "merge": True},
+        ),
+        seeds=[0],
+    )
+    assert set(runs) == {
+        "s1-rbf-w1-every5_lr0.01-const-e30",
+        "s1-rbf-w1-every5-merged_lr0.01-const-e30",
+        "s0_lr0.01-const-e30",
+    }
     merged = json.loads(runs["s1-rbf-w1-every5-merged_lr0.01-const-e30"]["spec"].to_json())
     assert merged["checkpoint_every"] == 5 and merged["merge"] is True
     assert json.loads(runs["s1-rbf-w1-every5_lr0.01-const-e30"]["spec"].to_json())["merge"] is False
@@ -68,8 +92,16 @@ def test_repeated_and_merged_checkpoints_are_named_and_passed_on():
         grid.expand(points({"strength": 1, "merge": True}), seeds=[0])
 
 
-ENSEMBLES = {"members": 3, "cycle": 4, "strength": 10, "width": 0.5, "lr": 0.05, "seeds": [0, 1, 2],
-             "fge": {"cycle": 2, "lr_low": 0.001}, "swa": {"lr": 0.01}}
+ENSEMBLES = {
+    "members": 3,
+    "cycle": 4,
+    "strength": 10,
+    "width": 0.5,
+    "lr": 0.05,
+    "seeds": [0, 1, 2],
+    "fge": {"cycle": 2, "lr_low": 0.001},
+    "swa": {"lr": 0.01},
+}
 
 
 def test_every_ensemble_method_trains_the_same_epoch_budget():
@@ -89,8 +121,9 @@ def test_every_ensemble_method_trains_the_same_epoch_budget():
     assert plan["swa"]["seed1"] == {"run": "s0_lr0.05-swa0.01-e12", "seeds": [1], "epochs": [4, 8, 12]}
     assert runs[plan["fge"]["seed0"]["run"]]["spec"].training.schedule == "cyclic"
     # a snapshot method: one ensemble per seed of the study, each from that seed's run
-    assert plan["distance"] == {f"seed{k}": {"run": "s10-rbf-w0.5-every4_lr0.05-const-e12", "seeds": [k],
-                                             "epochs": [4, 8, 12]} for k in (0, 1)}
+    assert plan["distance"] == {
+        f"seed{k}": {"run": "s10-rbf-w0.5-every4_lr0.05-const-e12", "seeds": [k], "epochs": [4, 8, 12]} for k in (0, 1)
+    }
     # independent seeds: 3 seeds are fewer than two groups of 3 members, so one ensemble of them all
     assert plan["independent"] == {"seeds0-1-2": {"run": "s0_lr0.05-const-e12", "seeds": [0, 1, 2], "epochs": None}}
 
@@ -120,8 +153,12 @@ def test_a_sweep_expands_into_every_combination_over_the_fixed_settings():
     family = {"fixed": {"width": 0.5}, "sweep": {"lr": [0.001, 0.1], "strength": [0, 10]}}
     cont = {"defaults": DEFAULTS, "families": {"lr": family}}
     runs = grid.expand(cont, seeds=[0])
-    assert set(runs) == {"s0_lr0.001-const-e30", "s10-rbf-w0.5_lr0.001-const-e30",
-                         "s0_lr0.1-const-e30", "s10-rbf-w0.5_lr0.1-const-e30"}
+    assert set(runs) == {
+        "s0_lr0.001-const-e30",
+        "s10-rbf-w0.5_lr0.001-const-e30",
+        "s0_lr0.1-const-e30",
+        "s10-rbf-w0.5_lr0.1-const-e30",
+    }
     assert runs["s10-rbf-w0.5_lr0.1-const-e30"]["labels"] == ["lr"]
     assert runs["s0_lr0.1-const-e30"]["labels"] == ["control"]  # an s = 0 point is its own control
     spec = grid.families(cont)["lr"]
@@ -130,17 +167,27 @@ def test_a_sweep_expands_into_every_combination_over_the_fixed_settings():
 
 
 def test_families_share_their_common_points_and_label_them_with_each_family():
-    cont = {"defaults": {**DEFAULTS, "strength": 10}, "families": {
-        "baseline": {"sweep": {"strength": [10]}},
-        "width": {"sweep": {"width": [0.5, 1.0]}},
-        "kernel": {"sweep": {"kernel": ["rbf", "imq"]}},
-    }}
+    cont = {
+        "defaults": {**DEFAULTS, "strength": 10},
+        "families": {
+            "baseline": {"sweep": {"strength": [10]}},
+            "width": {"sweep": {"width": [0.5, 1.0]}},
+            "kernel": {"sweep": {"kernel": ["rbf", "imq"]}},
+        },
+    }
     runs = grid.expand(cont, seeds=[0])
-    assert set(runs) == {"s0_lr0.01-const-e30", "s10-rbf-w1_lr0.01-const-e30", "s10-rbf-w0.5_lr0.01-const-e30",
-                         "s10-imq-w1_lr0.01-const-e30"}
+    assert set(runs) == {
+        "s0_lr0.01-const-e30",
+        "s10-rbf-w1_lr0.01-const-e30",
+        "s10-rbf-w0.5_lr0.01-const-e30",
+        "s10-imq-w1_lr0.01-const-e30",
+    }
     assert runs["s10-rbf-w1_lr0.01-const-e30"]["labels"] == ["baseline", "width", "kernel"]
-    assert grid.families(cont)["width"]["runs"] == ["s0_lr0.01-const-e30", "s10-rbf-w0.5_lr0.01-const-e30",
-                                                   "s10-rbf-w1_lr0.01-const-e30"]
+    assert grid.families(cont)["width"]["runs"] == [
+        "s0_lr0.01-const-e30",
+        "s10-rbf-w0.5_lr0.01-const-e30",
+        "s10-rbf-w1_lr0.01-const-e30",
+    ]
 
 
 def test_a_point_without_strength_is_an_error_that_names_the_family():
@@ -149,20 +196,30 @@ def test_a_point_without_strength_is_an_error_that_names_the_family():
 
 
 def test_runs_of_one_seed_that_share_their_training_are_packed_by_hand():
-    cont = {"defaults": {**DEFAULTS, "seeds": [0, 1]}, "families": {
-        "strength": {"sweep": {"strength": [1, 10, 100]}},       # 3 points and their control: lr 0.01
-        "lr": {"sweep": {"lr": [0.1]}, "fixed": {"seeds": [0], "strength": 10}},  # and its control: lr 0.1, seed 0
-    }}
-    runs = grid.expand(cont, [0, 1], {"members": 2, "cycle": 15, "strength": 10, "seeds": [0, 1],
-                                       "swa": {"lr": 0.005}})
+    cont = {
+        "defaults": {**DEFAULTS, "seeds": [0, 1]},
+        "families": {
+            "strength": {"sweep": {"strength": [1, 10, 100]}},  # 3 points and their control: lr 0.01
+            "lr": {"sweep": {"lr": [0.1]}, "fixed": {"seeds": [0], "strength": 10}},  # and its control: lr 0.1, seed 0
+        },
+    }
+    runs = grid.expand(cont, [0, 1], {"members": 2, "cycle": 15, "strength": 10, "seeds": [0, 1], "swa": {"lr": 0.005}})
     packs = grid.packs(runs, 8)
-    const = ["s0_lr0.01-const-e30", "s1-rbf-w1_lr0.01-const-e30", "s10-rbf-w1-every15_lr0.01-const-e30",
-             "s10-rbf-w1_lr0.01-const-e30", "s100-rbf-w1_lr0.01-const-e30"]  # distance snapshots included
+    const = [
+        "s0_lr0.01-const-e30",
+        "s1-rbf-w1_lr0.01-const-e30",
+        "s10-rbf-w1-every15_lr0.01-const-e30",
+        "s10-rbf-w1_lr0.01-const-e30",
+        "s100-rbf-w1_lr0.01-const-e30",
+    ]  # distance snapshots included
     assert packs["lr0.01-const-e30_seed0"] == {"runs": const, "seed": 0}
     assert packs["lr0.01-const-e30_seed1"] == {"runs": const, "seed": 1}
     assert packs["lr0.1-const-e30_seed0"] == {"runs": ["s0_lr0.1-const-e30", "s10-rbf-w1_lr0.1-const-e30"], "seed": 0}
     # SGDR and SGDR + distance share their training; SWA trains alone
-    assert packs["lr0.01-sgdr15x1-e30_seed1"]["runs"] == ["s0_lr0.01-sgdr15x1-e30", "s10-rbf-w1-every15_lr0.01-sgdr15x1-e30"]
+    assert packs["lr0.01-sgdr15x1-e30_seed1"]["runs"] == [
+        "s0_lr0.01-sgdr15x1-e30",
+        "s10-rbf-w1-every15_lr0.01-sgdr15x1-e30",
+    ]
     assert not any("swa" in name for name in packs) and len(packs) == 3 + 2
     # at most 2 a pack: 5 runs -> 3 packs of 2, 2 and 1, and the one is no pack
     small = grid.packs(runs, 2)

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from workflow_run import ROOT
 
 
@@ -13,8 +12,11 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("command", [["ruff", "check", "."], ["ruff", "format", "--check", "."],
-                                     ["snakefmt", "--check", "Snakefile", "workflow"]], ids=" ".join)
+@pytest.mark.parametrize(
+    "command",
+    [["ruff", "check", "."], ["ruff", "format", "--check", "."], ["snakefmt", "--check", "Snakefile", "workflow"]],
+    ids=" ".join,
+)
 def test_the_tree_passes(command):
     result = _run(*command)  # both are dependencies: pip install -e . installs them
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from repel import cli, method_figures as mf
+from repel import cli
+from repel import method_figures as mf
 
 RBF = "s10-rbf-w1_lr0.01-const-e20"
 GAMMA = "s10-rbf-g0.001_lr0.01-const-e20"
@@ -25,29 +26,64 @@ SETTINGS = {  # run -> kernel, width, gamma, strength, distance
 def metrics(n_params: bool = True) -> pd.DataFrame:
     """Two seeds of each run, epochs 11-20: seed k's distance is (1 + k) * 0.1 * (epoch - 10),
     so seed 0 travels 0.1 .. 1.0 and seed 1 0.2 .. 2.0; a base epoch that has no distance."""
-    rows = [dict(phase="base", run="base", seed=0, epoch=10, dist=np.nan, kernel=None, width=np.nan, gamma=np.nan,
-                 strength=np.nan, distance=None)]
+    rows = [
+        dict(
+            phase="base",
+            run="base",
+            seed=0,
+            epoch=10,
+            dist=np.nan,
+            kernel=None,
+            width=np.nan,
+            gamma=np.nan,
+            strength=np.nan,
+            distance=None,
+        )
+    ]
     for run, (kernel, width, gamma, strength, distance) in SETTINGS.items():
-        rows += [dict(phase="continue", run=run, seed=seed, epoch=e, kernel=kernel, width=width, gamma=gamma,
-                      strength=strength, distance=distance, dist=(1 + seed) * 0.1 * (e - 10), diverged=False,
-                      **({"n_params": N_PARAMS} if n_params else {}))
-                 for seed in (0, 1) for e in range(11, 21)]
+        rows += [
+            dict(
+                phase="continue",
+                run=run,
+                seed=seed,
+                epoch=e,
+                kernel=kernel,
+                width=width,
+                gamma=gamma,
+                strength=strength,
+                distance=distance,
+                dist=(1 + seed) * 0.1 * (e - 10),
+                diverged=False,
+                **({"n_params": N_PARAMS} if n_params else {}),
+            )
+            for seed in (0, 1)
+            for e in range(11, 21)
+        ]
     return pd.DataFrame(rows).assign(dataset="digits", model="cnn", checkpoint_every=0, merge=False)
 
 
-@pytest.mark.parametrize("kernel, width, gamma, n, penalty, push", [
-    # rbf, sigma 1: k = exp(-r^2 / 2), push = s * (1/2) * k * 2r
-    ("rbf", 1.0, None, 1, lambda r: 10 * math.exp(-r**2 / 2), lambda r: 10 * r * math.exp(-r**2 / 2)),
-    # rbf, gamma 0.1, mean over 100 parameters: d = r^2 / 100, push = s * 0.1 * k * 2r / 100
-    ("rbf", None, 0.1, 100, lambda r: 10 * math.exp(-0.1 * r**2 / 100),
-     lambda r: 10 * 0.1 * math.exp(-0.1 * r**2 / 100) * 2 * r / 100),
-    # laplacian, sigma 2: k = exp(-r / 2), dk/dd = -k / (2 * 2r), push = s * k / 2
-    ("laplacian", 2.0, None, 1, lambda r: 10 * math.exp(-r / 2), lambda r: 10 * math.exp(-r / 2) / 2),
-    # imq, sigma 2: k = (1 + r^2/4)^-1/2, dk/dd = -(1/8)(1 + r^2/4)^-3/2, push = s * (r/4) * (1 + r^2/4)^-3/2
-    ("imq", 2.0, None, 1, lambda r: 10 / math.sqrt(1 + r**2 / 4), lambda r: 10 * r / 4 * (1 + r**2 / 4) ** -1.5),
-    # hinge, gamma 0.5: k = 1 - r/2 up to r = 2, then 0; push = s * 0.5 while k > 0
-    ("hinge", None, 0.5, 1, lambda r: 10 * max(0.0, 1 - r / 2), lambda r: 10 * 0.5 * (r < 2)),
-])
+@pytest.mark.parametrize(
+    "kernel, width, gamma, n, penalty, push",
+    [
+        # rbf, sigma 1: k = exp(-r^2 / 2), push = s * (1/2) * k * 2r
+        ("rbf", 1.0, None, 1, lambda r: 10 * math.exp(-(r**2) / 2), lambda r: 10 * r * math.exp(-(r**2) / 2)),
+        # rbf, gamma 0.1, mean over 100 parameters: d = r^2 / 100, push = s * 0.1 * k * 2r / 100
+        (
+            "rbf",
+            None,
+            0.1,
+            100,
+            lambda r: 10 * math.exp(-0.1 * r**2 / 100),
+            lambda r: 10 * 0.1 * math.exp(-0.1 * r**2 / 100) * 2 * r / 100,
+        ),
+        # laplacian, sigma 2: k = exp(-r / 2), dk/dd = -k / (2 * 2r), push = s * k / 2
+        ("laplacian", 2.0, None, 1, lambda r: 10 * math.exp(-r / 2), lambda r: 10 * math.exp(-r / 2) / 2),
+        # imq, sigma 2: k = (1 + r^2/4)^-1/2, dk/dd = -(1/8)(1 + r^2/4)^-3/2, push = s * (r/4) * (1 + r^2/4)^-3/2
+        ("imq", 2.0, None, 1, lambda r: 10 / math.sqrt(1 + r**2 / 4), lambda r: 10 * r / 4 * (1 + r**2 / 4) ** -1.5),
+        # hinge, gamma 0.5: k = 1 - r/2 up to r = 2, then 0; push = s * 0.5 while k > 0
+        ("hinge", None, 0.5, 1, lambda r: 10 * max(0.0, 1 - r / 2), lambda r: 10 * 0.5 * (r < 2)),
+    ],
+)
 def test_kernel_curves_match_the_formulas(kernel, width, gamma, n, penalty, push):
     r = np.array([0.3, 1.0, 1.7, 3.0])
     value, force = mf.penalty_and_push(kernel, mf._scale(kernel, width, gamma), 10.0, r, n)
@@ -63,8 +99,11 @@ def test_the_force_is_zero_on_the_checkpoint():
 def test_settings_come_from_the_table_and_name_both_parametrizations():
     settings = mf.kernel_settings(metrics()).set_index("label")
     # the control is not a kernel setting; sigma 1 is gamma 1/2, gamma 1e-3 is sigma 1/sqrt(2e-3) = 22.36
-    assert sorted(settings.index) == ["rbf γ=0.001 (σ=22.4), s=10", "rbf γ=1 (σ=0.707), s=10, mean distance",
-                                      "rbf σ=1 (γ=0.5), s=10"]
+    assert sorted(settings.index) == [
+        "rbf γ=0.001 (σ=22.4), s=10",
+        "rbf γ=1 (σ=0.707), s=10, mean distance",
+        "rbf σ=1 (γ=0.5), s=10",
+    ]
     assert settings.loc["rbf σ=1 (γ=0.5), s=10", "runs"] == [RBF]
     assert settings.loc["rbf γ=1 (σ=0.707), s=10, mean distance", "n_params"] == N_PARAMS
 
@@ -90,7 +129,7 @@ def test_kernels_figure_draws_each_setting_with_its_runs_ranges():
     curve = max(_lines(push, color), key=lambda line: len(line.get_xdata()))
     x, y = curve.get_xdata(), curve.get_ydata()
     i = np.argmin(abs(x - 1.0))
-    assert y[i] == pytest.approx(10 * x[i] * math.exp(-x[i] ** 2 / 2))  # s·|k'|·2r with sigma 1
+    assert y[i] == pytest.approx(10 * x[i] * math.exp(-(x[i] ** 2) / 2))  # s·|k'|·2r with sigma 1
     # each seed's range in the strip, from its first to its largest distance, and its final on the curve
     ranges = sorted(tuple(line.get_xdata()) for line in _lines(strip, color) if len(line.get_xdata()) == 2)
     assert ranges == [pytest.approx((0.1, 1.0)), pytest.approx((0.2, 2.0))]
@@ -119,8 +158,9 @@ def test_a_table_without_a_setting_column_is_named():
 def test_cli_writes_the_kernels_figure(tmp_path):
     path = tmp_path / "metrics.parquet"
     metrics().to_parquet(path)
-    assert cli.main(["plot-method", "--metrics", str(path), "--out-dir", str(tmp_path / "plots"),
-                     "--formats", "png"]) == 0
+    assert (
+        cli.main(["plot-method", "--metrics", str(path), "--out-dir", str(tmp_path / "plots"), "--formats", "png"]) == 0
+    )
     assert (tmp_path / "plots" / "kernels.png").stat().st_size > 0
     assert cli.main(["plot-method", "--out-dir", str(tmp_path)]) == 1  # nothing asked for
 

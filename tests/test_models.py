@@ -4,10 +4,18 @@ import torch
 from repel import models
 
 
-@pytest.mark.parametrize("name, channels, size", [
-    ("cnn", 1, 8), ("cnn", 3, 32), ("mlp", 1, 28), ("resnet20", 3, 32), ("resnet20", 1, 28),
-    ("mobilenetv2", 3, 32), ("mobilenetv2", 1, 28),
-])
+@pytest.mark.parametrize(
+    "name, channels, size",
+    [
+        ("cnn", 1, 8),
+        ("cnn", 3, 32),
+        ("mlp", 1, 28),
+        ("resnet20", 3, 32),
+        ("resnet20", 1, 28),
+        ("mobilenetv2", 3, 32),
+        ("mobilenetv2", 1, 28),
+    ],
+)
 def test_models_follow_the_dataset_shape(name, channels, size):
     torch.manual_seed(0)
     model = models.build(name, channels, 7, size).eval()
@@ -15,7 +23,9 @@ def test_models_follow_the_dataset_shape(name, channels, size):
 
 
 def test_resnet_depth_is_6n_plus_2():
-    convs = lambda m: sum(isinstance(x, torch.nn.Conv2d) and x.kernel_size == (3, 3) for x in m.modules())
+    def convs(m):
+        return sum(isinstance(x, torch.nn.Conv2d) and x.kernel_size == (3, 3) for x in m.modules())
+
     # 6n 3x3 convs in the blocks + the stem; the head is the +1 linear layer
     assert convs(models.build("resnet32", 3, 10, 32)) == 31
     assert convs(models.build("resnet56", 3, 10, 32)) == 55

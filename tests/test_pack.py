@@ -23,9 +23,11 @@ from repel.resume import ResumeState
 from repel.train import DIVERGENCE_FACTOR, TrainConfig, fit, resolve_speed
 
 # vmap loops over the members for adaptive_avg_pool2d on channels_last inputs and says so: a speed note
-pytestmark = [pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning"),
-              # what repel.pack filters for the CLI; pytest's own warning filters come before it here
-              pytest.mark.filterwarnings("ignore:grad and param do not obey the gradient layout contract:UserWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning"),
+    # what repel.pack filters for the CLI; pytest's own warning filters come before it here
+    pytest.mark.filterwarnings("ignore:grad and param do not obey the gradient layout contract:UserWarning"),
+]
 
 CPU = torch.device("cpu")
 TIMING = ("epoch_seconds", "train_seconds", "images_per_second")
@@ -69,6 +71,8 @@ def _tolerance(name: str, setup, cfg) -> float | tuple[float, float]:
     if name != "mlp":
         return TOLERANCE[name]
     return reordered_sums_rtol(cfg.epochs * math.ceil(len(setup[0]["train_y"]) / cfg.batch_size), MLP_TERMS)
+
+
 # accuracies: a prediction on the edge of two classes may flip, one image per split
 ACCURACY = ("train_acc", "val_acc", "test_acc")
 
@@ -86,13 +90,26 @@ def _synthetic_32(n_train=128, n_eval=32) -> dict:
     g = torch.Generator().manual_seed(0)
 
     def split(n):
-        return (torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
-                torch.randint(0, 10, (n,), generator=g))
+        return (
+            torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
+            torch.randint(0, 10, (n,), generator=g),
+        )
 
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = split(n_train), split(n_eval), split(n_eval)
-    return {"name": "synthetic32", "train_x": train_x, "train_y": train_y, "val_x": val_x, "val_y": val_y,
-            "test_x": test_x, "test_y": test_y, "num_classes": 10, "mean": torch.full((3,), 0.5),
-            "std": torch.full((3,), 0.29), "augment": True, "seed": 0}
+    return {
+        "name": "synthetic32",
+        "train_x": train_x,
+        "train_y": train_y,
+        "val_x": val_x,
+        "val_y": val_y,
+        "test_x": test_x,
+        "test_y": test_y,
+        "num_classes": 10,
+        "mean": torch.full((3,), 0.5),
+        "std": torch.full((3,), 0.29),
+        "augment": True,
+        "seed": 0,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +153,17 @@ def _singles(setup, specs, cfg, first_epoch=4, optimizer_state="base", data_rng=
     out_models, out_rows = [], []
     for spec in specs:
         model, penalty = _member(setup, spec, **member_kw)
-        rows, _, _ = fit(model, setup[0], cfg, CPU, penalty, first_epoch=first_epoch,
-                         optimizer_state=base_optimizer_state if optimizer_state == "base" else optimizer_state,
-                         data_rng=base_data_rng if data_rng == "base" else data_rng, log=lambda m: None)
+        rows, _, _ = fit(
+            model,
+            setup[0],
+            cfg,
+            CPU,
+            penalty,
+            first_epoch=first_epoch,
+            optimizer_state=base_optimizer_state if optimizer_state == "base" else optimizer_state,
+            data_rng=base_data_rng if data_rng == "base" else data_rng,
+            log=lambda m: None,
+        )
         out_models.append(model)
         out_rows.append(rows)
     return out_models, out_rows
@@ -149,9 +174,18 @@ def _pack(setup, specs, cfg, first_epoch=4, log=None, member_kw=None, **kw):
     _, _, (_, optimizer_state, data_rng), _ = setup
     members = [_member(setup, spec, **(member_kw or {})) for spec in specs]
     pack_models, penalties = [m for m, _ in members], [p for _, p in members]
-    rows = fit_pack(pack_models, setup[0], cfg, CPU, penalties, first_epoch=first_epoch,
-                    optimizer_states=[optimizer_state] * len(specs), data_rng=data_rng,
-                    log=log if log is not None else (lambda m: None), **kw)
+    rows = fit_pack(
+        pack_models,
+        setup[0],
+        cfg,
+        CPU,
+        penalties,
+        first_epoch=first_epoch,
+        optimizer_states=[optimizer_state] * len(specs),
+        data_rng=data_rng,
+        log=log if log is not None else (lambda m: None),
+        **kw,
+    )
     return pack_models, rows, penalties
 
 
@@ -203,10 +237,12 @@ def _assert_same_weights(expected: torch.nn.Module, got: torch.nn.Module, tolera
             worst = torch.where(off, diff.nan_to_num(math.inf), -1.0).argmax()
             at = tuple(int(i) for i in torch.unravel_index(worst, w.shape))
             allowed_there = allowed if allowed.dim() == 0 else allowed.flatten()[worst]
-            raise AssertionError(f"{key}: {int(off.sum())} of {w.numel()} elements differ by more than {rule}; "
-                                 f"the largest, {diff.flatten()[worst].item():.3g} at {at}: got "
-                                 f"{h.flatten()[worst].item():.9g}, expected {w.flatten()[worst].item():.9g}, "
-                                 f"allowed {float(allowed_there):.3g}")
+            raise AssertionError(
+                f"{key}: {int(off.sum())} of {w.numel()} elements differ by more than {rule}; "
+                f"the largest, {diff.flatten()[worst].item():.3g} at {at}: got "
+                f"{h.flatten()[worst].item():.9g}, expected {w.flatten()[worst].item():.9g}, "
+                f"allowed {float(allowed_there):.3g}"
+            )
 
 
 def _n_images(setup):
@@ -224,8 +260,10 @@ def _assert_pack_is_singles(setup, name, specs, cfg, pack, singles):
 
 def _without_timing(rows) -> list[dict]:
     """Rows as exactly comparable values: no timings, NaN as a string (NaN != NaN)."""
+
     def plain(v):
         return "nan" if isinstance(v, float) and math.isnan(v) else [plain(x) for x in v] if isinstance(v, list) else v
+
     return [{k: plain(v) for k, v in r.items() if k not in TIMING} for r in rows]
 
 
@@ -233,8 +271,9 @@ def _with_name(setups, name):
     return (*setups[name], name)
 
 
-@pytest.mark.parametrize("name,channels_last", [("cnn", "on"), ("cnn", "off"), ("mlp", "off"),
-                                                ("resnet20", "on"), ("resnet20", "off")])
+@pytest.mark.parametrize(
+    "name,channels_last", [("cnn", "on"), ("cnn", "off"), ("mlp", "off"), ("resnet20", "on"), ("resnet20", "off")]
+)
 def test_a_pack_equals_its_members_trained_alone(setups, name, channels_last):
     setup = _with_name(setups, name)
     # a strong push: the members' weights and BatchNorm statistics part far beyond the tolerance
@@ -255,9 +294,15 @@ def test_a_pack_equals_its_members_trained_alone(setups, name, channels_last):
 
 def test_kernels_strengths_repeated_checkpoints_and_merge_in_one_pack(setups):
     setup = _with_name(setups, "mlp")
-    specs = [{**RBF, "strength": 1.0}, {**RBF, "strength": 10.0}, {**LAPLACIAN, "strength": 1.0},
-             {**LAPLACIAN, "strength": 10.0}, {"strength": 10.0, "kernel": "imq", "gamma": 0.5},
-             {**RBF, "strength": 10.0, "every": 1}, {**RBF, "strength": 10.0, "every": 1, "merged": True}]
+    specs = [
+        {**RBF, "strength": 1.0},
+        {**RBF, "strength": 10.0},
+        {**LAPLACIAN, "strength": 1.0},
+        {**LAPLACIAN, "strength": 10.0},
+        {"strength": 10.0, "kernel": "imq", "gamma": 0.5},
+        {**RBF, "strength": 10.0, "every": 1},
+        {**RBF, "strength": 10.0, "every": 1, "merged": True},
+    ]
     cfg = _cfg(setup, epochs=3, schedule="step", step_size=1, step_gamma=0.5)
     pack = _pack(setup, specs, cfg)
     singles = _singles(setup, specs, cfg)
@@ -297,8 +342,13 @@ def test_a_diverged_member_stops_alone(setups):
     specs = [None, OVERFLOWS, RBF]
     cfg = _cfg(setup, epochs=3)
     calls = []
-    pack_models, pack_rows, _ = _pack(setup, specs, cfg, on_row=lambda i, row: calls.append(("row", i, row["epoch"])),
-                                      on_epoch_end=lambda i, done, model: calls.append(("end", i, done)))
+    pack_models, pack_rows, _ = _pack(
+        setup,
+        specs,
+        cfg,
+        on_row=lambda i, row: calls.append(("row", i, row["epoch"])),
+        on_epoch_end=lambda i, done, model: calls.append(("end", i, done)),
+    )
     single_models, single_rows = _singles(setup, specs, cfg)
     assert [r["diverged"] for r in single_rows[1]] == [False, True]  # the setting does diverge alone, at epoch 2
     assert [r["epoch"] for r in pack_rows[1]] == [4, 5] and pack_rows[1][-1]["diverged"] is True
@@ -326,8 +376,9 @@ def test_a_member_that_explodes_without_reaching_inf_stops_alone(setups):
         assert [len(r) for r in rows] == [3, 1] and [r["diverged"] for r in rows[1]] == [True]
         assert math.isfinite(rows[1][0]["train_loss"]) and rows[1][0]["train_ce"] > limit
     # the other member goes on, as it trains alone
-    _assert_pack_is_singles(setup, "mlp", [None], cfg, (pack_models[:1], pack_rows[:1], None),
-                            (single_models[:1], single_rows[:1]))
+    _assert_pack_is_singles(
+        setup, "mlp", [None], cfg, (pack_models[:1], pack_rows[:1], None), (single_models[:1], single_rows[:1])
+    )
     # the exploded member keeps the weights of its last epoch. Not compared with its run alone: an
     # explosion is no first-order perturbation (reordered_sums_rtol), and losses from logits of 3e7
     # keep few of their digits
@@ -341,8 +392,9 @@ def test_the_fallback_trains_each_member_with_fit_and_agrees_with_the_batched_pa
     cfg = _cfg(setup)
     logged = []
     fallback = _pack(setup, specs, cfg, log=logged.append, batched=False)
-    assert logged[0] == ("pack of 3: one member after another with train.fit "
-                         "(asked to train the members one after another)")
+    assert logged[0] == (
+        "pack of 3: one member after another with train.fit (asked to train the members one after another)"
+    )
     # one after another, each is exactly its own train.fit run
     single_models, single_rows = _singles(setup, specs, cfg)
     for i in range(len(specs)):
@@ -362,8 +414,11 @@ def test_the_tolerance_tells_a_wrong_setup(setups, name):
     pack_models, _, _ = _pack(setup, [RBF], cfg)
     right = _singles(setup, [RBF], cfg)[0][0]
     _assert_same_weights(right, pack_models[0], tolerance, start)
-    wrong = [_singles(setup, [RBF], cfg, optimizer_state=None)[0][0], _singles(setup, [LAPLACIAN], cfg)[0][0],
-             _singles(setup, [RBF], cfg, data_rng=None)[0][0]]
+    wrong = [
+        _singles(setup, [RBF], cfg, optimizer_state=None)[0][0],
+        _singles(setup, [LAPLACIAN], cfg)[0][0],
+        _singles(setup, [RBF], cfg, data_rng=None)[0][0],
+    ]
     for model in wrong:
         with pytest.raises(AssertionError, match="elements differ by more than"):
             _assert_same_weights(model, pack_models[0], tolerance, start)
@@ -423,7 +478,7 @@ def test_a_pack_resumed_after_a_kill_ends_exactly_as_an_uninterrupted_pack(setup
 
     assert any("resuming from" in line for line in logged)
     if batched:  # epochs 1 and 2 (4 and 5 of the run) come from the state; only the last is trained again
-        after = logged[next(i for i, line in enumerate(logged) if line.startswith("resumed from")):]
+        after = logged[next(i for i, line in enumerate(logged) if line.startswith("resumed from")) :]
         trained = {int(m.group(1)) for m in map(re.compile(r"member \d+: epoch +(\d+)/").match, after) if m}
         assert trained == {6}
     for i in range(len(specs)):
@@ -438,8 +493,9 @@ def test_members_with_dropout_draw_the_masks_their_separate_runs_draw(digits, ba
     """Each continuation job starts from the checkpoint's torch RNG state; so does every member of a
     pack, batched (one mask for all members, vmap's randomness 'same') or one after another."""
     torch.manual_seed(0)
-    base = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Dropout(0.5),
-                               torch.nn.Linear(64, 10))
+    base = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(64, 10)
+    )
     specs = [None, RBF]
     cfg = TrainConfig(epochs=2)
 

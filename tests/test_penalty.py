@@ -89,8 +89,10 @@ def test_kernel_is_one_at_the_checkpoint_and_decreases_with_distance(name):
     pen.centers = [center]
     direction = _params(5)
     # the value add_grad_ reports, as the training loop reads it
-    values = [_fused_value_and_grad(pen, [c + t * u for c, u in zip(center, direction)])[0].item()
-              for t in (0, 0.1, 0.5, 1, 3)]
+    values = [
+        _fused_value_and_grad(pen, [c + t * u for c, u in zip(center, direction)])[0].item()
+        for t in (0, 0.1, 0.5, 1, 3)
+    ]
     assert values[0] == 1.0
     assert all(a > b for a, b in zip(values, values[1:]) if a > 0)
     assert values[-1] < values[1]
@@ -179,14 +181,17 @@ def test_the_penalty_norm_is_that_of_the_whole_penalty_gradient(centres):
     assert norms.tolist() == pytest.approx([pen_norm, ce_norm], rel=1e-9)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"strength": 1, "kernel": "gauss", "width": 1}, "unknown kernel 'gauss'"),
-    ({"strength": 1, "kernel": "rbf", "width": -1}, "width must be > 0"),
-    ({"strength": 1, "kernel": "rbf"}, "exactly one of width"),
-    ({"strength": 1, "kernel": "rbf", "width": 1, "gamma": 1}, "exactly one of width"),
-    ({"strength": -1, "kernel": "rbf", "width": 1}, "strength must be >= 0"),
-    ({"strength": 1, "kernel": "rbf", "width": 1, "distance": "max"}, "distance must be one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"strength": 1, "kernel": "gauss", "width": 1}, "unknown kernel 'gauss'"),
+        ({"strength": 1, "kernel": "rbf", "width": -1}, "width must be > 0"),
+        ({"strength": 1, "kernel": "rbf"}, "exactly one of width"),
+        ({"strength": 1, "kernel": "rbf", "width": 1, "gamma": 1}, "exactly one of width"),
+        ({"strength": -1, "kernel": "rbf", "width": 1}, "strength must be >= 0"),
+        ({"strength": 1, "kernel": "rbf", "width": 1, "distance": "max"}, "distance must be one of"),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DistancePenalty(**kwargs)
@@ -220,8 +225,12 @@ def test_stacked_penalties_give_each_row_its_members_penalty_and_nothing_to_the_
         penalties.append(penalty)
 
     stacked = StackedPenalties(penalties, n, torch.device("cpu"))
-    stacked.update([on for *_, on in setups], lambda per_member: torch.stack(
-        [_flat(t) if t is not None else torch.zeros(n, dtype=torch.float64) for t in per_member]))
+    stacked.update(
+        [on for *_, on in setups],
+        lambda per_member: torch.stack(
+            [_flat(t) if t is not None else torch.zeros(n, dtype=torch.float64) for t in per_member]
+        ),
+    )
     rows = torch.stack([_flat(m) for m in members])
     grads = torch.stack([_flat(g) for g in ce_grads])
     values, norms = stacked.add_grad_(rows, grads)

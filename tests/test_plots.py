@@ -23,31 +23,60 @@ SETTINGS = {  # run -> its grid settings, as the metrics and summary tables have
     LONER: dict(strength=10.0, kernel="rbf", width=1.0, checkpoint_every=EVERY),
 }
 COMMON = dict(gamma=np.nan, distance="sum", merge=False, lr_init=0.01, schedule="constant", epochs=EPOCHS)
-SPEC = {"runs": [CONTROL, PUSHED], "varying": ["width"], "figure": "curves",
-        "panels": ["val_acc", "dist", "dist_min", "dist_rel", "grad_ratio"], "x": "width"}
+SPEC = {
+    "runs": [CONTROL, PUSHED],
+    "varying": ["width"],
+    "figure": "curves",
+    "panels": ["val_acc", "dist", "dist_min", "dist_rel", "grad_ratio"],
+    "x": "width",
+}
 
 
 def _continuation(run: str, seed: int, epoch: int) -> dict:
     pushed = run != CONTROL
     since = epoch - CHECKPOINT
     return dict(
-        phase="continue", run=run, seed=seed, epoch=epoch, checkpoint_epoch=CHECKPOINT, **SETTINGS[run], **COMMON,
+        phase="continue",
+        run=run,
+        seed=seed,
+        epoch=epoch,
+        checkpoint_epoch=CHECKPOINT,
+        **SETTINGS[run],
+        **COMMON,
         # control 0.95 .. 0.9605, pushed 0.96 .. 0.98: with the checkpoint's 0.94, [0.94, 0.98]
         val_acc=(0.96 + 0.001 * (since - 1) if pushed else 0.95 + 0.0005 * (since - 1)) + 0.001 * seed,
-        dist=(0.5 if pushed else 0.1) * since, dist_rel=(0.05 if pushed else 0.01) * since,
+        dist=(0.5 if pushed else 0.1) * since,
+        dist_rel=(0.05 if pushed else 0.01) * since,
         # back to 0.5 after each new checkpoint: 2.5 at epochs 15, 20, 25
         dist_min=0.5 * ((since - 1) % EVERY + 1) if pushed else 0.1 * since,
         grad_ratio=10.0 ** ((epoch - 20) / 5) if pushed else 0.0,  # 1e-2 .. 1e2; the control's 0
-        lr=0.01, diverged=False)
+        lr=0.01,
+        diverged=False,
+    )
 
 
 def metrics(collapse: bool = False) -> pd.DataFrame:
     """Base epochs 1-10 (val_acc 0.1 .. 0.94), then the control and PUSHED for epochs 11-30, two seeds.
     collapse: PUSHED's accuracy falls to 0.3, so the continuation spans most of the panel."""
-    rows = [dict(phase="base", run="base", seed=seed, epoch=e, val_acc=0.1 + (0.94 - 0.1) * (e - 1) / 9, lr=0.01,
-                 diverged=False) for seed in SEEDS for e in range(1, CHECKPOINT + 1)]
-    rows += [_continuation(run, seed, e) for run in (CONTROL, PUSHED) for seed in SEEDS
-             for e in range(CHECKPOINT + 1, CHECKPOINT + EPOCHS + 1)]
+    rows = [
+        dict(
+            phase="base",
+            run="base",
+            seed=seed,
+            epoch=e,
+            val_acc=0.1 + (0.94 - 0.1) * (e - 1) / 9,
+            lr=0.01,
+            diverged=False,
+        )
+        for seed in SEEDS
+        for e in range(1, CHECKPOINT + 1)
+    ]
+    rows += [
+        _continuation(run, seed, e)
+        for run in (CONTROL, PUSHED)
+        for seed in SEEDS
+        for e in range(CHECKPOINT + 1, CHECKPOINT + EPOCHS + 1)
+    ]
     df = pd.DataFrame(rows).assign(dataset="digits", model="cnn")
     if collapse:
         df.loc[df["run"] == PUSHED, "val_acc"] = 0.3
@@ -102,12 +131,15 @@ def test_dist_min_marks_the_new_checkpoints_on_the_pushed_run(family):
     assert family.get_suptitle().count("new checkpoint") == 1
 
 
-@pytest.mark.parametrize("settings, expected", [
-    (dict(checkpoint_epoch=10, checkpoint_every=5, epochs=20), [15, 20, 25]),
-    (dict(checkpoint_epoch=10, checkpoint_every=7, epochs=20), [17, 24]),
-    (dict(checkpoint_epoch=100, checkpoint_every=0, epochs=900), []),
-    (dict(checkpoint_epoch=10.0, checkpoint_every=np.nan, epochs=20.0), []),
-])
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        (dict(checkpoint_epoch=10, checkpoint_every=5, epochs=20), [15, 20, 25]),
+        (dict(checkpoint_epoch=10, checkpoint_every=7, epochs=20), [17, 24]),
+        (dict(checkpoint_epoch=100, checkpoint_every=0, epochs=900), []),
+        (dict(checkpoint_epoch=10.0, checkpoint_every=np.nan, epochs=20.0), []),
+    ],
+)
 def test_checkpoint_epochs(settings, expected):
     assert plots.checkpoint_epochs(pd.Series(settings)) == expected
 
@@ -120,30 +152,74 @@ def test_plot_family_writes_the_png(tmp_path):
 # the landscape: PUSHED's barrier is 0.25 (mean of 0.2 and 0.3), W1's 1e-4 (noise), the others 0
 BARRIERS = {PUSHED: (0.2, 0.3), W1: (1e-4, 1e-4)}
 FAMILIES = {
-    "width": {"runs": [CONTROL, PUSHED, W1], "varying": ["width"], "figure": "curves", "panels": ["val_acc"], "x": "width"},
-    "strength": {"runs": [CONTROL, W1], "varying": ["strength"], "figure": "curves", "panels": ["val_acc"],
-                 "x": "strength"},
+    "width": {
+        "runs": [CONTROL, PUSHED, W1],
+        "varying": ["width"],
+        "figure": "curves",
+        "panels": ["val_acc"],
+        "x": "width",
+    },
+    "strength": {
+        "runs": [CONTROL, W1],
+        "varying": ["strength"],
+        "figure": "curves",
+        "panels": ["val_acc"],
+        "x": "strength",
+    },
 }
 
 
 def landscape(runs=(CONTROL, PUSHED, W1, LONER), bn: bool = False) -> pd.DataFrame:
     alphas = [-0.5, 0.0, 0.5, 1.0, 1.5]
-    return pd.DataFrame([
-        dict(alpha=a, loss=1 + (a - 0.5) ** 2 + k, error=0.1 + 0.01 * k, pair=0, start="c.pt", end="f.pt",
-             barrier=BARRIERS.get(run, (0.0, 0.0))[seed], split="val", dataset="digits", model="cnn", run=run,
-             seed=seed, bn_recomputed=bn)
-        for k, run in enumerate(runs) for seed in SEEDS for a in alphas])
+    return pd.DataFrame(
+        [
+            dict(
+                alpha=a,
+                loss=1 + (a - 0.5) ** 2 + k,
+                error=0.1 + 0.01 * k,
+                pair=0,
+                start="c.pt",
+                end="f.pt",
+                barrier=BARRIERS.get(run, (0.0, 0.0))[seed],
+                split="val",
+                dataset="digits",
+                model="cnn",
+                run=run,
+                seed=seed,
+                bn_recomputed=bn,
+            )
+            for k, run in enumerate(runs)
+            for seed in SEEDS
+            for a in alphas
+        ]
+    )
 
 
 def summary(runs=(CONTROL, PUSHED, W1, LONER)) -> pd.DataFrame:
-    return pd.DataFrame([dict(dataset="digits", model="cnn", run=run, seed=seed, label="x",
-                              **SETTINGS.get(run, SETTINGS[W1]), **COMMON) for run in runs for seed in SEEDS])
+    return pd.DataFrame(
+        [
+            dict(
+                dataset="digits",
+                model="cnn",
+                run=run,
+                seed=seed,
+                label="x",
+                **SETTINGS.get(run, SETTINGS[W1]),
+                **COMMON,
+            )
+            for run in runs
+            for seed in SEEDS
+        ]
+    )
 
 
 def legends(fig) -> dict[str, list[str]]:
     """Row title -> its legend's texts (the legend sits on the row's error panel)."""
-    return {ax.get_title(): [t.get_text() for t in ax.get_legend().get_texts()]
-            for ax in fig.axes if ax.get_legend() is not None}
+    return {
+        ax.get_title(): [t.get_text() for t in ax.get_legend().get_texts()]
+        for ax in fig.axes
+        if ax.get_legend() is not None
+    }
 
 
 def test_landscape_legends_name_the_swept_values_and_only_real_barriers():
@@ -187,8 +263,15 @@ def test_landscape_title_does_not_overlap_the_panel_titles(n_families):
 def test_plot_command_draws_the_landscape(tmp_path):
     landscape().to_parquet(tmp_path / "landscape.parquet")
     summary().to_parquet(tmp_path / "summary.parquet")
-    args = ["plot", "--landscape", str(tmp_path / "landscape.parquet"), "--out-dir", str(tmp_path / "plots"),
-            "--formats", "png"]
+    args = [
+        "plot",
+        "--landscape",
+        str(tmp_path / "landscape.parquet"),
+        "--out-dir",
+        str(tmp_path / "plots"),
+        "--formats",
+        "png",
+    ]
     assert cli.main(args) == 1  # without --summary and --families: an error, no figure
     families = json.dumps({"strength": FAMILIES["strength"]})
     assert cli.main([*args, "--summary", str(tmp_path / "summary.parquet"), "--families", families]) == 0
@@ -198,15 +281,37 @@ def test_plot_command_draws_the_landscape(tmp_path):
 def _two_seed_tables():
     """FGE and SWA, each with two ensembles (seeds 0 and 1) of 2 members, accuracies by hand."""
     curves, averages = [], []
-    for method, accs in (("fge", {"seed0": (0.80, 0.90), "seed1": (0.70, 0.84)}),
-                         ("swa", {"seed0": (0.60, 0.66), "seed1": (0.62, 0.70)})):
+    for method, accs in (
+        ("fge", {"seed0": (0.80, 0.90), "seed1": (0.70, 0.84)}),
+        ("swa", {"seed0": (0.60, 0.66), "seed1": (0.62, 0.70)}),
+    ):
         for ensemble, (one, two) in accs.items():
-            curves += [{"dataset": "d", "model": "m", "method": method, "ensemble": ensemble, "m": m, "accuracy": a,
-                        "mean_member_accuracy": a, "nll": 1 - a} for m, a in ((1, one), (2, two))]
+            curves += [
+                {
+                    "dataset": "d",
+                    "model": "m",
+                    "method": method,
+                    "ensemble": ensemble,
+                    "m": m,
+                    "accuracy": a,
+                    "mean_member_accuracy": a,
+                    "nll": 1 - a,
+                }
+                for m, a in ((1, one), (2, two))
+            ]
             for kind in ("members", "swa") if method == "swa" else ("members",):
-                averages.append({"dataset": "d", "model": "m", "method": method, "ensemble": ensemble,
-                                 "averaged": kind, "accuracy": two - 0.1, "ensemble_accuracy": two,
-                                 "best_member_accuracy": one})
+                averages.append(
+                    {
+                        "dataset": "d",
+                        "model": "m",
+                        "method": method,
+                        "ensemble": ensemble,
+                        "averaged": kind,
+                        "accuracy": two - 0.1,
+                        "ensemble_accuracy": two,
+                        "best_member_accuracy": one,
+                    }
+                )
     return pd.DataFrame(curves), pd.DataFrame(averages)
 
 
@@ -232,7 +337,7 @@ def test_weight_averages_sit_beside_their_ensembles_with_bars_over_the_seeds():
     assert labels == ["ensemble", "best member", "members' weight average", "SWA (average over every epoch)"]
     swa = ax.containers[labels.index("SWA (average over every epoch)")]
     # one point, at the swa column, the mean of 0.56 and 0.60, its bar from min to max
-    (x, y), = swa.lines[0].get_xydata()
+    ((x, y),) = swa.lines[0].get_xydata()
     assert round(x) == 1 and y == pytest.approx(0.58)
     segment = swa.lines[2][0].get_segments()[0]
     assert segment[:, 1].min() == pytest.approx(0.56) and segment[:, 1].max() == pytest.approx(0.60)

@@ -22,17 +22,49 @@ TIMING = ["epoch_seconds", "train_seconds", "images_per_second"]
 def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     assert main(["prepare", "--dataset", "digits", "--out", str(root / "digits.pt")]) == 0
-    assert main(["train-base", "--data", str(root / "digits.pt"), "--model", "cnn", "--epochs", "2",
-                 "--threads", "1", "--out-dir", str(root / "base")]) == 0
+    assert (
+        main(
+            [
+                "train-base",
+                "--data",
+                str(root / "digits.pt"),
+                "--model",
+                "cnn",
+                "--epochs",
+                "2",
+                "--threads",
+                "1",
+                "--out-dir",
+                str(root / "base"),
+            ]
+        )
+        == 0
+    )
     return root
 
 
 def _continue_cmd(root, out, strength=10):
-    spec = {"strength": strength, "width": 1, "epochs": 12, "schedule": "cosine", "checkpoint_every": 4,
-            "merge": True}
-    return [sys.executable, "-m", "repel", "continue", "--data", str(root / "digits.pt"),
-            "--checkpoint", str(root / "base" / "checkpoint.pt"), "--spec", json.dumps(spec), "--threads", "1",
-            "--device", "cpu", "--save-every", "1", "--out-dir", str(out)]
+    spec = {"strength": strength, "width": 1, "epochs": 12, "schedule": "cosine", "checkpoint_every": 4, "merge": True}
+    return [
+        sys.executable,
+        "-m",
+        "repel",
+        "continue",
+        "--data",
+        str(root / "digits.pt"),
+        "--checkpoint",
+        str(root / "base" / "checkpoint.pt"),
+        "--spec",
+        json.dumps(spec),
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--save-every",
+        "1",
+        "--out-dir",
+        str(out),
+    ]
 
 
 def _saved_epochs(path) -> int:
@@ -90,15 +122,35 @@ def test_killed_run_resumes_to_the_identical_result(base, uninterrupted, sig):
     _assert_same_run(uninterrupted, out)
 
 
-@pytest.mark.parametrize("schedule", [{"schedule": "swa", "eta_min": 0.005},
-                                      {"schedule": "cyclic", "t0": 2, "eta_min": 0.001}], ids=["swa", "fge"])
+@pytest.mark.parametrize(
+    "schedule",
+    [{"schedule": "swa", "eta_min": 0.005}, {"schedule": "cyclic", "t0": 2, "eta_min": 0.001}],
+    ids=["swa", "fge"],
+)
 def test_swa_and_fge_resume_to_the_identical_result(base, schedule):
     """Their schedulers, and SWA's running average, are part of the saved state."""
+
     def cmd(out):
-        return [sys.executable, "-m", "repel", "continue", "--data", str(base / "digits.pt"),
-                "--checkpoint", str(base / "base" / "checkpoint.pt"),
-                "--spec", json.dumps({"strength": 0, "epochs": 8, **schedule}), "--threads", "1", "--device", "cpu",
-                "--save-every", "1", "--out-dir", str(out)]
+        return [
+            sys.executable,
+            "-m",
+            "repel",
+            "continue",
+            "--data",
+            str(base / "digits.pt"),
+            "--checkpoint",
+            str(base / "base" / "checkpoint.pt"),
+            "--spec",
+            json.dumps({"strength": 0, "epochs": 8, **schedule}),
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+            "--save-every",
+            "1",
+            "--out-dir",
+            str(out),
+        ]
 
     whole, out = base / f"whole-{schedule['schedule']}", base / f"killed-{schedule['schedule']}"
     subprocess.run(cmd(whole), check=True, capture_output=True)
@@ -154,8 +206,15 @@ def test_a_state_lacking_entries_is_moved_aside_before_anything_is_restored(tmp_
     before = {k: v.clone() for k, v in model.state_dict().items()}
     parts = {"model": model, "optimizer": torch.optim.SGD(model.parameters(), lr=0.1)}
     # the optimizer's state is not there
-    torch.save({"fingerprint": "f", "rows": [{"epoch": 1}], "torch_rng": torch.get_rng_state(),
-                "model": {k: torch.zeros_like(v) for k, v in before.items()}}, path)
+    torch.save(
+        {
+            "fingerprint": "f",
+            "rows": [{"epoch": 1}],
+            "torch_rng": torch.get_rng_state(),
+            "model": {k: torch.zeros_like(v) for k, v in before.items()},
+        },
+        path,
+    )
 
     assert ResumeState(path, "f", log=logged.append).restore(parts) == []
 
@@ -174,16 +233,50 @@ def test_a_killed_pack_resumes_to_the_identical_result(tmp_path_factory, base, m
     """`repel continue-pack` saves the pack as one state; killed and run again, every member's
     files equal those of an uninterrupted pack."""
     root = tmp_path_factory.mktemp(f"pack-{model}")
-    assert main(["train-base", "--data", str(base / "digits.pt"), "--model", model, "--epochs", "2",
-                 "--threads", "1", "--out-dir", str(root / "base")]) == 0
+    assert (
+        main(
+            [
+                "train-base",
+                "--data",
+                str(base / "digits.pt"),
+                "--model",
+                model,
+                "--epochs",
+                "2",
+                "--threads",
+                "1",
+                "--out-dir",
+                str(root / "base"),
+            ]
+        )
+        == 0
+    )
     spec = {"kernel": "rbf", "width": 1.0, "checkpoint_every": 3, "epochs": 20}
 
     def cmd(out):
-        members = [{"out_dir": str(out / f"s{s}"), "snapshot_every": 0, "spec": {**spec, "strength": s}}
-                   for s in (0, 10)]
-        return [sys.executable, "-m", "repel", "continue-pack", "--data", str(base / "digits.pt"),
-                "--checkpoint", str(root / "base" / "checkpoint.pt"), "--members", json.dumps(members),
-                "--threads", "1", "--device", "cpu", "--save-every", "1", "--out-dir", str(out)]
+        members = [
+            {"out_dir": str(out / f"s{s}"), "snapshot_every": 0, "spec": {**spec, "strength": s}} for s in (0, 10)
+        ]
+        return [
+            sys.executable,
+            "-m",
+            "repel",
+            "continue-pack",
+            "--data",
+            str(base / "digits.pt"),
+            "--checkpoint",
+            str(root / "base" / "checkpoint.pt"),
+            "--members",
+            json.dumps(members),
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+            "--save-every",
+            "1",
+            "--out-dir",
+            str(out),
+        ]
 
     whole, out = root / "whole", root / "killed"
     log = subprocess.run(cmd(whole), check=True, capture_output=True, text=True).stdout

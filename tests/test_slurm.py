@@ -40,8 +40,7 @@ TINY = {
     "resources": {"gpu": 1, "gpu_model": GPU_TYPE, "mem_mb": 500, "runtime": 10},
     "base": {"epochs": 2},
     "continuation": {
-        "defaults": {"epochs": 2, "lr": 0.01, "schedule": "constant", "kernel": "rbf", "width": 1.0,
-                     "distance": "sum"},
+        "defaults": {"epochs": 2, "lr": 0.01, "schedule": "constant", "kernel": "rbf", "width": 1.0, "distance": "sum"},
         "families": {"push": {"sweep": {"strength": [10]}}},
     },
     "pack": "off",  # one job per run: these tests follow single jobs (packs: tests/test_workflow.py)
@@ -53,11 +52,15 @@ TIMING = ["epoch_seconds", "train_seconds", "images_per_second"]
 # job status (sacct needs slurmdbd, which the test cluster does not run; MinJobAge keeps finished
 # jobs in squeue). The others only make the test faster or leave evidence behind.
 SLURM_ARGS = [
-    "--profile", str(ROOT / "profiles/slurm"),
-    "--default-resources", f"slurm_partition={PARTITION}",
+    "--profile",
+    str(ROOT / "profiles/slurm"),
+    "--default-resources",
+    f"slurm_partition={PARTITION}",
     "--slurm-no-account",
-    "--slurm-status-command", "squeue",
-    "--slurm-init-seconds-before-status-checks", "2",
+    "--slurm-status-command",
+    "squeue",
+    "--slurm-init-seconds-before-status-checks",
+    "2",
     "--slurm-keep-successful-logs",
 ]
 SUBMITTED = re.compile(r"Job (\S+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
@@ -69,8 +72,18 @@ def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.Compl
     # the jobs run `python -m repel` in the job step, with the submitting shell's environment
     # (sbatch --export=ALL): this interpreter's directory must come first on PATH
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        *args,
+    ]
     result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
     (workdir / "snakemake.out").write_text(result.stdout + result.stderr)
     return result
@@ -118,8 +131,10 @@ def run_on(cluster, workdir: Path, *args: str, what: str) -> SlurmRun:
     result = snakemake(workdir, *SLURM_ARGS, *args)
     run = SlurmRun(workdir, result, time.monotonic() - t0)
     assert result.returncode == 0, f"{run.output[-6000:]}\n{cluster.logs()}"
-    print(f"\n[slurm] {what}: {len(run.submitted)} jobs submitted to SLURM "
-          f"(ids {', '.join(run.submitted)}), wall time {run.seconds:.1f} s")
+    print(
+        f"\n[slurm] {what}: {len(run.submitted)} jobs submitted to SLURM "
+        f"(ids {', '.join(run.submitted)}), wall time {run.seconds:.1f} s"
+    )
     return run
 
 
@@ -151,7 +166,8 @@ def test_training_jobs_went_through_slurm_with_a_gpu_request(slurm_run, cluster,
         assert f"rule {rule}:" in log.read_text()
     assert submitted == remote, (submitted, remote)
     assert {p.name for p in (slurm_run.workdir / ".snakemake/slurm_logs").iterdir()} == {
-        f"rule_{rule}" for rule in remote}
+        f"rule_{rule}" for rule in remote
+    }
     # no CUDA behind the fake GPU: the trainings fell back to the CPU (device: auto)
     for rule in ("train_base", "continue_run"):
         for log in (slurm_run.workdir / "results/logs" / rule).rglob("*.log"):
@@ -163,9 +179,12 @@ def assert_same_results(workdir: Path, reference: Path) -> None:
     tables = sorted(p.name for p in (reference / "results/aggregate").glob("*.parquet"))
     assert "metrics.parquet" in tables
     for name in tables:
-        pd.testing.assert_frame_equal(table(workdir / "results/aggregate" / name),
-                                      table(reference / "results/aggregate" / name), check_exact=True,
-                                      obj=name)
+        pd.testing.assert_frame_equal(
+            table(workdir / "results/aggregate" / name),
+            table(reference / "results/aggregate" / name),
+            check_exact=True,
+            obj=name,
+        )
 
 
 def test_results_equal_a_local_run(slurm_run, local_run):
@@ -176,8 +195,18 @@ def test_grouped_trainings_share_one_gpu(slurm_run, local_run, cluster, tmp_path
     """profiles/slurm's commented grouping: the trainings of a group job share its one GPU."""
     workdir = tmp_path_factory.mktemp("grouped")
     shutil.copytree(slurm_run.workdir, workdir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("slurm_logs"))
-    run = run_on(cluster, workdir, "--forcerun", "continue_run", "--groups", *GROUPS,
-                 "--group-components", "train=2", "--verbose", what="grouped continuations on SLURM")
+    run = run_on(
+        cluster,
+        workdir,
+        "--forcerun",
+        "continue_run",
+        "--groups",
+        *GROUPS,
+        "--group-components",
+        "train=2",
+        "--verbose",
+        what="grouped continuations on SLURM",
+    )
     assert len(run.submitted) == 1, run.submitted  # both runs, and their landscapes, in one SLURM job
     [(jobid, log)] = run.submitted.items()
     assert log.parent.name.startswith("group_train") and log.is_relative_to(workdir / ".snakemake/slurm_logs"), log

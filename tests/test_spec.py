@@ -44,8 +44,11 @@ def test_the_schemas_grid_point_block_is_the_declaration():
     sweep = SCHEMA["$defs"]["family"]["properties"]["sweep"]["properties"]
     assert set(sweep) == set(spec.KEYS)
     for name in spec.KEYS:  # a swept key: a non-empty list of what the key takes
-        assert _resolved(sweep[name]) == {"type": "array", "minItems": 1,
-                                          "items": {"$ref": f"#/$defs/training/properties/{name}"}}, name
+        assert _resolved(sweep[name]) == {
+            "type": "array",
+            "minItems": 1,
+            "items": {"$ref": f"#/$defs/training/properties/{name}"},
+        }, name
 
 
 def _readme_defaults() -> dict[str, str]:
@@ -73,27 +76,31 @@ def test_config_readme_lists_every_grid_key_with_its_declared_default():
     assert {name: documented[name] for name in spec.KEYS} == {name: _shown(name) for name in spec.KEYS}
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"strength": 1, "width": 1, "epochs": 2.0}, r"^p\.epochs is 2\.0: expected an integer$"),
-    ({"strength": 1, "width": 1, "epochs": 3, "checkpoint_every": 1.0}, r"checkpoint_every is 1\.0: expected an"),
-    ({"strength": 1, "width": 1, "epochs": 3, "merge": 1}, r"merge is 1: expected a bool"),
-    ({"strength": -1, "width": 1, "epochs": 3}, r"strength is -1: expected >= 0"),
-    ({"strength": 1, "width": 0, "epochs": 3}, r"width is 0: expected > 0"),
-    ({"strength": 1, "kernel": "gauss", "width": 1, "epochs": 3}, r"kernel is 'gauss': expected one of rbf"),
-    ({"strength": 1, "epochs": 3}, r"p: kernel rbf needs exactly one of width \(sigma\) or gamma"),
-    ({"strength": 1, "width": 1, "gamma": 1, "epochs": 3}, r"p: kernel rbf needs exactly one of width"),
-    ({"strength": 1, "width": 1, "epochs": 3, "merge": True}, r"p: merge is true but checkpoint_every is 0"),
-    ({"width": 1, "epochs": 3}, r"^p: no strength; give one$"),
-    ({"strength": 1, "width": 1, "epochs": 3, "colour": 1}, r"^p: unknown key colour"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"strength": 1, "width": 1, "epochs": 2.0}, r"^p\.epochs is 2\.0: expected an integer$"),
+        ({"strength": 1, "width": 1, "epochs": 3, "checkpoint_every": 1.0}, r"checkpoint_every is 1\.0: expected an"),
+        ({"strength": 1, "width": 1, "epochs": 3, "merge": 1}, r"merge is 1: expected a bool"),
+        ({"strength": -1, "width": 1, "epochs": 3}, r"strength is -1: expected >= 0"),
+        ({"strength": 1, "width": 0, "epochs": 3}, r"width is 0: expected > 0"),
+        ({"strength": 1, "kernel": "gauss", "width": 1, "epochs": 3}, r"kernel is 'gauss': expected one of rbf"),
+        ({"strength": 1, "epochs": 3}, r"p: kernel rbf needs exactly one of width \(sigma\) or gamma"),
+        ({"strength": 1, "width": 1, "gamma": 1, "epochs": 3}, r"p: kernel rbf needs exactly one of width"),
+        ({"strength": 1, "width": 1, "epochs": 3, "merge": True}, r"p: merge is true but checkpoint_every is 0"),
+        ({"width": 1, "epochs": 3}, r"^p: no strength; give one$"),
+        ({"strength": 1, "width": 1, "epochs": 3, "colour": 1}, r"^p: unknown key colour"),
+    ],
+)
 def test_a_bad_run_is_refused_with_its_key(values, message):
     with pytest.raises(ValueError, match=message):
         spec.Run.of(values, "p")
 
 
 def test_a_control_and_an_unused_schedule_setting_are_normalised_away():
-    control = spec.Run.of({"strength": 0, "kernel": "imq", "gamma": 0.1, "checkpoint_every": 2, "merge": True,
-                           "epochs": 5, "t0": 3})
+    control = spec.Run.of(
+        {"strength": 0, "kernel": "imq", "gamma": 0.1, "checkpoint_every": 2, "merge": True, "epochs": 5, "t0": 3}
+    )
     # s = 0 has no hill: none of its settings; a constant schedule has no cycles: t0 is its default
     assert control == spec.Run.of({"strength": 0, "epochs": 5})
     assert control.penalty.kernel == "none" and control.training.t0 == 10
@@ -127,8 +134,10 @@ def test_labels_read_as_the_legends_do():
 
 
 # a run id is written, never read back: no splitting, matching or prefix tests on one to get a setting
-RUN_ID_PARSING = re.compile(r"""(run|rid|\bid)\w*(\[[^]]*\])?\.(split|rsplit|partition|startswith|endswith)\("""
-                            r"""|\.split\(["']_["']|re\.(match|search|fullmatch)\([^)]*run""")
+RUN_ID_PARSING = re.compile(
+    r"""(run|rid|\bid)\w*(\[[^]]*\])?\.(split|rsplit|partition|startswith|endswith)\("""
+    r"""|\.split\(["']_["']|re\.(match|search|fullmatch)\([^)]*run"""
+)
 
 
 def test_no_code_recovers_a_setting_from_a_run_id():

@@ -13,8 +13,18 @@ from repel.train import TrainConfig, fit, resolve_speed
 
 CPU = torch.device("cpu")
 PLAIN = {"amp": "off", "channels_last": "off", "compile": "off"}  # the reference path: fp32, NCHW, eager
-METRICS = ("train_loss", "train_ce", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "penalty",
-           "dist", "weight_norm")
+METRICS = (
+    "train_loss",
+    "train_ce",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "penalty",
+    "dist",
+    "weight_norm",
+)
 
 
 def _run(digits, epochs=3, **speed):
@@ -23,8 +33,9 @@ def _run(digits, epochs=3, **speed):
     model = models.build("cnn", x.shape[1], digits["num_classes"], x.shape[-1])
     penalty = DistancePenalty(1.0, "rbf", width=5.0)  # wide enough to push all along: k ~ 0.5 at the end
     penalty.add_checkpoint(models.trainable_parameters(model))
-    rows, _, _ = fit(model, digits, TrainConfig(epochs=epochs, lr=0.05, **speed), CPU, penalty=penalty,
-                     log=lambda m: None)
+    rows, _, _ = fit(
+        model, digits, TrainConfig(epochs=epochs, lr=0.05, **speed), CPU, penalty=penalty, log=lambda m: None
+    )
     return model, rows
 
 
@@ -46,10 +57,14 @@ def plain(digits):
 # 1.6 % of the distance travelled apart; bf16 0.6 %, 1 image, 3 %. The limits leave room for
 # other CPUs; a real bug (a wrong layout, a lost gradient term) misses them by far.
 # (The CPU defaults are channels_last: the same case, run once.)
-@pytest.mark.parametrize("speed, rel, images, weights", [
-    ({"channels_last": "on"}, 0.01, 2, 0.05),
-    ({"amp": "bf16"}, 0.03, 3, 0.1),
-], ids=["channels_last", "bf16"])
+@pytest.mark.parametrize(
+    "speed, rel, images, weights",
+    [
+        ({"channels_last": "on"}, 0.01, 2, 0.05),
+        ({"amp": "bf16"}, 0.03, 3, 0.1),
+    ],
+    ids=["channels_last", "bf16"],
+)
 def test_fast_options_match_the_plain_path(digits, plain, speed, rel, images, weights):
     ref_model, ref_rows, start = plain
     model, rows = _run(digits, **speed)
@@ -112,14 +127,19 @@ def test_penalty_in_channels_last_layout_gives_the_same_value_and_gradient():
 def test_augmented_batches_are_crops_and_flips_of_each_image_once():
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (10, 3, 6, 6), generator=g, dtype=torch.uint8)
-    prepared = {"train_x": x, "train_y": torch.arange(10), "mean": torch.zeros(3), "std": torch.ones(3) / 255,
-                "augment": True}
+    prepared = {
+        "train_x": x,
+        "train_y": torch.arange(10),
+        "mean": torch.zeros(3),
+        "std": torch.ones(3) / 255,
+        "augment": True,
+    }
     split = data.DeviceData(prepared, "train", CPU)
     epochs = [list(split.batches(4, torch.Generator().manual_seed(1))) for _ in range(2)]
     for xb, yb in epochs[0]:
         for image, label in zip(xb.round().to(torch.uint8), yb):  # normalised with std 1/255: the raw values
             padded = torch.nn.functional.pad(x[label], (4, 4, 4, 4))
-            windows = [padded[:, r:r + 6, c:c + 6] for r in range(9) for c in range(9)]
+            windows = [padded[:, r : r + 6, c : c + 6] for r in range(9) for c in range(9)]
             assert any(torch.equal(image, w) or torch.equal(image, w.flip(-1)) for w in windows)
     assert sorted(torch.cat([yb for _, yb in epochs[0]]).tolist()) == list(range(10))
     for (a, la), (b, lb) in zip(*epochs):  # one seed, one epoch: the same batches
@@ -128,8 +148,13 @@ def test_augmented_batches_are_crops_and_flips_of_each_image_once():
 
 def test_gpu_benchmark_smoke_runs_on_cpu():
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_speed.py"
-    out = subprocess.run([sys.executable, str(script), "--smoke", "--device", "cpu", "--threads", "1",
-                          "--model", "cnn"], check=False, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--device", "cpu", "--threads", "1", "--model", "cnn"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     for expected in ("device: cpu", "penalty overhead", "reference / ours", "k=2: total", "total"):
         assert expected in out.stdout, (expected, out.stdout)

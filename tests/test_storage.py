@@ -32,11 +32,35 @@ def _half(src, dst):
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("storage")
     assert main(["prepare", "--dataset", "digits", "--out", str(root / "data.pt")]) == 0
-    assert main(["train-base", "--data", str(root / "data.pt"), "--model", "cnn", "--epochs", "1",
-                 "--threads", "1", "--device", "cpu", "--out-dir", str(root / "base")]) == 0
-    f = {"data": root / "data.pt", "checkpoint": root / "base" / "checkpoint.pt",
-         "metrics": root / "base" / "metrics.parquet", "weights": root / "weights.pt",
-         "marker": root / "MARKER", "random": root / "random.pt", "hostile": root / "hostile.pt"}
+    assert (
+        main(
+            [
+                "train-base",
+                "--data",
+                str(root / "data.pt"),
+                "--model",
+                "cnn",
+                "--epochs",
+                "1",
+                "--threads",
+                "1",
+                "--device",
+                "cpu",
+                "--out-dir",
+                str(root / "base"),
+            ]
+        )
+        == 0
+    )
+    f = {
+        "data": root / "data.pt",
+        "checkpoint": root / "base" / "checkpoint.pt",
+        "metrics": root / "base" / "metrics.parquet",
+        "weights": root / "weights.pt",
+        "marker": root / "MARKER",
+        "random": root / "random.pt",
+        "hostile": root / "hostile.pt",
+    }
     # a run's weights as `continue` writes them: the model's state dict alone
     torch.save(torch.load(f["checkpoint"], weights_only=True)["model"], f["weights"])
     f["random"].write_bytes(os.urandom(20_000))
@@ -52,24 +76,98 @@ SPEC = ["--spec", '{"strength": 1, "width": 1, "epochs": 1}']
 # the argument under test -> (command line with BAD in its place, which real file it stands for,
 # what the message must call it); every command writes under OUT
 SLOTS = {
-    "train-base --data": (["train-base", "--data", "BAD", "--model", "cnn", "--epochs", "1", "--out-dir", "OUT"],
-                          "data", "a prepared dataset"),
-    "continue --data": (["continue", "--data", "BAD", "--checkpoint", "CKPT", *SPEC, "--out-dir", "OUT"], "data",
-                        "a prepared dataset"),
-    "continue --checkpoint": (["continue", "--data", "DATA", "--checkpoint", "BAD", *SPEC, "--out-dir", "OUT"],
-                              "checkpoint", "a base checkpoint"),
-    "predict --checkpoints": (["predict", "--data", "DATA", "--checkpoints", "BAD", "--members", "WEIGHTS",
-                               "--method", "m", "--ensemble", "e", "--out", "OUT/p.pt"], "checkpoint",
-                              "a base checkpoint"),
-    "predict --members": (["predict", "--data", "DATA", "--checkpoints", "CKPT", "--members", "BAD",
-                           "--method", "m", "--ensemble", "e", "--out", "OUT/p.pt"], "weights",
-                          "an ensemble member's weights"),
-    "landscape --checkpoint": (["landscape", "--data", "DATA", "--checkpoint", "BAD", "--weights", "WEIGHTS",
-                                "--run", "r", "--out", "OUT/l.parquet"], "checkpoint", "a base checkpoint"),
-    "landscape --weights": (["landscape", "--data", "DATA", "--checkpoint", "CKPT", "--weights", "BAD",
-                             "--run", "r", "--out", "OUT/l.parquet"], "weights", "a continuation run's weights"),
-    "ensembles --predictions": (["ensembles", "--predictions", "BAD", "--member-landscapes", "OUT/none.parquet",
-                                 "--out-dir", "OUT"], "weights", "stored ensemble predictions"),
+    "train-base --data": (
+        ["train-base", "--data", "BAD", "--model", "cnn", "--epochs", "1", "--out-dir", "OUT"],
+        "data",
+        "a prepared dataset",
+    ),
+    "continue --data": (
+        ["continue", "--data", "BAD", "--checkpoint", "CKPT", *SPEC, "--out-dir", "OUT"],
+        "data",
+        "a prepared dataset",
+    ),
+    "continue --checkpoint": (
+        ["continue", "--data", "DATA", "--checkpoint", "BAD", *SPEC, "--out-dir", "OUT"],
+        "checkpoint",
+        "a base checkpoint",
+    ),
+    "predict --checkpoints": (
+        [
+            "predict",
+            "--data",
+            "DATA",
+            "--checkpoints",
+            "BAD",
+            "--members",
+            "WEIGHTS",
+            "--method",
+            "m",
+            "--ensemble",
+            "e",
+            "--out",
+            "OUT/p.pt",
+        ],
+        "checkpoint",
+        "a base checkpoint",
+    ),
+    "predict --members": (
+        [
+            "predict",
+            "--data",
+            "DATA",
+            "--checkpoints",
+            "CKPT",
+            "--members",
+            "BAD",
+            "--method",
+            "m",
+            "--ensemble",
+            "e",
+            "--out",
+            "OUT/p.pt",
+        ],
+        "weights",
+        "an ensemble member's weights",
+    ),
+    "landscape --checkpoint": (
+        [
+            "landscape",
+            "--data",
+            "DATA",
+            "--checkpoint",
+            "BAD",
+            "--weights",
+            "WEIGHTS",
+            "--run",
+            "r",
+            "--out",
+            "OUT/l.parquet",
+        ],
+        "checkpoint",
+        "a base checkpoint",
+    ),
+    "landscape --weights": (
+        [
+            "landscape",
+            "--data",
+            "DATA",
+            "--checkpoint",
+            "CKPT",
+            "--weights",
+            "BAD",
+            "--run",
+            "r",
+            "--out",
+            "OUT/l.parquet",
+        ],
+        "weights",
+        "a continuation run's weights",
+    ),
+    "ensembles --predictions": (
+        ["ensembles", "--predictions", "BAD", "--member-landscapes", "OUT/none.parquet", "--out-dir", "OUT"],
+        "weights",
+        "stored ensemble predictions",
+    ),
     "aggregate --runs": (["aggregate", "--runs", "BAD", "--out-dir", "OUT"], "metrics", "a run's metrics table"),
 }
 
@@ -126,20 +224,33 @@ def test_a_missing_input_file_is_named(files, slot, tmp_path, capsys):
 def _state_of(model: str, in_channels: int = 1, num_classes: int = 10) -> dict:
     from repel import models
 
-    return models.from_arch({"model": model, "in_channels": in_channels, "num_classes": num_classes,
-                             "image_size": 8}).state_dict()
+    return models.from_arch(
+        {"model": model, "in_channels": in_channels, "num_classes": num_classes, "image_size": 8}
+    ).state_dict()
 
 
 # a valid file of the wrong kind in a slot: what it holds, and what the message must say of it
 WRONG_KIND = {
-    "predictions as a checkpoint": ("continue --checkpoint", lambda f: {"probs": torch.zeros(2, 3, 10)},
-                                    "holds a dict of probs, without model, optimizer, epoch"),
-    "weights as a checkpoint": ("landscape --checkpoint", lambda f: torch.load(f["weights"], weights_only=True),
-                                "without model, optimizer, epoch, rng, arch, config"),
-    "another architecture's snapshot": ("predict --members", lambda f: _state_of("mlp"),
-                                        "holds the weights of another network than cnn"),
-    "a checkpoint as weights": ("landscape --weights", lambda f: torch.load(f["checkpoint"], weights_only=True),
-                                "not a network's weights"),
+    "predictions as a checkpoint": (
+        "continue --checkpoint",
+        lambda f: {"probs": torch.zeros(2, 3, 10)},
+        "holds a dict of probs, without model, optimizer, epoch",
+    ),
+    "weights as a checkpoint": (
+        "landscape --checkpoint",
+        lambda f: torch.load(f["weights"], weights_only=True),
+        "without model, optimizer, epoch, rng, arch, config",
+    ),
+    "another architecture's snapshot": (
+        "predict --members",
+        lambda f: _state_of("mlp"),
+        "holds the weights of another network than cnn",
+    ),
+    "a checkpoint as weights": (
+        "landscape --weights",
+        lambda f: torch.load(f["checkpoint"], weights_only=True),
+        "not a network's weights",
+    ),
 }
 
 
@@ -171,9 +282,13 @@ def test_a_write_that_fails_leaves_no_temporary_file_and_says_why(tmp_path, monk
         raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 80512 vs 80408")
 
     monkeypatch.setattr(storage.torch, "save", full_disk)
-    with pytest.raises(OSError, match=r"could not write .*final\.pt: the write stopped short, as it does on a full "
-                                      r"disk \(\d+ bytes free on its disk\)"):
+    with pytest.raises(
+        OSError,
+        match=r"could not write .*final\.pt: the write stopped short, as it does on a full "
+        r"disk \(\d+ bytes free on its disk\)",
+    ):
         storage.save_torch({}, tmp_path / "final.pt")
+
     # the operating system's own reason, where it gives one (/dev/full: no space left on device)
     def no_space(tmp):
         tmp.write_text("x")

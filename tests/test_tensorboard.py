@@ -14,26 +14,69 @@ import pytest
 import torch.utils.tensorboard
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+from workflow_run import TINY, snakemake
 
 from repel.cli import main
 from repel.storage import load_torch
-from workflow_run import TINY, snakemake
 
 # every per-epoch metric of a run's metrics.parquet (the list, not the module's)
-METRICS = ["train_loss", "train_ce", "train_acc", "penalty", "val_loss", "val_acc", "test_loss", "test_acc",
-           "dist", "dist_min", "dist_rel", "grad_ratio", "lr", "weight_norm", "epoch_seconds", "images_per_second"]
+METRICS = [
+    "train_loss",
+    "train_ce",
+    "train_acc",
+    "penalty",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "dist",
+    "dist_min",
+    "dist_rel",
+    "grad_ratio",
+    "lr",
+    "weight_norm",
+    "epoch_seconds",
+    "images_per_second",
+]
 RUN = "s10-rbf-w1_lr0.01-const-e3"
 
 
 def _train_base(root, *extra):
-    return main(["train-base", "--data", str(root / "digits.pt"), "--model", "cnn", "--epochs", "2",
-                 "--threads", "1", "--out-dir", str(root / "base"), *extra])
+    return main(
+        [
+            "train-base",
+            "--data",
+            str(root / "digits.pt"),
+            "--model",
+            "cnn",
+            "--epochs",
+            "2",
+            "--threads",
+            "1",
+            "--out-dir",
+            str(root / "base"),
+            *extra,
+        ]
+    )
 
 
 def _continue(root, out, *extra):
-    return main(["continue", "--data", str(root / "digits.pt"), "--checkpoint", str(root / "base" / "checkpoint.pt"),
-                 "--spec", '{"strength": 10, "kernel": "rbf", "width": 1, "epochs": 3}', "--threads", "1",
-                 "--out-dir", str(out), *extra])
+    return main(
+        [
+            "continue",
+            "--data",
+            str(root / "digits.pt"),
+            "--checkpoint",
+            str(root / "base" / "checkpoint.pt"),
+            "--spec",
+            '{"strength": 10, "kernel": "rbf", "width": 1, "epochs": 3}',
+            "--threads",
+            "1",
+            "--out-dir",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def _events(path) -> EventAccumulator:
@@ -72,8 +115,11 @@ def test_every_metric_of_every_epoch_is_in_the_events(runs, run, out):
 
 def test_the_runs_parameters_are_its_hyperparameters(runs):
     content = _events(runs / "tb" / "digits" / "cnn" / RUN / "seed0").PluginTagToContent("hparams")
-    start = next(HParamsPluginData.FromString(c).session_start_info for c in content.values()
-                 if HParamsPluginData.FromString(c).HasField("session_start_info"))
+    start = next(
+        HParamsPluginData.FromString(c).session_start_info
+        for c in content.values()
+        if HParamsPluginData.FromString(c).HasField("session_start_info")
+    )
     values = {key: getattr(value, value.WhichOneof("kind")) for key, value in start.hparams.items()}
     # as given on the command line above (lr_init and distance: the defaults)
     assert values["strength"] == 10 and values["kernel"] == "rbf" and values["width"] == 1
@@ -104,9 +150,28 @@ def _last_epoch(run_dir) -> int:
 def test_a_killed_and_resumed_run_has_every_epoch_once(runs):
     out, tb = runs / "killed", runs / "tb-killed"
     run_dir = tb / "digits" / "cnn" / "s10-rbf-w1_lr0.01-const-e10" / "seed0"
-    cmd = [sys.executable, "-m", "repel", "continue", "--data", str(runs / "digits.pt"),
-           "--checkpoint", str(runs / "base" / "checkpoint.pt"), "--spec", '{"strength": 10, "width": 1, "epochs": 10}',
-           "--threads", "1", "--device", "cpu", "--save-every", "4", "--tensorboard", str(tb), "--out-dir", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "repel",
+        "continue",
+        "--data",
+        str(runs / "digits.pt"),
+        "--checkpoint",
+        str(runs / "base" / "checkpoint.pt"),
+        "--spec",
+        '{"strength": 10, "width": 1, "epochs": 10}',
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--save-every",
+        "4",
+        "--tensorboard",
+        str(tb),
+        "--out-dir",
+        str(out),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # kill it once epoch 7 is written: the state is saved after epochs 4 and 8 of the run (6 and 10),
     # so its events go beyond its saved state, and the resumed attempt writes those epochs again
@@ -161,8 +226,9 @@ def test_the_config_switch_reaches_the_training_jobs_only_through_their_commands
     result = snakemake(tmp_path, config, "-n", "-p")
     assert result.returncode == 0, result.stderr + result.stdout
     text = result.stdout + result.stderr
-    commands = [line for line in text.splitlines() if "python -m repel train-base" in line
-                or "python -m repel continue" in line]
+    commands = [
+        line for line in text.splitlines() if "python -m repel train-base" in line or "python -m repel continue" in line
+    ]
     # the base, and one pack for the width family's two points with their control
     assert len(commands) == 1 + 1 and "python -m repel continue-pack" in commands[1]
     on = switch is not False  # default: on

@@ -27,8 +27,16 @@ def _continue(digits, ckpt, penalty_args, epochs=3):
     if penalty_args is not None:
         penalty = DistancePenalty(**penalty_args)
         penalty.add_checkpoint(models.trainable_parameters(model))
-    rows, _, _ = fit(model, digits, TrainConfig(epochs=epochs, seed=7), torch.device("cpu"), penalty=penalty,
-                     first_epoch=4, optimizer_state=ckpt[1], log=lambda m: None)
+    rows, _, _ = fit(
+        model,
+        digits,
+        TrainConfig(epochs=epochs, seed=7),
+        torch.device("cpu"),
+        penalty=penalty,
+        first_epoch=4,
+        optimizer_state=ckpt[1],
+        log=lambda m: None,
+    )
     return model, rows
 
 
@@ -82,8 +90,9 @@ def test_the_penalty_column_is_the_kernel_of_the_distance_by_hand(digits):
     n = sum(p.numel() for p in params)
     penalty = DistancePenalty(3.0, "rbf", width=50.0)
     penalty.add_checkpoint([p.detach() + 0.3 for p in params])
-    rows, _, _ = fit(model, digits, TrainConfig(epochs=1, lr=0.0), torch.device("cpu"), penalty=penalty,
-                     log=lambda m: None)
+    rows, _, _ = fit(
+        model, digits, TrainConfig(epochs=1, lr=0.0), torch.device("cpu"), penalty=penalty, log=lambda m: None
+    )
     expected = 3.0 * math.exp(-0.09 * n / (2 * 50.0**2))
     assert 0.01 < expected < 2.99  # the kernel is neither flat nor zero here
     assert rows[0]["penalty"] == pytest.approx(expected, rel=1e-4)
@@ -154,10 +163,44 @@ def test_a_control_continuation_is_the_base_training_continued(tmp_path):
     data = str(tmp_path / "digits.pt")
     assert main(["prepare", "--dataset", "digits", "--out", data]) == 0
     for epochs in ("2", "4"):
-        assert main(["train-base", "--data", data, "--model", "cnn", "--epochs", epochs, "--seed", "3",
-                     "--threads", "1", "--out-dir", str(tmp_path / f"base{epochs}")]) == 0
-    assert main(["continue", "--data", data, "--checkpoint", str(tmp_path / "base2/checkpoint.pt"),
-                 "--spec", '{"strength": 0, "epochs": 2}', "--threads", "1", "--out-dir", str(tmp_path / "cont")]) == 0
+        assert (
+            main(
+                [
+                    "train-base",
+                    "--data",
+                    data,
+                    "--model",
+                    "cnn",
+                    "--epochs",
+                    epochs,
+                    "--seed",
+                    "3",
+                    "--threads",
+                    "1",
+                    "--out-dir",
+                    str(tmp_path / f"base{epochs}"),
+                ]
+            )
+            == 0
+        )
+    assert (
+        main(
+            [
+                "continue",
+                "--data",
+                data,
+                "--checkpoint",
+                str(tmp_path / "base2/checkpoint.pt"),
+                "--spec",
+                '{"strength": 0, "epochs": 2}',
+                "--threads",
+                "1",
+                "--out-dir",
+                str(tmp_path / "cont"),
+            ]
+        )
+        == 0
+    )
     longer, continued = load_torch(tmp_path / "base4/checkpoint.pt")["model"], load_torch(tmp_path / "cont/final.pt")
     for key in longer:
         assert torch.equal(longer[key], continued[key]), key
@@ -175,8 +218,16 @@ def test_repeated_checkpoints_are_taken_every_k_epochs_and_measured(digits):
     def keep(epochs_done, model):
         after[epochs_done] = _flat(model.parameters())
 
-    rows, _, _ = fit(model, digits, TrainConfig(epochs=5), torch.device("cpu"), penalty=penalty,
-                     optimizer_state=ckpt[1], log=lambda m: None, on_epoch_end=keep)
+    rows, _, _ = fit(
+        model,
+        digits,
+        TrainConfig(epochs=5),
+        torch.device("cpu"),
+        penalty=penalty,
+        optimizer_state=ckpt[1],
+        log=lambda m: None,
+        on_epoch_end=keep,
+    )
     assert len(penalty.checkpoints) == 1 + 2  # after epochs 2 and 4
     assert [len(r["dist_checkpoints"]) for r in rows] == [1, 1, 2, 2, 3]
     # epoch 5: the nearest checkpoint is the one taken after epoch 4, one epoch away
@@ -193,11 +244,44 @@ def test_snapshots_are_saved_every_k_epochs(tmp_path):
 
     data = str(tmp_path / "digits.pt")
     assert main(["prepare", "--dataset", "digits", "--out", data]) == 0
-    assert main(["train-base", "--data", data, "--model", "cnn", "--epochs", "1", "--threads", "1",
-                 "--out-dir", str(tmp_path / "base")]) == 0
-    assert main(["continue", "--data", data, "--checkpoint", str(tmp_path / "base/checkpoint.pt"),
-                 "--spec", '{"strength": 1, "width": 1, "epochs": 4}', "--snapshot-every", "2", "--threads", "1",
-                 "--out-dir", str(tmp_path / "run")]) == 0
+    assert (
+        main(
+            [
+                "train-base",
+                "--data",
+                data,
+                "--model",
+                "cnn",
+                "--epochs",
+                "1",
+                "--threads",
+                "1",
+                "--out-dir",
+                str(tmp_path / "base"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "continue",
+                "--data",
+                data,
+                "--checkpoint",
+                str(tmp_path / "base/checkpoint.pt"),
+                "--spec",
+                '{"strength": 1, "width": 1, "epochs": 4}',
+                "--snapshot-every",
+                "2",
+                "--threads",
+                "1",
+                "--out-dir",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "run/snapshots").iterdir()) == ["epoch3.pt", "epoch5.pt"]
     last, final = load_torch(tmp_path / "run/snapshots/epoch5.pt"), load_torch(tmp_path / "run/final.pt")
     assert all(torch.equal(last[k], final[k]) for k in final)
@@ -215,8 +299,13 @@ def test_every_step_s_learning_rate_is_recorded_as_the_scheduler_set_it(digits):
 
 def test_each_epoch_s_lr_is_the_step_schedule_s_value_by_hand(digits):
     # step decay x0.5 every epoch: 0.1, 0.05, 0.025 at the epochs' starts
-    rows, _, _ = fit(_model(digits), digits, TrainConfig(epochs=3, lr=0.1, schedule="step", step_size=1,
-                                                          step_gamma=0.5), torch.device("cpu"), log=lambda m: None)
+    rows, _, _ = fit(
+        _model(digits),
+        digits,
+        TrainConfig(epochs=3, lr=0.1, schedule="step", step_size=1, step_gamma=0.5),
+        torch.device("cpu"),
+        log=lambda m: None,
+    )
     assert [row["lr"] for row in rows] == pytest.approx([0.1, 0.05, 0.025], rel=1e-12)
 
 
@@ -225,8 +314,14 @@ def test_fge_lr_follows_the_triangular_cycle_and_members_sit_at_its_lowest(digit
     high, low = 0.05, 0.001
     cfg = TrainConfig(epochs=2 * t0, lr=high, schedule="cyclic", t0=t0, eta_min=low)
     members = []
-    rows, _, _ = fit(_model(digits), digits, cfg, torch.device("cpu"), log=lambda m: None,
-                     on_epoch_end=lambda done, model: members.append(done) if done % t0 == 0 else None)
+    rows, _, _ = fit(
+        _model(digits),
+        digits,
+        cfg,
+        torch.device("cpu"),
+        log=lambda m: None,
+        on_epoch_end=lambda done, model: members.append(done) if done % t0 == 0 else None,
+    )
     steps = math.ceil(len(digits["train_y"]) / cfg.batch_size)
     cycle = t0 * steps  # steps per cycle (an odd count puts the peak between two steps)
 
@@ -252,8 +347,15 @@ def test_swa_anneals_to_its_lr_and_averages_the_weights_of_every_epoch(digits):
     averaged = AveragedModel(model)
     kept = []
     cfg = TrainConfig(epochs=3, lr=0.05, schedule="swa", eta_min=0.01)
-    rows, _, _ = fit(model, digits, cfg, torch.device("cpu"), log=lambda m: None, averaged=averaged,
-                     on_epoch_end=lambda done, model: kept.append(_flat(model.parameters())))
+    rows, _, _ = fit(
+        model,
+        digits,
+        cfg,
+        torch.device("cpu"),
+        log=lambda m: None,
+        averaged=averaged,
+        on_epoch_end=lambda done, model: kept.append(_flat(model.parameters())),
+    )
     first, later = rows[0]["lr_steps"], [lr for row in rows[1:] for lr in row["lr_steps"]]
     assert first[0] == 0.05 and all(a > b for a, b in zip(first, first[1:]))  # annealed down over epoch 1
     assert later == pytest.approx([0.01] * len(later), rel=1e-12)  # then SWA's constant lr

@@ -7,7 +7,6 @@ changes of it; expected job counts are counted by hand from the config, not by t
 import copy
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -18,24 +17,35 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import workflow_run
 import yaml
+from workflow_run import ROOT, planned_jobs, planned_outputs, snakemake
 
 from repel import models
-import workflow_run
-from workflow_run import ROOT, planned_jobs, planned_outputs, snakemake
 
 TINY = copy.deepcopy(workflow_run.TINY)
 TINY["continuation"]["families"]["unstable"] = {"sweep": {"lr": [1e6]}, "figure": "final"}  # a loss that becomes NaN
 # 2 members 1 epoch apart; the independent seeds 0 and 1 train the width family's control
 # (lr 0.01, constant, 2 epochs) for seed 1 too, a seed the config's families do not use
-TINY["ensembles"] = {"members": 2, "cycle": 1, "strength": 10, "seeds": [0, 1], "fge": {"cycle": 1, "lr_low": 0.001},
-                     "swa": {"lr": 0.005}}
+TINY["ensembles"] = {
+    "members": 2,
+    "cycle": 1,
+    "strength": 10,
+    "seeds": [0, 1],
+    "fge": {"cycle": 1, "lr_low": 0.001},
+    "swa": {"lr": 0.005},
+}
 RUNS = ["s0_lr0.01-const-e2", "s10-rbf-w1_lr0.01-const-e2", "s10-rbf-w0.5_lr0.01-const-e2"]
 DIVERGED = ["s0_lr1e6-const-e2", "s10-rbf-w1_lr1e6-const-e2"]
 # the runs the ensemble methods take their members from (seed 0; independent: seeds 0 and 1)
-ENSEMBLE_RUNS = {"distance": "s10-rbf-w1-every1_lr0.01-const-e2", "sgdr": "s0_lr0.01-sgdr1x1-e2",
-                 "sgdr_distance": "s10-rbf-w1-every1_lr0.01-sgdr1x1-e2", "independent": "s0_lr0.01-const-e2",
-                 "fge": "s0_lr0.01-cyc1min0.001-e2", "swa": "s0_lr0.01-swa0.005-e2"}
+ENSEMBLE_RUNS = {
+    "distance": "s10-rbf-w1-every1_lr0.01-const-e2",
+    "sgdr": "s0_lr0.01-sgdr1x1-e2",
+    "sgdr_distance": "s10-rbf-w1-every1_lr0.01-sgdr1x1-e2",
+    "independent": "s0_lr0.01-const-e2",
+    "fge": "s0_lr0.01-cyc1min0.001-e2",
+    "swa": "s0_lr0.01-swa0.005-e2",
+}
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +58,40 @@ def finished(tmp_path_factory) -> Path:
 
 def test_metrics_table_has_the_schema_and_one_row_per_run_and_epoch(finished):
     df = pd.read_parquet(finished / "results/aggregate/metrics.parquet")
-    for column in ("epoch", "lr", "train_loss", "train_ce", "train_acc", "penalty", "val_loss", "val_acc",
-                   "test_loss", "test_acc", "dist", "dist_rel", "dist_min", "weight_norm", "grad_ratio",
-                   "epoch_seconds", "train_seconds", "images_per_second", "diverged", "phase", "dataset", "model", "seed",
-                   "run", "label", "control", "strength", "kernel", "width", "gamma", "lr_init", "schedule"):
+    for column in (
+        "epoch",
+        "lr",
+        "train_loss",
+        "train_ce",
+        "train_acc",
+        "penalty",
+        "val_loss",
+        "val_acc",
+        "test_loss",
+        "test_acc",
+        "dist",
+        "dist_rel",
+        "dist_min",
+        "weight_norm",
+        "grad_ratio",
+        "epoch_seconds",
+        "train_seconds",
+        "images_per_second",
+        "diverged",
+        "phase",
+        "dataset",
+        "model",
+        "seed",
+        "run",
+        "label",
+        "control",
+        "strength",
+        "kernel",
+        "width",
+        "gamma",
+        "lr_init",
+        "schedule",
+    ):
         assert column in df.columns, column
     runs = df[(df["phase"] == "continue") & df["run"].isin(RUNS)]
     assert len(df[df["phase"] == "base"]) == 2  # seed 0's two epochs
@@ -160,7 +200,10 @@ def test_every_job_wrote_its_log(finished):
     # evaluate_ensembles, 2 families, plot_landscape, plot_ensembles, claims, plot_claims, plot_kernels,
     # plot_hill_2d
     assert len(logs) == 1 + 2 + 6 + 2 + 6 + 1 + 1 + 1 + 2 + 1 + 1 + 1 + 1 + 1 + 1
-    assert f"{RUNS[1]}: epoch    4/4" in (finished / "results/logs/continue_pack/digits/cnn/lr0.01-const-e2_seed0.log").read_text()
+    assert (
+        f"{RUNS[1]}: epoch    4/4"
+        in (finished / "results/logs/continue_pack/digits/cnn/lr0.01-const-e2_seed0.log").read_text()
+    )
     predict = (finished / "results/logs/predict/digits/cnn/fge/seed0.log").read_text()
     assert "loss barrier from" in predict and "member_landscape.parquet" in predict
 
@@ -174,7 +217,7 @@ def test_a_new_grid_point_reruns_only_the_pack_it_joins_and_what_follows(finishe
     config["continuation"]["families"]["width"]["sweep"]["width"].append(2.0)
     jobs = planned_jobs(snakemake(finished, config, "-n"))
     # the pack of lr 0.01, constant, 2 epochs, seed 0 gains the point: that one job re-trains
-    (pack, n), = training_jobs(jobs).items()
+    ((pack, n),) = training_jobs(jobs).items()
     assert pack.startswith("continue_pack_") and n == 1
     # the landscapes of its compared runs (one job, as the pack), the tables and the figures
     assert [n for rule, n in jobs.items() if rule.startswith("landscape")] == [1]
@@ -187,7 +230,14 @@ def test_without_packs_a_new_grid_point_runs_only_itself_and_what_follows(tmp_pa
     assert snakemake(tmp_path, config, "--cores", "2").returncode == 0
     config["continuation"]["families"]["width"]["sweep"]["width"].append(2.0)
     assert planned_jobs(snakemake(tmp_path, config, "-n")) == {
-        "continue_run": 1, "aggregate": 1, "plot_family": 1, "claims": 1, "plot_claims": 1, "plot_kernels": 1, "all": 1}
+        "continue_run": 1,
+        "aggregate": 1,
+        "plot_family": 1,
+        "claims": 1,
+        "plot_claims": 1,
+        "plot_kernels": 1,
+        "all": 1,
+    }
 
 
 def test_changing_the_base_training_reruns_everything_downstream(finished):
@@ -199,28 +249,50 @@ def test_changing_the_base_training_reruns_everything_downstream(finished):
     training = training_jobs(jobs)
     assert sum(n for rule, n in training.items() if rule.startswith("continue_pack_")) == 3
     assert {rule: n for rule, n in training.items() if not rule.startswith("continue_pack_")} == {
-        "continue_run": 1, "continue_run_fge": 1, "continue_run_swa": 1}
+        "continue_run": 1,
+        "continue_run_fge": 1,
+        "continue_run_swa": 1,
+    }
     # the landscapes of the two packs that hold compared runs (the width family's, lr 1e6)
     assert sum(n for rule, n in jobs.items() if rule.startswith("landscape_pack_")) == 2
     assert {rule: n for rule, n in jobs.items() if rule not in training and not rule.startswith("landscape_pack_")} == {
-        "train_base": 2, "predict": 6, "aggregate": 1, "aggregate_landscape": 1, "evaluate_ensembles": 1, "plot_family": 2,
-        "plot_landscape": 1, "plot_ensembles": 1, "claims": 1, "plot_claims": 1, "plot_kernels": 1, "all": 1}
+        "train_base": 2,
+        "predict": 6,
+        "aggregate": 1,
+        "aggregate_landscape": 1,
+        "evaluate_ensembles": 1,
+        "plot_family": 2,
+        "plot_landscape": 1,
+        "plot_ensembles": 1,
+        "claims": 1,
+        "plot_claims": 1,
+        "plot_kernels": 1,
+        "all": 1,
+    }
 
 
 def test_options_that_change_how_a_job_runs_rerun_nothing(finished):
     config = copy.deepcopy(TINY)
-    config.update(device="cpu", threads=2, save_every=1, tensorboard=False,
-                  resources={"gpu": 1, "mem_mb": 100, "runtime": 5},
-                  speed={"amp": "bf16", "channels_last": "off", "compile": "on"})
+    config.update(
+        device="cpu",
+        threads=2,
+        save_every=1,
+        tensorboard=False,
+        resources={"gpu": 1, "mem_mb": 100, "runtime": 5},
+        speed={"amp": "bf16", "channels_last": "off", "compile": "on"},
+    )
     result = snakemake(finished, config, "-n")
     assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("method, member, rule", [
-    ("sgdr", "snapshots/epoch3.pt", "continue_pack_"),  # trained in a pack with SGDR + distance
-    ("fge", "snapshots/epoch4.pt", "continue_run_fge"),
-    ("swa", "swa.pt", "continue_run_swa"),
-])
+@pytest.mark.parametrize(
+    "method, member, rule",
+    [
+        ("sgdr", "snapshots/epoch3.pt", "continue_pack_"),  # trained in a pack with SGDR + distance
+        ("fge", "snapshots/epoch4.pt", "continue_run_fge"),
+        ("swa", "swa.pt", "continue_run_swa"),
+    ],
+)
 def test_a_lost_snapshot_is_made_again_when_its_ensemble_is(finished, tmp_path, method, member, rule):
     snapshot = finished / f"results/continue/digits/cnn/{ENSEMBLE_RUNS[method]}/seed0/{member}"
     kept = tmp_path / snapshot.name
@@ -241,8 +313,9 @@ def test_each_config_writes_under_its_own_results_root(finished):
     outputs = planned_outputs(snakemake(finished, config, "-n"))
     assert len(outputs) > 50 and all(path.startswith("results/other/") for path in outputs)
     # the shipped configs name three different roots
-    roots = [yaml.safe_load((ROOT / f"config/{name}.yaml").read_text())["results"]
-             for name in ("config", "reduced", "study")]
+    roots = [
+        yaml.safe_load((ROOT / f"config/{name}.yaml").read_text())["results"] for name in ("config", "reduced", "study")
+    ]
     assert len(set(roots)) == 3
 
 
@@ -265,8 +338,17 @@ def test_a_given_config_replaces_the_embedded_default(tmp_path):
     config["landscape"] = False
     config.pop("ensembles")
     assert planned_jobs(snakemake(tmp_path, config, "-n")) == {  # s10 and its control: one pack
-        "prepare_data": 1, "train_base": 1, "continue_pack_0": 1, "aggregate": 1, "plot_family": 1, "claims": 1,
-        "plot_claims": 1, "plot_kernels": 1, "plot_hill_2d": 1, "all": 1}
+        "prepare_data": 1,
+        "train_base": 1,
+        "continue_pack_0": 1,
+        "aggregate": 1,
+        "plot_family": 1,
+        "claims": 1,
+        "plot_claims": 1,
+        "plot_kernels": 1,
+        "plot_hill_2d": 1,
+        "all": 1,
+    }
 
 
 # config/study.yaml's grid counted by hand: the points each family adds to those before it, with
@@ -274,13 +356,13 @@ def test_a_given_config_replaces_the_embedded_default(tmp_path):
 STUDY_NEW_POINTS = {
     "baseline": 2,  # s10 and its control s0 (lr 0.01, constant, e800)
     "strength": 3,  # s 0.1, 1, 100 (s10 and the control are the baseline's)
-    "width": 4,     # gamma 1, 0.1, 0.01, 1e-4 (1e-3 is the baseline)
-    "kernel": 2,    # laplacian, imq
+    "width": 4,  # gamma 1, 0.1, 0.01, 1e-4 (1e-3 is the baseline)
+    "kernel": 2,  # laplacian, imq
     "multiple": 2,  # a new hill every 100, every 200 epochs
-    "merge": 1,     # every 100 merged (every 100 unmerged is the multiple family's)
-    "lr": 4,        # s10 and s0 at lr 0.001 and 0.1 (lr 0.01 is the baseline)
+    "merge": 1,  # every 100 merged (every 100 unmerged is the multiple family's)
+    "lr": 4,  # s10 and s0 at lr 0.001 and 0.1 (lr 0.01 is the baseline)
     "schedule": 6,  # s10 and s0 with step, cosine, SGDR (constant is the baseline)
-    "epochs": 6,    # s10 and s0 at 100, 200, 400 epochs (800 is the baseline)
+    "epochs": 6,  # s10 and s0 at 100, 200, 400 epochs (800 is the baseline)
 }
 
 
@@ -312,8 +394,17 @@ def test_the_study_config_expands_to_every_grid_point_seed_model_and_dataset(tmp
 
 # every family of the study, and how many grid points (with their controls) it has in the default config
 FAMILIES = {"baseline", "strength", "width", "kernel", "multiple", "merge", "lr", "schedule", "epochs"}
-DEFAULT_POINTS = {"baseline": 2, "strength": 3, "width": 3, "kernel": 4, "multiple": 2, "merge": 3, "lr": 4,
-                  "schedule": 4, "epochs": 4}
+DEFAULT_POINTS = {
+    "baseline": 2,
+    "strength": 3,
+    "width": 3,
+    "kernel": 4,
+    "multiple": 2,
+    "merge": 3,
+    "lr": 4,
+    "schedule": 4,
+    "epochs": 4,
+}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -348,7 +439,8 @@ def test_every_ensemble_method_is_evaluated_from_stored_predictions(finished):
     # beside each ensemble its members' weight average; SWA's own average beside SWA's
     averages = pd.read_parquet(finished / "results/aggregate/weight_averages.parquet")
     assert sorted(averages["method"] + "/" + averages["averaged"]) == sorted(
-        [f"{method}/members" for method in summary["method"]] + ["swa/swa"])
+        [f"{method}/members" for method in summary["method"]] + ["swa/swa"]
+    )
     assert averages["accuracy"].between(0, 1).all()
     between = pd.read_parquet(finished / "results/aggregate/member_landscape.parquet")
     assert sorted(between["method"].unique()) == sorted(summary["method"])
@@ -374,8 +466,19 @@ def test_after_snakemake_itself_is_killed_unlock_and_rerun_incomplete_finish_the
     config["continuation"]["families"] = {"push": {"sweep": {"strength": [10]}}}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
-           "--configfile", str(path), "--cores", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(tmp_path),
+        "--configfile",
+        str(path),
+        "--cores",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     log = tmp_path / "results/logs/train_base/digits/cnn/seed0.log"
     deadline = time.time() + 120
@@ -406,8 +509,16 @@ def test_the_report_embeds_the_figures_and_tables(finished):
     result = snakemake(finished, TINY, "--report", str(finished / "report.html"))
     assert result.returncode == 0, result.stderr[-3000:]
     html = (finished / "report.html").read_text()
-    for name in ("width.png", "unstable.png", "landscape.png", "summary.csv", "claims.csv", "claims.png",
-                 "kernels.png", "hill_2d.png"):
+    for name in (
+        "width.png",
+        "unstable.png",
+        "landscape.png",
+        "summary.csv",
+        "claims.csv",
+        "claims.png",
+        "kernels.png",
+        "hill_2d.png",
+    ):
         assert name in html, name
     # each family's caption names the config file and quotes the family's block
     assert html.count(f"from the config {finished / 'config.yaml'}") == len(TINY["continuation"]["families"])
@@ -415,6 +526,10 @@ def test_the_report_embeds_the_figures_and_tables(finished):
 
 
 def test_the_local_profile_is_valid():
-    result = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/local", "-n", "--quiet"],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--profile", "profiles/local", "-n", "--quiet"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]

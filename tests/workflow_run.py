@@ -15,8 +15,15 @@ TINY = {
     "seeds": [0],
     "base": {"epochs": 2},
     "continuation": {
-        "defaults": {"epochs": 2, "lr": 0.01, "schedule": "constant", "kernel": "rbf", "width": 1.0,
-                     "distance": "sum", "strength": 10},
+        "defaults": {
+            "epochs": 2,
+            "lr": 0.01,
+            "schedule": "constant",
+            "kernel": "rbf",
+            "width": 1.0,
+            "distance": "sum",
+            "strength": 10,
+        },
         "families": {"width": {"sweep": {"width": [1.0, 0.5]}}},
     },
 }
@@ -25,8 +32,18 @@ TINY = {
 def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))  # keys sorted: a point's keys are named in that order
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(path), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(path),
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 

@@ -20,8 +20,12 @@ def read_run(path) -> pd.DataFrame:
     if "phase" in df and (df["phase"] == "continue").any():
         needed += ["control", *spec.GRID_COLUMNS]
     if missing := [c for c in needed if c not in df]:
-        raise storage.BadFileError(path, f"has no column {', '.join(missing)} (it holds {', '.join(df.columns[:8])}"
-                                   f"{', ...' if len(df.columns) > 8 else ''})", "metrics")
+        raise storage.BadFileError(
+            path,
+            f"has no column {', '.join(missing)} (it holds {', '.join(df.columns[:8])}"
+            f"{', ...' if len(df.columns) > 8 else ''})",
+            "metrics",
+        )
     return df.drop(columns="lr_steps", errors="ignore")
 
 
@@ -40,7 +44,9 @@ def combine(paths, labels: dict[str, str]) -> pd.DataFrame:
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """One row per continuation run and seed: final accuracy and distance, worst drop, divergence."""
-    base = df[df["phase"] == "base"].groupby(["dataset", "model", "seed"])["val_acc"].last().rename("checkpoint_val_acc")
+    base = (
+        df[df["phase"] == "base"].groupby(["dataset", "model", "seed"])["val_acc"].last().rename("checkpoint_val_acc")
+    )
     runs = df[df["phase"] == "continue"].groupby(RUN_KEYS + ["seed"], sort=True)
     out = runs[GRID_COLUMNS].first()
     last = df[df["phase"] == "continue"].sort_values("epoch").groupby(RUN_KEYS + ["seed"]).tail(1)
@@ -82,8 +88,17 @@ def aggregate_landscapes(paths, out) -> None:
 
 
 ENSEMBLE_KEYS = ["dataset", "model", "method", "ensemble"]
-ENSEMBLE_SUMMARY = ["accuracy", "nll", "ece", "brier", "mean_member_accuracy", "gain", "gain_best",
-                    "mean_disagreement", "mean_member_barrier"]
+ENSEMBLE_SUMMARY = [
+    "accuracy",
+    "nll",
+    "ece",
+    "brier",
+    "mean_member_accuracy",
+    "gain",
+    "gain_best",
+    "mean_disagreement",
+    "mean_member_barrier",
+]
 
 
 def aggregate_ensembles(paths, landscape_paths, out_dir: Path) -> None:
@@ -104,8 +119,10 @@ def aggregate_ensembles(paths, landscape_paths, out_dir: Path) -> None:
         pred = storage.load_torch(path, "predictions")
         keys = {key: pred[key] for key in ENSEMBLE_KEYS}
         if "log_probs" not in pred:
-            raise ValueError(f"{path}: its predictions file holds probabilities, written before repel stored "
-                             "log-probabilities; make it again with `snakemake --forcerun predict`")
+            raise ValueError(
+                f"{path}: its predictions file holds probabilities, written before repel stored "
+                "log-probabilities; make it again with `snakemake --forcerun predict`"
+            )
         curve = ensemble_curve(pred["log_probs"], pred["labels"]).assign(**keys)
         curves.append(curve)
         pairs.append(pairwise_table(pred["log_probs"], list(pred["weights"]), pred["theta_c"]).assign(**keys))
@@ -115,7 +132,9 @@ def aggregate_ensembles(paths, landscape_paths, out_dir: Path) -> None:
     averages = pd.DataFrame(averages)
     # each ensemble at its full size, with its mean pairwise disagreement and member barrier
     final = curves.loc[curves.groupby(ENSEMBLE_KEYS)["m"].idxmax()].rename(columns={"m": "members"})
-    final = final.join(pairs.groupby(ENSEMBLE_KEYS)["disagreement"].mean().rename("mean_disagreement"), on=ENSEMBLE_KEYS)
+    final = final.join(
+        pairs.groupby(ENSEMBLE_KEYS)["disagreement"].mean().rename("mean_disagreement"), on=ENSEMBLE_KEYS
+    )
     landscape = pd.concat([storage.read_parquet(p, "member landscape") for p in landscape_paths], ignore_index=True)
     barriers = landscape.groupby(ENSEMBLE_KEYS + ["pair"])["barrier"].first().groupby(ENSEMBLE_KEYS).mean()
     final = final.join(barriers.rename("mean_member_barrier"), on=ENSEMBLE_KEYS)
@@ -125,10 +144,14 @@ def aggregate_ensembles(paths, landscape_paths, out_dir: Path) -> None:
     storage.save_parquet(landscape, out_dir / "member_landscape.parquet")
     storage.save_parquet(averages, out_dir / "weight_averages.parquet")
     storage.save_text(summary.to_csv(index=False), out_dir / "ensemble_summary.csv")
-    storage.save_text("# Ensembles at an equal epoch budget\n\n" + ensemble_markdown(summary) + "\n\n"
-                      "## Weight-averaged models beside their ensembles\n\n"
-                      "BatchNorm statistics recomputed on the training split; mean ± std over a method's ensembles.\n\n"
-                      + average_markdown(averages) + "\n", out_dir / "ensemble_summary.md")
+    storage.save_text(
+        "# Ensembles at an equal epoch budget\n\n" + ensemble_markdown(summary) + "\n\n"
+        "## Weight-averaged models beside their ensembles\n\n"
+        "BatchNorm statistics recomputed on the training split; mean ± std over a method's ensembles.\n\n"
+        + average_markdown(averages)
+        + "\n",
+        out_dir / "ensemble_summary.md",
+    )
 
 
 AVERAGES = {"members": "the members' weight average", "swa": "SWA: the average over every epoch of the run"}
@@ -141,9 +164,17 @@ def weight_average_rows(pred: dict, ensemble: pd.Series, keys: dict) -> list[dic
 
     swa = pred["swa_log_probs"] if pred["swa_log_probs"] is not None else []
     models = [("members", pred["average_log_probs"]), *(("swa", log_p) for log_p in swa)]
-    return [{**keys, "averaged": kind, **model_metrics(log_p, pred["labels"]),
-             "ensemble_accuracy": ensemble["accuracy"], "ensemble_nll": ensemble["nll"],
-             "best_member_accuracy": ensemble["accuracy"] - ensemble["gain_best"]} for kind, log_p in models]
+    return [
+        {
+            **keys,
+            "averaged": kind,
+            **model_metrics(log_p, pred["labels"]),
+            "ensemble_accuracy": ensemble["accuracy"],
+            "ensemble_nll": ensemble["nll"],
+            "best_member_accuracy": ensemble["accuracy"] - ensemble["gain_best"],
+        }
+        for kind, log_p in models
+    ]
 
 
 def average_markdown(averages: pd.DataFrame) -> str:
@@ -151,8 +182,13 @@ def average_markdown(averages: pd.DataFrame) -> str:
     rows = []
     metrics = ["accuracy", "nll", "ece", "brier", "ensemble_accuracy", "best_member_accuracy"]
     for (dataset, model, method, kind), g in averages.groupby(["dataset", "model", "method", "averaged"], sort=True):
-        row = {"dataset": dataset, "model": model, "method": method, "averaged model": AVERAGES[kind],
-               "ensembles": len(g)}
+        row = {
+            "dataset": dataset,
+            "model": model,
+            "method": method,
+            "averaged model": AVERAGES[kind],
+            "ensembles": len(g),
+        }
         for metric in metrics:
             row[metric] = f"{g[metric].mean():.4f}" + (f" ± {g[metric].std():.4f}" if len(g) > 1 else "")
         rows.append(row)

@@ -17,8 +17,7 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 from .data import DeviceData
 
 
-def recompute_bn(model: torch.nn.Module, data: DeviceData, batches: int | None = None,
-                 batch_size: int = 128) -> None:
+def recompute_bn(model: torch.nn.Module, data: DeviceData, batches: int | None = None, batch_size: int = 128) -> None:
     """Reset BatchNorm running statistics and re-estimate them on the first `batches` batches
     (None: the whole split)."""
     if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 1):

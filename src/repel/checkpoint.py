@@ -23,18 +23,29 @@ CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "rng", "arch", "config")
 
 def save_base(path, model, optimizer, epoch: int, generator: torch.Generator, arch: dict, settings: dict) -> None:
     """The base checkpoint: everything a continuation needs to go on exactly where the base stopped."""
-    storage.save_torch({
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-        "rng": {"torch": torch.get_rng_state(), "data": generator.get_state()}, "arch": arch, "config": settings,
-    }, path)
+    storage.save_torch(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "rng": {"torch": torch.get_rng_state(), "data": generator.get_state()},
+            "arch": arch,
+            "config": settings,
+        },
+        path,
+    )
 
 
 def load_base(path) -> dict:
     """A base checkpoint written by save_base, checked to be one."""
     ckpt = storage.load_torch(path, "checkpoint")
     if not isinstance(ckpt, dict) or (missing := [k for k in CHECKPOINT_KEYS if k not in ckpt]):
-        raise BadFileError(path, f"holds {_holds(ckpt)}, without {', '.join(missing) if isinstance(ckpt, dict) else 'them'}"
-                           f" (a base checkpoint has {', '.join(CHECKPOINT_KEYS)})", "checkpoint")
+        raise BadFileError(
+            path,
+            f"holds {_holds(ckpt)}, without {', '.join(missing) if isinstance(ckpt, dict) else 'them'}"
+            f" (a base checkpoint has {', '.join(CHECKPOINT_KEYS)})",
+            "checkpoint",
+        )
     _check_state(path, ckpt["model"], ckpt["arch"], "checkpoint")
     return ckpt
 
@@ -72,15 +83,20 @@ def _check_state(path, state, arch: dict, kind: str) -> None:
     got = {name: tuple(t.shape) for name, t in state.items()}
     if got != expected:
         wrong = sorted(set(got) ^ set(expected)) or [n for n in expected if got[n] != expected[n]]
-        raise BadFileError(path, f"holds the weights of another network than {arch['model']} with "
-                           f"{arch['in_channels']} input channels and {arch['num_classes']} classes "
-                           f"(first differences: {', '.join(wrong[:3])})", kind)
+        raise BadFileError(
+            path,
+            f"holds the weights of another network than {arch['model']} with "
+            f"{arch['in_channels']} input channels and {arch['num_classes']} classes "
+            f"(first differences: {', '.join(wrong[:3])})",
+            kind,
+        )
 
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -94,6 +110,12 @@ def write_run_record(out_dir, spec_values: dict, checkpoint, extra: dict | None 
         version = metadata.version("repel")
     except metadata.PackageNotFoundError:
         version = None
-    record = {"spec": spec_values, "checkpoint": str(checkpoint), "repel": version, "git_commit": _git_commit(),
-              "command": sys.argv, **(extra or {})}
+    record = {
+        "spec": spec_values,
+        "checkpoint": str(checkpoint),
+        "repel": version,
+        "git_commit": _git_commit(),
+        "command": sys.argv,
+        **(extra or {}),
+    }
     storage.save_text(json.dumps(record, indent=2, sort_keys=True) + "\n", Path(out_dir) / "run.json")

@@ -50,6 +50,7 @@ from scipy import stats
 @dataclass(frozen=True)
 class Setting:
     """One threshold of the `claims:` block: default, bounds (open or closed) and meaning."""
+
     default: float
     low: float
     high: float | None  # None: no upper bound
@@ -68,33 +69,83 @@ class Setting:
 
 # The claims' thresholds, declared once: the schema's claims block must say the same (a test checks it).
 SETTINGS = {
-    "confidence": Setting(0.95, 0, 1, True, True, False,
-                          "of the intervals; each test decides one-sided at (1 - confidence)/2"),
+    "confidence": Setting(
+        0.95, 0, 1, True, True, False, "of the intervals; each test decides one-sided at (1 - confidence)/2"
+    ),
     "margin": Setting(0.01, 0, 1, True, False, False, "accuracy margin of 'about the same' (a fraction)"),
-    "relative_margin": Setting(0.0, 0, 1, False, False, False,
-                               "the margin is at least this share of the control's error rate"),
+    "relative_margin": Setting(
+        0.0, 0, 1, False, False, False, "the margin is at least this share of the control's error rate"
+    ),
     "last_epochs": Setting(5, 1, None, False, False, True, "a run's final value: the mean over its last k epochs"),
     "early_epochs": Setting(5, 1, None, False, False, True, "'early': the first N epochs after the checkpoint"),
     "last_fraction": Setting(0.2, 0, 1, True, False, False, "'the last fifth' of a run's epochs"),
-    "plateau": Setting(0.05, 0, 1, True, True, False, "plateaued: the distance grew by less than this share "
-                                                      "of its final value over the last fraction"),
-    "diversity_margin": Setting(0.02, 0, 1, True, False, False,
-                                "'not more diverse': disagreement at most this much higher (a fraction of points)"),
+    "plateau": Setting(
+        0.05,
+        0,
+        1,
+        True,
+        True,
+        False,
+        "plateaued: the distance grew by less than this share of its final value over the last fraction",
+    ),
+    "diversity_margin": Setting(
+        0.02,
+        0,
+        1,
+        True,
+        False,
+        False,
+        "'not more diverse': disagreement at most this much higher (a fraction of points)",
+    ),
     "weak_rho": Setting(0.3, 0, 1, True, False, False, "'weakly related': Spearman's rho within +-weak_rho"),
 }
 DEFAULTS = {k: s.default for k, s in SETTINGS.items()}
 VERDICTS = ("holds", "does not hold", "inconclusive", "exploratory", "not run")
 ADJUSTMENT = "Benjamini–Hochberg"
-COLUMNS = ["claim", "text", "family", "dataset", "model", "seeds", "statistic", "value", "value_text", "ci_low",
-           "ci_high", "p_value", "p_adjusted", "p_against", "p_against_adjusted", "adjusted_with", "rule",
-           "thresholds", "verdict", "note", "figure"]
+COLUMNS = [
+    "claim",
+    "text",
+    "family",
+    "dataset",
+    "model",
+    "seeds",
+    "statistic",
+    "value",
+    "value_text",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_adjusted",
+    "p_against",
+    "p_against_adjusted",
+    "adjusted_with",
+    "rule",
+    "thresholds",
+    "verdict",
+    "note",
+    "figure",
+]
 CELL = ["dataset", "model"]
 RUN = CELL + ["run"]
 UNIT = CELL + ["seed"]
 ONE_SEED = "1 seed: the value is that seed's"
 # the columns that say how a run was trained; the single-hill twin of a run matches all of them
-TRAINING = ["strength", "kernel", "width", "gamma", "distance", "lr_init", "schedule", "epochs", "step_size",
-            "step_gamma", "t0", "t_mult", "eta_min", "checkpoint_epoch"]
+TRAINING = [
+    "strength",
+    "kernel",
+    "width",
+    "gamma",
+    "distance",
+    "lr_init",
+    "schedule",
+    "epochs",
+    "step_size",
+    "step_gamma",
+    "t0",
+    "t_mult",
+    "eta_min",
+    "checkpoint_epoch",
+]
 _R = ["fixed", "value", "ci_low", "ci_high", "p_holds", "p_against", "seeds", "text", "note"]
 
 
@@ -102,8 +153,7 @@ def schema() -> dict:
     """The schema's claims block properties, as SETTINGS declares them."""
     out = {}
     for key, s in SETTINGS.items():
-        prop = {"type": "integer" if s.integer else "number",
-                ("exclusiveMinimum" if s.low_open else "minimum"): s.low}
+        prop = {"type": "integer" if s.integer else "number", ("exclusiveMinimum" if s.low_open else "minimum"): s.low}
         if s.high is not None:
             prop["exclusiveMaximum" if s.high_open else "maximum"] = s.high
         out[key] = {**prop, "default": s.default, "description": s.meaning}
@@ -118,8 +168,9 @@ def resolve_settings(settings: dict | None) -> dict:
         raise ValueError(f"claims: unknown setting(s) {', '.join(unknown)}; the settings are {', '.join(SETTINGS)}")
     bad = [k for k, s in SETTINGS.items() if not s.ok(settings[k])]
     if bad:
-        raise ValueError("claims: " + "; ".join(f"{k} = {settings[k]!r} is out of range ({_bounds(SETTINGS[k])})"
-                                                for k in bad))
+        raise ValueError(
+            "claims: " + "; ".join(f"{k} = {settings[k]!r} is out of range ({_bounds(SETTINGS[k])})" for k in bad)
+        )
     for k, s in SETTINGS.items():
         if s.integer:
             settings[k] = int(settings[k])
@@ -134,27 +185,42 @@ def _bounds(s: Setting) -> str:
 
 # --- results per dataset/model: one row per cell, columns _R ------------------------------------
 
+
 def _blank(index: pd.MultiIndex, fixed: str = "inconclusive", note: str = "") -> pd.DataFrame:
     n = len(index)
     nan = np.full(n, math.nan)
-    return pd.DataFrame({"fixed": [fixed] * n, "value": nan, "ci_low": nan, "ci_high": nan, "p_holds": nan,
-                         "p_against": nan, "seeds": np.zeros(n, int), "text": [""] * n, "note": [note] * n},
-                        index=index, columns=_R).astype({"fixed": object, "text": object, "note": object})
+    return pd.DataFrame(
+        {
+            "fixed": [fixed] * n,
+            "value": nan,
+            "ci_low": nan,
+            "ci_high": nan,
+            "p_holds": nan,
+            "p_against": nan,
+            "seeds": np.zeros(n, int),
+            "text": [""] * n,
+            "note": [note] * n,
+        },
+        index=index,
+        columns=_R,
+    ).astype({"fixed": object, "text": object, "note": object})
 
 
 def _signed(v: float) -> str:
     return "" if not np.isfinite(v) else f"{v:+.3g}"
 
 
-def t_test(values: pd.Series, bound, sign: int, confidence: float, index: pd.MultiIndex,
-           fmt: Callable[[float], str] = _signed) -> pd.DataFrame:
+def t_test(
+    values: pd.Series, bound, sign: int, confidence: float, index: pd.MultiIndex, fmt: Callable[[float], str] = _signed
+) -> pd.DataFrame:
     """One-sided t-tests of mean > bound (sign +1) or mean < bound (sign -1) over the units (the
     last index level) of every cell: p_holds for the claimed side, p_against for the other, the
     mean and its two-sided `confidence` t-interval. `bound`: a number or a Series per cell."""
     wide = values.unstack(-1).reindex(index) if len(values) else pd.DataFrame(index=index)
     a = wide.to_numpy(float)
-    bound = np.broadcast_to(bound.reindex(index).to_numpy(float) if isinstance(bound, pd.Series) else bound,
-                            (len(index),)).astype(float)
+    bound = np.broadcast_to(
+        bound.reindex(index).to_numpy(float) if isinstance(bound, pd.Series) else bound, (len(index),)
+    ).astype(float)
     n = np.isfinite(a).sum(1)
     r = _blank(index)
     r["seeds"] = n
@@ -247,6 +313,7 @@ def _add_note(r: pd.DataFrame, notes: pd.Series | str) -> pd.DataFrame:
 
 # --- the tables, reduced to one row per run and seed -----------------------------------------------
 
+
 class Tables:
     """Every cell's runs as per-(run, seed) statistics (`stats`), each run's settings (`info`), the
     ensemble and landscape tables, the families and the settings."""
@@ -283,8 +350,9 @@ class Tables:
         start = runs[pos == n - 1 - span].set_index(key)["dist"].reindex(out.index).fillna(0.0)
         out["growth_ratio"] = (end["dist"] - start) / end["dist"]
         early = runs[pos < s["early_epochs"]].groupby(key)["val_acc"].min()
-        checkpoint = self.checkpoint_acc.reindex(pd.MultiIndex.from_arrays(
-            [out.index.get_level_values(k) for k in UNIT])).to_numpy()
+        checkpoint = self.checkpoint_acc.reindex(
+            pd.MultiIndex.from_arrays([out.index.get_level_values(k) for k in UNIT])
+        ).to_numpy()
         out["early_min"] = early
         out["early_drop"] = np.maximum(0.0, checkpoint - early.to_numpy())
         gone = out["diverged"].to_numpy()
@@ -330,8 +398,10 @@ class Tables:
 def _by_param(values: pd.Series, info: pd.DataFrame, param: str, fmt: Callable) -> dict[str, pd.Series]:
     """Split per-(run, seed) values by a run setting: name -> values per (cell, seed), sorted."""
     frame = values.rename("v").reset_index().join(info[param], on=RUN)
-    return {fmt(v): g.set_index(UNIT)["v"].groupby(level=UNIT).first()
-            for v, g in sorted(frame.groupby(param), key=lambda kv: kv[0])}
+    return {
+        fmt(v): g.set_index(UNIT)["v"].groupby(level=UNIT).first()
+        for v, g in sorted(frame.groupby(param), key=lambda kv: kv[0])
+    }
 
 
 def slopes(values: pd.Series, x: pd.Series) -> pd.Series:
@@ -350,10 +420,12 @@ def _slope_text(per: str) -> Callable[[float], str]:
 
 # --- the claims, one function each ------------------------------------------------------------
 
+
 def _paired_parts(t: Tables, runs: pd.DataFrame, col: str, sign: int, param: str, fmt: Callable) -> pd.DataFrame:
     d = t.against(runs, col)["d"]
-    return combine({name: t_test(v, 0.0, sign, t.s["confidence"], t.cells)
-                    for name, v in _by_param(d, runs, param, fmt).items()})
+    return combine(
+        {name: t_test(v, 0.0, sign, t.s["confidence"], t.cells) for name, v in _by_param(d, runs, param, fmt).items()}
+    )
 
 
 def _s(v) -> str:
@@ -396,8 +468,10 @@ def baseline_shape(t: Tables) -> pd.DataFrame:
 
 def baseline_walks(t: Tables) -> pd.DataFrame:
     controls = t.controls("baseline")
-    parts = {f"control lr {lr:g}": t_test(v, t.s["plateau"], +1, t.s["confidence"], t.cells)
-             for lr, v in _by_param(t.of(controls, "growth_ratio"), controls, "lr_init", lambda v: v).items()}
+    parts = {
+        f"control lr {lr:g}": t_test(v, t.s["plateau"], +1, t.s["confidence"], t.cells)
+        for lr, v in _by_param(t.of(controls, "growth_ratio"), controls, "lr_init", lambda v: v).items()
+    }
     return combine(parts) if parts else _blank(t.cells, "not run", "family 'baseline' has no control run")
 
 
@@ -413,8 +487,14 @@ def _largest(points: pd.DataFrame, col: str) -> pd.DataFrame:
 
 def strength_distance(t: Tables) -> pd.DataFrame:
     points = t.points("strength")
-    grows = t_test(slopes(t.of(points, "final_dist"), np.log10(points["strength"])), 0.0, +1, t.s["confidence"],
-                   t.cells, _slope_text("decade of s"))
+    grows = t_test(
+        slopes(t.of(points, "final_dist"), np.log10(points["strength"])),
+        0.0,
+        +1,
+        t.s["confidence"],
+        t.cells,
+        _slope_text("decade of s"),
+    )
     largest = _largest(points, "strength")
     growth = t.of(largest, "growth_ratio").droplevel("run")
     plateau = t_test(growth, t.s["plateau"], -1, t.s["confidence"], t.cells)
@@ -431,10 +511,18 @@ def strength_recovery(t: Tables) -> pd.DataFrame:
     n, gone = by_cell.size(), by_cell["diverged"].sum()
     recovered = (st["final_val"] > st["early_min"]).groupby(level=CELL).sum()
     s = largest["strength"].droplevel("run")
-    notes = ("s=" + s.map("{:g}".format) + "; recovered above its early minimum in " + recovered.astype(int).astype(str)
-             + "/" + n.astype(str) + " seeds")
-    diverged = ("; diverged in " + gone.astype(int).astype(str) + "/" + n.astype(str)
-                + " seeds (left out, not counted as 0)").where(gone > 0, "")
+    notes = (
+        "s="
+        + s.map("{:g}".format)
+        + "; recovered above its early minimum in "
+        + recovered.astype(int).astype(str)
+        + "/"
+        + n.astype(str)
+        + " seeds"
+    )
+    diverged = (
+        "; diverged in " + gone.astype(int).astype(str) + "/" + n.astype(str) + " seeds (left out, not counted as 0)"
+    ).where(gone > 0, "")
     return _add_note(r, notes.reindex(n.index) + diverged)
 
 
@@ -483,7 +571,7 @@ def width_crossing(t: Tables) -> pd.DataFrame:
         early = gap[pos == 0].set_index(UNIT)["gap"]  # the first epoch: a crossing can come at the second
         late = gap[pos >= n - s["last_epochs"]].groupby(UNIT)["gap"].mean()
         span = np.maximum(1, np.round(s["last_fraction"] * n))
-        widening = (g["gap"].last() - gap[pos == n - 1 - span].groupby(UNIT)["gap"].first())
+        widening = g["gap"].last() - gap[pos == n - 1 - span].groupby(UNIT)["gap"].first()
         led, ahead = t_test(early, 0.0, -1, conf, t.cells), t_test(late, 0.0, +1, conf, t.cells)
         pulls_away = t_test(widening, 0.0, -1, conf, t.cells)
         part = ahead.copy()
@@ -495,8 +583,15 @@ def width_crossing(t: Tables) -> pd.DataFrame:
         total = g.size().groupby(level=CELL).size().reindex(t.cells).fillna(0).astype(int)
         epochs_run = g["epoch"].max().groupby(level=CELL).max().reindex(t.cells)
         k = crossed["count"].fillna(0).astype(int)
-        when = ("epoch " + crossed["mean"].round(1).map("{:g}".format) + " (" + k.astype(str) + "/"
-                + total.astype(str) + " seeds)")
+        when = (
+            "epoch "
+            + crossed["mean"].round(1).map("{:g}".format)
+            + " ("
+            + k.astype(str)
+            + "/"
+            + total.astype(str)
+            + " seeds)"
+        )
         never = "not crossed by epoch " + epochs_run.fillna(0).astype(int).astype(str)
         part["text"] = when.where(k > 0, never.where(total > 0, "")).to_numpy()
         texts.append([f"{name}: {w}" if w else "" for w in part["text"]])
@@ -556,13 +651,25 @@ def lr_extremes(t: Tables) -> pd.DataFrame:
     everywhere = t.cells.isin(gone[(gone == total) & (total > 0)].index)
     r.loc[everywhere, ["fixed", "p_holds", "p_against", "text"]] = ["holds", math.nan, math.nan, "diverged"]
     ref_lr = t.info.loc[pd.MultiIndex.from_arrays([*zip(*ref.index), ref.to_numpy()], names=RUN), "lr_init"]
-    names = ("lr " + high["lr_init"].droplevel("run").map("{:g}".format) + " − lr "
-             + ref_lr.droplevel("run").map("{:g}".format).reindex(high.index.droplevel("run")))
-    diverged = ("; diverged in " + gone.astype(int).astype(str) + "/" + total.astype(str)
-                + " seeds (unstable; left out of the mean)").where(gone > 0, "")
+    names = (
+        "lr "
+        + high["lr_init"].droplevel("run").map("{:g}".format)
+        + " − lr "
+        + ref_lr.droplevel("run").map("{:g}".format).reindex(high.index.droplevel("run"))
+    )
+    diverged = (
+        "; diverged in "
+        + gone.astype(int).astype(str)
+        + "/"
+        + total.astype(str)
+        + " seeds (unstable; left out of the mean)"
+    ).where(gone > 0, "")
     r = _add_note(r, names + diverged.reindex(names.index).fillna(""))
-    return _add_note(r, "part 1 (a too-low lr converges more slowly) is not testable from a converged checkpoint: "
-                        "lowering the lr lowers the training loss at once (annealing)")
+    return _add_note(
+        r,
+        "part 1 (a too-low lr converges more slowly) is not testable from a converged checkpoint: "
+        "lowering the lr lowers the training loss at once (annealing)",
+    )
 
 
 def single_hill(t: Tables, runs: pd.DataFrame) -> pd.Series:
@@ -623,8 +730,10 @@ def schedule_escape(t: Tables) -> pd.DataFrame:
 
 def schedule_shrink(t: Tables) -> pd.DataFrame:
     points = _scheduled(t)
-    parts = {name: t_test(v, 0.0, -1, t.s["confidence"], t.cells)
-             for name, v in _by_param(t.of(points, "growth_ratio"), points, "schedule", str).items()}
+    parts = {
+        name: t_test(v, 0.0, -1, t.s["confidence"], t.cells)
+        for name, v in _by_param(t.of(points, "growth_ratio"), points, "schedule", str).items()
+    }
     return combine(parts) if parts else _blank(t.cells, "not run", "family 'schedule' has only the constant lr")
 
 
@@ -647,6 +756,7 @@ def landscape_left(t: Tables) -> pd.DataFrame:
 
 
 # ensembles: a method's ensembles are its units (a snapshot method: one per seed)
+
 
 def _units(table: pd.DataFrame, value: str) -> pd.Series:
     return table.set_index(CELL + ["method", "ensemble"])[value]
@@ -677,8 +787,11 @@ def ensemble_diversity(t: Tables) -> pd.DataFrame:
         return _blank(t.cells, "not run", "needs both the 'distance' and the 'sgdr' ensembles")
     d = mean.xs("distance", level="method") - mean.xs("sgdr", level="method")  # the same seed's ensembles
     r = t_test(d.dropna(), t.s["diversity_margin"], -1, t.s["confidence"], t.cells)
-    return _add_note(r, "confounded: distance members are taken at the constant peak lr, SGDR members at the "
-                        "annealed end of a cycle (a constant-lr snapshot ensemble without the penalty would match)")
+    return _add_note(
+        r,
+        "confounded: distance members are taken at the constant peak lr, SGDR members at the "
+        "annealed end of a cycle (a constant-lr snapshot ensemble without the penalty would match)",
+    )
 
 
 MIN_PAIRS = 6  # 4 members: with 3 pairs a rank correlation is little more than a sign (±0.5 or ±1)
@@ -711,8 +824,10 @@ def ensemble_weights_vs_predictions(t: Tables) -> pd.DataFrame:
 
 # --- the table of claims ----------------------------------------------------------------------
 
-SIDES = ("holds if the mean {what} is {side} with one-sided p < (1 − {confidence:g})/2 after the adjustment; "
-         "does not hold if it is {other} the same way; otherwise, and with < 2 seeds, inconclusive")
+SIDES = (
+    "holds if the mean {what} is {side} with one-sided p < (1 − {confidence:g})/2 after the adjustment; "
+    "does not hold if it is {other} the same way; otherwise, and with < 2 seeds, inconclusive"
+)
 
 
 def _rule(what: str, side: str, other: str) -> str:
@@ -722,22 +837,26 @@ def _rule(what: str, side: str, other: str) -> str:
 PAIRED_UP = _rule("per-seed difference", "> 0", "< 0")
 PAIRED_DOWN = _rule("per-seed difference", "< 0", "> 0")
 GROWS = _rule("per-seed slope", "> 0", "< 0")
-SAME = ("holds if both one-sided tests put the mean per-seed difference inside ±margin (p < (1 − {confidence:g})/2 "
-        "each, after the adjustment), margin = max({margin:g}, {relative_margin:g} × the control's error rate); "
-        "does not hold if it is outside; otherwise, and with < 2 seeds, inconclusive")
+SAME = (
+    "holds if both one-sided tests put the mean per-seed difference inside ±margin (p < (1 − {confidence:g})/2 "
+    "each, after the adjustment), margin = max({margin:g}, {relative_margin:g} × the control's error rate); "
+    "does not hold if it is outside; otherwise, and with < 2 seeds, inconclusive"
+)
 PARTS = "Parts: holds if every part holds, does not hold if any part does not. "
-EXPLORATORY = ("exploratory: the source states no result; the mean and its t-interval (confidence {confidence:g}) are "
-               "shown, no verdict is drawn and the test is not in the adjusted family")
+EXPLORATORY = (
+    "exploratory: the source states no result; the mean and its t-interval (confidence {confidence:g}) are "
+    "shown, no verdict is drawn and the test is not in the adjusted family"
+)
 
 
 @dataclass(frozen=True)
 class Claim:
     id: str
-    family: str       # the family it needs; "ensembles": the ensemble tables; "landscape": its table
+    family: str  # the family it needs; "ensembles": the ensemble tables; "landscape": its table
     text: str
     statistic: str
-    rule: str         # formatted with the settings
-    uses: tuple       # the settings keys it uses, shown as its thresholds
+    rule: str  # formatted with the settings
+    uses: tuple  # the settings keys it uses, shown as its thresholds
     figure: str
     test: Callable[[Tables], pd.DataFrame]
     exploratory: bool = False
@@ -749,123 +868,239 @@ def _family_figure(name: str) -> str:
 
 FINAL = "final = the mean over the last last_epochs epochs"
 CLAIMS = [
-    Claim("baseline.farther", "baseline",
-          "With the penalty the run ends farther from the checkpoint than its control.",
-          f"per seed: final dist (penalty) − final dist (its control); {FINAL}",
-          PAIRED_UP, ("last_epochs", "confidence"), _family_figure("baseline"), baseline_farther),
-    Claim("baseline.accuracy", "baseline",
-          "Final test accuracy with the penalty is about the same as the control's.",
-          f"per seed: final test_acc (penalty) − final test_acc (its control); {FINAL}",
-          SAME, ("margin", "relative_margin", "last_epochs", "confidence"), _family_figure("baseline"),
-          baseline_accuracy),
-    Claim("baseline.shape", "baseline",
-          "The penalized distance rises fast and then flattens (concave); the control's grows nearly linearly.",
-          "per seed: half-ratio (penalty) − half-ratio (control); half-ratio = dist at the run's middle epoch / "
-          "dist at its end (0.5 for a straight line from 0, more when concave)",
-          PAIRED_UP, ("confidence",), _family_figure("baseline"), baseline_shape),
-    Claim("baseline.walks", "baseline",
-          "Without the penalty SGD keeps moving: the control's distance has not plateaued over the last fifth.",
-          "per seed: the control's dist growth over the last last_fraction of its epochs / its final dist",
-          _rule("growth ratio", "> plateau", "< plateau"), ("last_fraction", "plateau", "confidence"),
-          _family_figure("baseline"), baseline_walks),
-    Claim("strength.drop", "strength",
-          "The early validation-accuracy drop after the checkpoint grows with s.",
-          "per seed: the least-squares slope of drop against log10 s over the s > 0 runs; drop = checkpoint val_acc "
-          "− min val_acc over the first early_epochs epochs (≥ 0)",
-          GROWS, ("early_epochs", "confidence"), _family_figure("strength"), strength_drop),
-    Claim("strength.distance", "strength",
-          "The final distance grows with s, and for the largest s it plateaus.",
-          "part 1, per seed: the slope of final dist against log10 s; part 2, per seed at the largest s: dist growth "
-          "over the last last_fraction / final dist",
-          PARTS + "Part 1: " + GROWS + ". Part 2: " + _rule("growth ratio", "< plateau", "> plateau"),
-          ("last_epochs", "last_fraction", "plateau", "confidence"), _family_figure("strength"), strength_distance),
-    Claim("strength.recovery", "strength",
-          "After the drop the accuracy recovers, but for the largest s it stays below the control's.",
-          "per seed: final test_acc (largest s) − final test_acc (its control); a diverged seed is left out",
-          PAIRED_DOWN, ("last_epochs", "early_epochs", "confidence"), _family_figure("strength"), strength_recovery),
-    Claim("width.distance", "width",
-          "A wider kernel ends farther from the checkpoint.",
-          "per seed: the slope of final dist against log10 wideness over the s > 0 runs; wideness = σ, or 1/γ where "
-          "the family sweeps gamma",
-          GROWS, ("last_epochs", "confidence"), _family_figure("width"), width_distance),
-    Claim("width.crossing", "width",
-          "Distance curves of neighbouring widths cross: the narrower leads early, the wider overtakes later, "
-          "and the crossing comes later the wider the kernel.",
-          "per neighbouring pair, per seed: gap = dist (wider) − dist (narrower) at the first epoch, its mean over "
-          "the last last_epochs epochs, and its change over the last last_fraction; the crossing epoch (from which "
-          "the gap stays ≥ 0) is shown",
-          PARTS + "A pair holds if the first gap is < 0 and the late gap > 0 (each one-sided, p the larger); it does "
-          "not hold only if the late gap is < 0 and still widening; a pair not crossed yet is inconclusive "
-          "(censored, not disproved)",
-          ("last_epochs", "last_fraction", "confidence"), _family_figure("width"), width_crossing),
-    Claim("width.accuracy", "width",
-          "Final test accuracy is about the same at every width as without the penalty.",
-          f"per width, per seed: final test_acc (that width) − final test_acc (its control); {FINAL}",
-          PARTS + SAME, ("margin", "relative_margin", "last_epochs", "confidence"), _family_figure("width"),
-          width_accuracy),
-    Claim("lr.penalty", "lr",
-          "At every learning rate the penalty increases the distance over that lr's control.",
-          "per lr, per seed: final dist (penalty) − final dist (control at the same lr)",
-          PARTS + PAIRED_UP, ("last_epochs", "confidence"), _family_figure("lr"), lr_penalty),
-    Claim("lr.extremes", "lr",
-          "Too high an lr ends lower or unstable (too low an lr converges more slowly: not testable from a "
-          "checkpoint).",
-          "controls (s = 0), per seed: final test_acc at the highest lr − at the reference lr (the baseline's, else "
-          "the middle one); a diverged seed is left out and named; every seed diverged: holds (unstable)",
-          PAIRED_DOWN, ("last_epochs", "confidence"), _family_figure("lr"), lr_extremes),
-    Claim("multiple.farther", "multiple",
-          "A new hill every K epochs ends farther than a single hill; merged hills end between the two.",
-          "per seed: final dist (a new hill every K) − final dist (the same training with one hill); with the merge "
-          "family: merged − single, unmerged − merged",
-          EXPLORATORY, ("last_epochs", "confidence"), _family_figure("multiple") + ", " + _family_figure("merge"),
-          multiple_farther, exploratory=True),
-    Claim("kernel.farther", "kernel",
-          "Every kernel pushes the run farther from the checkpoint than its control.",
-          "per kernel, per seed: final dist (penalty) − final dist (its control)",
-          PARTS + PAIRED_UP, ("last_epochs", "confidence"), _family_figure("kernel"), kernel_farther),
-    Claim("schedule.escape", "schedule",
-          "With a learning-rate schedule the penalty helps escape an area of low accuracy: it ends above its "
-          "control.",
-          "per schedule other than constant, per seed: final test_acc (penalty) − final test_acc (its control)",
-          PARTS + PAIRED_UP, ("last_epochs", "confidence"), _family_figure("schedule"), schedule_escape),
-    Claim("schedule.shrink", "schedule",
-          "Lowering the learning rate lets the distance shrink again.",
-          "per schedule other than constant, per seed of the s > 0 run: dist growth over the last last_fraction / "
-          "final dist",
-          PARTS + _rule("growth ratio", "< 0", "> 0"), ("last_fraction", "confidence"), _family_figure("schedule"),
-          schedule_shrink),
-    Claim("epochs.budget", "epochs",
-          "How the penalty's effect on test accuracy changes with the budget.",
-          "per seed: the slope of final test_acc (penalty) − (its control) against log2 epochs",
-          EXPLORATORY, ("last_epochs", "confidence"), _family_figure("epochs"), epochs_budget, exploratory=True),
-    Claim("landscape.left", "landscape",
-          "The penalized run has left the checkpoint's area of low loss: a higher loss barrier than its control's.",
-          "per seed: loss barrier on the line checkpoint → run (penalty) − the same for its control",
-          PAIRED_UP, ("confidence",), "plots/landscape.png", landscape_left),
-    Claim("ensemble.gain", "ensembles",
-          "Every method's ensemble beats its best member.",
-          "per ensemble: gain_best (accuracy − best member's) at the largest m; a part per method with ≥ 2 "
-          "ensembles",
-          PARTS + _rule("gain_best over a method's ensembles", "> 0", "< 0"), ("confidence",),
-          "plots/ensemble_accuracy.png", ensemble_gain),
-    Claim("ensemble.diversity", "ensembles",
-          "Distance snapshots are not more diverse than SGDR snapshots.",
-          "per seed: mean pairwise disagreement (distance snapshots) − (SGDR snapshots), non-inferiority",
-          _rule("difference", "< diversity_margin", "> diversity_margin"), ("diversity_margin", "confidence"),
-          "plots/ensemble_disagreement.png", ensemble_diversity),
-    Claim("ensemble.weights_vs_predictions", "ensembles",
-          "Members far apart in weight space still predict alike: weight distance and disagreement are only "
-          "weakly related.",
-          "per ensemble: Spearman ρ(weight distance, disagreement) over its own member pairs (≥ 6, i.e. 4 members); "
-          "a part per method with ≥ 2 such ensembles",
-          PARTS + "Each: holds if both one-sided tests put the mean ρ inside ±weak_rho "
-          "(p < (1 − {confidence:g})/2, after the adjustment); does not hold if it is outside; "
-          "otherwise inconclusive",
-          ("weak_rho", "confidence"), "plots/diversity_vs_distance.png", ensemble_weights_vs_predictions),
+    Claim(
+        "baseline.farther",
+        "baseline",
+        "With the penalty the run ends farther from the checkpoint than its control.",
+        f"per seed: final dist (penalty) − final dist (its control); {FINAL}",
+        PAIRED_UP,
+        ("last_epochs", "confidence"),
+        _family_figure("baseline"),
+        baseline_farther,
+    ),
+    Claim(
+        "baseline.accuracy",
+        "baseline",
+        "Final test accuracy with the penalty is about the same as the control's.",
+        f"per seed: final test_acc (penalty) − final test_acc (its control); {FINAL}",
+        SAME,
+        ("margin", "relative_margin", "last_epochs", "confidence"),
+        _family_figure("baseline"),
+        baseline_accuracy,
+    ),
+    Claim(
+        "baseline.shape",
+        "baseline",
+        "The penalized distance rises fast and then flattens (concave); the control's grows nearly linearly.",
+        "per seed: half-ratio (penalty) − half-ratio (control); half-ratio = dist at the run's middle epoch / "
+        "dist at its end (0.5 for a straight line from 0, more when concave)",
+        PAIRED_UP,
+        ("confidence",),
+        _family_figure("baseline"),
+        baseline_shape,
+    ),
+    Claim(
+        "baseline.walks",
+        "baseline",
+        "Without the penalty SGD keeps moving: the control's distance has not plateaued over the last fifth.",
+        "per seed: the control's dist growth over the last last_fraction of its epochs / its final dist",
+        _rule("growth ratio", "> plateau", "< plateau"),
+        ("last_fraction", "plateau", "confidence"),
+        _family_figure("baseline"),
+        baseline_walks,
+    ),
+    Claim(
+        "strength.drop",
+        "strength",
+        "The early validation-accuracy drop after the checkpoint grows with s.",
+        "per seed: the least-squares slope of drop against log10 s over the s > 0 runs; drop = checkpoint val_acc "
+        "− min val_acc over the first early_epochs epochs (≥ 0)",
+        GROWS,
+        ("early_epochs", "confidence"),
+        _family_figure("strength"),
+        strength_drop,
+    ),
+    Claim(
+        "strength.distance",
+        "strength",
+        "The final distance grows with s, and for the largest s it plateaus.",
+        "part 1, per seed: the slope of final dist against log10 s; part 2, per seed at the largest s: dist growth "
+        "over the last last_fraction / final dist",
+        PARTS + "Part 1: " + GROWS + ". Part 2: " + _rule("growth ratio", "< plateau", "> plateau"),
+        ("last_epochs", "last_fraction", "plateau", "confidence"),
+        _family_figure("strength"),
+        strength_distance,
+    ),
+    Claim(
+        "strength.recovery",
+        "strength",
+        "After the drop the accuracy recovers, but for the largest s it stays below the control's.",
+        "per seed: final test_acc (largest s) − final test_acc (its control); a diverged seed is left out",
+        PAIRED_DOWN,
+        ("last_epochs", "early_epochs", "confidence"),
+        _family_figure("strength"),
+        strength_recovery,
+    ),
+    Claim(
+        "width.distance",
+        "width",
+        "A wider kernel ends farther from the checkpoint.",
+        "per seed: the slope of final dist against log10 wideness over the s > 0 runs; wideness = σ, or 1/γ where "
+        "the family sweeps gamma",
+        GROWS,
+        ("last_epochs", "confidence"),
+        _family_figure("width"),
+        width_distance,
+    ),
+    Claim(
+        "width.crossing",
+        "width",
+        "Distance curves of neighbouring widths cross: the narrower leads early, the wider overtakes later, "
+        "and the crossing comes later the wider the kernel.",
+        "per neighbouring pair, per seed: gap = dist (wider) − dist (narrower) at the first epoch, its mean over "
+        "the last last_epochs epochs, and its change over the last last_fraction; the crossing epoch (from which "
+        "the gap stays ≥ 0) is shown",
+        PARTS + "A pair holds if the first gap is < 0 and the late gap > 0 (each one-sided, p the larger); it does "
+        "not hold only if the late gap is < 0 and still widening; a pair not crossed yet is inconclusive "
+        "(censored, not disproved)",
+        ("last_epochs", "last_fraction", "confidence"),
+        _family_figure("width"),
+        width_crossing,
+    ),
+    Claim(
+        "width.accuracy",
+        "width",
+        "Final test accuracy is about the same at every width as without the penalty.",
+        f"per width, per seed: final test_acc (that width) − final test_acc (its control); {FINAL}",
+        PARTS + SAME,
+        ("margin", "relative_margin", "last_epochs", "confidence"),
+        _family_figure("width"),
+        width_accuracy,
+    ),
+    Claim(
+        "lr.penalty",
+        "lr",
+        "At every learning rate the penalty increases the distance over that lr's control.",
+        "per lr, per seed: final dist (penalty) − final dist (control at the same lr)",
+        PARTS + PAIRED_UP,
+        ("last_epochs", "confidence"),
+        _family_figure("lr"),
+        lr_penalty,
+    ),
+    Claim(
+        "lr.extremes",
+        "lr",
+        "Too high an lr ends lower or unstable (too low an lr converges more slowly: not testable from a checkpoint).",
+        "controls (s = 0), per seed: final test_acc at the highest lr − at the reference lr (the baseline's, else "
+        "the middle one); a diverged seed is left out and named; every seed diverged: holds (unstable)",
+        PAIRED_DOWN,
+        ("last_epochs", "confidence"),
+        _family_figure("lr"),
+        lr_extremes,
+    ),
+    Claim(
+        "multiple.farther",
+        "multiple",
+        "A new hill every K epochs ends farther than a single hill; merged hills end between the two.",
+        "per seed: final dist (a new hill every K) − final dist (the same training with one hill); with the merge "
+        "family: merged − single, unmerged − merged",
+        EXPLORATORY,
+        ("last_epochs", "confidence"),
+        _family_figure("multiple") + ", " + _family_figure("merge"),
+        multiple_farther,
+        exploratory=True,
+    ),
+    Claim(
+        "kernel.farther",
+        "kernel",
+        "Every kernel pushes the run farther from the checkpoint than its control.",
+        "per kernel, per seed: final dist (penalty) − final dist (its control)",
+        PARTS + PAIRED_UP,
+        ("last_epochs", "confidence"),
+        _family_figure("kernel"),
+        kernel_farther,
+    ),
+    Claim(
+        "schedule.escape",
+        "schedule",
+        "With a learning-rate schedule the penalty helps escape an area of low accuracy: it ends above its control.",
+        "per schedule other than constant, per seed: final test_acc (penalty) − final test_acc (its control)",
+        PARTS + PAIRED_UP,
+        ("last_epochs", "confidence"),
+        _family_figure("schedule"),
+        schedule_escape,
+    ),
+    Claim(
+        "schedule.shrink",
+        "schedule",
+        "Lowering the learning rate lets the distance shrink again.",
+        "per schedule other than constant, per seed of the s > 0 run: dist growth over the last last_fraction / "
+        "final dist",
+        PARTS + _rule("growth ratio", "< 0", "> 0"),
+        ("last_fraction", "confidence"),
+        _family_figure("schedule"),
+        schedule_shrink,
+    ),
+    Claim(
+        "epochs.budget",
+        "epochs",
+        "How the penalty's effect on test accuracy changes with the budget.",
+        "per seed: the slope of final test_acc (penalty) − (its control) against log2 epochs",
+        EXPLORATORY,
+        ("last_epochs", "confidence"),
+        _family_figure("epochs"),
+        epochs_budget,
+        exploratory=True,
+    ),
+    Claim(
+        "landscape.left",
+        "landscape",
+        "The penalized run has left the checkpoint's area of low loss: a higher loss barrier than its control's.",
+        "per seed: loss barrier on the line checkpoint → run (penalty) − the same for its control",
+        PAIRED_UP,
+        ("confidence",),
+        "plots/landscape.png",
+        landscape_left,
+    ),
+    Claim(
+        "ensemble.gain",
+        "ensembles",
+        "Every method's ensemble beats its best member.",
+        "per ensemble: gain_best (accuracy − best member's) at the largest m; a part per method with ≥ 2 ensembles",
+        PARTS + _rule("gain_best over a method's ensembles", "> 0", "< 0"),
+        ("confidence",),
+        "plots/ensemble_accuracy.png",
+        ensemble_gain,
+    ),
+    Claim(
+        "ensemble.diversity",
+        "ensembles",
+        "Distance snapshots are not more diverse than SGDR snapshots.",
+        "per seed: mean pairwise disagreement (distance snapshots) − (SGDR snapshots), non-inferiority",
+        _rule("difference", "< diversity_margin", "> diversity_margin"),
+        ("diversity_margin", "confidence"),
+        "plots/ensemble_disagreement.png",
+        ensemble_diversity,
+    ),
+    Claim(
+        "ensemble.weights_vs_predictions",
+        "ensembles",
+        "Members far apart in weight space still predict alike: weight distance and disagreement are only "
+        "weakly related.",
+        "per ensemble: Spearman ρ(weight distance, disagreement) over its own member pairs (≥ 6, i.e. 4 members); "
+        "a part per method with ≥ 2 such ensembles",
+        PARTS + "Each: holds if both one-sided tests put the mean ρ inside ±weak_rho "
+        "(p < (1 − {confidence:g})/2, after the adjustment); does not hold if it is outside; "
+        "otherwise inconclusive",
+        ("weak_rho", "confidence"),
+        "plots/diversity_vs_distance.png",
+        ensemble_weights_vs_predictions,
+    ),
 ]
 
 
 # --- evaluating them --------------------------------------------------------------------------
+
 
 def _missing(claim: Claim, t: Tables) -> pd.Series:
     """Per cell: why the claim cannot run there, or ""."""
@@ -901,9 +1136,15 @@ def _adjust(p: pd.Series, groups: pd.Series) -> pd.Series:
     return pd.Series(out, index=p.index)
 
 
-def evaluate(metrics: pd.DataFrame, families: dict, ensembles: pd.DataFrame | None = None,
-             pairs: pd.DataFrame | None = None, settings: dict | None = None,
-             landscape: pd.DataFrame | None = None, adjust_by: list[str] | None = None) -> pd.DataFrame:
+def evaluate(
+    metrics: pd.DataFrame,
+    families: dict,
+    ensembles: pd.DataFrame | None = None,
+    pairs: pd.DataFrame | None = None,
+    settings: dict | None = None,
+    landscape: pd.DataFrame | None = None,
+    adjust_by: list[str] | None = None,
+) -> pd.DataFrame:
     """Every claim for every dataset/model of `metrics`: one row each (COLUMNS). The decidable tests
     are adjusted together over the whole table, or within each group of `adjust_by` columns."""
     s = resolve_settings(settings)
@@ -923,13 +1164,22 @@ def evaluate(metrics: pd.DataFrame, families: dict, ensembles: pd.DataFrame | No
         r = r.reindex(t.cells)
         off = why != ""
         if off.any():
-            r.loc[off, ["fixed", "value", "ci_low", "ci_high", "p_holds", "p_against", "seeds", "text"]] = \
-                ["not run", math.nan, math.nan, math.nan, math.nan, math.nan, 0, ""]
+            r.loc[off, ["fixed", "value", "ci_low", "ci_high", "p_holds", "p_against", "seeds", "text"]] = [
+                "not run",
+                math.nan,
+                math.nan,
+                math.nan,
+                math.nan,
+                math.nan,
+                0,
+                "",
+            ]
             r.loc[off, "note"] = why[off]
         if claim.exploratory:
             r.loc[r["fixed"] == "", "fixed"] = "exploratory"
-        frames.append(r.reset_index().rename(columns={"text": "value_text", "p_holds": "p_value"})
-                      .assign(claim=claim.id))
+        frames.append(
+            r.reset_index().rename(columns={"text": "value_text", "p_holds": "p_value"}).assign(claim=claim.id)
+        )
     rows = pd.concat(frames, ignore_index=True)
     decidable = rows["fixed"] == ""
     groups = pd.Series("all", index=rows.index)
@@ -939,13 +1189,18 @@ def evaluate(metrics: pd.DataFrame, families: dict, ensembles: pd.DataFrame | No
     p_against = rows["p_against"].where(decidable).astype(float)
     rows["p_adjusted"], rows["p_against_adjusted"] = _adjust(p_holds, groups), _adjust(p_against, groups)
     level = (1 - s["confidence"]) / 2
-    decided = np.where(rows["p_adjusted"] < level, "holds",
-                       np.where(rows["p_against_adjusted"] < level, "does not hold", "inconclusive"))
+    decided = np.where(
+        rows["p_adjusted"] < level,
+        "holds",
+        np.where(rows["p_against_adjusted"] < level, "does not hold", "inconclusive"),
+    )
     rows["verdict"] = np.where(decidable, decided, rows["fixed"])
     size = groups[decidable & p_holds.notna()].value_counts()
     where = "this table" if not adjust_by else f"its {'/'.join(adjust_by)}"
-    rows["adjusted_with"] = [f"{ADJUSTMENT} over the {size.get(g, 0)} decided tests of {where}, each side apart"
-                             if d else "" for g, d in zip(groups, decidable)]
+    rows["adjusted_with"] = [
+        f"{ADJUSTMENT} over the {size.get(g, 0)} decided tests of {where}, each side apart" if d else ""
+        for g, d in zip(groups, decidable)
+    ]
     by_id = {c.id: c for c in CLAIMS}
     claim = rows["claim"].map(by_id)
     rows["text"] = claim.map(lambda c: c.text)
@@ -965,6 +1220,7 @@ def evaluate(metrics: pd.DataFrame, families: dict, ensembles: pd.DataFrame | No
 
 def markdown(table: pd.DataFrame) -> str:
     """The verdicts as a readable Markdown table, then each claim's text, rule and thresholds."""
+
     def value(r) -> str:
         if r["verdict"] == "not run":
             return ""
@@ -975,22 +1231,40 @@ def markdown(table: pd.DataFrame) -> str:
         if pd.isna(r["p_value"]) or r["verdict"] in ("not run",):
             return ""
         adjusted = f" → {r['p_adjusted']:.2g}" if pd.notna(r["p_adjusted"]) else ""
-        against = f"; against {r['p_against']:.2g}" + (f" → {r['p_against_adjusted']:.2g}"
-                                                        if pd.notna(r["p_against_adjusted"]) else "")
+        against = f"; against {r['p_against']:.2g}" + (
+            f" → {r['p_against_adjusted']:.2g}" if pd.notna(r["p_against_adjusted"]) else ""
+        )
         return f"{r['p_value']:.2g}{adjusted}{against}"
 
-    verdicts = pd.DataFrame({
-        "claim": table["claim"], "dataset / model": table["dataset"] + " / " + table["model"],
-        "verdict": table["verdict"], "value": table.apply(value, axis=1), "p raw → adjusted": table.apply(p, axis=1),
-        "seeds": table["seeds"], "note": table["note"].str.replace("|", "/", regex=False),
-    })
+    verdicts = pd.DataFrame(
+        {
+            "claim": table["claim"],
+            "dataset / model": table["dataset"] + " / " + table["model"],
+            "verdict": table["verdict"],
+            "value": table.apply(value, axis=1),
+            "p raw → adjusted": table.apply(p, axis=1),
+            "seeds": table["seeds"],
+            "note": table["note"].str.replace("|", "/", regex=False),
+        }
+    )
     family = next((a for a in table["adjusted_with"] if a), "no test was decided")
-    lines = ["# The source study's claims: verdicts", "",
-             ("value: the statistic (below) with its t-interval [low, high]. p: one-sided, for 'holds' and "
-              f"against, raw → adjusted ({family})."), "",
-             verdicts.to_markdown(index=False), "", "## The claims, their statistics and rules", ""]
+    lines = [
+        "# The source study's claims: verdicts",
+        "",
+        (
+            "value: the statistic (below) with its t-interval [low, high]. p: one-sided, for 'holds' and "
+            f"against, raw → adjusted ({family})."
+        ),
+        "",
+        verdicts.to_markdown(index=False),
+        "",
+        "## The claims, their statistics and rules",
+        "",
+    ]
     for _, c in table.drop_duplicates("claim").iterrows():
-        lines += [f"- **{c['claim']}** ({c['figure']}): {c['text']}",
-                  f"  - statistic: {c['statistic']}",
-                  f"  - rule: {c['rule']}" + (f" (thresholds: {c['thresholds']})" if c["thresholds"] else "")]
+        lines += [
+            f"- **{c['claim']}** ({c['figure']}): {c['text']}",
+            f"  - statistic: {c['statistic']}",
+            f"  - rule: {c['rule']}" + (f" (thresholds: {c['thresholds']})" if c["thresholds"] else ""),
+        ]
     return "\n".join(lines) + "\n"

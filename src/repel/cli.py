@@ -5,9 +5,10 @@ The workflow's rules call it; by hand, write into scratch/, which the workflow n
     python -m repel train-base --data scratch/digits.pt --model cnn --epochs 15 --out-dir scratch/base
     python -m repel continue   --data scratch/digits.pt --checkpoint scratch/base/checkpoint.pt \
                                --spec '{"strength": 10, "width": 1, "epochs": 30}' --out-dir scratch/s10
-    python -m repel aggregate  --runs scratch/base/metrics.parquet scratch/s10/metrics.parquet --out-dir scratch/aggregate
+    python -m repel aggregate  --runs scratch/base/metrics.parquet scratch/s10/metrics.parquet \
+                               --out-dir scratch/aggregate
     python -m repel plot       --metrics scratch/aggregate/metrics.parquet --family push --out-dir scratch/plots \
-        --spec '{"runs": ["s10-rbf-w1_lr0.01-const-e30"], "varying": [], "figure": "curves", "panels": ["val_acc", "dist"], "x": null}'
+    --spec '{"runs": ["s10-rbf-w1_lr0.01-const-e30"], "varying": [], "figure": "curves", "panels": ["dist"], "x": null}'
 
 A run's --spec holds the keys of src/repel/spec.py (the config's grid keys); the ones it leaves out
 take their defaults. Every option has a help text: python -m repel COMMAND --help. Each command
@@ -18,28 +19,26 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from pathlib import Path
 
 from . import spec
-
-
-def _json(text: str):
-    """JSON text, or a .json file holding it."""
-    return json.loads(Path(text).read_text() if text.endswith(".json") else text)
+from .tables import json_arg
 
 
 def cmd_prepare(args) -> None:
     from . import data, storage
 
     given = {k: getattr(args, k) for k in ("data_dir", "val_fraction", "test_fraction", "seed")}
-    prepared = data.prepare(args.dataset, download=not args.no_download,
-                            **{k: v for k, v in given.items() if v is not None})
+    prepared = data.prepare(
+        args.dataset, download=not args.no_download, **{k: v for k, v in given.items() if v is not None}
+    )
     storage.save_torch(prepared, args.out)
-    print(f"{args.dataset}: train {len(prepared['train_y'])}, val {len(prepared['val_y'])}, "
-          f"test {len(prepared['test_y'])} images of shape {tuple(prepared['train_x'].shape[1:])}, "
-          f"{prepared['num_classes']} classes -> {args.out}")
+    print(
+        f"{args.dataset}: train {len(prepared['train_y'])}, val {len(prepared['val_y'])}, "
+        f"test {len(prepared['test_y'])} images of shape {tuple(prepared['train_x'].shape[1:])}, "
+        f"{prepared['num_classes']} classes -> {args.out}"
+    )
 
 
 def cmd_continue(args) -> None:
@@ -51,54 +50,19 @@ def cmd_continue(args) -> None:
 def cmd_continue_pack(args) -> None:
     from . import jobs
 
-    members = _json(args.members)
+    members = json_arg(args.members)
     if not isinstance(members, list) or not members or not all(isinstance(m, dict) for m in members):
         raise ValueError("--members must be a JSON list with one object per member")
     for m in members:
         if missing := [key for key in ("spec", "out_dir", "snapshot_every") if key not in m]:
             raise ValueError(f"--members: the member {m.get('out_dir', m)} lacks {', '.join(missing)}")
-    jobs.continue_runs(args, [jobs.Member(spec.Run.of(m["spec"], f"--members[{i}].spec"), m["out_dir"],
-                                          m["snapshot_every"]) for i, m in enumerate(members)])
-
-
-def cmd_ensembles(args) -> None:
-    from .aggregate import aggregate_ensembles
-
-    aggregate_ensembles(args.predictions, args.member_landscapes, Path(args.out_dir))
-    print(f"evaluated {len(args.predictions)} ensembles -> {args.out_dir}")
-
-
-def cmd_aggregate_landscape(args) -> None:
-    from .aggregate import aggregate_landscapes
-
-    aggregate_landscapes(args.landscapes, args.out)
-    print(f"aggregated {len(args.landscapes)} landscapes -> {args.out}")
-
-
-def cmd_aggregate(args) -> None:
-    from .aggregate import aggregate
-
-    aggregate(args.runs, _json(args.labels) if args.labels else {}, Path(args.out_dir))
-    print(f"aggregated {len(args.runs)} runs -> {args.out_dir}")
-
-
-def cmd_claims(args) -> None:
-    from . import claims, storage
-
-    if bool(args.ensembles) != bool(args.pairs):
-        raise ValueError("give --ensembles and --pairs together (ensembles.parquet and ensemble_pairs.parquet)")
-    table = claims.evaluate(
-        storage.read_parquet(args.metrics, "aggregated metrics"), _json(args.families),
-        storage.read_parquet(args.ensembles, "ensemble curves") if args.ensembles else None,
-        storage.read_parquet(args.pairs, "ensemble pairs") if args.pairs else None,
-        _json(args.settings) if args.settings else None,
-        landscape=storage.read_parquet(args.landscape, "aggregated landscape") if args.landscape else None)
-    out = Path(args.out_dir)
-    storage.save_parquet(table, out / "claims.parquet")
-    storage.save_text(table.to_csv(index=False), out / "claims.csv")
-    storage.save_text(claims.markdown(table), out / "claims.md")
-    counts = table["verdict"].value_counts()
-    print(f"{len(table)} claim rows ({', '.join(f'{n} {v}' for v, n in counts.items())}) -> {out}")
+    jobs.continue_runs(
+        args,
+        [
+            jobs.Member(spec.Run.of(m["spec"], f"--members[{i}].spec"), m["out_dir"], m["snapshot_every"])
+            for i, m in enumerate(members)
+        ],
+    )
 
 
 def cmd_plot_method(args) -> None:
@@ -115,8 +79,13 @@ def _add(p: argparse.ArgumentParser, options: str) -> None:
         flag, help_text = line.split("=", 1)
         many, required, kind = "*" in flag, "!" in flag, flag.partition(":")[2] or None
         name = flag.split(":")[0].rstrip("*!")
-        p.add_argument(name, nargs=("+" if required else "*") if many else None, required=required, help=help_text,
-                       type={"int": int, "float": float, None: None}[kind])
+        p.add_argument(
+            name,
+            nargs=("+" if required else "*") if many else None,
+            required=required,
+            help=help_text,
+            type={"int": int, "float": float, None: None}[kind],
+        )
 
 
 DEVICE = """--device=auto (CUDA if present, else CPU), cpu, cuda, cuda:N or mps, as the config's `device` takes
@@ -134,37 +103,50 @@ TRAINING = f"""--data!=prepared dataset file (python -m repel prepare)
 {DEVICE}"""
 LANDSCAPE = """--steps:int=points on alpha in [-0.5, 1.5] (default: repel.landscape.STEPS)
 --bn-batches:int=training batches (of 128) to recompute BatchNorm statistics at each alpha"""
-COMMANDS = {  # name: (function, or "module:function" of the package, imported when it runs; help; options)
-    "prepare": (cmd_prepare, "read a dataset once into one compact tensor file", """--dataset!=which dataset to prepare
+COMMANDS = {  # name: (function, or "module:function" of the package imported when it runs; help)
+    "prepare": (cmd_prepare, "read a dataset once into one compact tensor file"),
+    "train-base": ("jobs:train_base", "train from scratch to the checkpoint epoch"),
+    "continue": (cmd_continue, "continue one run from a checkpoint with the distance penalty"),
+    "continue-pack": (cmd_continue_pack, "continue runs that share their training, together in one process"),
+    "aggregate": ("tables:aggregate", "all runs' metrics -> one table and a summary"),
+    "claims": ("tables:claims", "the source study's claims as verdicts, from the aggregated tables"),
+    "predict": ("jobs:predict", "ensemble members' predictions on the test split, stored once"),
+    "landscape": ("jobs:landscape", "loss and error along the line from the checkpoint to runs"),
+    "ensembles": ("tables:ensembles", "ensemble metrics from stored predictions"),
+    "aggregate-landscape": ("tables:aggregate_landscape", "every run's landscape -> one table"),
+    "plot": ("plots:plot_tables", "figures from the aggregated tables"),
+    "plot-method": (cmd_plot_method, "the method's figures: the kernels as the runs felt them, a 2-D hill"),
+}
+OPTIONS = {  # name: its options, one a line
+    "prepare": """--dataset!=which dataset to prepare
         --data-dir=where torchvision datasets are (or are downloaded to)
         --val-fraction:float=of the training set, held out for validation
         --test-fraction:float=test split for sets without one (digits)
         --seed:int=seed of the train/validation split
-        --out!=the prepared file to write (.pt)"""),
-    "train-base": ("jobs:train_base", "train from scratch to the checkpoint epoch", f"""{TRAINING}
+        --out!=the prepared file to write (.pt)""",
+    "train-base": f"""{TRAINING}
         --epochs!:int=epochs to train: the checkpoint epoch
         --lr:float=learning rate (config base.lr)
         --seed:int=initialisation and data order (default 0)
-        --model!=the network to train (models.MODELS)"""),
-    "continue": (cmd_continue, "continue one run from a checkpoint with the distance penalty", f"""{TRAINING}
+        --model!=the network to train (models.MODELS)""",
+    "continue": f"""{TRAINING}
         --checkpoint!=checkpoint.pt written by train-base (its seed and data order carry on)
-        --spec!=the run as JSON: its keys of src/repel/spec.py ({', '.join(spec.KEYS)})
-        --snapshot-every:int=save the weights to OUT_DIR/snapshots/epochE.pt every N epochs (ensemble members)"""),
-    "continue-pack": (cmd_continue_pack, "continue runs that share their training, together in one process",
-                      f"""{TRAINING}
+        --spec!=the run as JSON: its keys of src/repel/spec.py ({", ".join(spec.KEYS)})
+        --snapshot-every:int=save the weights to OUT_DIR/snapshots/epochE.pt every N epochs (ensemble members)""",
+    "continue-pack": f"""{TRAINING}
         --checkpoint!=checkpoint.pt written by train-base (its seed and data order carry on)
-        --members!=JSON list (or .json file), one object per run: spec (as continue's), out_dir, snapshot_every"""),
-    "aggregate": (cmd_aggregate, "all runs' metrics -> one table and a summary", """--runs*!=metrics.parquet files
+        --members!=JSON list (or .json file), one object per run: spec (as continue's), out_dir, snapshot_every""",
+    "aggregate": """--runs*!=metrics.parquet files
         --labels=JSON object (or .json file): run id -> label for plots and tables
-        --out-dir!=directory for metrics.parquet and the summary tables"""),
-    "claims": (cmd_claims, "the source study's claims as verdicts, from the aggregated tables", """--metrics!=metrics.parquet
+        --out-dir!=directory for metrics.parquet and the summary tables""",
+    "claims": """--metrics!=metrics.parquet
         --families!=every family as JSON (or a .json file), name -> its runs and settings (grid.families)
         --ensembles=ensembles.parquet (with --pairs); without them the ensemble claims are 'not run'
         --pairs=ensemble_pairs.parquet (with --ensembles)
         --landscape=landscape.parquet written by aggregate-landscape; without it landscape.left is 'not run'
         --settings=the config's claims block as JSON (or a .json file): thresholds over their defaults
-        --out-dir!=directory for claims.parquet, claims.csv and claims.md"""),
-    "predict": ("jobs:predict", "ensemble members' predictions on the test split, stored once", f"""--data!=prepared dataset
+        --out-dir!=directory for claims.parquet, claims.csv and claims.md""",
+    "predict": f"""--data!=prepared dataset
         --checkpoints*!=the base checkpoint each member started from, one per member (in --members' order)
         --members*!=members' weight files, oldest first
         --swa*=SWA models (swa.pt of a run with schedule swa) to evaluate beside the members' weight average
@@ -173,20 +155,20 @@ COMMANDS = {  # name: (function, or "module:function" of the package, imported w
         --member-landscape=also write the loss along the lines between consecutive members to this table
         --out!=the predictions file to write (.pt)
         {LANDSCAPE}
-        {DEVICE}"""),
-    "landscape": ("jobs:landscape", "loss and error along the line from the checkpoint to runs", f"""--data!=prepared dataset
+        {DEVICE}""",
+    "landscape": f"""--data!=prepared dataset
         --checkpoint!=theta_c: the base checkpoint
         --weights*!=theta: each run's final.pt
         --run*!=run id per --weights file, recorded
         --out*!=the landscape table to write (.parquet), one per --run
         {LANDSCAPE}
-        {DEVICE}"""),
-    "ensembles": (cmd_ensembles, "ensemble metrics from stored predictions", """--predictions*!=files written by predict
+        {DEVICE}""",
+    "ensembles": """--predictions*!=files written by predict
         --member-landscapes*!=predict --member-landscape files: the lines between consecutive members
-        --out-dir!=directory for the ensemble tables"""),
-    "aggregate-landscape": (cmd_aggregate_landscape, "every run's landscape -> one table", """--landscapes*!=tables
-        --out!=the combined table to write (.parquet)"""),
-    "plot": ("plots:plot_tables", "figures from the aggregated tables", """--metrics=metrics.parquet: one family's figure
+        --out-dir!=directory for the ensemble tables""",
+    "aggregate-landscape": """--landscapes*!=tables
+        --out!=the combined table to write (.parquet)""",
+    "plot": """--metrics=metrics.parquet: one family's figure
         --family=the family's name: the figure's file name (with --metrics)
         --spec=the family as JSON: runs, varying keys, figure, panels, x (grid.families)
         --landscape=landscape.parquet: loss along the line from the checkpoint (with --summary and --families)
@@ -197,11 +179,11 @@ COMMANDS = {  # name: (function, or "module:function" of the package, imported w
         --averages=weight_averages.parquet: each weight-averaged model beside its ensemble
         --claims=claims.parquet written by claims: the verdicts as one figure
         --out-dir!=directory for the figures
-        --formats*=file formats to write (png, pdf)"""),
-    "plot-method": (cmd_plot_method, "the method's figures: the kernels as the runs felt them, a 2-D hill", """
+        --formats*=file formats to write (png, pdf)""",
+    "plot-method": """
         --metrics=metrics.parquet: the kernels figure (kernels.<format>) of the settings that ran
         --out-dir!=directory for the figures
-        --formats*=file formats to write (png, pdf)"""),
+        --formats*=file formats to write (png, pdf)""",
 }
 FLAGS = {  # options that take no value
     "prepare": [("--no-download", "fail instead of downloading missing files")],
@@ -210,11 +192,13 @@ FLAGS = {  # options that take no value
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="repel", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="repel", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(required=True, metavar="COMMAND")
-    for name, (func, help_text, options) in COMMANDS.items():
+    for name, (func, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        _add(p, options)
+        _add(p, OPTIONS[name])
         for flag, flag_help in FLAGS.get(name, []):
             p.add_argument(flag, action="store_true", help=flag_help)
         p.set_defaults(func=func)

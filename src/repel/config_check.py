@@ -18,8 +18,13 @@ from . import grid
 
 # name -> (training images, official test images); digits has no test split of its own. Kept here,
 # not in data.py, so that checking a config imports no torch (every snakemake call checks it).
-SIZES = {"digits": (1797, 0), "mnist": (60000, 10000), "fashion_mnist": (60000, 10000),
-         "cifar10": (50000, 10000), "cifar100": (50000, 10000)}
+SIZES = {
+    "digits": (1797, 0),
+    "mnist": (60000, 10000),
+    "fashion_mnist": (60000, 10000),
+    "cifar10": (50000, 10000),
+    "cifar100": (50000, 10000),
+}
 
 
 def check(config: dict, schema: dict, given: dict | None = None) -> None:
@@ -58,15 +63,19 @@ def grid_problems(config: dict) -> list[str]:
         for method, point in grid.ensemble_points(ens, config["seeds"]).items():
             where = f"ensembles, method {method}"
             params = grid.resolve(defaults, point, where).values()
-            problems += [f"{where}: {problem}"
-                         for problem in point_problems(params, point, defaults, ENSEMBLE_NAMES.get(method, {}))]
+            problems += [
+                f"{where}: {problem}"
+                for problem in point_problems(params, point, defaults, ENSEMBLE_NAMES.get(method, {}))
+            ]
         problems += fge_problems(ens) + ensemble_lr_problems(ens, defaults)
     return list(dict.fromkeys(problems))
 
 
 # the ensemble block's own names for the grid keys its methods set
-ENSEMBLE_NAMES = {"fge": {"eta_min": "ensembles.fge.lr_low", "t0": "ensembles.fge.cycle", "epochs": "the budget"},
-                  "swa": {"eta_min": "ensembles.swa.lr"}}
+ENSEMBLE_NAMES = {
+    "fge": {"eta_min": "ensembles.fge.lr_low", "t0": "ensembles.fge.cycle", "epochs": "the budget"},
+    "swa": {"eta_min": "ensembles.swa.lr"},
+}
 
 
 def point_problems(params: dict, point: dict, defaults: dict, names: dict | None = None) -> list[str]:
@@ -81,8 +90,10 @@ def point_problems(params: dict, point: dict, defaults: dict, names: dict | None
     epochs, schedule = params["epochs"], params["schedule"]
     problems = []
     if params["checkpoint_every"] and params["checkpoint_every"] >= epochs:
-        problems.append(f"{show('checkpoint_every')} >= {show('epochs')}: the new checkpoint would come after the "
-                        "last epoch, so this is the same training as without it, under another run id")
+        problems.append(
+            f"{show('checkpoint_every')} >= {show('epochs')}: the new checkpoint would come after the "
+            "last epoch, so this is the same training as without it, under another run id"
+        )
     if schedule == "step" and params["step_size"] >= epochs:
         problems.append(f"{show('step_size')} >= {show('epochs')}: the step schedule would never lower the lr")
     if schedule in ("cosine_restarts", "cyclic") and params["t0"] >= epochs:
@@ -111,8 +122,10 @@ def ensemble_lr_problems(ens: dict, defaults: dict) -> list[str]:
     """SWALR anneals down to its lr: one above the ensembles' lr would anneal up."""
     lr = ens.get("lr", defaults.get("lr"))
     if "swa" in ens and ens["swa"]["lr"] > lr:
-        return [f"ensembles.swa.lr {ens['swa']['lr']} > ensembles.lr {lr}: SWALR anneals down from the ensembles' "
-                "lr to the SWA lr; give one at most ensembles.lr"]
+        return [
+            f"ensembles.swa.lr {ens['swa']['lr']} > ensembles.lr {lr}: SWALR anneals down from the ensembles' "
+            "lr to the SWA lr; give one at most ensembles.lr"
+        ]
     return []
 
 
@@ -122,11 +135,16 @@ def claims_problems(config: dict) -> list[str]:
     early, defaults = config.get("claims", {}).get("early_epochs"), config["continuation"]["defaults"]
     if early is None:
         return []
-    epochs = [grid.resolve(defaults, point, name).training.epochs
-              for name, family in config["continuation"]["families"].items() for point in grid.family_points(family)]
+    epochs = [
+        grid.resolve(defaults, point, name).training.epochs
+        for name, family in config["continuation"]["families"].items()
+        for point in grid.family_points(family)
+    ]
     if epochs and early > max(epochs):
-        return [f"claims.early_epochs {early} > the longest run's {max(epochs)} epochs: 'early' would be longer "
-                "than every run"]
+        return [
+            f"claims.early_epochs {early} > the longest run's {max(epochs)} epochs: 'early' would be longer "
+            "than every run"
+        ]
     return []
 
 
@@ -165,7 +183,8 @@ class UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in first:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"the key {key!r} is given twice (first on line {first[key] + 1})", key_node.start_mark)
+                    None, None, f"the key {key!r} is given twice (first on line {first[key] + 1})", key_node.start_mark
+                )
             first[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
@@ -192,8 +211,11 @@ def source(key: str, point: dict, defaults: dict) -> str:
 
 def describe(point: dict) -> str:
     """A grid point as the keys its family sets: `{schedule: step, strength: 10}`."""
-    keys = [f"{key}: {str(value).lower() if isinstance(value, bool) else value}"
-            for key, value in point.items() if key != "seeds"]
+    keys = [
+        f"{key}: {str(value).lower() if isinstance(value, bool) else value}"
+        for key, value in point.items()
+        if key != "seeds"
+    ]
     return "{" + ", ".join(keys) + "}"
 
 
@@ -217,6 +239,8 @@ def split_problems(config: dict) -> list[str]:
             keys = f"split.val_fraction {split['val_fraction']}"
             if not SIZES[dataset][1]:  # test_fraction counts only without an official test split
                 keys += f", split.test_fraction {split['test_fraction']}"
-            problems.append(f"{keys}: {dataset} would have {sizes['training']} training, {sizes['validation']} "
-                            f"validation and {sizes['test']} test images; every split needs at least one image")
+            problems.append(
+                f"{keys}: {dataset} would have {sizes['training']} training, {sizes['validation']} "
+                f"validation and {sizes['test']} test images; every split needs at least one image"
+            )
     return problems

@@ -58,8 +58,7 @@ def _load_torchvision(name: str, root: Path, download: bool):
         except RuntimeError:
             if not download:
                 raise DatasetMissingError(
-                    f"dataset '{name}' not found under {root}: expected {expected} there "
-                    "(downloads are switched off)"
+                    f"dataset '{name}' not found under {root}: expected {expected} there (downloads are switched off)"
                 ) from None
             try:  # torchvision's own download, which verifies its checksums
                 ds = cls(root=str(root), train=train, download=True)
@@ -74,8 +73,14 @@ def _load_torchvision(name: str, root: Path, download: bool):
     return splits
 
 
-def prepare(name: str, data_dir: str | Path = "data", val_fraction: float = 0.1, test_fraction: float = 0.2,
-            seed: int = 0, download: bool = True) -> dict:
+def prepare(
+    name: str,
+    data_dir: str | Path = "data",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    download: bool = True,
+) -> dict:
     """Read a dataset and split it reproducibly: the same seed always gives the same split.
 
     Sets with an official test split keep it; the validation split is taken from the training set.
@@ -99,19 +104,25 @@ def prepare(name: str, data_dir: str | Path = "data", val_fraction: float = 0.1,
     val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
     if min(len(train_idx), len(val_idx), len(test_y)) < 1:  # the workflow checks this before any job
         fractions = f"val_fraction {val_fraction}" + (f", test_fraction {test_fraction}" if name == "digits" else "")
-        raise ValueError(f"{name} would be split into {len(train_idx)} training, {len(val_idx)} validation and "
-                         f"{len(test_y)} test images ({fractions}); every split needs at least one image")
+        raise ValueError(
+            f"{name} would be split into {len(train_idx)} training, {len(val_idx)} validation and "
+            f"{len(test_y)} test images ({fractions}); every split needs at least one image"
+        )
     train_x = x[train_idx]
     # one channel at a time keeps the float copy small (CIFAR's training set is 600 MB as float32)
     channels = (train_x[:, c].float() / 255 for c in range(train_x.shape[1]))
     mean, std = zip(*((c.mean(), c.std()) for c in channels))
     return {
         "name": name,
-        "train_x": train_x, "train_y": y[train_idx],
-        "val_x": x[val_idx], "val_y": y[val_idx],
-        "test_x": test_x, "test_y": test_y,
+        "train_x": train_x,
+        "train_y": y[train_idx],
+        "val_x": x[val_idx],
+        "val_y": y[val_idx],
+        "test_x": test_x,
+        "test_y": test_y,
         "num_classes": int(max(y.max(), test_y.max()) + 1),
-        "mean": torch.stack(mean), "std": torch.stack(std),
+        "mean": torch.stack(mean),
+        "std": torch.stack(std),
         "augment": name in AUGMENTED,
         "seed": seed,
     }

@@ -32,6 +32,7 @@ TIE_TOL = 1e-6  # in log-probability: float32 members put exact ties ~1e-7 apart
 
 # --- argument checks -------------------------------------------------------------------------
 
+
 def _check_log_probs(log_probs: torch.Tensor) -> int:
     if not isinstance(log_probs, torch.Tensor) or log_probs.ndim != 3:
         shape = tuple(log_probs.shape) if isinstance(log_probs, torch.Tensor) else type(log_probs).__name__
@@ -45,8 +46,9 @@ def _check_pair(log_p: torch.Tensor, y: torch.Tensor) -> None:
     if log_p.ndim != 2:
         raise ValueError(f"log_p must have shape (points N, classes K), got {tuple(log_p.shape)}")
     if y.ndim != 1 or len(y) != len(log_p):
-        raise ValueError(f"labels y must have shape ({len(log_p)},) to match log_p {tuple(log_p.shape)}, "
-                         f"got {tuple(y.shape)}")
+        raise ValueError(
+            f"labels y must have shape ({len(log_p)},) to match log_p {tuple(log_p.shape)}, got {tuple(y.shape)}"
+        )
     if y.is_floating_point() or y.is_complex():
         raise ValueError(f"labels y must be integer class indices, got dtype {y.dtype}")
     if len(y) == 0:
@@ -72,6 +74,7 @@ def _stack_weights(weights, name: str = "weights") -> torch.Tensor:
 
 
 # --- one ensemble ------------------------------------------------------------------------------
+
 
 def ensemble_log_probs(log_probs: torch.Tensor, m: int) -> torch.Tensor:
     """log of the mean softmax of the last m members, (N, K), in float64: logsumexp − log m.
@@ -159,16 +162,29 @@ def ensemble_curve(log_probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> 
     for m in range(1, n_members + 1):
         log_p = ensemble_log_probs(log_probs, m)
         acc, mean_member, best_member = accuracy(log_p, y), member_acc[-m:].mean(), member_acc[-m:].max()
-        rows.append(torch.stack([acc, nll(log_p, y), brier(log_p, y), ece(log_p, y, bins), mean_member,
-                                 acc - mean_member, acc - best_member]))
+        rows.append(
+            torch.stack(
+                [
+                    acc,
+                    nll(log_p, y),
+                    brier(log_p, y),
+                    ece(log_p, y, bins),
+                    mean_member,
+                    acc - mean_member,
+                    acc - best_member,
+                ]
+            )
+        )
     values = torch.stack(rows).cpu().numpy()  # one synchronisation for the whole table
-    frame = pd.DataFrame(values, columns=["accuracy", "nll", "brier", "ece", "mean_member_accuracy", "gain",
-                                          "gain_best"])
+    frame = pd.DataFrame(
+        values, columns=["accuracy", "nll", "brier", "ece", "mean_member_accuracy", "gain", "gain_best"]
+    )
     frame.insert(0, "m", range(1, n_members + 1))
     return frame
 
 
 # --- pairwise diversity, (M, M) matrices ---------------------------------------------------------
+
 
 def disagreement(log_probs: torch.Tensor) -> torch.Tensor:
     """Fraction of points on which members i and j predict different top-1 classes; with ties,
@@ -202,8 +218,9 @@ def displacement_cosine(weights, theta_c: torch.Tensor) -> torch.Tensor:
     theta_c for all members, or (M, P), each member's own (independent seeds start apart)."""
     w = _stack_weights(weights)
     if theta_c.shape not in {(w.shape[1],), tuple(w.shape)}:
-        raise ValueError(f"theta_c must be ({w.shape[1]},) or {tuple(w.shape)} like the members, "
-                         f"got {tuple(theta_c.shape)}")
+        raise ValueError(
+            f"theta_c must be ({w.shape[1]},) or {tuple(w.shape)} like the members, got {tuple(theta_c.shape)}"
+        )
     return _cosine(w - theta_c)
 
 
@@ -222,8 +239,10 @@ def pairwise_table(log_probs: torch.Tensor, weights, theta_c: torch.Tensor) -> p
         raise ValueError(f"mismatched members: log_probs has {n_members}, weights has {len(w)}")
     i, j = torch.triu_indices(n_members, n_members, 1)
     columns = {
-        "disagreement": disagreement(log_probs), "correlation": prediction_correlation(log_probs),
-        "weight_cosine": weight_cosine(w), "displacement_cosine": displacement_cosine(w, theta_c),
+        "disagreement": disagreement(log_probs),
+        "correlation": prediction_correlation(log_probs),
+        "weight_cosine": weight_cosine(w),
+        "displacement_cosine": displacement_cosine(w, theta_c),
         "weight_distance": weight_distance(w),
     }
     values = {k: v.double().cpu()[i, j].numpy() for k, v in columns.items()}
@@ -231,6 +250,7 @@ def pairwise_table(log_probs: torch.Tensor, weights, theta_c: torch.Tensor) -> p
 
 
 # --- weights -------------------------------------------------------------------------------------
+
 
 def parameter_names(model: nn.Module) -> list[str]:
     """State-dict keys of the trainable parameters, in the order trainable_parameters gives them."""

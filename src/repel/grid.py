@@ -15,7 +15,9 @@ import itertools
 from .spec import Run
 
 CONTROL_LABEL = "control"
-SNAPSHOT = "snapshots/epoch{epoch}.pt"  # an ensemble member, in its run's seed directory; epoch counts from the base's start
+SNAPSHOT = (
+    "snapshots/epoch{epoch}.pt"  # an ensemble member, in its run's seed directory; epoch counts from the base's start
+)
 # method -> how it gets its members, all at the same epoch budget: distance snapshots (a new hill
 # every cycle; the model before each is a member), SGDR snapshots (cosine with warm restarts every
 # cycle, no penalty), SGDR + distance, independent seeds (one run per seed, no penalty: the
@@ -29,16 +31,20 @@ def resolve(defaults: dict, point: dict, where: str) -> Run:
     width and vice versa; a point that sets both is refused (one of them would be dropped)."""
     point = {k: v for k, v in point.items() if k != "seeds"}
     if "width" in point and "gamma" in point:
-        raise ValueError(f"{where}: sets both width {point['width']} and gamma {point['gamma']}; a kernel takes one "
-                         "(width: exp(-d / (2 sigma^2)), gamma: exp(-gamma d))")
+        raise ValueError(
+            f"{where}: sets both width {point['width']} and gamma {point['gamma']}; a kernel takes one "
+            "(width: exp(-d / (2 sigma^2)), gamma: exp(-gamma d))"
+        )
     merged = {k: v for k, v in defaults.items() if k != "seeds"}
     for one, other in (("gamma", "width"), ("width", "gamma")):
         if one in point:
             merged.pop(other, None)
     merged.update(point)
     if merged.get("strength") is None:
-        raise ValueError(f"{where}: a grid point has no strength; give one in the family's fixed, sweep or points, "
-                         "or in continuation.defaults")
+        raise ValueError(
+            f"{where}: a grid point has no strength; give one in the family's fixed, sweep or points, "
+            "or in continuation.defaults"
+        )
     return Run.of(merged, where)
 
 
@@ -63,8 +69,13 @@ def families(continuation: dict) -> dict[str, dict]:
                     runs.append(rid)
         keys = [*family.get("sweep", {}), *(k for p in family.get("points", []) for k in p)]
         varying = [k for k in dict.fromkeys(keys) if k != "seeds"]
-        out[name] = {"runs": runs, "varying": varying, "figure": family.get("figure", "curves"),
-                     "panels": family.get("panels", ["val_acc", "dist"]), "x": (varying or [None])[0]}
+        out[name] = {
+            "runs": runs,
+            "varying": varying,
+            "figure": family.get("figure", "curves"),
+            "panels": family.get("panels", ["val_acc", "dist"]),
+            "x": (varying or [None])[0],
+        }
     return out
 
 
@@ -74,8 +85,11 @@ def ensemble_points(ens: dict, seeds: list[int]) -> dict[str, dict]:
     independent seeds on `ensembles.seeds`. FGE and SWA run where the block has their settings."""
     cycle = ens["cycle"]
     common = {"epochs": ens["members"] * cycle, **{k: ens[k] for k in ("lr",) if k in ens}}
-    hill = {"strength": ens["strength"], "checkpoint_every": cycle,
-            **{k: ens[k] for k in ("kernel", "width", "gamma") if k in ens}}
+    hill = {
+        "strength": ens["strength"],
+        "checkpoint_every": cycle,
+        **{k: ens[k] for k in ("kernel", "width", "gamma") if k in ens},
+    }
     sgdr = {"schedule": "cosine_restarts", "t0": cycle, "t_mult": 1}
     points = {
         "distance": {**common, **hill, "schedule": "constant", "seeds": seeds},
@@ -84,8 +98,14 @@ def ensemble_points(ens: dict, seeds: list[int]) -> dict[str, dict]:
         "independent": {**common, "schedule": "constant", "strength": 0, "seeds": ens["seeds"]},
     }
     if "fge" in ens:  # the peak lr is every method's; the low one FGE's own
-        points["fge"] = {**common, "schedule": "cyclic", "t0": ens["fge"]["cycle"], "eta_min": ens["fge"]["lr_low"],
-                           "strength": 0, "seeds": seeds}
+        points["fge"] = {
+            **common,
+            "schedule": "cyclic",
+            "t0": ens["fge"]["cycle"],
+            "eta_min": ens["fge"]["lr_low"],
+            "strength": 0,
+            "seeds": seeds,
+        }
     if "swa" in ens:
         points["swa"] = {**common, "schedule": "swa", "eta_min": ens["swa"]["lr"], "strength": 0, "seeds": seeds}
     return points
@@ -106,7 +126,7 @@ def independent_groups(seeds: list[int], members: int) -> list[list[int]]:
     at least two such groups (seeds left over join none), else one ensemble of all the seeds."""
     if len(seeds) < 2 * members:
         return [list(seeds)]
-    return [list(seeds[i:i + members]) for i in range(0, len(seeds) - members + 1, members)]
+    return [list(seeds[i : i + members]) for i in range(0, len(seeds) - members + 1, members)]
 
 
 def ensemble_plan(ens: dict, defaults: dict, seeds: list[int]) -> dict[str, dict[str, dict]]:
@@ -118,8 +138,10 @@ def ensemble_plan(ens: dict, defaults: dict, seeds: list[int]) -> dict[str, dict
     for method, point in ensemble_points(ens, seeds).items():
         run = resolve(defaults, point, f"ensembles, method {method}").id
         if method == "independent":  # each seed's run's end is a member
-            plan[method] = {"seeds" + "-".join(map(str, group)): {"run": run, "seeds": group, "epochs": None}
-                            for group in independent_groups(point["seeds"], ens["members"])}
+            plan[method] = {
+                "seeds" + "-".join(map(str, group)): {"run": run, "seeds": group, "epochs": None}
+                for group in independent_groups(point["seeds"], ens["members"])
+            }
         else:  # a member every cycle of one seed's run
             epochs = member_epochs(ens, method)
             plan[method] = {f"seed{seed}": {"run": run, "seeds": [seed], "epochs": epochs} for seed in point["seeds"]}
@@ -187,7 +209,7 @@ def packs(runs: dict[str, dict], max_members: int) -> dict[str, dict]:
     for (training, seed), members in groups.items():
         n = -(-len(members) // max_members)  # the fewest packs
         for k in range(n):
-            part = members[k * len(members) // n:(k + 1) * len(members) // n]
+            part = members[k * len(members) // n : (k + 1) * len(members) // n]
             if len(part) > 1:
                 out[f"{training}_seed{seed}" + (f"_{k + 1}of{n}" if n > 1 else "")] = {"runs": part, "seed": seed}
     return out

@@ -63,8 +63,9 @@ def train_config(args, seed: int, spec: Run | None = None) -> TrainConfig:
     """The loop's settings: the base's optimizer (momentum, weight decay, batch), the run's training
     (the base's own lr and epochs without a spec), the seed, and how fast to run."""
     training = vars(spec.training) if spec is not None else {"epochs": args.epochs, "lr": args.lr}
-    given = {key: getattr(args, key) for key in ("momentum", "weight_decay", "batch_size", "amp", "channels_last",
-                                                  "compile")}
+    given = {
+        key: getattr(args, key) for key in ("momentum", "weight_decay", "batch_size", "amp", "channels_last", "compile")
+    }
     # an option not given takes TrainConfig's default (the base's, config/README.md)
     return TrainConfig(**{k: v for k, v in {**training, **given}.items() if v is not None}, seed=seed)
 
@@ -80,15 +81,26 @@ def train_base(args) -> None:
     device = setup(args)
     prepared = data_mod.load(args.data)
     in_channels, image_size = prepared["train_x"].shape[1], prepared["train_x"].shape[-1]
-    arch = {"model": args.model, "in_channels": int(in_channels), "num_classes": prepared["num_classes"],
-            "image_size": int(image_size)}
+    arch = {
+        "model": args.model,
+        "in_channels": int(in_channels),
+        "num_classes": prepared["num_classes"],
+        "image_size": int(image_size),
+    }
     torch.manual_seed(args.seed)  # the model's initialisation
     model = models.from_arch(arch).to(device)
     resume = _resume_state(args, args.data)
     job_log = resume.log if resume is not None else log
     events = _event_log(args, job_log, prepared["name"], args.model, "base", args.seed)
-    rows, optimizer, generator = fit(model, prepared, train_config(args, args.seed), device, log=job_log,
-                                     resume=resume, on_row=events.row if events else None)
+    rows, optimizer, generator = fit(
+        model,
+        prepared,
+        train_config(args, args.seed),
+        device,
+        log=job_log,
+        resume=resume,
+        on_row=events.row if events else None,
+    )
     out = Path(args.out_dir)
     columns = {"phase": "base", "dataset": prepared["name"], "model": args.model, "seed": args.seed, "run": "base"}
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
@@ -104,8 +116,9 @@ def train_base(args) -> None:
 def _penalty(spec: Run, model) -> DistancePenalty:
     """A run's penalty, its first hill on the model's current weights."""
     p = spec.penalty
-    penalty = DistancePenalty(p.strength, p.kernel, p.width, p.gamma, p.distance, merged=p.merge,
-                              every=p.checkpoint_every)
+    penalty = DistancePenalty(
+        p.strength, p.kernel, p.width, p.gamma, p.distance, merged=p.merge, every=p.checkpoint_every
+    )
     penalty.add_checkpoint(models.trainable_parameters(model))
     return penalty
 
@@ -114,6 +127,7 @@ def _snapshot_saver(out: Path, checkpoint_epoch: int, every: int):
     def save(epochs_done, model):  # ensemble members: every `every` epochs
         if every and epochs_done % every == 0:
             checkpoint.save_weights(model, out / SNAPSHOT.format(epoch=checkpoint_epoch + epochs_done))
+
     return save
 
 
@@ -127,14 +141,21 @@ class Member:
 
 def _finish(args, member: Member, ckpt: dict, prepared: dict, model, rows: list[dict], events) -> None:
     """Write a run's weights, metrics (its grid settings as columns) and run.json."""
-    columns = {"phase": "continue", "dataset": prepared["name"], "model": ckpt["arch"]["model"],
-               "seed": ckpt["config"]["seed"], "checkpoint_epoch": ckpt["epoch"], **member.spec.columns()}
+    columns = {
+        "phase": "continue",
+        "dataset": prepared["name"],
+        "model": ckpt["arch"]["model"],
+        "seed": ckpt["config"]["seed"],
+        "checkpoint_epoch": ckpt["epoch"],
+        **member.spec.columns(),
+    }
     checkpoint.save_weights(model, member.out / "final.pt")
     # n_params: what a mean distance divides by (the kernels figure draws it on ‖θ − θ_c‖)
     n_params = sum(p.numel() for p in models.trainable_parameters(model))
     storage.save_parquet(_frame(rows, {**columns, "n_params": n_params}), member.out / "metrics.parquet")
-    checkpoint.write_run_record(member.out, member.spec.values(), args.checkpoint,
-                                {"seed": ckpt["config"]["seed"], "data": str(args.data)})
+    checkpoint.write_run_record(
+        member.out, member.spec.values(), args.checkpoint, {"seed": ckpt["config"]["seed"], "data": str(args.data)}
+    )
     if events is not None:  # the grid point's parameters, as its metrics.parquet names them
         events.finish(columns, rows[-1]["epoch"])
     log(f"{member.spec.id}: final val acc {rows[-1]['val_acc']:.4f}, distance {rows[-1]['dist']:.4g} -> {member.out}")
@@ -143,8 +164,10 @@ def _finish(args, member: Member, ckpt: dict, prepared: dict, model, rows: list[
 def continue_runs(args, members: list[Member]) -> None:
     """Continue one run, or a pack of runs that share their training, from the base checkpoint."""
     if len({m.spec.training for m in members}) != 1:
-        raise ValueError("the members of a pack must share their training (lr, schedule, epochs, ...): got "
-                         + ", ".join(m.spec.training_part() for m in members))
+        raise ValueError(
+            "the members of a pack must share their training (lr, schedule, epochs, ...): got "
+            + ", ".join(m.spec.training_part() for m in members)
+        )
     device = setup(args)
     prepared = data_mod.load(args.data)
     ckpt = checkpoint.load_base(args.checkpoint)
@@ -163,9 +186,19 @@ def continue_runs(args, members: list[Member]) -> None:
     if len(members) == 1:
         # SWA: the weights averaged after every epoch, beside the trajectory the run follows
         averaged = AveragedModel(nets[0]) if cfg.schedule == "swa" else None
-        rows, _, _ = fit(nets[0], prepared, cfg, device, penalty=penalties[0], optimizer_state=ckpt["optimizer"],
-                         log=job_log, on_epoch_end=savers[0], on_row=events[0].row if events[0] else None,
-                         averaged=averaged, **common)
+        rows, _, _ = fit(
+            nets[0],
+            prepared,
+            cfg,
+            device,
+            penalty=penalties[0],
+            optimizer_state=ckpt["optimizer"],
+            log=job_log,
+            on_epoch_end=savers[0],
+            on_row=events[0].row if events[0] else None,
+            averaged=averaged,
+            **common,
+        )
         rows = [rows]
         if averaged is not None:
             _finish_swa(averaged, prepared, device, members[0].out / "swa.pt", job_log)
@@ -175,10 +208,20 @@ def continue_runs(args, members: list[Member]) -> None:
         # conv nets on a CPU one after another: batching their convolutions gained nothing there
         # (benchmarks/pack_speed.py), and this way each run equals its job alone exactly
         conv_on_cpu = device.type == "cpu" and any(p.dim() == 4 for p in nets[0].parameters())
-        rows = fit_pack(nets, prepared, cfg, device, penalties, optimizer_states=[ckpt["optimizer"]] * len(members),
-                        log=job_log, on_epoch_end=lambda i, done, model: savers[i](done, model),
-                        on_row=lambda i, row: events[i].row(row) if events[i] else None,
-                        batched=False if conv_on_cpu else None, names=[m.spec.id for m in members], **common)
+        rows = fit_pack(
+            nets,
+            prepared,
+            cfg,
+            device,
+            penalties,
+            optimizer_states=[ckpt["optimizer"]] * len(members),
+            log=job_log,
+            on_epoch_end=lambda i, done, model: savers[i](done, model),
+            on_row=lambda i, row: events[i].row(row) if events[i] else None,
+            batched=False if conv_on_cpu else None,
+            names=[m.spec.id for m in members],
+            **common,
+        )
     for member, net, member_rows, member_events in zip(members, nets, rows, events):
         _finish(args, member, ckpt, prepared, net, member_rows, member_events)
     if resume is not None:
@@ -201,27 +244,38 @@ def predict(args) -> None:
     device = setup(args)
     prepared = data_mod.load(args.data)
     if len(args.checkpoints) != len(args.members):
-        raise ValueError(f"give one --checkpoints file per member: {len(args.members)} members, "
-                         f"{len(args.checkpoints)} checkpoints")
+        raise ValueError(
+            f"give one --checkpoints file per member: {len(args.members)} members, {len(args.checkpoints)} checkpoints"
+        )
     # members of one run share its checkpoint: load each file once
     ckpts = {path: checkpoint.load_base(path) for path in dict.fromkeys(args.checkpoints)}
     arch = ckpts[args.checkpoints[0]]["arch"]
     members = [checkpoint.load_weights(path, arch, "member") for path in args.members]
     swa = [checkpoint.load_weights(path, arch, "SWA model") for path in args.swa or []]
-    out = member_predictions(arch, [ckpts[path]["model"] for path in args.checkpoints], members, prepared, device,
-                             swa_states=swa)
-    out.update(dataset=prepared["name"], model=arch["model"], method=args.method, ensemble=args.ensemble,
-               members=[str(p) for p in args.members], checkpoints=[str(p) for p in args.checkpoints],
-               swa=[str(p) for p in args.swa or []])
+    out = member_predictions(
+        arch, [ckpts[path]["model"] for path in args.checkpoints], members, prepared, device, swa_states=swa
+    )
+    out.update(
+        dataset=prepared["name"],
+        model=arch["model"],
+        method=args.method,
+        ensemble=args.ensemble,
+        members=[str(p) for p in args.members],
+        checkpoints=[str(p) for p in args.checkpoints],
+        swa=[str(p) for p in args.swa or []],
+    )
     storage.save_torch(out, args.out)
     acc = member_accuracy(out["log_probs"], out["labels"])
-    log(f"{args.method} {args.ensemble}: {len(members)} members, test accuracy "
-        f"{', '.join(f'{a:.4f}' for a in acc.tolist())} -> {args.out}")
+    log(
+        f"{args.method} {args.ensemble}: {len(members)} members, test accuracy "
+        f"{', '.join(f'{a:.4f}' for a in acc.tolist())} -> {args.out}"
+    )
     if args.member_landscape:  # in this process: its start-up would cost about what the landscape does
         states = dict(zip(args.members, members))
         lines = [({"method": args.method, "ensemble": args.ensemble}, args.member_landscape, list(args.members))]
-        landscape.write_lines(prepared, ckpts[args.checkpoints[0]], lines, states.__getitem__, device, args.steps,
-                              args.bn_batches, log)
+        landscape.write_lines(
+            prepared, ckpts[args.checkpoints[0]], lines, states.__getitem__, device, args.steps, args.bn_batches, log
+        )
 
 
 def landscape(args) -> None:
@@ -233,10 +287,13 @@ def landscape(args) -> None:
     prepared = data_mod.load(args.data)
     ckpt = checkpoint.load_base(args.checkpoint)
     if not len(args.weights) == len(args.run) == len(args.out):
-        raise ValueError(f"give one --run and one --out per --weights file: {len(args.weights)} weights, "
-                         f"{len(args.run)} runs, {len(args.out)} outputs")
-    lines = [({"run": run}, out, [args.checkpoint, weights]) for run, out, weights in zip(args.run, args.out,
-                                                                                          args.weights)]
+        raise ValueError(
+            f"give one --run and one --out per --weights file: {len(args.weights)} weights, "
+            f"{len(args.run)} runs, {len(args.out)} outputs"
+        )
+    lines = [
+        ({"run": run}, out, [args.checkpoint, weights]) for run, out, weights in zip(args.run, args.out, args.weights)
+    ]
 
     def load(path):
         return ckpt["model"] if path == args.checkpoint else checkpoint.load_weights(path, ckpt["arch"])

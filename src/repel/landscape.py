@@ -15,7 +15,6 @@ from .averaging import recompute_bn
 from .data import DeviceData
 from .train import evaluate
 
-
 STEPS = 21  # points on alpha
 BN_BATCHES = 50  # training batches (of 128) that recompute BatchNorm statistics at each alpha
 
@@ -37,19 +36,30 @@ def _endpoint_states(model, theta_c_state: dict, theta_state: dict) -> tuple[dic
     for name, state in (("theta_c_state", theta_c_state), ("theta_state", theta_state)):
         missing, extra = target.keys() - state.keys(), state.keys() - target.keys()
         if missing or extra:
-            raise ValueError(f"{name} does not match the model: missing {sorted(missing)[:5]}, "
-                             f"unexpected {sorted(extra)[:5]}")
+            raise ValueError(
+                f"{name} does not match the model: missing {sorted(missing)[:5]}, unexpected {sorted(extra)[:5]}"
+            )
         for key, ref in target.items():
             if state[key].shape != ref.shape:
                 raise ValueError(f"{name}['{key}'] has shape {tuple(state[key].shape)}, the model {tuple(ref.shape)}")
     # copies: a caller may pass model.state_dict() itself, whose tensors loading theta(alpha) overwrites
-    moved = [{k: s[k].to(v.device, v.dtype, copy=True) for k, v in target.items()} for s in (theta_c_state, theta_state)]
+    moved = [
+        {k: s[k].to(v.device, v.dtype, copy=True) for k, v in target.items()} for s in (theta_c_state, theta_state)
+    ]
     params = [name for name, p in model.named_parameters() if p.is_floating_point()]
     return moved, params
 
 
-def interpolate(model: torch.nn.Module, theta_c_state: dict, theta_state: dict, alphas, train_data: DeviceData,
-                eval_data: DeviceData, bn_batches: int | None = None, batch_size: int = 128) -> pd.DataFrame:
+def interpolate(
+    model: torch.nn.Module,
+    theta_c_state: dict,
+    theta_state: dict,
+    alphas,
+    train_data: DeviceData,
+    eval_data: DeviceData,
+    bn_batches: int | None = None,
+    batch_size: int = 128,
+) -> pd.DataFrame:
     """Loss and error of theta(alpha) on eval_data, one row per alpha: columns alpha, loss, error.
 
     Parameters are interpolated (alpha outside [0, 1] extrapolates); BatchNorm statistics are
@@ -98,8 +108,16 @@ def barrier(df: pd.DataFrame, column: str = "loss") -> float:
     return float(excess.max())
 
 
-def write_lines(prepared: dict, ckpt: dict, lines, load, device: torch.device, steps: int | None = None,
-                bn_batches: int | None = None, log=print) -> None:
+def write_lines(
+    prepared: dict,
+    ckpt: dict,
+    lines,
+    load,
+    device: torch.device,
+    steps: int | None = None,
+    bn_batches: int | None = None,
+    log=print,
+) -> None:
     """Write each line's table. `lines` are (columns, out, [weights files]): the path through the
     files in order, its table's identifying columns (run, or method and ensemble) and where it goes;
     `load(path)` gives a file's state; `ckpt` (a base checkpoint) the network and its seed."""
@@ -114,10 +132,18 @@ def write_lines(prepared: dict, ckpt: dict, lines, load, device: torch.device, s
         frames = []
         for pair, (start, end) in enumerate(zip(states, states[1:])):
             df = interpolate(model, start, end, alphas(steps), train, val, bn_batches=bn_batches)
-            frames.append(df.assign(pair=pair, start=str(ends[pair]), end=str(ends[pair + 1]), barrier=barrier(df),
-                                    bn_recomputed=bn_recomputed))
+            frames.append(
+                df.assign(
+                    pair=pair,
+                    start=str(ends[pair]),
+                    end=str(ends[pair + 1]),
+                    barrier=barrier(df),
+                    bn_recomputed=bn_recomputed,
+                )
+            )
             log(f"loss barrier from {ends[pair]} to {ends[pair + 1]}: {barrier(df):.4g}")
         df = pd.concat(frames, ignore_index=True).assign(
-            split="val", dataset=prepared["name"], model=ckpt["arch"]["model"], **columns, seed=ckpt["config"]["seed"])
+            split="val", dataset=prepared["name"], model=ckpt["arch"]["model"], **columns, seed=ckpt["config"]["seed"]
+        )
         storage.save_parquet(df, out)
         log(f"-> {out}")

@@ -26,8 +26,12 @@ from .train import TrainConfig
 plt = plots.plt
 
 # the width sigma each kernel's gamma stands for (penalty._scale inverted): gamma -> sigma
-SIGMA_OF_GAMMA = {"rbf": lambda g: 1 / math.sqrt(2 * g), "imq": lambda g: 1 / math.sqrt(g),
-                  "laplacian": lambda g: 1 / g, "hinge": lambda g: 1 / g}
+SIGMA_OF_GAMMA = {
+    "rbf": lambda g: 1 / math.sqrt(2 * g),
+    "imq": lambda g: 1 / math.sqrt(g),
+    "laplacian": lambda g: 1 / g,
+    "hinge": lambda g: 1 / g,
+}
 MAPPING = "γ ↔ σ:  rbf γ = 1/(2σ²),  imq γ = 1/σ²,  laplacian and hinge γ = 1/σ"
 SETTING = ["kernel", "width", "gamma", "distance", "strength", "n_params"]  # what decides a run's curve
 
@@ -49,8 +53,9 @@ def kernel_settings(df: pd.DataFrame) -> pd.DataFrame:
     scale, its label and the runs that used it."""
     missing = [c for c in ["phase", "run", "seed", "epoch", "dist"] + SETTING[:-1] if c not in df]
     if missing:
-        raise ValueError(f"the metrics table has no column {', '.join(missing)}: make it again with "
-                         "`snakemake --forcerun aggregate`")
+        raise ValueError(
+            f"the metrics table has no column {', '.join(missing)}: make it again with `snakemake --forcerun aggregate`"
+        )
     runs = df[(df["phase"] == "continue") & (df["strength"] > 0) & (df["kernel"] != "none")].copy()
     if "n_params" not in runs:  # tables written before the count was recorded
         runs["n_params"] = np.nan
@@ -70,11 +75,12 @@ def kernel_settings(df: pd.DataFrame) -> pd.DataFrame:
     # per kernel, summed distances first, from the narrowest hill to the widest
     out = pd.DataFrame(rows).assign(mean=lambda t: t["distance"] == "mean", reach=lambda t: -t["scale"])
     return out.sort_values(["dataset", "model", "kernel", "mean", "reach", "strength"], ignore_index=True).drop(
-        columns=["mean", "reach"])
+        columns=["mean", "reach"]
+    )
 
 
 def setting_label(kernel: str, width: float | None, gamma: float | None, strength: float, distance: str) -> str:
-    """"rbf σ=1 (γ=0.5), s=10": the number as configured, and what it is in the other parametrization."""
+    """ "rbf σ=1 (γ=0.5), s=10": the number as configured, and what it is in the other parametrization."""
     if gamma is not None:
         scale = f"γ={gamma:g} (σ={SIGMA_OF_GAMMA[kernel](gamma):.3g})"
     else:
@@ -91,14 +97,23 @@ def _reach(kernel: str, scale: float, n: float) -> float:
 def travelled(df: pd.DataFrame, dataset: str, model: str, runs: list[str]) -> pd.DataFrame:
     """Per run and seed: the smallest, largest and final distance to the first checkpoint over the
     continuation's epochs (finite values only), and whether it diverged."""
-    rows = df[(df["phase"] == "continue") & (df["dataset"] == dataset) & (df["model"] == model)
-              & df["run"].isin(runs)].sort_values("epoch")
+    rows = df[
+        (df["phase"] == "continue") & (df["dataset"] == dataset) & (df["model"] == model) & df["run"].isin(runs)
+    ].sort_values("epoch")
     out = []
     for (run, seed), g in rows.groupby(["run", "seed"], sort=True):
         dist = g["dist"][np.isfinite(g["dist"])]
         if len(dist):
-            out.append(dict(run=run, seed=seed, low=dist.min(), high=dist.max(), final=dist.iloc[-1],
-                            diverged=bool(g.get("diverged", pd.Series(False)).any())))
+            out.append(
+                dict(
+                    run=run,
+                    seed=seed,
+                    low=dist.min(),
+                    high=dist.max(),
+                    final=dist.iloc[-1],
+                    diverged=bool(g.get("diverged", pd.Series(False)).any()),
+                )
+            )
     return pd.DataFrame(out, columns=["run", "seed", "low", "high", "final", "diverged"])
 
 
@@ -112,27 +127,51 @@ def kernels_figure(df: pd.DataFrame):
         ax.set_axis_off()
         return fig
     cells = list(dict.fromkeys(zip(settings["dataset"], settings["model"])))
-    colors = dict(zip(settings["label"].unique(), plots._distinct(plots.POINT_COLORS, "viridis",
-                                                                  settings["label"].nunique())))
-    n_rows = max(sum(len(r) for r in settings.loc[(settings["dataset"] == d) & (settings["model"] == m), "runs"])
-                 for d, m in cells)
-    fig, axes = plt.subplots(3, len(cells), squeeze=False, sharex="col",
-                             figsize=(7.5 * len(cells), 6.2 + 0.22 * n_rows),
-                             gridspec_kw=dict(height_ratios=[2, 2, 0.6 + 0.16 * n_rows], hspace=0.08))
+    colors = dict(
+        zip(settings["label"].unique(), plots._distinct(plots.POINT_COLORS, "viridis", settings["label"].nunique()))
+    )
+    n_rows = max(
+        sum(len(r) for r in settings.loc[(settings["dataset"] == d) & (settings["model"] == m), "runs"])
+        for d, m in cells
+    )
+    fig, axes = plt.subplots(
+        3,
+        len(cells),
+        squeeze=False,
+        sharex="col",
+        figsize=(7.5 * len(cells), 6.2 + 0.22 * n_rows),
+        gridspec_kw=dict(height_ratios=[2, 2, 0.6 + 0.16 * n_rows], hspace=0.08),
+    )
     for j, (dataset, model) in enumerate(cells):
-        _kernel_column(axes[:, j], df, settings[(settings["dataset"] == dataset) & (settings["model"] == model)],
-                       colors)
+        _kernel_column(
+            axes[:, j], df, settings[(settings["dataset"] == dataset) & (settings["model"] == model)], colors
+        )
         axes[0, j].set_title(f"{dataset} / {model}", fontsize=10)
     handles = [plt.Line2D([], [], color=c, lw=2, label=label) for label, c in colors.items()]
-    handles += [plt.Line2D([], [], color="0.3", marker="o", ls="", label="a run's final distance (per seed)"),
-                plt.Line2D([], [], color="0.3", marker="v", ls="", label="its push below the panel: gone flat")]
-    axes[0, -1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, borderaxespad=0,
-                       title="kernel setting (as configured, and in the other parametrization)",
-                       title_fontsize=8)
-    axes[1, -1].text(1.02, 1, MAPPING + "\n(for d summed; for a mean distance d/n, σ and γ are per parameter)",
-                     transform=axes[1, -1].transAxes, fontsize=8, va="top")
-    fig.suptitle("The penalty as the runs felt it: its height, its push on the weights, and how far the runs went",
-                 fontsize=11)
+    handles += [
+        plt.Line2D([], [], color="0.3", marker="o", ls="", label="a run's final distance (per seed)"),
+        plt.Line2D([], [], color="0.3", marker="v", ls="", label="its push below the panel: gone flat"),
+    ]
+    axes[0, -1].legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1),
+        fontsize=8,
+        borderaxespad=0,
+        title="kernel setting (as configured, and in the other parametrization)",
+        title_fontsize=8,
+    )
+    axes[1, -1].text(
+        1.02,
+        1,
+        MAPPING + "\n(for d summed; for a mean distance d/n, σ and γ are per parameter)",
+        transform=axes[1, -1].transAxes,
+        fontsize=8,
+        va="top",
+    )
+    fig.suptitle(
+        "The penalty as the runs felt it: its height, its push on the weights, and how far the runs went", fontsize=11
+    )
     return fig
 
 
@@ -140,8 +179,9 @@ def _kernel_column(axes, df: pd.DataFrame, settings: pd.DataFrame, colors: dict)
     top, push_ax, strip = axes
     known = settings["n_params"].notna()  # a mean distance without its parameter count: its own unit
     spans = [travelled(df, s["dataset"], s["model"], s["runs"]) for _, s in settings.iterrows()]
-    reach = [_reach(s["kernel"], s["scale"], s["n_params"] if k else 1.0)
-             for (_, s), k in zip(settings.iterrows(), known)]
+    reach = [
+        _reach(s["kernel"], s["scale"], s["n_params"] if k else 1.0) for (_, s), k in zip(settings.iterrows(), known)
+    ]
     finals = pd.concat([t for t, k in zip(spans, known) if k] or [pd.DataFrame(columns=["low", "high"])])
     lo = min([*reach, *finals["low"][finals["low"] > 0]]) / 10
     hi = max([*reach, *finals["high"]]) * 10
@@ -176,19 +216,29 @@ def _kernel_column(axes, df: pd.DataFrame, settings: pd.DataFrame, colors: dict)
     bottom = peak * 1e-6
     push_ax.set_ylim(bottom, peak * 3)
     for x, y, color in pushed:  # a push below the panel's range sits on its bottom edge as ▼: it had gone flat
-        push_ax.plot(x, max(y, bottom), "o" if y >= bottom else "v", color=color, ms=4 if y >= bottom else 6,
-                     mec="0.2", mew=0.5, clip_on=False)
+        push_ax.plot(
+            x,
+            max(y, bottom),
+            "o" if y >= bottom else "v",
+            color=color,
+            ms=4 if y >= bottom else 6,
+            mec="0.2",
+            mew=0.5,
+            clip_on=False,
+        )
     push_ax.set_ylabel("its push ‖∇_θ s·k‖ (log)")
     strip.set_yticks(range(len(labels)), labels, fontsize=7)
     strip.yaxis.tick_right()  # run ids are long: on the left they would run into the panels' labels
     strip.set_ylim(len(labels) - 0.5, -0.5)
     strip.set_ylabel("distances the\nruns reached\n(● final)", fontsize=8)
-    strip.set_xlabel("distance to the checkpoint ‖θ − θ_c‖₂ (log)" + ("" if known.all() else
-                     ";  dashed: a mean distance drawn against ‖θ − θ_c‖/√n (the table has no n_params)"))
+    strip.set_xlabel(
+        "distance to the checkpoint ‖θ − θ_c‖₂ (log)"
+        + ("" if known.all() else ";  dashed: a mean distance drawn against ‖θ − θ_c‖/√n (the table has no n_params)")
+    )
     for ax in axes:
         ax.grid(alpha=0.3, which="major")
     for label in strip.get_yticklabels():  # each run's label in its setting's colour
-        setting = settings[settings["runs"].map(lambda rs: label.get_text() in rs) & known].iloc[0]
+        setting = settings[settings["runs"].map(lambda rs: label.get_text() in rs) & known].iloc[0]  # noqa: B023 - used at once
         label.set_color(colors[setting["label"]])
 
 
@@ -202,11 +252,11 @@ def plot_kernels(df: pd.DataFrame, out_dir: Path, formats=("png", "pdf")) -> lis
 # The hill on a 2-D loss
 
 TILT, VALLEY = 0.4, 5.0  # the stated loss below; its right basin (x ≈ 0.95) is the shallower one
-START = (1.5, 0.4)       # in the shallower basin
-HILL_WIDTH = 0.3         # rbf sigma of the demonstration's hill
+START = (1.5, 0.4)  # in the shallower basin
+HILL_WIDTH = 0.3  # rbf sigma of the demonstration's hill
 HILL_STRENGTHS = (0.4, 0.8, 1.6)
-NOISE = 0.3              # std of the Gaussian noise added to each gradient component (SGD's minibatch noise)
-STEPS = 300              # per phase: enough to settle at lr 1e-2 and momentum 0.9
+NOISE = 0.3  # std of the Gaussian noise added to each gradient component (SGD's minibatch noise)
+STEPS = 300  # per phase: enough to settle at lr 1e-2 and momentum 0.9
 
 
 def loss_2d(x, y):
@@ -217,8 +267,7 @@ def loss_2d(x, y):
     return (x**2 - 1) ** 2 + TILT * x + VALLEY * y**2
 
 
-def descend(start, steps: int, seed: int, penalty: DistancePenalty | None = None,
-            noise: float = NOISE) -> torch.Tensor:
+def descend(start, steps: int, seed: int, penalty: DistancePenalty | None = None, noise: float = NOISE) -> torch.Tensor:
     """SGD as the training jobs build it (TrainConfig's lr, momentum and weight decay) on the 2-D loss,
     with the penalty's add_grad_ after the loss's backward as in train.fit; the path, (steps + 1, 2)."""
     cfg = TrainConfig(epochs=0)
@@ -270,12 +319,20 @@ def hill_figure(result: dict | None = None):
         name = "no penalty (s = 0)" if s == 0 else f"hill s = {s:g}"
         # the control last, on top: it stays where the weakest hill also stays
         zorder = 5 if s == 0 else 3
-        ax.plot(p[:, 0], p[:, 1], color=color, lw=1.3, alpha=0.9, zorder=zorder,
-                label=f"{name}: final ‖θ−θ_c‖ = {final:.2f}")
+        ax.plot(
+            p[:, 0],
+            p[:, 1],
+            color=color,
+            lw=1.3,
+            alpha=0.9,
+            zorder=zorder,
+            label=f"{name}: final ‖θ−θ_c‖ = {final:.2f}",
+        )
         ax.plot(*p[-1], "o", color=color, ms=7, mec="k", mew=0.8, zorder=zorder + 1)
     ax.add_patch(plt.Circle(center, width, fill=False, ls="--", color="k", lw=0.8, zorder=2))
-    ax.plot(*center, "*", color="white", ms=16, mec="k", zorder=2,
-            label=f"θ_c, the hill's centre (σ = {width:g}, dashed)")
+    ax.plot(
+        *center, "*", color="white", ms=16, mec="k", zorder=2, label=f"θ_c, the hill's centre (σ = {width:g}, dashed)"
+    )
     ax.set_xlabel("θ₁")
     ax.set_ylabel("θ₂")
     ax.set_aspect("equal")
@@ -288,8 +345,13 @@ def hill_figure(result: dict | None = None):
         r = np.hypot(xs - center[0], 0.0)
         value, _ = penalty_and_push("rbf", _scale("rbf", width, None), s, r)
         curvature = s / width**2  # the hill's −∂²/∂x² at its centre
-        cut.plot(xs, loss_2d(xs, center[1]) + value, color=color, lw=1.5,
-                 label=f"L + hill s = {s:g}  (s/σ² = {curvature:.3g})")
+        cut.plot(
+            xs,
+            loss_2d(xs, center[1]) + value,
+            color=color,
+            lw=1.5,
+            label=f"L + hill s = {s:g}  (s/σ² = {curvature:.3g})",
+        )
     curv = 12 * center[0] ** 2 - 4  # ∂²L/∂θ₁² at the checkpoint
     cut.axvline(center[0], color="0.3", ls="--", lw=1)
     cut.set_ylim(-0.7, 2.5)
@@ -299,9 +361,12 @@ def hill_figure(result: dict | None = None):
     cut.legend(fontsize=7.5, loc="upper center")
     cut.grid(alpha=0.3)
     cfg = TrainConfig(epochs=0)
-    fig.suptitle(f"The ball analogy: a hill on the point where SGD settled (the project's SGD: lr {cfg.lr:g}, momentum "
-                 f"{cfg.momentum:g}, weight decay {cfg.weight_decay:g}; its DistancePenalty, rbf; gradient noise of "
-                 f"std {NOISE:g})", fontsize=10)
+    fig.suptitle(
+        f"The ball analogy: a hill on the point where SGD settled (the project's SGD: lr {cfg.lr:g}, momentum "
+        f"{cfg.momentum:g}, weight decay {cfg.weight_decay:g}; its DistancePenalty, rbf; gradient noise of "
+        f"std {NOISE:g})",
+        fontsize=10,
+    )
     return fig
 
 
@@ -311,8 +376,9 @@ def plot_hill(out_dir: Path, formats=("png", "pdf")) -> list[Path]:
     return plots._save(hill_figure(), out_dir, "hill_2d", formats)
 
 
-def plot_method(out_dir: Path, metrics: str | Path | None = None, hill: bool = False,
-                formats=("png", "pdf")) -> list[Path]:
+def plot_method(
+    out_dir: Path, metrics: str | Path | None = None, hill: bool = False, formats=("png", "pdf")
+) -> list[Path]:
     """The method figures asked for: the kernels (from the aggregated metrics table at `metrics`)
     and/or the 2-D hill."""
     if metrics is None and not hill:

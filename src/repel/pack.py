@@ -93,7 +93,7 @@ class _Stack:
         """Each trainable parameter's (k, ...) view into a (k, n) tensor laid out as `flat`."""
         views, start = {}, 0
         for name, shape in self.shapes.items():
-            block = rows[:, start:start + math.prod(shape)]
+            block = rows[:, start : start + math.prod(shape)]
             if self.channels_last and len(shape) == 4:  # (out, in, h, w) stored as (out, h, w, in)
                 out, cin, h, w = shape
                 views[name] = block.view(self.k, out, h, w, cin).permute(0, 1, 4, 2, 3)
@@ -173,6 +173,7 @@ def _stacked_optimizer_state(states: list[dict], stack: _Stack) -> dict:
 
     A pack shares one optimizer, so the members' settings (momentum, weight decay, ...) must agree.
     """
+
     def settings(state):
         return [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")} for g in state["param_groups"]]
 
@@ -186,8 +187,7 @@ def _stacked_optimizer_state(states: list[dict], stack: _Stack) -> dict:
         raise ValueError("some of the members' parameters have a momentum buffer in their optimizer state, others not")
     groups = copy.deepcopy(states[0]["param_groups"])
     groups[0]["params"] = [0]
-    return {"state": {0: {"momentum_buffer": stack.rows_of(buffers)}} if kept == {True} else {},
-            "param_groups": groups}
+    return {"state": {0: {"momentum_buffer": stack.rows_of(buffers)}} if kept == {True} else {}, "param_groups": groups}
 
 
 @torch.inference_mode()
@@ -204,8 +204,9 @@ def _evaluate(stack: _Stack, data: DeviceData, speed: Speed) -> torch.Tensor:
     return sums / len(data)
 
 
-def _train_pass(stack: _Stack, optimizer, scheduler, batches, penalties: StackedPenalties,
-                speed: Speed) -> tuple[torch.Tensor, list[float]]:
+def _train_pass(
+    stack: _Stack, optimizer, scheduler, batches, penalties: StackedPenalties, speed: Speed
+) -> tuple[torch.Tensor, list[float]]:
     """One epoch of training steps for every member at once.
 
     Returns, per member, (ce * n, correct, penalty * n, |grad penalty|, |grad CE|) summed over the
@@ -222,8 +223,9 @@ def _train_pass(stack: _Stack, optimizer, scheduler, batches, penalties: Stacked
         lr_steps.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
-        sums += torch.cat([torch.stack([ce.detach() * len(yb), (out.argmax(-1) == yb).sum(1), pens * len(yb)], 1),
-                           grad_norms], 1)
+        sums += torch.cat(
+            [torch.stack([ce.detach() * len(yb), (out.argmax(-1) == yb).sum(1), pens * len(yb)], 1), grad_norms], 1
+        )
     return sums, lr_steps
 
 
@@ -252,11 +254,22 @@ def batching_problem(models: list[nn.Module], train: DeviceData, speed: Speed) -
     return None
 
 
-def fit_pack(models: list[nn.Module], prepared: dict, cfg: TrainConfig, device: torch.device,
-             penalties: list[DistancePenalty | None], first_epoch: int = 1,
-             optimizer_states: list[dict] | None = None, data_rng: torch.Tensor | None = None, log=print,
-             resume: ResumeState | None = None, on_epoch_end=None, on_row=None,
-             batched: bool | None = None, names: list[str] | None = None) -> list[list[dict]]:
+def fit_pack(
+    models: list[nn.Module],
+    prepared: dict,
+    cfg: TrainConfig,
+    device: torch.device,
+    penalties: list[DistancePenalty | None],
+    first_epoch: int = 1,
+    optimizer_states: list[dict] | None = None,
+    data_rng: torch.Tensor | None = None,
+    log=print,
+    resume: ResumeState | None = None,
+    on_epoch_end=None,
+    on_row=None,
+    batched: bool | None = None,
+    names: list[str] | None = None,
+) -> list[list[dict]]:
     """Train k members together for `cfg.epochs` epochs; return each member's per-epoch metrics rows.
 
     train.fit's contract for k members that share the data order (`cfg.seed`, `data_rng`), the
@@ -273,9 +286,11 @@ def fit_pack(models: list[nn.Module], prepared: dict, cfg: TrainConfig, device: 
     """
     k = len(models)
     if not k or len(penalties) != k or (optimizer_states is not None and len(optimizer_states) != k):
-        raise ValueError(f"a pack needs one penalty (or None) and one optimizer state (or none at all) per "
-                         f"member: {k} models, {len(penalties)} penalties, "
-                         f"{'no' if optimizer_states is None else len(optimizer_states)} optimizer states")
+        raise ValueError(
+            f"a pack needs one penalty (or None) and one optimizer state (or none at all) per "
+            f"member: {k} models, {len(penalties)} penalties, "
+            f"{'no' if optimizer_states is None else len(optimizer_states)} optimizer states"
+        )
     names = names or [f"member {i}" for i in range(k)]
     speed = resolve_speed(cfg, models[0], device)
     if batched is None:
@@ -286,21 +301,47 @@ def fit_pack(models: list[nn.Module], prepared: dict, cfg: TrainConfig, device: 
         log(f"pack of {k}: batched, one vmap'd forward and backward for all members")
         if speed.compile_mode:  # vmap'd functional calls under torch.compile are not measured yet
             log("pack: torch.compile is not used for packs; training eagerly")
-        rows, _, _ = train_members(_Batched(models, penalties, device, speed), prepared, cfg, device, penalties,
-                                   first_epoch, optimizer_states, data_rng, log, resume, on_epoch_end, on_row,
-                                   names=names)
+        rows, _, _ = train_members(
+            _Batched(models, penalties, device, speed),
+            prepared,
+            cfg,
+            device,
+            penalties,
+            first_epoch,
+            optimizer_states,
+            data_rng,
+            log,
+            resume,
+            on_epoch_end,
+            on_row,
+            names=names,
+        )
         return rows
     log(f"pack of {k}: one member after another with train.fit ({problem})")
-    return _fit_one_by_one(models, prepared, cfg, device, penalties, first_epoch, optimizer_states, data_rng,
-                           log, resume, on_epoch_end, on_row, names)
+    return _fit_one_by_one(
+        models,
+        prepared,
+        cfg,
+        device,
+        penalties,
+        first_epoch,
+        optimizer_states,
+        data_rng,
+        log,
+        resume,
+        on_epoch_end,
+        on_row,
+        names,
+    )
 
 
 class _Batched:
     """The members train.train_members trains as a pack: a _Stack, all members in one batched step
     (train.OneModel says what the loop asks of them)."""
 
-    def __init__(self, models: list[nn.Module], penalties: list[DistancePenalty | None], device: torch.device,
-                 speed: Speed):
+    def __init__(
+        self, models: list[nn.Module], penalties: list[DistancePenalty | None], device: torch.device, speed: Speed
+    ):
         self.k, self.speed, self.models = len(models), speed, models
         self.stack = _Stack(models, device, speed.channels_last)
         self.penalties = StackedPenalties(penalties, self.stack.flat.shape[1], device)
@@ -380,8 +421,21 @@ class _MemberResume:
         self.resume.save_if_due({"one_by_one": self.saved}, rows)
 
 
-def _fit_one_by_one(models, prepared, cfg, device, penalties, first_epoch, optimizer_states, data_rng, log, resume,
-                    on_epoch_end, on_row, names) -> list[list[dict]]:
+def _fit_one_by_one(
+    models,
+    prepared,
+    cfg,
+    device,
+    penalties,
+    first_epoch,
+    optimizer_states,
+    data_rng,
+    log,
+    resume,
+    on_epoch_end,
+    on_row,
+    names,
+) -> list[list[dict]]:
     """The fallback: train.fit for each member in turn, each from the same data order and torch RNG state."""
     saved = _OneByOne(len(models))
     if resume is not None:
@@ -393,11 +447,19 @@ def _fit_one_by_one(models, prepared, cfg, device, penalties, first_epoch, optim
         def member_log(msg, i=i):
             log(f"{names[i]}: {msg}")
 
-        rows, _, _ = fit(model, prepared, cfg, device, penalty=penalties[i], first_epoch=first_epoch,
-                         optimizer_state=optimizer_states[i] if optimizer_states is not None else None,
-                         data_rng=data_rng, log=member_log,
-                         resume=_MemberResume(resume, saved, i) if resume is not None else None,
-                         on_epoch_end=partial(on_epoch_end, i) if on_epoch_end is not None else None,
-                         on_row=partial(on_row, i) if on_row is not None else None)
+        rows, _, _ = fit(
+            model,
+            prepared,
+            cfg,
+            device,
+            penalty=penalties[i],
+            first_epoch=first_epoch,
+            optimizer_state=optimizer_states[i] if optimizer_states is not None else None,
+            data_rng=data_rng,
+            log=member_log,
+            resume=_MemberResume(resume, saved, i) if resume is not None else None,
+            on_epoch_end=partial(on_epoch_end, i) if on_epoch_end is not None else None,
+            on_row=partial(on_row, i) if on_row is not None else None,
+        )
         results.append(rows)
     return results

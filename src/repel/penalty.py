@@ -68,8 +68,16 @@ class DistancePenalty:
     With `every` = K > 0 a new checkpoint is taken after every K epochs (`end_of_epoch`).
     """
 
-    def __init__(self, strength: float, kernel: str = "rbf", width: float | None = None,
-                 gamma: float | None = None, distance: str = "sum", merged: bool = False, every: int = 0):
+    def __init__(
+        self,
+        strength: float,
+        kernel: str = "rbf",
+        width: float | None = None,
+        gamma: float | None = None,
+        distance: str = "sum",
+        merged: bool = False,
+        every: int = 0,
+    ):
         if kernel not in KERNELS:
             raise ValueError(f"unknown kernel '{kernel}'; expected one of {', '.join(KERNELS)}")
         if distance not in DISTANCES:
@@ -90,7 +98,7 @@ class DistancePenalty:
         self.merged = merged
         self.every = every
         self.checkpoints: list[list[torch.Tensor]] = []  # every checkpoint taken, in order
-        self.centers: list[list[torch.Tensor]] = []      # the centres the penalty acts on
+        self.centers: list[list[torch.Tensor]] = []  # the centres the penalty acts on
 
     def add_checkpoint(self, params: list[torch.Tensor]) -> None:
         """Take a checkpoint of the current parameters (a detached copy)."""
@@ -192,8 +200,10 @@ class StackedPenalties:
         self.scale = per_member(lambda p: p.scale, 0.0)
         # DistancePenalty._scaled's n
         self.divisor = per_member(lambda p: float(n) if p.distance == "mean" else 1.0, 1.0)
-        self.kernels = {kernel: per_member(lambda p: p.kernel == kernel, False)
-                        for kernel in sorted({p.kernel for p in penalties if p is not None})}
+        self.kernels = {
+            kernel: per_member(lambda p: p.kernel == kernel, False)  # noqa: B023 - called at once
+            for kernel in sorted({p.kernel for p in penalties if p is not None})
+        }
         self.centers: list[torch.Tensor] = []  # [j]: (k, n) rows of each member's j-th centre
         self.present = torch.zeros(0, len(penalties), dtype=torch.bool, device=device)  # [j, i]: it has one
 
@@ -203,8 +213,9 @@ class StackedPenalties:
         centers = [p.centers if p is not None and on else [] for p, on in zip(self.penalties, training)]
         slots = max(map(len, centers), default=0)
         self.centers = [rows_of([c[j] if j < len(c) else None for c in centers]) for j in range(slots)]
-        self.present = torch.tensor([[j < len(c) for c in centers] for j in range(slots)], dtype=torch.bool,
-                                    device=self.has.device).view(slots, len(centers))
+        self.present = torch.tensor(
+            [[j < len(c) for c in centers] for j in range(slots)], dtype=torch.bool, device=self.has.device
+        ).view(slots, len(centers))
 
     def _kernel_and_slope(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k, slope = torch.zeros_like(d), torch.zeros_like(d)

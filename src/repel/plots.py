@@ -17,22 +17,41 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from . import spec as run_spec  # noqa: E402
 from .claims import VERDICTS  # noqa: E402
 
 CONTROL_COLORS = ["tab:red", "darkred", "lightcoral", "orangered"]
-POINT_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
-                  "tab:olive", "tab:cyan", "navy", "teal", "goldenrod"]  # no red: red is the control
+POINT_COLORS = [
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:gray",
+    "tab:olive",
+    "tab:cyan",
+    "navy",
+    "teal",
+    "goldenrod",
+]  # no red: red is the control
 PANELS = {  # metrics column -> y-axis label
-    "val_acc": "validation accuracy", "test_acc": "test accuracy", "train_acc": "training accuracy",
-    "val_loss": "validation loss", "train_loss": "training loss (CE + penalty)",
-    "dist": "distance to the checkpoint ‖θ − θ_c‖₂", "dist_min": "distance to the nearest checkpoint",
-    "dist_rel": "‖θ − θ_c‖ / ‖θ_c‖", "penalty": "penalty", "grad_ratio": "‖∇penalty‖ / ‖∇CE‖",
-    "lr": "learning rate", "weight_norm": "‖θ‖₂",
+    "val_acc": "validation accuracy",
+    "test_acc": "test accuracy",
+    "train_acc": "training accuracy",
+    "val_loss": "validation loss",
+    "train_loss": "training loss (CE + penalty)",
+    "dist": "distance to the checkpoint ‖θ − θ_c‖₂",
+    "dist_min": "distance to the nearest checkpoint",
+    "dist_rel": "‖θ − θ_c‖ / ‖θ_c‖",
+    "penalty": "penalty",
+    "grad_ratio": "‖∇penalty‖ / ‖∇CE‖",
+    "lr": "learning rate",
+    "weight_norm": "‖θ‖₂",
 }
 START_AT_ZERO = {"dist", "dist_min", "dist_rel", "penalty"}  # their value at the checkpoint itself
 NOT_IN_BASE = START_AT_ZERO | {"grad_ratio"}  # no meaning before the checkpoint
@@ -124,8 +143,9 @@ def _mark_checkpoints(ax, curves: list, column: str) -> None:
         mean = rows.groupby("epoch")[column].mean()
         epochs = [e for e in checkpoint_epochs(run) if e in mean.index]
         if epochs:
-            ax.plot(epochs, mean.loc[epochs], linestyle="none", marker="|", markersize=12,
-                    markeredgewidth=1.8, color=color)
+            ax.plot(
+                epochs, mean.loc[epochs], linestyle="none", marker="|", markersize=12, markeredgewidth=1.8, color=color
+            )
 
 
 def _zoom(ax, base: pd.DataFrame, curves: list, column: str, spec: dict) -> None:
@@ -185,10 +205,15 @@ def _finals(ax, panel: pd.DataFrame, column: str, spec: dict) -> None:
         stats = g[column].agg(["mean", "std"]).sort_index()
         diverged = int(last.loc[last["run"].isin(ids), "diverged"].sum())
         text = label + (f" ({diverged} diverged)" if diverged else "")
-        ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), fmt="o-", capsize=3,
-                    color=color, label=text)
+        ax.errorbar(
+            stats.index, stats["mean"], yerr=stats["std"].fillna(0), fmt="o-", capsize=3, color=color, label=text
+        )
     ax.set_xlabel(x_key)
-    if last[x_column].dtype.kind in "fi" and last[x_column].min() > 0 and last[x_column].max() / last[x_column].min() > 20:
+    if (
+        last[x_column].dtype.kind in "fi"
+        and last[x_column].min() > 0
+        and last[x_column].max() / last[x_column].min() > 20
+    ):
         ax.set_xscale("log")
     ax.grid(alpha=0.3)
 
@@ -244,8 +269,9 @@ def _save(fig, out_dir: Path, stem: str, formats, tight_layout: bool = True) -> 
     return paths
 
 
-def plot_landscape(df: pd.DataFrame, runs: pd.DataFrame, families: dict, out_dir: Path,
-                   formats=("png", "pdf")) -> list[Path]:
+def plot_landscape(
+    df: pd.DataFrame, runs: pd.DataFrame, families: dict, out_dir: Path, formats=("png", "pdf")
+) -> list[Path]:
     """The landscape figure (`landscape_figure`), saved as out_dir/landscape.<format>."""
     out_dir.mkdir(parents=True, exist_ok=True)
     return _save(landscape_figure(df, runs, families), out_dir, "landscape", formats, tight_layout=False)
@@ -271,7 +297,8 @@ def _landscape_row(axes, cell: pd.DataFrame, firsts: pd.DataFrame, varying, ids:
         curve = rows.groupby("alpha")[["loss", "error"]].mean()
         height = rows.groupby("seed")["barrier"].first().mean()
         label = (rid if varying is None else describe(run, varying)) + (
-            f" (barrier {height:.3g})" if height >= BARRIER_SHOWN else "")
+            f" (barrier {height:.3g})" if height >= BARRIER_SHOWN else ""
+        )
         for ax, column in zip(axes, ("loss", "error")):
             ax.plot(curve.index, curve[column], color=color, label=label, linewidth=1.3)
 
@@ -285,13 +312,18 @@ def landscape_figure(df: pd.DataFrame, runs: pd.DataFrame, families: dict):
     missing = sorted(set(df["run"]) - set(firsts.index))
     if missing:
         raise ValueError(f"no summary rows for the runs {', '.join(missing)}; is summary.parquet up to date?")
-    groups = [(f"{title}: {dataset} / {model}", varying, ids, cell)
-              for title, varying, ids in _landscape_groups(df, families)
-              for (dataset, model), cell in df.groupby(["dataset", "model"], sort=True) if cell["run"].isin(ids).any()]
-    lines = ["Validation loss and error along θ(α) = (1−α)θ_c + αθ: α = 0 is the checkpoint θ_c, "
-             "α = 1 a run's final weights θ; mean over seeds, red: control (s = 0)",
-             f"barrier (in the legend where ≥ {BARRIER_SHOWN:g}): the most the loss rises above the straight line "
-             "between its values at α = 0 and α = 1"]
+    groups = [
+        (f"{title}: {dataset} / {model}", varying, ids, cell)
+        for title, varying, ids in _landscape_groups(df, families)
+        for (dataset, model), cell in df.groupby(["dataset", "model"], sort=True)
+        if cell["run"].isin(ids).any()
+    ]
+    lines = [
+        "Validation loss and error along θ(α) = (1−α)θ_c + αθ: α = 0 is the checkpoint θ_c, "
+        "α = 1 a run's final weights θ; mean over seeds, red: control (s = 0)",
+        f"barrier (in the legend where ≥ {BARRIER_SHOWN:g}): the most the loss rises above the straight line "
+        "between its values at α = 0 and α = 1",
+    ]
     # tables written before bn_recomputed existed lack it (or hold NaN): say nothing rather than guess
     with_bn = sorted(df.loc[df["bn_recomputed"].eq(True), "model"].unique()) if "bn_recomputed" in df else []
     if with_bn:
@@ -315,8 +347,13 @@ def landscape_figure(df: pd.DataFrame, runs: pd.DataFrame, families: dict):
     return fig
 
 
-def plot_ensembles(curves: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, formats=("png", "pdf"),
-                   averages: pd.DataFrame | None = None) -> list[Path]:
+def plot_ensembles(
+    curves: pd.DataFrame,
+    pairs: pd.DataFrame,
+    out_dir: Path,
+    formats=("png", "pdf"),
+    averages: pd.DataFrame | None = None,
+) -> list[Path]:
     """Ensemble metrics vs members, pairwise disagreement, diversity vs weight distance, and (with
     `averages`) each weight-averaged model beside its ensemble.
 
@@ -342,8 +379,14 @@ def ensemble_accuracy_figure(curves: pd.DataFrame, colors: dict):
             label = f"{method} ({g['ensemble'].nunique()} ensembles)" if g["ensemble"].nunique() > 1 else method
             for ax, column in ((axes[row, 0], "accuracy"), (axes[row, 1], "nll")):
                 ax.plot(stats.index, stats[(column, "mean")], "o-", color=colors[method], label=label)
-                ax.fill_between(stats.index, stats[(column, "min")], stats[(column, "max")], color=colors[method],
-                                alpha=0.15, linewidth=0)
+                ax.fill_between(
+                    stats.index,
+                    stats[(column, "min")],
+                    stats[(column, "max")],
+                    color=colors[method],
+                    alpha=0.15,
+                    linewidth=0,
+                )
             axes[row, 0].plot(stats.index, stats[("mean_member_accuracy", "mean")], ":", color=colors[method])
         axes[row, 0].set_ylabel("test accuracy (dotted: mean member)")
         axes[row, 1].set_ylabel("test NLL")
@@ -353,8 +396,11 @@ def ensemble_accuracy_figure(curves: pd.DataFrame, colors: dict):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-    fig.suptitle("Ensembles of the last m members at an equal epoch budget "
-                 "(several ensembles per method: mean and min-max band)", fontsize=10)
+    fig.suptitle(
+        "Ensembles of the last m members at an equal epoch budget "
+        "(several ensembles per method: mean and min-max band)",
+        fontsize=10,
+    )
     return fig
 
 
@@ -375,8 +421,11 @@ def disagreement_figure(pairs: pd.DataFrame):
             axes[row, col].set_xlabel("member")
             axes[row, col].set_ylabel("member")
             fig.colorbar(image, ax=axes[row, col], fraction=0.046)
-    fig.suptitle("Pairwise disagreement: fraction of test points whose predicted labels differ "
-                 "(members oldest first; mean over a method's ensembles; one colour scale)", fontsize=10)
+    fig.suptitle(
+        "Pairwise disagreement: fraction of test points whose predicted labels differ "
+        "(members oldest first; mean over a method's ensembles; one colour scale)",
+        fontsize=10,
+    )
     return fig
 
 
@@ -408,8 +457,9 @@ def weight_average_figure(averages: pd.DataFrame):
     """Per method: the ensemble's accuracy, its best member's, its members' weight average and (SWA)
     the run's own average; the mean over the method's ensembles, bars from min to max."""
     panels = sorted(averages.groupby(["dataset", "model"]).groups)
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0, 1.3 * averages["method"].nunique() + 2) * len(panels),
-                                                      4.6), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(max(6.0, 1.3 * averages["method"].nunique() + 2) * len(panels), 4.6), squeeze=False
+    )
     for ax, (dataset, model) in zip(axes[0], panels):
         panel = averages[(averages["dataset"] == dataset) & (averages["model"] == model)]
         methods = sorted(panel["method"].unique())
@@ -419,15 +469,25 @@ def weight_average_figure(averages: pd.DataFrame):
             if stats.empty:
                 continue
             x = np.array([methods.index(m) for m in stats.index]) + (k - 1.5) * 0.12
-            ax.errorbar(x, stats["mean"], yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
-                        linestyle="none", capsize=3, label=label, **style)
+            ax.errorbar(
+                x,
+                stats["mean"],
+                yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
+                linestyle="none",
+                capsize=3,
+                label=label,
+                **style,
+            )
         ax.set_xticks(range(len(methods)), methods, rotation=20)
         ax.set_ylabel("test accuracy")
         ax.set_title(f"{dataset} / {model}")
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8)
-    fig.suptitle("Weight-averaged models beside their ensembles (BatchNorm recomputed; "
-                 "mean over a method's ensembles, bars from min to max)", fontsize=10)
+    fig.suptitle(
+        "Weight-averaged models beside their ensembles (BatchNorm recomputed; "
+        "mean over a method's ensembles, bars from min to max)",
+        fontsize=10,
+    )
     return fig
 
 
@@ -458,8 +518,9 @@ def claims_figure(table: pd.DataFrame):
     rows = table.set_index(["claim", "dataset", "model"])
     codes = np.array([[verdicts.index(rows.loc[(c, *cell), "verdict"]) for cell in cells] for c in claim_ids])
     fig, ax = plt.subplots(figsize=(3.5 + 2.4 * len(cells), 1.2 + 0.5 * len(claim_ids)))
-    ax.imshow(codes, cmap=ListedColormap(list(VERDICT_COLORS.values())), vmin=-0.5, vmax=len(verdicts) - 0.5,
-              aspect="auto")
+    ax.imshow(
+        codes, cmap=ListedColormap(list(VERDICT_COLORS.values())), vmin=-0.5, vmax=len(verdicts) - 0.5, aspect="auto"
+    )
     for i, claim in enumerate(claim_ids):
         for j, cell in enumerate(cells):
             row = rows.loc[(claim, *cell)]
@@ -473,10 +534,18 @@ def claims_figure(table: pd.DataFrame):
     ax.set_yticks(np.arange(len(claim_ids) + 1) - 0.5, minor=True)
     ax.grid(which="minor", color="white", linewidth=2)
     ax.tick_params(which="minor", length=0)
-    ax.legend(handles=[Patch(facecolor=c, edgecolor="0.6", label=v) for v, c in VERDICT_COLORS.items()],
-              loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, borderaxespad=0)
-    ax.set_title("The source study's claims: verdict per dataset/model\n(cell: the statistic's value; "
-                 "claims.md gives each statistic, interval and rule)", fontsize=9)
+    ax.legend(
+        handles=[Patch(facecolor=c, edgecolor="0.6", label=v) for v, c in VERDICT_COLORS.items()],
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1),
+        fontsize=8,
+        borderaxespad=0,
+    )
+    ax.set_title(
+        "The source study's claims: verdict per dataset/model\n(cell: the statistic's value; "
+        "claims.md gives each statistic, interval and rule)",
+        fontsize=9,
+    )
     return fig
 
 
@@ -496,20 +565,30 @@ def plot_tables(args) -> None:
     if args.metrics:
         if not (args.family and args.spec):
             raise ValueError("--metrics needs --family and --spec: the figures are drawn one family at a time")
-        written += plot_family(storage.read_parquet(args.metrics, "aggregated metrics"), args.family,
-                               json.loads(args.spec), out, formats)
+        written += plot_family(
+            storage.read_parquet(args.metrics, "aggregated metrics"), args.family, json.loads(args.spec), out, formats
+        )
     if args.landscape:
         if not (args.summary and args.families):
             raise ValueError("--landscape needs --summary and --families: its lines are labelled as the families'")
-        written += plot_landscape(storage.read_parquet(args.landscape, "aggregated landscape"),
-                                  storage.read_parquet(args.summary, "summary"), json.loads(args.families), out,
-                                  formats)
+        written += plot_landscape(
+            storage.read_parquet(args.landscape, "aggregated landscape"),
+            storage.read_parquet(args.summary, "summary"),
+            json.loads(args.families),
+            out,
+            formats,
+        )
     if args.ensembles:
         if not args.pairs:
             raise ValueError("--ensembles needs --pairs (ensemble_pairs.parquet) too")
         averages = storage.read_parquet(args.averages, "weight averages") if args.averages else None
-        written += plot_ensembles(storage.read_parquet(args.ensembles, "ensemble curves"),
-                                  storage.read_parquet(args.pairs, "ensemble pairs"), out, formats, averages)
+        written += plot_ensembles(
+            storage.read_parquet(args.ensembles, "ensemble curves"),
+            storage.read_parquet(args.pairs, "ensemble pairs"),
+            out,
+            formats,
+            averages,
+        )
     if args.claims:
         written += plot_claims(storage.read_parquet(args.claims, "claims"), out, formats)
     if not written:

@@ -12,8 +12,8 @@ import torch
 from . import models
 from .averaging import average_of
 from .data import DeviceData
-from .train import EVAL_BATCH
 from .ensemble import flat_weights
+from .train import EVAL_BATCH
 
 
 @torch.no_grad()
@@ -23,15 +23,23 @@ def log_softmax_outputs(model, data: DeviceData, batch_size: int = EVAL_BATCH) -
     return torch.cat([torch.log_softmax(model(xb).float(), dim=1) for xb, _ in data.batches(batch_size)])
 
 
-def member_predictions(arch: dict, checkpoint_states: list[dict], member_states: list[dict], prepared: dict,
-                       device: torch.device, split: str = "test", swa_states: list[dict] = ()) -> dict:
+def member_predictions(
+    arch: dict,
+    checkpoint_states: list[dict],
+    member_states: list[dict],
+    prepared: dict,
+    device: torch.device,
+    split: str = "test",
+    swa_states: list[dict] = (),
+) -> dict:
     """Log-softmax outputs and flat weights of every member, and the flat weights of the checkpoint
     each member started from (members of independent seeds start from different ones); the
     log-softmax outputs of the members' weight average (BatchNorm recomputed on the training split),
     and of each given SWA model."""
     if len(checkpoint_states) != len(member_states):
-        raise ValueError(f"one checkpoint per member: {len(member_states)} members, "
-                         f"{len(checkpoint_states)} checkpoints")
+        raise ValueError(
+            f"one checkpoint per member: {len(member_states)} members, {len(checkpoint_states)} checkpoints"
+        )
     model = models.from_arch(arch).to(device)
     data = DeviceData(prepared, split, device)
     log_probs, weights, theta_c = [], [], []
@@ -47,7 +55,12 @@ def member_predictions(arch: dict, checkpoint_states: list[dict], member_states:
     for state in swa_states:  # saved by its training job with its statistics recomputed
         model.load_state_dict(state)
         swa.append(log_softmax_outputs(model, data).cpu())
-    return {"log_probs": torch.stack(log_probs), "labels": data.y.cpu(), "weights": torch.stack(weights),
-            "theta_c": torch.stack(theta_c), "split": split,
-            "average_log_probs": log_softmax_outputs(average, data).cpu(),
-            "swa_log_probs": torch.stack(swa) if swa else None}
+    return {
+        "log_probs": torch.stack(log_probs),
+        "labels": data.y.cpu(),
+        "weights": torch.stack(weights),
+        "theta_c": torch.stack(theta_c),
+        "split": split,
+        "average_log_probs": log_softmax_outputs(average, data).cpu(),
+        "swa_log_probs": torch.stack(swa) if swa else None,
+    }

@@ -32,8 +32,11 @@ def fingerprint(settings: dict, *files) -> str:
 def state_of(parts: dict) -> dict:
     """The state of `parts` (name -> object with state_dict, or a torch Generator; None is
     skipped), with the torch RNG's."""
-    state = {name: obj.get_state() if isinstance(obj, torch.Generator) else obj.state_dict()
-             for name, obj in parts.items() if obj is not None}
+    state = {
+        name: obj.get_state() if isinstance(obj, torch.Generator) else obj.state_dict()
+        for name, obj in parts.items()
+        if obj is not None
+    }
     return {**state, "torch_rng": torch.get_rng_state()}
 
 
@@ -112,8 +115,7 @@ class ResumeState:
         load_parts(parts, state)
         earlier = state.get("log", [])  # states saved before the log was kept have none
         self.lines = earlier + self.lines
-        self._print(f"resuming from {self.path} after epoch {state['rows'][-1]['epoch']}; "
-                    "the run's log up to there:")
+        self._print(f"resuming from {self.path} after epoch {state['rows'][-1]['epoch']}; the run's log up to there:")
         for line in earlier:
             self._print(line)
         self.log(f"resumed from {self.path} after epoch {state['rows'][-1]['epoch']}")

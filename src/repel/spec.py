@@ -23,14 +23,23 @@ REQUIRED = None  # the default of a key the config must give (REQUIRED_KEYS)
 REQUIRED_KEYS = ("strength", "epochs")
 
 
-def key(default, doc: str, label: str, *, choices=(), minimum=None, positive=False, column=None, used_by=(),
-        named=None):
+def key(
+    default, doc: str, label: str, *, choices=(), minimum=None, positive=False, column=None, used_by=(), named=None
+):
     """One grid key: its default, meaning (with its unit), legend label ('{}' is the value; `named`:
     the label of particular values), the values it takes, its metrics column where the name differs,
     and the schedules it acts in (schedule settings only: elsewhere it is reset to its default, so it
     changes no run)."""
-    meta = dict(doc=doc, label=label, choices=choices, minimum=minimum, positive=positive, column=column,
-                used_by=used_by, named=named or {})
+    meta = dict(
+        doc=doc,
+        label=label,
+        choices=choices,
+        minimum=minimum,
+        positive=positive,
+        column=column,
+        used_by=used_by,
+        named=named or {},
+    )
     return field(default=default, metadata=meta)
 
 
@@ -40,15 +49,26 @@ class Penalty:
 
     strength: float = key(REQUIRED, "s, the hill's height; 0 is the control", "s={:g}", minimum=0)
     kernel: str = key("rbf", "the hill's shape (penalty.py lists the formulas)", "{}", choices=KERNELS)
-    width: float | None = key(None, "sigma of exp(-d / (2 sigma^2)), the source text's formula (give width or gamma)",
-                              "σ={:g}", positive=True)
-    gamma: float | None = key(None, "gamma of exp(-gamma d), the source's figures (give width or gamma)", "γ={:g}",
-                              positive=True)
+    width: float | None = key(
+        None, "sigma of exp(-d / (2 sigma^2)), the source text's formula (give width or gamma)", "σ={:g}", positive=True
+    )
+    gamma: float | None = key(
+        None, "gamma of exp(-gamma d), the source's figures (give width or gamma)", "γ={:g}", positive=True
+    )
     distance: str = key("sum", "d summed over the parameters, or their mean", "{} distance", choices=DISTANCES)
-    checkpoint_every: int = key(0, "epochs between new checkpoints, each another hill (0: only the first)",
-                                "new checkpoint every {} ep", minimum=0, named={0: "one checkpoint"})
-    merge: bool = key(False, "one hill at the mean of the checkpoints instead of one each", "merged: {}",
-                      named={True: "merged into their mean", False: "one hill each"})
+    checkpoint_every: int = key(
+        0,
+        "epochs between new checkpoints, each another hill (0: only the first)",
+        "new checkpoint every {} ep",
+        minimum=0,
+        named={0: "one checkpoint"},
+    )
+    merge: bool = key(
+        False,
+        "one hill at the mean of the checkpoints instead of one each",
+        "merged: {}",
+        named={True: "merged into their mean", False: "one hill each"},
+    )
 
 
 @dataclass(frozen=True)
@@ -60,12 +80,23 @@ class Training:
     epochs: int = key(REQUIRED, "epochs after the checkpoint", "{} ep", minimum=1)
     step_size: int = key(30, "epochs between decays (step)", "step every {} ep", minimum=1, used_by=("step",))
     step_gamma: float = key(0.1, "decay factor (step)", "×{:g} per step", positive=True, used_by=("step",))
-    t0: int = key(10, "epochs of the first cycle (cosine_restarts, cyclic)", "t0={}", minimum=1,
-                  used_by=("cosine_restarts", "cyclic"))
-    t_mult: int = key(1, "cycle length multiplier (cosine_restarts)", "t_mult={}", minimum=1,
-                      used_by=("cosine_restarts",))
-    eta_min: float = key(0.0, "lowest lr (cosine schedules); swa: its constant lr", "lr_min={:g}", minimum=0,
-                         used_by=("cosine", "cosine_restarts", "cyclic", "swa"))
+    t0: int = key(
+        10,
+        "epochs of the first cycle (cosine_restarts, cyclic)",
+        "t0={}",
+        minimum=1,
+        used_by=("cosine_restarts", "cyclic"),
+    )
+    t_mult: int = key(
+        1, "cycle length multiplier (cosine_restarts)", "t_mult={}", minimum=1, used_by=("cosine_restarts",)
+    )
+    eta_min: float = key(
+        0.0,
+        "lowest lr (cosine schedules); swa: its constant lr",
+        "lr_min={:g}",
+        minimum=0,
+        used_by=("cosine", "cosine_restarts", "cyclic", "swa"),
+    )
 
 
 PARTS = {"penalty": Penalty, "training": Training}
@@ -108,9 +139,15 @@ def check_value(name: str, value, where: str) -> None:
         return
     path = f"{where}.{name}" if where else name
     # YAML's 2.0 is a float; an integer key takes only integers (2.0 would name another run)
-    ok = isinstance(value, bool) if base is bool else (
-        isinstance(value, base) and not isinstance(value, bool) if base is not float
-        else isinstance(value, (int, float)) and not isinstance(value, bool))
+    ok = (
+        isinstance(value, bool)
+        if base is bool
+        else (
+            isinstance(value, base) and not isinstance(value, bool)
+            if base is not float
+            else isinstance(value, (int, float)) and not isinstance(value, bool)
+        )
+    )
     if not ok:
         raise ValueError(f"{path} is {value!r}: expected {'an integer' if base is int else f'a {base.__name__}'}")
     if meta["choices"] and value not in meta["choices"]:
@@ -146,11 +183,15 @@ class Run:
         if v["strength"] == 0:  # the control: no hill, so none of the hill's settings
             v.update({n: FIELDS[n].default for n in PENALTY_KEYS if n != "strength"}, kernel="none")
         elif v["kernel"] != "none" and (v["width"] is None) == (v["gamma"] is None):
-            raise ValueError(f"{where or 'run'}: kernel {v['kernel']} needs exactly one of width (sigma) or gamma, "
-                             f"got width {v['width']}, gamma {v['gamma']}")
+            raise ValueError(
+                f"{where or 'run'}: kernel {v['kernel']} needs exactly one of width (sigma) or gamma, "
+                f"got width {v['width']}, gamma {v['gamma']}"
+            )
         if v["merge"] and not v["checkpoint_every"]:
-            raise ValueError(f"{where or 'run'}: merge is true but checkpoint_every is 0: one checkpoint has "
-                             "nothing to merge with; set checkpoint_every")
+            raise ValueError(
+                f"{where or 'run'}: merge is true but checkpoint_every is 0: one checkpoint has "
+                "nothing to merge with; set checkpoint_every"
+            )
         for name in TRAINING_KEYS:
             if FIELDS[name].metadata["used_by"] and v["schedule"] not in FIELDS[name].metadata["used_by"]:
                 v[name] = FIELDS[name].default
@@ -216,8 +257,11 @@ class Run:
     def columns(self) -> dict:
         """The run's columns in metrics.parquet (and TensorBoard's HParams): its id, its control's
         id, and every key under its column name."""
-        return {"run": self.id, "control": self.control().id,
-                **{column(name): value for name, value in self.values().items()}}
+        return {
+            "run": self.id,
+            "control": self.control().id,
+            **{column(name): value for name, value in self.values().items()},
+        }
 
 
 GRID_COLUMNS = [column(name) for name in KEYS]  # every run's grid settings, as metrics.parquet names them

@@ -23,20 +23,28 @@ KINDS = {
     "data": ("a prepared dataset", "`repel prepare` (Snakemake rule prepare_data)"),
     "checkpoint": ("a base checkpoint", "`repel train-base` (Snakemake rule train_base)"),
     "weights": ("a continuation run's weights", "`repel continue` (Snakemake rule continue_run)"),
-    "member": ("an ensemble member's weights",
-               "`repel continue` (Snakemake rules continue_run_snapshots, continue_run_fge, continue_run_swa, "
-               "continue_run for independent seeds)"),
+    "member": (
+        "an ensemble member's weights",
+        "`repel continue` (Snakemake rules continue_run_snapshots, continue_run_fge, continue_run_swa, "
+        "continue_run for independent seeds)",
+    ),
     "SWA model": ("an SWA run's averaged weights", "`repel continue --schedule swa` (Snakemake rule continue_run_swa)"),
     "predictions": ("stored ensemble predictions", "`repel predict` (Snakemake rule predict)"),
-    "metrics": ("a run's metrics table",
-                "`repel train-base` or `repel continue` (Snakemake rules train_base, continue_run)"),
+    "metrics": (
+        "a run's metrics table",
+        "`repel train-base` or `repel continue` (Snakemake rules train_base, continue_run)",
+    ),
     "landscape": ("a run's landscape table", "`repel landscape` (Snakemake rule landscape)"),
-    "member landscape": ("the loss between ensemble members",
-                         "`repel predict --member-landscape` (Snakemake rule predict)"),
+    "member landscape": (
+        "the loss between ensemble members",
+        "`repel predict --member-landscape` (Snakemake rule predict)",
+    ),
     "aggregated metrics": ("the aggregated metrics table", "`repel aggregate` (Snakemake rule aggregate)"),
     "summary": ("the summary table", "`repel aggregate` (Snakemake rule aggregate)"),
-    "aggregated landscape": ("the aggregated landscape table",
-                             "`repel aggregate-landscape` (Snakemake rule aggregate_landscape)"),
+    "aggregated landscape": (
+        "the aggregated landscape table",
+        "`repel aggregate-landscape` (Snakemake rule aggregate_landscape)",
+    ),
     "ensemble curves": ("the ensembles' metrics table", "`repel ensembles` (Snakemake rule evaluate_ensembles)"),
     "ensemble pairs": ("the ensembles' pairwise table", "`repel ensembles` (Snakemake rule evaluate_ensembles)"),
     "weight averages": ("the weight averages' table", "`repel ensembles` (Snakemake rule evaluate_ensembles)"),
@@ -44,8 +52,10 @@ KINDS = {
 }
 MISSING = "is missing (not found)"
 DAMAGED = "cannot be read: it is cut short, damaged or not a torch file"
-UNSAFE = ("was not loaded: it holds objects other than tensors and plain containers, which repel never "
-          "writes, so nothing in it was run")
+UNSAFE = (
+    "was not loaded: it holds objects other than tensors and plain containers, which repel never "
+    "writes, so nothing in it was run"
+)
 DAMAGED_TABLE = "cannot be read: it is cut short, damaged or not a Parquet table"
 # how a cut-short or garbled file shows itself (torch and pyarrow say it in many ways)
 _UNREADABLE = (OSError, EOFError, RuntimeError, ValueError, TypeError, KeyError, IndexError)
@@ -56,8 +66,11 @@ class BadFileError(ValueError):
 
     def __init__(self, path, problem: str, kind: str | None = None):
         what, made_by = KINDS.get(kind, ("a file repel writes", "an earlier step of the workflow"))
-        todo = ("run the workflow, which makes it" if problem == MISSING
-                else "delete it and run the workflow again; it will be made anew")
+        todo = (
+            "run the workflow, which makes it"
+            if problem == MISSING
+            else "delete it and run the workflow again; it will be made anew"
+        )
         super().__init__(f"{path} {problem}. It should be {what}, made by {made_by}: {todo}.")
         self.path, self.problem = Path(path), problem
 

@@ -14,8 +14,24 @@ import math
 from pathlib import Path
 
 # the per-epoch metrics written as scalars, under the names of the metrics.parquet columns
-METRICS = ("train_loss", "train_ce", "train_acc", "penalty", "val_loss", "val_acc", "test_loss", "test_acc",
-           "dist", "dist_min", "dist_rel", "grad_ratio", "lr", "weight_norm", "epoch_seconds", "images_per_second")
+METRICS = (
+    "train_loss",
+    "train_ce",
+    "train_acc",
+    "penalty",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "dist",
+    "dist_min",
+    "dist_rel",
+    "grad_ratio",
+    "lr",
+    "weight_norm",
+    "epoch_seconds",
+    "images_per_second",
+)
 
 
 def run_dir(root, dataset: str, model: str, run: str, seed: int) -> Path:
@@ -43,8 +59,10 @@ class EventLog:
 
     def _fail(self, err: Exception) -> None:
         self.failed = True
-        self._log(f"warning: TensorBoard events in {self.log_dir} failed ({type(err).__name__}: {err}); "
-                  "the job goes on without them")
+        self._log(
+            f"warning: TensorBoard events in {self.log_dir} failed ({type(err).__name__}: {err}); "
+            "the job goes on without them"
+        )
         if self._writer is not None:
             with contextlib.suppress(Exception):  # already reported
                 self._writer.close()

@@ -36,10 +36,10 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import SWALR
 
 from .data import DeviceData
-from .spec import DEFAULTS, SCHEDULES
 from .models import trainable_parameters
 from .penalty import DistancePenalty
 from .resume import PerMember, ResumeState
+from .spec import DEFAULTS, SCHEDULES
 
 EVAL_BATCH = 1024  # images per evaluation batch (no gradients: as large as memory comfortably allows)
 DIVERGENCE_FACTOR = 100.0  # diverged: mean training CE above this multiple of ln(classes); see above
@@ -51,26 +51,27 @@ COMPILE = ("auto", "off", "on", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 @dataclass
 class TrainConfig:
-    epochs: int                  # epochs run by this call
-    lr: float = 1e-2             # learning rate at the call's first step
+    epochs: int  # epochs run by this call
+    lr: float = 1e-2  # learning rate at the call's first step
     momentum: float = 0.9
-    weight_decay: float = 1e-3   # L2, applied by SGD
+    weight_decay: float = 1e-3  # L2, applied by SGD
     batch_size: int = 128
-    schedule: str = "constant"   # constant | step | cosine | cosine_restarts | cyclic | swa, stepped every batch
-    step_size: int = DEFAULTS["step_size"]     # epochs between decays (step)
+    schedule: str = "constant"  # constant | step | cosine | cosine_restarts | cyclic | swa, stepped every batch
+    step_size: int = DEFAULTS["step_size"]  # epochs between decays (step)
     step_gamma: float = DEFAULTS["step_gamma"]  # decay factor (step)
-    t0: int = DEFAULTS["t0"]                   # epochs in the first cycle (cosine_restarts, cyclic)
-    t_mult: int = DEFAULTS["t_mult"]           # cycle length multiplier (cosine_restarts)
-    eta_min: float = DEFAULTS["eta_min"]       # lowest lr (cosine, cosine_restarts, cyclic); swa: its lr
-    seed: int = 0                # data order and augmentation
-    amp: str = "auto"            # bf16 autocast of forward and loss: auto = on CUDA only | off | bf16
+    t0: int = DEFAULTS["t0"]  # epochs in the first cycle (cosine_restarts, cyclic)
+    t_mult: int = DEFAULTS["t_mult"]  # cycle length multiplier (cosine_restarts)
+    eta_min: float = DEFAULTS["eta_min"]  # lowest lr (cosine, cosine_restarts, cyclic); swa: its lr
+    seed: int = 0  # data order and augmentation
+    amp: str = "auto"  # bf16 autocast of forward and loss: auto = on CUDA only | off | bf16
     channels_last: str = "auto"  # NHWC layout for conv nets: auto = on (measured faster on CPU) | on | off
-    compile: str = "auto"        # torch.compile: auto = off (not yet measured on a GPU) | off | on | a mode
+    compile: str = "auto"  # torch.compile: auto = off (not yet measured on a GPU) | off | on | a mode
 
 
 @dataclass(frozen=True)
 class Speed:
     """The speed options resolved for one model on one device."""
+
     amp: bool
     channels_last: bool
     compile_mode: str | None  # None: eager
@@ -102,8 +103,9 @@ def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
     if cfg.schedule == "cyclic":  # FGE (Garipov et al. 2018): linear from eta_min up to lr and back every t0 epochs.
         # CyclicLR starts at its low end, so each cycle ends at its lowest lr, where FGE takes a member
         # (the paper's cycle shifted by half a cycle). Momentum stays the optimizer's own.
-        return sched.CyclicLR(optimizer, cfg.eta_min, cfg.lr, step_size_up=cfg.t0 * steps_per_epoch / 2,
-                              cycle_momentum=False)
+        return sched.CyclicLR(
+            optimizer, cfg.eta_min, cfg.lr, step_size_up=cfg.t0 * steps_per_epoch / 2, cycle_momentum=False
+        )
     if cfg.schedule == "swa":  # SWA (Izmailov et al. 2018): cosine from lr to the SWA lr over epoch 1, then constant
         return SWALR(optimizer, cfg.eta_min, anneal_epochs=steps_per_epoch, anneal_strategy="cos")
     raise ValueError(f"unknown schedule '{cfg.schedule}'; expected one of {', '.join(SCHEDULES)}")
@@ -144,8 +146,18 @@ def divergence(row: dict, ce_limit: float) -> str | None:
     return None
 
 
-def epoch_row(epoch: int, lr: float, lr_steps: list[float], values: list[float], n_train: int, has_penalty: bool,
-              origin_norm: float | None, seconds: float, train_seconds: float, ce_limit: float = math.inf) -> dict:
+def epoch_row(
+    epoch: int,
+    lr: float,
+    lr_steps: list[float],
+    values: list[float],
+    n_train: int,
+    has_penalty: bool,
+    origin_norm: float | None,
+    seconds: float,
+    train_seconds: float,
+    ce_limit: float = math.inf,
+) -> dict:
     """An epoch's metrics from its measured values (the training sums, val and test loss and
     accuracy, weight norm, then with a penalty the distances: to the first checkpoint, to the
     nearest centre, to every checkpoint). `ce_limit`: the training cross-entropy above which it diverged."""
@@ -154,14 +166,25 @@ def epoch_row(epoch: int, lr: float, lr_steps: list[float], values: list[float],
     train_ce = ce_sum / n_train
     train_loss = train_ce + pen_sum / n_train
     row = {
-        "epoch": epoch, "lr": lr, "lr_steps": list(lr_steps), "train_loss": train_loss, "train_ce": train_ce,
-        "train_acc": correct / n_train, "penalty": pen_sum / n_train,
-        "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
-        "dist": math.nan, "dist_rel": math.nan, "dist_min": math.nan,
+        "epoch": epoch,
+        "lr": lr,
+        "lr_steps": list(lr_steps),
+        "train_loss": train_loss,
+        "train_ce": train_ce,
+        "train_acc": correct / n_train,
+        "penalty": pen_sum / n_train,
+        "val_loss": val_loss,
+        "val_acc": val_acc,
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        "dist": math.nan,
+        "dist_rel": math.nan,
+        "dist_min": math.nan,
         "weight_norm": weight_norm,
         # the ratio of the epoch's mean gradient norms (docs/DESIGN.md)
         "grad_ratio": pen_grad_sum / ce_grad_sum if has_penalty and ce_grad_sum > 0 else math.nan,
-        "epoch_seconds": seconds, "train_seconds": train_seconds,
+        "epoch_seconds": seconds,
+        "train_seconds": train_seconds,
         "images_per_second": n_train / train_seconds,  # of this model (a pack trains k times as many)
         "diverged": False,  # the rule's verdict, set below once the row is complete
     }
@@ -175,9 +198,11 @@ def epoch_row(epoch: int, lr: float, lr_steps: list[float], values: list[float],
 
 def epoch_line(row: dict, last_epoch: int) -> str:
     """An epoch's line in the job's log."""
-    return (f"epoch {row['epoch']:4d}/{last_epoch}  lr {row['lr']:.3g}  loss {row['train_loss']:.4f}  "
-            f"train {row['train_acc']:.3f}  val {row['val_acc']:.3f}  dist {row['dist']:.4g}  "
-            f"{row['epoch_seconds']:.2f}s")
+    return (
+        f"epoch {row['epoch']:4d}/{last_epoch}  lr {row['lr']:.3g}  loss {row['train_loss']:.4f}  "
+        f"train {row['train_acc']:.3f}  val {row['val_acc']:.3f}  dist {row['dist']:.4g}  "
+        f"{row['epoch_seconds']:.2f}s"
+    )
 
 
 class OneModel:
@@ -227,8 +252,9 @@ class OneModel:
             lr_steps.append(optimizer.param_groups[0]["lr"])
             optimizer.step()
             scheduler.step()
-            sums += torch.cat([torch.stack([ce.detach() * len(yb), (out.argmax(1) == yb).sum(), pen * len(yb)]),
-                               grad_norms])
+            sums += torch.cat(
+                [torch.stack([ce.detach() * len(yb), (out.argmax(1) == yb).sum(), pen * len(yb)]), grad_norms]
+            )
         return sums.view(1, 5), lr_steps
 
     def evaluate(self, data: DeviceData) -> torch.Tensor:
@@ -250,27 +276,40 @@ class OneModel:
         self.module.to(memory_format=torch.contiguous_format)
 
 
-def _measure(members, sums: torch.Tensor, val: DeviceData, test: DeviceData,
-             measured: list[DistancePenalty | None]) -> list[list[float]]:
+def _measure(
+    members, sums: torch.Tensor, val: DeviceData, test: DeviceData, measured: list[DistancePenalty | None]
+) -> list[list[float]]:
     """Every member's epoch values in epoch_row's order: the training sums, val and test loss and
     accuracy, weight norm, and with a penalty in `measured` its distances; one synchronisation."""
     evals = torch.cat([sums, members.evaluate(val), members.evaluate(test), members.weight_norms().view(-1, 1)], 1)
-    per_member = [evals[i] if penalty is None else
-                  torch.cat([evals[i], checkpoint_distances(penalty, members.params(i))])
-                  for i, penalty in enumerate(measured)]
+    per_member = [
+        evals[i] if penalty is None else torch.cat([evals[i], checkpoint_distances(penalty, members.params(i))])
+        for i, penalty in enumerate(measured)
+    ]
     values = torch.cat(per_member).tolist()  # the epoch's one synchronisation
     out, start = [], 0
     for tensor in per_member:
-        out.append(values[start:start + len(tensor)])
+        out.append(values[start : start + len(tensor)])
         start += len(tensor)
     return out
 
 
-def train_members(members, prepared: dict, cfg: TrainConfig, device: torch.device,
-                  penalties: list[DistancePenalty | None], first_epoch: int = 1,
-                  optimizer_states: list[dict] | None = None, data_rng: torch.Tensor | None = None, log=print,
-                  resume: ResumeState | None = None, on_epoch_end=None, on_row=None,
-                  averaged: list | None = None, names: list[str] | None = None):
+def train_members(
+    members,
+    prepared: dict,
+    cfg: TrainConfig,
+    device: torch.device,
+    penalties: list[DistancePenalty | None],
+    first_epoch: int = 1,
+    optimizer_states: list[dict] | None = None,
+    data_rng: torch.Tensor | None = None,
+    log=print,
+    resume: ResumeState | None = None,
+    on_epoch_end=None,
+    on_row=None,
+    averaged: list | None = None,
+    names: list[str] | None = None,
+):
     """The training loop: `members` (OneModel, or repel.pack's stack) for `cfg.epochs` epochs.
 
     Returns (each member's metrics rows, the optimizer, the data generator). Member i trains with
@@ -305,8 +344,14 @@ def train_members(members, prepared: dict, cfg: TrainConfig, device: torch.devic
 
     # everything that decides the rest of the run, for one resumable state; its "rows" are one record
     # per epoch, {"epoch", "members": each member's row, None once it has stopped}
-    parts = {**members.parts(), "optimizer": optimizer, "scheduler": scheduler, "data_rng": generator,
-             "penalties": PerMember(penalties), "averaged": PerMember(averaged)}
+    parts = {
+        **members.parts(),
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "data_rng": generator,
+        "penalties": PerMember(penalties),
+        "averaged": PerMember(averaged),
+    }
     records = resume.restore(parts) if resume is not None else []
 
     for epoch in range(first_epoch + len(records), last_epoch + 1):
@@ -324,16 +369,28 @@ def train_members(members, prepared: dict, cfg: TrainConfig, device: torch.devic
         for i, penalty in enumerate(penalties):
             if i in members.stopped:
                 continue
-            row = epoch_row(epoch, lr, lr_steps, values[i], len(train), penalty is not None, origin_norms[i],
-                            seconds, train_seconds, ce_limit)
+            row = epoch_row(
+                epoch,
+                lr,
+                lr_steps,
+                values[i],
+                len(train),
+                penalty is not None,
+                origin_norms[i],
+                seconds,
+                train_seconds,
+                ce_limit,
+            )
             records[-1]["members"][i] = row
             say = log if names is None else partial(_named, log, names[i])
             say(epoch_line(row, last_epoch))
             if on_row is not None:
                 on_row(i, row)
             if row["diverged"]:
-                say(f"diverged at epoch {epoch}: {divergence(row, ce_limit)}; "
-                    + ("stopping this run" if k == 1 else "stopping this member, the others go on"))
+                say(
+                    f"diverged at epoch {epoch}: {divergence(row, ce_limit)}; "
+                    + ("stopping this run" if k == 1 else "stopping this member, the others go on")
+                )
                 members.stop(i)
                 continue
             if penalty is not None:
@@ -357,9 +414,21 @@ def _named(log, name: str, msg: str) -> None:
     log(f"{name}: {msg}")
 
 
-def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: DistancePenalty | None = None,
-        first_epoch: int = 1, optimizer_state: dict | None = None, data_rng: torch.Tensor | None = None,
-        log=print, resume: ResumeState | None = None, on_epoch_end=None, on_row=None, averaged=None):
+def fit(
+    model,
+    prepared: dict,
+    cfg: TrainConfig,
+    device: torch.device,
+    penalty: DistancePenalty | None = None,
+    first_epoch: int = 1,
+    optimizer_state: dict | None = None,
+    data_rng: torch.Tensor | None = None,
+    log=print,
+    resume: ResumeState | None = None,
+    on_epoch_end=None,
+    on_row=None,
+    averaged=None,
+):
     """Train `cfg.epochs` epochs; return (one metrics dict per epoch, optimizer, data generator).
 
     `train_members` with one member. With a penalty, the distances are measured to its first
@@ -378,8 +447,18 @@ def fit(model, prepared: dict, cfg: TrainConfig, device: torch.device, penalty: 
     """
     members = OneModel(model, penalty, resolve_speed(cfg, model, device))
     rows, optimizer, generator = train_members(
-        members, prepared, cfg, device, [penalty], first_epoch=first_epoch,
-        optimizer_states=[optimizer_state] if optimizer_state is not None else None, data_rng=data_rng, log=log,
-        resume=resume, on_epoch_end=(lambda i, done, m: on_epoch_end(done, m)) if on_epoch_end is not None else None,
-        on_row=(lambda i, row: on_row(row)) if on_row is not None else None, averaged=[averaged])
+        members,
+        prepared,
+        cfg,
+        device,
+        [penalty],
+        first_epoch=first_epoch,
+        optimizer_states=[optimizer_state] if optimizer_state is not None else None,
+        data_rng=data_rng,
+        log=log,
+        resume=resume,
+        on_epoch_end=(lambda i, done, m: on_epoch_end(done, m)) if on_epoch_end is not None else None,
+        on_row=(lambda i, row: on_row(row)) if on_row is not None else None,
+        averaged=[averaged],
+    )
     return rows[0], optimizer, generator

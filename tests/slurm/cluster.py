@@ -38,8 +38,10 @@ def blocked() -> str | None:
     """Why a test cluster cannot be started here, or None."""
     missing = [b for b in DAEMONS + CLIENTS if not which(b)]
     if missing:
-        return (f"SLURM is not installed ({', '.join(missing)} not found); "
-                "on Debian/Ubuntu: apt-get install slurm-wlm munge")
+        return (
+            f"SLURM is not installed ({', '.join(missing)} not found); "
+            "on Debian/Ubuntu: apt-get install slurm-wlm munge"
+        )
     if os.geteuid() != 0:
         return "the SLURM test cluster must be started as root (it writes /etc/slurm/slurm.conf)"
     for conf in (ETC / "slurm.conf", ETC / "gres.conf"):
@@ -54,8 +56,15 @@ def clean_env() -> dict:
 
 
 class Cluster:
-    def __init__(self, root: Path, partition: str = "test", node: str = "repelnode",
-                 gpu_type: str = "fake", ctld_port: int = 16817, slurmd_port: int = 16818):
+    def __init__(
+        self,
+        root: Path,
+        partition: str = "test",
+        node: str = "repelnode",
+        gpu_type: str = "fake",
+        ctld_port: int = 16817,
+        slurmd_port: int = 16818,
+    ):
         self.root = Path(root)
         self.partition, self.node, self.gpu_type = partition, node, gpu_type
         self.ctld_port, self.slurmd_port = ctld_port, slurmd_port
@@ -65,7 +74,7 @@ class Cluster:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def start(self, timeout: float = 60) -> "Cluster":
+    def start(self, timeout: float = 60) -> Cluster:
         for d in ("munge", "state", "spool", "log"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
@@ -74,10 +83,18 @@ class Cluster:
         key.write_bytes(os.urandom(1024))
         os.chmod(key, 0o600)
         self.munge_socket = self.root / "munge/munge.socket"
-        self._spawn("munged", [which("munged"), "--foreground", "--force", f"--key-file={key}",
-                               f"--socket={self.munge_socket}",
-                               f"--pid-file={self.root / 'munge/munged.pid'}",
-                               f"--seed-file={self.root / 'munge/munged.seed'}"])
+        self._spawn(
+            "munged",
+            [
+                which("munged"),
+                "--foreground",
+                "--force",
+                f"--key-file={key}",
+                f"--socket={self.munge_socket}",
+                f"--pid-file={self.root / 'munge/munged.pid'}",
+                f"--seed-file={self.root / 'munge/munged.seed'}",
+            ],
+        )
         self._wait(lambda: self.munge_socket.exists(), 10, "munged's socket")
         self._write_config()
         self._spawn("slurmctld", [which("slurmctld"), "-D", "-i"])
@@ -92,8 +109,11 @@ class Cluster:
                 ids = self.run("squeue", "-h", "-o", "%i", check=False).stdout.split()
                 if ids:  # only this cluster's jobs: it is ours
                     self.run("scancel", *ids, check=False)
-                    self._wait(lambda: not self.run("squeue", "-h", "-t", "R,CG", "-o", "%i",
-                                                    check=False).stdout.split(), 30, None)
+                    self._wait(
+                        lambda: not self.run("squeue", "-h", "-t", "R,CG", "-o", "%i", check=False).stdout.split(),
+                        30,
+                        None,
+                    )
         except (OSError, subprocess.SubprocessError):
             pass  # stop the daemons anyway
         for name in reversed(list(self.procs)):  # slurmd, slurmctld, munged
@@ -120,8 +140,9 @@ class Cluster:
     # -- queries -------------------------------------------------------------------------------
 
     def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run([which(cmd[0]), *cmd[1:]], capture_output=True, text=True,
-                              env=clean_env(), check=check, timeout=60)
+        return subprocess.run(
+            [which(cmd[0]), *cmd[1:]], capture_output=True, text=True, env=clean_env(), check=check, timeout=60
+        )
 
     def node_state(self) -> str:
         result = self.run("sinfo", "-h", "-n", self.node, "-o", "%T", check=False)
@@ -156,8 +177,9 @@ class Cluster:
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
         self.outputs[name] = out = open(self.root / f"log/{name}.out", "w")
-        self.procs[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.root,
-                                            env=clean_env(), start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.root, env=clean_env(), start_new_session=True
+        )
 
     def _wait(self, ready, timeout: float, what: str | None) -> None:
         deadline = time.monotonic() + timeout
@@ -180,9 +202,17 @@ class Cluster:
         return " ".join(f"{k}={fields[k]}" for k in keys if k in fields) + f" RealMemory={memory}"
 
     def _write_config(self) -> None:
-        values = dict(host=socket.gethostname(), root=self.root, node=self.node, partition=self.partition,
-                      gpu_type=self.gpu_type, ctld_port=self.ctld_port, slurmd_port=self.slurmd_port,
-                      munge_socket=self.munge_socket, hardware=self._hardware())
+        values = dict(
+            host=socket.gethostname(),
+            root=self.root,
+            node=self.node,
+            partition=self.partition,
+            gpu_type=self.gpu_type,
+            ctld_port=self.ctld_port,
+            slurmd_port=self.slurmd_port,
+            munge_socket=self.munge_socket,
+            hardware=self._hardware(),
+        )
         ETC.mkdir(parents=True, exist_ok=True)
         for name in ("slurm.conf", "gres.conf"):
             target = ETC / name

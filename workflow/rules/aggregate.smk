@@ -13,12 +13,11 @@ rule aggregate:
         summary_parquet=res("aggregate/summary.parquet"),
     log:
         res("logs/aggregate.log"),
+    conda:
+        "../../envs/repel.yaml"
     params:
         configfiles=CONFIG_FILES,  # named in the report's caption
         labels=get_labels(),
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
-    conda:
-        "../../envs/repel.yaml"
     shell:
-        "python -m repel aggregate --runs {input} --labels {params.labels:q} "
-        "--out-dir {params.out_dir} > {log} 2>&1"
+        "python -m repel aggregate --runs {input} --labels {params.labels:q} " "--out-dir {params.out_dir} > {log} 2>&1"

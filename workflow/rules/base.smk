@@ -6,16 +6,16 @@ rule train_base:
         metrics=res("base/{dataset}/{model}/seed{seed}/metrics.parquet"),
     log:
         res("logs/train_base/{dataset}/{model}/seed{seed}.log"),
-    params:
-        args=get_base_args(),
-        out_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
+    conda:
+        "../../envs/repel.yaml"
     threads: config["threads"]
     resources:
         gres=get_gres(),
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
-    conda:
-        "../../envs/repel.yaml"
+    params:
+        args=get_base_args(),
+        out_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
     shell:
         "python -m repel train-base --data {input} --model {wildcards.model} --seed {wildcards.seed} "
         "{params.args} $REPEL_RUN_OPTIONS --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"

@@ -11,6 +11,8 @@ rule claims:
         md=res("aggregate/claims.md"),
     log:
         res("logs/claims.log"),
+    conda:
+        "../../envs/repel.yaml"
     params:
         configfiles=CONFIG_FILES,  # named in the report's caption
         families=json.dumps(FAMILIES),
@@ -18,8 +20,6 @@ rule claims:
         ensembles=lambda wildcards, input: f"--ensembles {input.ensembles} --pairs {input.pairs}" if ENSEMBLES else "",
         landscape=lambda wildcards, input: f"--landscape {input.landscape}" if config["landscape"] else "",
         out_dir=lambda wildcards, output: os.path.dirname(output.csv),
-    conda:
-        "../../envs/repel.yaml"
     shell:
         "python -m repel claims --metrics {input.metrics} {params.ensembles} {params.landscape} "
         "--families {params.families:q} "
@@ -38,10 +38,10 @@ rule plot_claims:
         res("plots/claims.pdf"),
     log:
         res("logs/plot_claims.log"),
+    conda:
+        "../../envs/repel.yaml"
     params:
         configfiles=CONFIG_FILES,  # named in the report's caption
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
-    conda:
-        "../../envs/repel.yaml"
     shell:
         "python -m repel plot --claims {input} --out-dir {params.out_dir} > {log} 2>&1"

@@ -10,7 +10,6 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-
 # The workflow imports the package from this checkout, and its jobs run it from here too
 # (installed or not, and inside conda environments).
 SRC = str(Path(workflow.basedir) / "src")
@@ -67,12 +66,15 @@ def res(path):
 # the root, as <dataset>/<model>/<run>/seed<k>.
 RUN_OPTIONS = [
     f"--device {config['device']} --save-every {config['save_every']}",
-    *(f"--{key.replace('_', '-')} {({True: 'on', False: 'off'}.get(value, value))}"
-      for key, value in config["speed"].items()),
+    *(
+        f"--{key.replace('_', '-')} {({True: 'on', False: 'off'}.get(value, value))}"
+        for key, value in config["speed"].items()
+    ),
     *([f"--tensorboard {res('tensorboard')}"] if config["tensorboard"] else []),
 ]
 # REPEL_DEVICE: for the jobs that run a network without training it
 os.environ.update(REPEL_DEVICE=config["device"], REPEL_RUN_OPTIONS=" ".join(RUN_OPTIONS))
+
 
 envvars:
     "REPEL_DEVICE",
@@ -142,11 +144,20 @@ def get_pack_outputs(pack):
 
 def get_pack_members(pack):
     """The pack's members for `repel continue-pack --members`: JSON, one object per run."""
+
     def members(wildcards):
-        return json.dumps([
-            {"out_dir": res(f"continue/{wildcards.dataset}/{wildcards.model}/{run}/seed{pack['seed']}"),
-             "snapshot_every": snapshot_every(run), "spec": RUNS[run]["spec"].values()}
-            for run in pack["runs"]], sort_keys=True)
+        return json.dumps(
+            [
+                {
+                    "out_dir": res(f"continue/{wildcards.dataset}/{wildcards.model}/{run}/seed{pack['seed']}"),
+                    "snapshot_every": snapshot_every(run),
+                    "spec": RUNS[run]["spec"].values(),
+                }
+                for run in pack["runs"]
+            ],
+            sort_keys=True,
+        )
+
     return members
 
 
@@ -163,11 +174,16 @@ def get_ensemble_inputs(wildcards):
     if plan["epochs"] is None:
         members = [(seed, f"{run_dir}/seed{seed}/final.pt") for seed in plan["seeds"]]
     else:
-        members = [(seed, path) for seed in plan["seeds"]
-                   for path in get_member_snapshots(f"{run_dir}/seed{seed}", plan["epochs"])]
-    return {"members": [path for _, path in members],
-            "checkpoints": [f"{base}/seed{seed}/checkpoint.pt" for seed, _ in members],
-            "swa": [f"{run_dir}/seed{seed}/swa.pt" for seed in plan["seeds"]] if plan["run"] in SWA_RUNS else []}
+        members = [
+            (seed, path)
+            for seed in plan["seeds"]
+            for path in get_member_snapshots(f"{run_dir}/seed{seed}", plan["epochs"])
+        ]
+    return {
+        "members": [path for _, path in members],
+        "checkpoints": [f"{base}/seed{seed}/checkpoint.pt" for seed, _ in members],
+        "swa": [f"{run_dir}/seed{seed}/swa.pt" for seed in plan["seeds"]] if plan["run"] in SWA_RUNS else [],
+    }
 
 
 def get_predictions():
@@ -226,7 +242,9 @@ def get_claims_inputs(wildcards):
 def get_final_outputs():
     """Every table and figure, so that snakemake checks (and makes) each of them, not only the
     ones a later rule reads."""
-    outputs = expand(res("aggregate/{table}"), table=["metrics.parquet", "summary.md", "summary.csv", "summary.parquet"])
+    outputs = expand(
+        res("aggregate/{table}"), table=["metrics.parquet", "summary.md", "summary.csv", "summary.parquet"]
+    )
     outputs += expand(res("plots/families/{family}.{ext}"), family=FAMILIES, ext=["png", "pdf"])
     outputs += expand(res("aggregate/claims.{ext}"), ext=["md", "csv", "parquet"])
     outputs += expand(res("plots/claims.{ext}"), ext=["png", "pdf"])
@@ -235,8 +253,14 @@ def get_final_outputs():
         outputs += [res("aggregate/landscape.parquet")]
         outputs += expand(res("plots/landscape.{ext}"), ext=["png", "pdf"])
     if ENSEMBLES:
-        tables = ["ensembles.parquet", "ensemble_pairs.parquet", "member_landscape.parquet", "weight_averages.parquet",
-                  "ensemble_summary.csv", "ensemble_summary.md"]
+        tables = [
+            "ensembles.parquet",
+            "ensemble_pairs.parquet",
+            "member_landscape.parquet",
+            "weight_averages.parquet",
+            "ensemble_summary.csv",
+            "ensemble_summary.md",
+        ]
         outputs += expand(res("aggregate/{table}"), table=tables)
         outputs += expand(res("plots/{figure}.{ext}"), figure=ENSEMBLE_FIGURES, ext=["png", "pdf"])
     return outputs

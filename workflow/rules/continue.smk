@@ -7,20 +7,20 @@ rule continue_run:
         weights=res("continue/{dataset}/{model}/{run}/seed{seed}/final.pt"),
     log:
         res("logs/continue_run/{dataset}/{model}/{run}/seed{seed}.log"),
-    params:
-        spec=get_run_spec,
-        optimizer=get_optimizer_args(),
-        snapshot_every=get_snapshot_every,
-        out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     wildcard_constraints:
         run=get_run_pattern(PLAIN_RUNS),
+    conda:
+        "../../envs/repel.yaml"
     threads: config["threads"]
     resources:
         gres=get_gres(),
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
-    conda:
-        "../../envs/repel.yaml"
+    params:
+        spec=get_run_spec,
+        optimizer=get_optimizer_args(),
+        snapshot_every=get_snapshot_every,
+        out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     shell:
         "python -m repel continue --data {input.data} --checkpoint {input.checkpoint} "
         "--spec {params.spec:q} {params.optimizer} --snapshot-every {params.snapshot_every} $REPEL_RUN_OPTIONS "
@@ -73,17 +73,17 @@ for index, (name, pack) in enumerate(PACKS.items()):
             get_pack_outputs(pack),
         log:
             res(f"logs/continue_pack/{{dataset}}/{{model}}/{name}.log"),
-        params:
-            optimizer=get_optimizer_args(),
-            members=get_pack_members(pack),
-            state_dir=res(f"packs/{{dataset}}/{{model}}/{name}"),
+        conda:
+            "../../envs/repel.yaml"
         threads: config["threads"]
         resources:
             gres=get_gres(),
             mem_mb=config["resources"]["mem_mb"],
             runtime=config["resources"]["runtime"],
-        conda:
-            "../../envs/repel.yaml"
+        params:
+            optimizer=get_optimizer_args(),
+            members=get_pack_members(pack),
+            state_dir=res(f"packs/{{dataset}}/{{model}}/{name}"),
         shell:
             "python -m repel continue-pack --data {input.data} --checkpoint {input.checkpoint} {params.optimizer} "
             "--members {params.members:q} $REPEL_RUN_OPTIONS --threads {threads} --out-dir {params.state_dir} > {log} 2>&1"

@@ -3,14 +3,14 @@ rule prepare_data:
         res("data/{dataset}.pt"),
     log:
         res("logs/prepare_data/{dataset}.log"),
+    conda:
+        "../../envs/repel.yaml"
     params:
         data_dir=config["data_dir"],
         download="" if config["download"] else "--no-download",
         val_fraction=config["split"]["val_fraction"],
         test_fraction=config["split"]["test_fraction"],
         seed=config["split"]["seed"],
-    conda:
-        "../../envs/repel.yaml"
     shell:
         "python -m repel prepare --dataset {wildcards.dataset} --data-dir {params.data_dir:q} "
         "--val-fraction {params.val_fraction} --test-fraction {params.test_fraction} "

@@ -9,13 +9,13 @@ rule predict:
         landscape=res("ensembles/{dataset}/{model}/{method}/{ensemble}/member_landscape.parquet"),
     log:
         res("logs/predict/{dataset}/{model}/{method}/{ensemble}.log"),
+    conda:
+        "../../envs/repel.yaml"
     threads: config["threads"]
     resources:
         gres=get_gres(),
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
-    conda:
-        "../../envs/repel.yaml"
     shell:
         "python -m repel predict --data {input.data} --checkpoints {input.checkpoints} "
         "--members {input.members} --swa {input.swa} --method {wildcards.method} --ensemble {wildcards.ensemble} "
@@ -40,11 +40,11 @@ rule evaluate_ensembles:
         summary_md=res("aggregate/ensemble_summary.md"),
     log:
         res("logs/evaluate_ensembles.log"),
+    conda:
+        "../../envs/repel.yaml"
     params:
         configfiles=CONFIG_FILES,  # named in the report's caption
         out_dir=lambda wildcards, output: os.path.dirname(output.curves),
-    conda:
-        "../../envs/repel.yaml"
     shell:
         "python -m repel ensembles --predictions {input.predictions} "
         "--member-landscapes {input.landscapes} --out-dir {params.out_dir} > {log} 2>&1"
@@ -64,11 +64,11 @@ rule plot_ensembles:
         expand(res("plots/{figure}.pdf"), figure=ENSEMBLE_FIGURES),
     log:
         res("logs/plot_ensembles.log"),
+    conda:
+        "../../envs/repel.yaml"
     params:
         configfiles=CONFIG_FILES,  # named in the report's caption
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
-    conda:
-        "../../envs/repel.yaml"
     shell:
         "python -m repel plot --ensembles {input.curves} --pairs {input.pairs} --averages {input.averages} "
         "--out-dir {params.out_dir} > {log} 2>&1"

@@ -7,13 +7,13 @@ rule landscape:
         res("continue/{dataset}/{model}/{run}/seed{seed}/landscape.parquet"),
     log:
         res("logs/landscape/{dataset}/{model}/{run}/seed{seed}.log"),
+    conda:
+        "../../envs/repel.yaml"
     threads: config["threads"]
     resources:
         gres=get_gres(),
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
-    conda:
-        "../../envs/repel.yaml"
     shell:
         "python -m repel landscape --data {input.data} --checkpoint {input.checkpoint} "
         "--weights {input.weights} --run {wildcards.run} --device $REPEL_DEVICE "
@@ -38,15 +38,15 @@ for index, (name, pack) in enumerate(PACKS.items()):
             [res(f"continue/{{dataset}}/{{model}}/{run}/seed{pack['seed']}/landscape.parquet") for run in runs],
         log:
             res(f"logs/landscape_pack/{{dataset}}/{{model}}/{name}.log"),
-        params:
-            runs=" ".join(runs),
+        conda:
+            "../../envs/repel.yaml"
         threads: config["threads"]
         resources:
             gres=get_gres(),
             mem_mb=config["resources"]["mem_mb"],
             runtime=config["resources"]["runtime"],
-        conda:
-            "../../envs/repel.yaml"
+        params:
+            runs=" ".join(runs),
         shell:
             "python -m repel landscape --data {input.data} --checkpoint {input.checkpoint} "
             "--weights {input.weights} --run {params.runs} --device $REPEL_DEVICE "
@@ -81,12 +81,12 @@ rule plot_landscape:
         res("plots/landscape.pdf"),
     log:
         res("logs/plot_landscape.log"),
+    conda:
+        "../../envs/repel.yaml"
     params:
         configfiles=CONFIG_FILES,  # named in the report's caption
         families=json.dumps(FAMILIES),
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
-    conda:
-        "../../envs/repel.yaml"
     shell:
         "python -m repel plot --landscape {input.landscape} --summary {input.summary} --families {params.families:q} "
         "--out-dir {params.out_dir} > {log} 2>&1"

@@ -11,6 +11,8 @@ rule plot_family:
         pdf=res("plots/families/{family}.pdf"),
     log:
         res("logs/plot_family/{family}.log"),
+    conda:
+        "../../envs/repel.yaml"
     params:
         spec=lambda wildcards: json.dumps(FAMILIES[wildcards.family]),
         # for the caption: the family's block as written, and the files it came from
@@ -18,8 +20,6 @@ rule plot_family:
         defaults=json.dumps(config["continuation"]["defaults"]),
         configfiles=CONFIG_FILES,
         out_dir=lambda wildcards, output: os.path.dirname(output.png),
-    conda:
-        "../../envs/repel.yaml"
     shell:
         "python -m repel plot --metrics {input} --family {wildcards.family} --spec {params.spec:q} "
         "--out-dir {params.out_dir} --formats png pdf > {log} 2>&1"
@@ -43,11 +43,11 @@ rule plot_kernels:
         res("plots/kernels.pdf"),
     log:
         res("logs/plot_kernels.log"),
+    conda:
+        "../../envs/repel.yaml"
     params:
         configfiles=CONFIG_FILES,  # named in the report's caption
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
-    conda:
-        "../../envs/repel.yaml"
     shell:
         "python -m repel plot-method --metrics {input} --out-dir {params.out_dir} > {log} 2>&1"
 
@@ -63,9 +63,9 @@ rule plot_hill_2d:  # needs no data: a stated 2-D loss, seconds
         res("plots/hill_2d.pdf"),
     log:
         res("logs/plot_hill_2d.log"),
-    params:
-        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
     conda:
         "../../envs/repel.yaml"
+    params:
+        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
         "python -m repel plot-method --hill --out-dir {params.out_dir} > {log} 2>&1"

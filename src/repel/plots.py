@@ -324,8 +324,7 @@ def landscape_figure(df: pd.DataFrame, runs: pd.DataFrame, families: dict):
         f"barrier (in the legend where ≥ {BARRIER_SHOWN:g}): the most the loss rises above the straight line "
         "between its values at α = 0 and α = 1",
     ]
-    # tables written before bn_recomputed existed lack it (or hold NaN): say nothing rather than guess
-    with_bn = sorted(df.loc[df["bn_recomputed"].eq(True), "model"].unique()) if "bn_recomputed" in df else []
+    with_bn = sorted(df.loc[df["bn_recomputed"].eq(True), "model"].unique())
     if with_bn:
         lines.append(f"BatchNorm statistics recomputed at every α ({', '.join(with_bn)})")
     top_in, row_in = 0.3 + 0.2 * len(lines), 3.0  # the title's height and a row's, in inches

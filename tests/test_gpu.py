@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from repel import models, storage
-from repel.cli import main, resolve_device
+from repel.cli import main
+from repel.jobs import resolve_device
 from repel.pack import fit_pack
 from repel.penalty import DistancePenalty
 from repel.train import TrainConfig, fit, resolve_speed

@@ -32,16 +32,20 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """The config's `device`: auto (CUDA if present, else CPU), cpu, cuda, cuda:N or mps."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"device '{name}' asked for, but no CUDA GPU is available (use 'auto' or 'cpu')")
+    return torch.device(name)
+
+
 def setup(args) -> torch.device:
     """The job's device and CPU threads (config keys device and threads), said in its log."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device in (None, "auto"):
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    elif args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"device '{args.device}' asked for, but no CUDA GPU is available (use 'auto' or 'cpu')")
-    else:
-        device = torch.device(args.device)
+    device = resolve_device(args.device)
     log(f"device: {device}  threads: {torch.get_num_threads()}  torch {torch.__version__}")
     return device
 

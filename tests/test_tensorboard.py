@@ -219,18 +219,22 @@ def test_a_failing_writer_does_not_fail_the_job(runs, tmp_path, monkeypatch, cap
 
 
 @pytest.mark.parametrize("switch", [None, False])  # None: the default, on
-def test_the_config_switch_reaches_the_training_jobs_only_through_their_commands(tmp_path, switch):
+def test_the_config_switch_reaches_the_training_jobs_only_through_their_run_options(tmp_path, switch):
     config = copy.deepcopy(TINY)
     if switch is not None:
         config["tensorboard"] = switch
-    result = snakemake(tmp_path, config, "-n", "-p")
-    assert result.returncode == 0, result.stderr + result.stdout
-    text = result.stdout + result.stderr
+    dry = snakemake(tmp_path, config, "-n", "-p")
+    assert dry.returncode == 0, dry.stderr + dry.stdout
+    text = dry.stdout + dry.stderr
     commands = [
         line for line in text.splitlines() if "python -m repel train-base" in line or "python -m repel continue" in line
     ]
-    # the base, and one pack for the width family's two points with their control
+    # the base, and one pack for the width family's two points with their control; how they run
+    # (TensorBoard among it) comes from the workflow's REPEL_RUN_OPTIONS, not from their params
     assert len(commands) == 1 + 1 and "python -m repel continue-pack" in commands[1]
-    on = switch is not False  # default: on
-    assert all(("--tensorboard results/tensorboard " in c) == on for c in commands), commands
+    assert all("$REPEL_RUN_OPTIONS" in c and "--tensorboard" not in c for c in commands), commands
     assert "tensorboard" not in " ".join(re.findall(r"^\s+output: (.*)$", text, re.M))  # never an output
+    # run the base training alone: its events are there exactly when the switch is on (default: on)
+    result = snakemake(tmp_path, config, "--cores", "1", "results/base/digits/cnn/seed0/checkpoint.pt")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "results/tensorboard/digits/cnn/base/seed0").is_dir() == (switch is not False)

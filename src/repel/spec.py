@@ -139,15 +139,8 @@ def check_value(name: str, value, where: str) -> None:
         return
     path = f"{where}.{name}" if where else name
     # YAML's 2.0 is a float; an integer key takes only integers (2.0 would name another run)
-    ok = (
-        isinstance(value, bool)
-        if base is bool
-        else (
-            isinstance(value, base) and not isinstance(value, bool)
-            if base is not float
-            else isinstance(value, (int, float)) and not isinstance(value, bool)
-        )
-    )
+    accepted = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}[base]
+    ok = isinstance(value, accepted) and (base is bool or not isinstance(value, bool))  # True is an int too
     if not ok:
         raise ValueError(f"{path} is {value!r}: expected {'an integer' if base is int else f'a {base.__name__}'}")
     if meta["choices"] and value not in meta["choices"]:

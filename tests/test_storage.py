@@ -281,7 +281,7 @@ def test_a_write_that_fails_leaves_no_temporary_file_and_says_why(tmp_path, monk
         Path(path).write_bytes(b"part of a file")
         raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 80512 vs 80408")
 
-    monkeypatch.setattr(storage.torch, "save", full_disk)
+    monkeypatch.setattr(torch, "save", full_disk)  # storage imports torch where it saves
     with pytest.raises(
         OSError,
         match=r"could not write .*final\.pt: the write stopped short, as it does on a full "

@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from . import plots, storage  # plots sets the Agg backend
-from .penalty import DistancePenalty, _scale, kernel_and_slope
-from .train import TrainConfig
+from .kernels import kernel_and_slope
+from .kernels import scale as _scale
+
+if TYPE_CHECKING:  # the 2-D demonstration trains, with torch; the kernels figure needs none
+    import torch
+
+    from .penalty import DistancePenalty
 
 plt = plots.plt
 
@@ -43,9 +48,9 @@ SETTING = ["kernel", "width", "gamma", "distance", "strength", "n_params"]  # wh
 def penalty_and_push(kernel: str, scale: float, strength: float, r: np.ndarray, n: float = 1.0):
     """s·k(d) and ‖∇_θ s·k(d)‖ = s·|dk/dd|·2r/n at distances r = ‖θ − θ_c‖, d = r²/n
     (n = 1 for a summed distance, the number of trainable parameters for a mean one)."""
-    r = torch.as_tensor(r, dtype=torch.float64)
-    k, slope = kernel_and_slope(kernel, scale, r.square() / n)
-    return (strength * k).numpy(), (strength * slope.abs() * 2 * r / n).numpy()
+    r = np.asarray(r, dtype=np.float64)
+    k, slope = kernel_and_slope(kernel, scale, r**2 / n)
+    return strength * k, strength * np.abs(slope) * 2 * r / n
 
 
 def kernel_settings(df: pd.DataFrame) -> pd.DataFrame:
@@ -270,6 +275,10 @@ def loss_2d(x, y):
 def descend(start, steps: int, seed: int, penalty: DistancePenalty | None = None, noise: float = NOISE) -> torch.Tensor:
     """SGD as the training jobs build it (TrainConfig's lr, momentum and weight decay) on the 2-D loss,
     with the penalty's add_grad_ after the loss's backward as in train.fit; the path, (steps + 1, 2)."""
+    import torch
+
+    from .train import TrainConfig
+
     cfg = TrainConfig(epochs=0)
     theta = torch.tensor(start, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.SGD([theta], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -289,6 +298,8 @@ def descend(start, steps: int, seed: int, penalty: DistancePenalty | None = None
 def hill_paths(strengths=HILL_STRENGTHS, width: float = HILL_WIDTH, steps: int = STEPS, seed: int = 0) -> dict:
     """Settle from START (seed `seed`), then continue from that point without a penalty (s = 0) and
     with an rbf hill on it for each strength, all with the same noise (seed + 1): strength -> path."""
+    from .penalty import DistancePenalty
+
     settle = descend(START, steps, seed)
     center = settle[-1]
     paths = {}
@@ -360,6 +371,8 @@ def hill_figure(result: dict | None = None):
     cut.set_title(f"the hill removes the minimum where s/σ² > ∂²L/∂θ₁² = {curv:.2f} there", fontsize=9)
     cut.legend(fontsize=7.5, loc="upper center")
     cut.grid(alpha=0.3)
+    from .train import TrainConfig
+
     cfg = TrainConfig(epochs=0)
     fig.suptitle(
         f"The ball analogy: a hill on the point where SGD settled (the project's SGD: lr {cfg.lr:g}, momentum "

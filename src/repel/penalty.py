@@ -6,54 +6,15 @@ enters autograd: after the cross-entropy backward, `add_grad_` adds it to `.grad
 foreach operations and no host-device synchronisation. Like torch.optim.swa_utils, this object
 never owns the training loop; the loop calls it once per step.
 
-Kernels, with a = the config's scale (`width` sigma or `gamma`):
-
-| kernel    | width sigma            | gamma              |
-|-----------|------------------------|--------------------|
-| rbf       | exp(-d / (2 sigma^2))  | exp(-gamma d)      |
-| laplacian | exp(-sqrt(d) / sigma)  | exp(-gamma sqrt d) |
-| imq       | (1 + d / sigma^2)^-1/2 | (1 + gamma d)^-1/2 |
-| hinge     | max(0, 1 - sqrt(d)/sigma) | max(0, 1 - gamma sqrt d) |
-| none      | 0 (control)            | 0                  |
+The kernels' formulas are in repel.kernels.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .kernels import kernel_and_slope, scale
 from .spec import DISTANCES, KERNELS
-
-
-def _scale(kernel: str, width: float | None, gamma: float | None) -> float:
-    """The number that multiplies d (rbf, imq) or sqrt(d) (laplacian, hinge)."""
-    if gamma is not None:
-        return float(gamma)
-    if kernel == "rbf":
-        return 1.0 / (2.0 * width**2)
-    if kernel == "imq":
-        return 1.0 / width**2
-    return 1.0 / width  # laplacian, hinge act on sqrt(d)
-
-
-def kernel_and_slope(kernel: str, scale: float, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """k(d) and dk/dd, elementwise over a tensor of (non-negative) squared distances."""
-    if kernel == "rbf":
-        k = torch.exp(-scale * d)
-        return k, -scale * k
-    if kernel == "imq":
-        base = 1.0 + scale * d
-        return base.rsqrt(), -0.5 * scale * base.pow(-1.5)
-    r = d.sqrt()
-    safe_r = torch.where(r > 0, r, torch.ones_like(r))  # d sqrt(d)/dd is infinite at 0: no force there
-    if kernel == "laplacian":
-        k = torch.exp(-scale * r)
-        return k, torch.where(r > 0, -scale * k / (2 * safe_r), torch.zeros_like(r))
-    if kernel == "hinge":
-        k = torch.clamp(1.0 - scale * r, min=0.0)
-        return k, torch.where((r > 0) & (k > 0), -scale / (2 * safe_r), torch.zeros_like(r))
-    if kernel == "none":
-        return torch.zeros_like(d), torch.zeros_like(d)
-    raise ValueError(f"unknown kernel '{kernel}'; expected one of {', '.join(KERNELS)}")
 
 
 def _like(t: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
@@ -93,7 +54,7 @@ class DistancePenalty:
                 raise ValueError(f"{key} must be > 0, got {value}")
         self.strength = float(strength)
         self.kernel = kernel
-        self.scale = _scale(kernel, width, gamma) if kernel != "none" else 0.0
+        self.scale = scale(kernel, width, gamma) if kernel != "none" else 0.0
         self.distance = distance
         self.merged = merged
         self.every = every
@@ -162,7 +123,7 @@ class DistancePenalty:
             diffs = torch._foreach_sub(detached, center)
             d_raw = torch.stack(torch._foreach_norm(diffs)).square().sum()
             d, n = self._scaled(d_raw, params)
-            k, slope = kernel_and_slope(self.kernel, self.scale, d)
+            k, slope = kernel_and_slope(self.kernel, self.scale, d, torch)
             coef = slope * (2.0 * self.strength / n)  # this term's gradient is coef * (theta - theta_c)
             penalty = self.strength * k if penalty is None else penalty + self.strength * k
             torch._foreach_mul_(diffs, coef)
@@ -220,7 +181,7 @@ class StackedPenalties:
     def _kernel_and_slope(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k, slope = torch.zeros_like(d), torch.zeros_like(d)
         for kernel, members in self.kernels.items():
-            k_kernel, slope_kernel = kernel_and_slope(kernel, self.scale, d)
+            k_kernel, slope_kernel = kernel_and_slope(kernel, self.scale, d, torch)
             k, slope = torch.where(members, k_kernel, k), torch.where(members, slope_kernel, slope)
         return k, slope
 

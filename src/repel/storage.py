@@ -13,9 +13,8 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
-if TYPE_CHECKING:  # pandas is imported where a table is read or written: a job that needs none never loads it
+if TYPE_CHECKING:  # torch and pandas are imported where a file of theirs is read or written: a stage that
+    # only reads tables never loads torch (seconds of start-up), one that needs no table never loads pandas
     import pandas as pd
 
 # what each kind of input file is, and the command (Snakemake rule) that makes it
@@ -104,12 +103,16 @@ def _os_cause(err: BaseException | None) -> str:
 
 
 def save_torch(obj, path) -> None:
+    import torch
+
     _write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_torch(path, kind: str | None = None) -> dict:
     """Load a file written by save_torch; weights_only: nothing in it can run code.
     `kind` (a key of KINDS) names the file in the error when it is missing or cannot be used."""
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

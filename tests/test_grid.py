@@ -221,9 +221,32 @@ def test_runs_of_one_seed_that_share_their_training_are_packed_by_hand():
         "s10-rbf-w1-every15_lr0.01-sgdr15x1-e30",
     ]
     assert not any("swa" in name for name in packs) and len(packs) == 3 + 2
-    # at most 2 a pack: 5 runs -> 3 packs of 2, 2 and 1, and the one is no pack
-    small = grid.packs(runs, 2)
-    assert small["lr0.01-const-e30_seed0_2of3"]["runs"] == const[1:3]
-    assert small["lr0.01-const-e30_seed0_3of3"]["runs"] == const[3:5]
-    assert "lr0.01-const-e30_seed0_1of3" not in small  # const[0] alone
+    # at most 2 a pack: the 5 runs split by their hashes into parts of at most 2, each part of two a pack
+    small = [pack["runs"] for name, pack in grid.packs(runs, 2).items() if name.startswith("lr0.01-const-e30_seed0")]
+    assert all(len(part) == 2 for part in small) and 2 <= len(small) <= 2
+    assert len({rid for part in small for rid in part}) == 4 and {rid for part in small for rid in part} < set(const)
     assert grid.packs(runs, grid.pack_size("off")) == {} and grid.pack_size("auto") == grid.AUTO_PACK
+
+
+def _packs_of_widths(widths: list[float], max_members: int) -> set[frozenset]:
+    """The jobs of one training group, a run for each width, seed 0: its packs and its runs alone."""
+    specs = [grid.resolve(DEFAULTS, {"width": w, "strength": 10}, "test") for w in widths]
+    runs = {spec.id: {"spec": spec, "seeds": [0], "member_seeds": []} for spec in specs}
+    packs = {frozenset(pack["runs"]) for pack in grid.packs(runs, max_members).values()}
+    return packs | {frozenset([rid]) for rid in runs if not any(rid in pack for pack in packs)}
+
+
+@pytest.mark.parametrize("max_members", [2, 3, 8])
+def test_adding_a_point_changes_only_the_pack_it_joins(max_members):
+    """For groups of 1..24 runs and one run added to each: at most one job of the group (a pack or a run
+    alone) is gone, and every new one lies within it and the new run (the property, without the hash)."""
+    widths = [round(0.1 * k, 1) for k in range(1, 26)]
+    for n in range(1, 25):
+        before, after = _packs_of_widths(widths[:n], max_members), _packs_of_widths(widths[: n + 1], max_members)
+        new_id = grid.resolve(DEFAULTS, {"width": widths[n], "strength": 10}, "test").id
+        gone, came = before - after, after - before
+        assert len(gone) <= 1, (n, gone)
+        assert all(pack <= set().union(*gone) | {new_id} for pack in came), (n, came, gone)
+        assert all(len(pack) <= max_members for pack in after)
+    # and the packs do batch: 24 runs, at most 8 a pack, in at most 6 jobs
+    assert len(_packs_of_widths(widths[:24], 8)) <= 6

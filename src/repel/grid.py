@@ -10,6 +10,7 @@ Points that two families share (the default s and sigma, say) are one run.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 
 from .spec import Run
@@ -194,9 +195,12 @@ def packs(runs: dict[str, dict], max_members: int) -> dict[str, dict]:
 
     Runs that train the same seed with the same training part (lr, schedule, epochs, ...) start from
     one checkpoint with one data order and differ only in the penalty: they can train together
-    (repel.pack). Each such group is cut, in run-id order, into the fewest packs of at most
-    `max_members`, as even as possible. Only packs of two or more are made; SWA's runs train alone
-    (their running average is not batched).
+    (repel.pack). Each such group is split by a stable hash of each run's id, so that a new point
+    never moves the others: the group is one pack if it has at most `max_members` runs, else it
+    splits in two by the next bit of the hash, and so on (`hash_split`). Adding a run changes only
+    the pack it falls into (which splits in two if it now holds too many); removing one changes only
+    its pack, and its sibling if the two then fit in one. Only packs of two or more are made; SWA's
+    runs train alone (their running average is not batched).
     """
     groups: dict[tuple[str, int], list[str]] = {}
     for rid in sorted(runs):
@@ -207,12 +211,28 @@ def packs(runs: dict[str, dict], max_members: int) -> dict[str, dict]:
             groups.setdefault((spec.training_part(), seed), []).append(rid)
     out = {}
     for (training, seed), members in groups.items():
-        n = -(-len(members) // max_members)  # the fewest packs
-        for k in range(n):
-            part = members[k * len(members) // n : (k + 1) * len(members) // n]
+        for prefix, part in hash_split(members, max_members).items():
             if len(part) > 1:
-                out[f"{training}_seed{seed}" + (f"_{k + 1}of{n}" if n > 1 else "")] = {"runs": part, "seed": seed}
+                out[f"{training}_seed{seed}" + (f"_h{prefix}" if prefix else "")] = {"runs": part, "seed": seed}
     return out
+
+
+def hash_split(rids: list[str], max_members: int, prefix: str = "") -> dict[str, list[str]]:
+    """Split run ids into parts of at most `max_members`: bit string -> the ids whose hash starts with
+    it, halving by the hash's next bit only where a part is too large. Which part a run is in depends
+    only on its own id and on the ids that share its part, never on the rest of the group."""
+    if len(rids) <= max_members or len(prefix) == HASH_BITS:
+        return {prefix: sorted(rids)} if rids else {}
+    halves = {bit: [r for r in rids if _hash_bits(r)[len(prefix)] == bit] for bit in "01"}
+    return {key: part for bit in "01" for key, part in hash_split(halves[bit], max_members, prefix + bit).items()}
+
+
+HASH_BITS = 256  # sha256: two run ids share every bit only if they are equal
+
+
+def _hash_bits(rid: str) -> str:
+    """The run id's sha256 as a string of bits: the same on every machine and Python (unlike hash())."""
+    return format(int.from_bytes(hashlib.sha256(rid.encode()).digest(), "big"), f"0{HASH_BITS}b")
 
 
 def training_seeds(run: dict) -> list[int]:

@@ -113,19 +113,20 @@ def write_lines(
     ckpt: dict,
     lines,
     load,
-    device: torch.device,
+    model: torch.nn.Module,
+    splits: dict[str, DeviceData],
     steps: int | None = None,
     bn_batches: int | None = None,
     log=print,
 ) -> None:
     """Write each line's table. `lines` are (columns, out, [weights files]): the path through the
     files in order, its table's identifying columns (run, or method and ensemble) and where it goes;
-    `load(path)` gives a file's state; `ckpt` (a base checkpoint) the network and its seed."""
-    from . import models, storage
+    `load(path)` gives a file's state; `ckpt` (a base checkpoint) the seed; `model` the network
+    and `splits` the data on its device (train and val), made once by the job."""
+    from . import storage
 
     steps, bn_batches = steps or STEPS, bn_batches or BN_BATCHES
-    model = models.from_arch(ckpt["arch"]).to(device)
-    train, val = (DeviceData(prepared, split, device) for split in ("train", "val"))
+    train, val = splits["train"], splits["val"]
     bn_recomputed = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     for columns, out, ends in lines:
         states = [load(path) for path in ends]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from . import models
 from .averaging import average_of
 from .data import DeviceData
 from .ensemble import flat_weights
@@ -24,24 +23,23 @@ def log_softmax_outputs(model, data: DeviceData, batch_size: int = EVAL_BATCH) -
 
 
 def member_predictions(
-    arch: dict,
+    model: torch.nn.Module,
     checkpoint_states: list[dict],
     member_states: list[dict],
-    prepared: dict,
-    device: torch.device,
+    splits: dict[str, DeviceData],
     split: str = "test",
     swa_states: list[dict] = (),
 ) -> dict:
     """Log-softmax outputs and flat weights of every member, and the flat weights of the checkpoint
     each member started from (members of independent seeds start from different ones); the
     log-softmax outputs of the members' weight average (BatchNorm recomputed on the training split),
-    and of each given SWA model."""
+    and of each given SWA model. `model` is the members' network, `splits` the data on its device
+    (the training split and `split`); the job makes both once, for the landscape too."""
     if len(checkpoint_states) != len(member_states):
         raise ValueError(
             f"one checkpoint per member: {len(member_states)} members, {len(checkpoint_states)} checkpoints"
         )
-    model = models.from_arch(arch).to(device)
-    data = DeviceData(prepared, split, device)
+    data = splits[split]
     log_probs, weights, theta_c = [], [], []
     for checkpoint, state in zip(checkpoint_states, member_states):
         model.load_state_dict(checkpoint)
@@ -49,8 +47,7 @@ def member_predictions(
         model.load_state_dict(state)
         log_probs.append(log_softmax_outputs(model, data).cpu())
         weights.append(flat_weights(model).cpu())
-    train = DeviceData(prepared, "train", device)
-    average = average_of(model, member_states, train)
+    average = average_of(model, member_states, splits["train"])
     swa = []
     for state in swa_states:  # saved by its training job with its statistics recomputed
         model.load_state_dict(state)

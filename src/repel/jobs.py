@@ -209,9 +209,11 @@ def continue_runs(args, members: list[Member]) -> None:
     else:
         from .pack import fit_pack
 
-        # conv nets on a CPU one after another: batching their convolutions gained nothing there
-        # (benchmarks/pack_speed.py), and this way each run equals its job alone exactly
         conv_on_cpu = device.type == "cpu" and any(p.dim() == 4 for p in nets[0].parameters())
+        sequential = (
+            "a conv net on a CPU: batching its convolutions gained nothing there (benchmarks/pack_speed.py), "
+            "and one after another each run equals its job alone exactly"
+        )
         rows = fit_pack(
             nets,
             prepared,
@@ -222,7 +224,7 @@ def continue_runs(args, members: list[Member]) -> None:
             log=job_log,
             on_epoch_end=lambda i, done, model: savers[i](done, model),
             on_row=lambda i, row: events[i].row(row) if events[i] else None,
-            batched=False if conv_on_cpu else None,
+            batched=sequential if conv_on_cpu else None,
             names=[m.spec.id for m in members],
             **common,
         )
@@ -256,8 +258,11 @@ def predict(args) -> None:
     arch = ckpts[args.checkpoints[0]]["arch"]
     members = [checkpoint.load_weights(path, arch, "member") for path in args.members]
     swa = [checkpoint.load_weights(path, arch, "SWA model") for path in args.swa or []]
+    # the network and the data on the device once, for the predictions and the member landscape
+    model = models.from_arch(arch).to(device)
+    splits = {split: data_mod.DeviceData(prepared, split, device) for split in ("train", "val", "test")}
     out = member_predictions(
-        arch, [ckpts[path]["model"] for path in args.checkpoints], members, prepared, device, swa_states=swa
+        model, [ckpts[path]["model"] for path in args.checkpoints], members, splits, swa_states=swa
     )
     out.update(
         dataset=prepared["name"],
@@ -278,7 +283,15 @@ def predict(args) -> None:
         states = dict(zip(args.members, members))
         lines = [({"method": args.method, "ensemble": args.ensemble}, args.member_landscape, list(args.members))]
         landscape.write_lines(
-            prepared, ckpts[args.checkpoints[0]], lines, states.__getitem__, device, args.steps, args.bn_batches, log
+            prepared,
+            ckpts[args.checkpoints[0]],
+            lines,
+            states.__getitem__,
+            model,
+            splits,
+            args.steps,
+            args.bn_batches,
+            log,
         )
 
 
@@ -302,4 +315,6 @@ def landscape(args) -> None:
     def load(path):
         return ckpt["model"] if path == args.checkpoint else checkpoint.load_weights(path, ckpt["arch"])
 
-    lines_of.write_lines(prepared, ckpt, lines, load, device, args.steps, args.bn_batches, log)
+    model = models.from_arch(ckpt["arch"]).to(device)
+    splits = {split: data_mod.DeviceData(prepared, split, device) for split in ("train", "val")}
+    lines_of.write_lines(prepared, ckpt, lines, load, model, splits, args.steps, args.bn_batches, log)

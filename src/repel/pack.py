@@ -267,7 +267,7 @@ def fit_pack(
     resume: ResumeState | None = None,
     on_epoch_end=None,
     on_row=None,
-    batched: bool | None = None,
+    batched: bool | str | None = None,
     names: list[str] | None = None,
 ) -> list[list[dict]]:
     """Train k members together for `cfg.epochs` epochs; return each member's per-epoch metrics rows.
@@ -280,8 +280,8 @@ def fit_pack(
     `on_epoch_end(i, epochs_done, model_i)` and `on_row(i, row)` are fit's callbacks with the
     member's index. With `resume`, the whole pack saves and resumes as one state.
 
-    `batched`: None decides by `batching_problem`; False trains the members one after another
-    with train.fit (the fallback); True insists on the batched path. The path taken is logged,
+    `batched`: None decides by `batching_problem`; False, or the reason as a string, trains the
+    members one after another with train.fit (the fallback); True insists on the batched path. The path taken is logged,
     each member's lines under its name in `names` (default "member i").
     """
     k = len(models)
@@ -296,7 +296,7 @@ def fit_pack(
     if batched is None:
         problem = batching_problem(models, DeviceData(prepared, "train", device), speed)
     else:
-        problem = None if batched else "asked to train the members one after another"
+        problem = None if batched is True else batched or "asked to train the members one after another"
     if problem is None:
         log(f"pack of {k}: batched, one vmap'd forward and backward for all members")
         if speed.compile_mode:  # vmap'd functional calls under torch.compile are not measured yet

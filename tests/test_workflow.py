@@ -7,6 +7,7 @@ changes of it; expected job counts are counted by hand from the config, not by t
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -105,6 +106,88 @@ def test_metrics_table_has_the_schema_and_one_row_per_run_and_epoch(finished):
     assert runs.loc[runs["strength"] > 0, "penalty"].gt(0).all()
 
 
+# The stages that train nothing, as the workflow runs them ("ensembles" reads torch-saved
+# predictions and still loads torch: see issue 23's note); "plot-method --hill" trains a 2-D toy.
+TABLE_AND_FIGURE_STAGES = ["aggregate", "aggregate-landscape", "claims", "plot", "plot-method"]
+
+
+def test_a_stage_that_trains_nothing_never_imports_torch(finished, tmp_path):
+    from repel import grid
+
+    res, out = finished / "results", tmp_path
+    families = json.dumps(grid.families(TINY["continuation"]))
+    width = json.dumps(grid.families(TINY["continuation"])["width"])
+    stages = [
+        ["aggregate", "--runs", *map(str, res.glob("*/*/*/**/metrics.parquet")), "--out-dir", str(out)],
+        [
+            "aggregate-landscape",
+            "--landscapes",
+            *map(str, res.glob("continue/**/landscape.parquet")),
+            "--out",
+            str(out / "landscape.parquet"),
+        ],
+        [
+            "claims",
+            "--metrics",
+            str(res / "aggregate/metrics.parquet"),
+            "--families",
+            families,
+            "--ensembles",
+            str(res / "aggregate/ensembles.parquet"),
+            "--pairs",
+            str(res / "aggregate/ensemble_pairs.parquet"),
+            "--landscape",
+            str(res / "aggregate/landscape.parquet"),
+            "--out-dir",
+            str(out),
+        ],
+        [
+            "plot",
+            "--metrics",
+            str(res / "aggregate/metrics.parquet"),
+            "--family",
+            "width",
+            "--spec",
+            width,
+            "--landscape",
+            str(res / "aggregate/landscape.parquet"),
+            "--summary",
+            str(res / "aggregate/summary.parquet"),
+            "--families",
+            families,
+            "--ensembles",
+            str(res / "aggregate/ensembles.parquet"),
+            "--pairs",
+            str(res / "aggregate/ensemble_pairs.parquet"),
+            "--claims",
+            str(out / "claims.parquet"),
+            "--out-dir",
+            str(out),
+            "--formats",
+            "png",
+        ],
+        ["plot-method", "--metrics", str(res / "aggregate/metrics.parquet"), "--out-dir", str(out), "--formats", "png"],
+    ]
+    assert [argv[0] for argv in stages] == TABLE_AND_FIGURE_STAGES
+    # every stage in one process, in the workflow's order, as each job would run it: after each,
+    # is torch among the loaded modules?
+    script = (
+        "import json, sys\nfrom repel.cli import main\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    assert main(argv) == 0, argv\n"
+        "    print(argv[0], 'torch' in sys.modules, flush=True)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(stages)], capture_output=True, text=True, cwd=tmp_path, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = dict(
+        line.rsplit(" ", 1) for line in result.stdout.splitlines() if line.split(" ")[0] in TABLE_AND_FIGURE_STAGES
+    )
+    assert loaded == dict.fromkeys(TABLE_AND_FIGURE_STAGES, "False")
+    assert {"width.png", "landscape.png", "claims.png", "kernels.png"} <= {p.name for p in out.glob("*.png")}
+
+
 def test_each_run_directory_records_what_made_it(finished):
     from repel import spec
 
@@ -200,10 +283,9 @@ def test_every_job_wrote_its_log(finished):
     # evaluate_ensembles, 2 families, plot_landscape, plot_ensembles, claims, plot_claims, plot_kernels,
     # plot_hill_2d
     assert len(logs) == 1 + 2 + 6 + 2 + 6 + 1 + 1 + 1 + 2 + 1 + 1 + 1 + 1 + 1 + 1
-    assert (
-        f"{RUNS[1]}: epoch    4/4"
-        in (finished / "results/logs/continue_pack/digits/cnn/lr0.01-const-e2_seed0.log").read_text()
-    )
+    pack = (finished / "results/logs/continue_pack/digits/cnn/lr0.01-const-e2_seed0.log").read_text()
+    assert f"{RUNS[1]}: epoch    4/4" in pack
+    assert "one member after another with train.fit (a conv net on a CPU: batching" in pack  # nobody asked
     predict = (finished / "results/logs/predict/digits/cnn/fge/seed0.log").read_text()
     assert "loss barrier from" in predict and "member_landscape.parquet" in predict
 
@@ -238,6 +320,33 @@ def test_without_packs_a_new_grid_point_runs_only_itself_and_what_follows(tmp_pa
         "plot_kernels": 1,
         "all": 1,
     }
+
+
+def _trained_together(results: Path) -> list[set[str]]:
+    """The runs each training job of a finished run trained, from the jobs' logs (a line per member
+    and epoch in a pack's; a run alone is its job)."""
+    packs = [
+        set(re.findall(r"^(\S+): epoch", log.read_text(), re.M)) for log in results.glob("logs/continue_pack/**/*.log")
+    ]
+    return packs + [{log.parent.name} for log in results.glob("logs/continue_run/*/*/*/seed*.log")]
+
+
+def test_with_packs_a_new_grid_point_retrains_only_the_pack_it_falls_into(tmp_path):
+    config = copy.deepcopy(workflow_run.TINY)  # the width family alone: 6 runs, packs of at most 2
+    config.update(pack=2, landscape=False)
+    widths = config["continuation"]["families"]["width"]["sweep"]["width"] = [1.0, 0.5, 0.25, 2.0, 4.0]
+    assert snakemake(tmp_path, config, "--cores", "2").returncode == 0
+    jobs = _trained_together(tmp_path / "results")
+    assert (
+        sorted(map(len, jobs)) in ([1, 1, 2, 2], [2, 2, 2], [1, 1, 1, 1, 2], [1] * 6) and len(set().union(*jobs)) == 6
+    )
+    for added in (0.125, 3.0, 8.0):
+        config["continuation"]["families"]["width"]["sweep"]["width"] = [*widths, added]
+        new = f"s10-rbf-w{added:g}_lr0.01-const-e2"
+        outputs = planned_outputs(snakemake(tmp_path, config, "-n"))
+        trained = {Path(out).parent.parent.name for out in outputs if out.endswith("/final.pt")}
+        # the new run, and the runs of at most one of the jobs that trained before
+        assert new in trained and (trained == {new} or trained - {new} in jobs), (added, trained, jobs)
 
 
 def test_changing_the_base_training_reruns_everything_downstream(finished):

@@ -1,22 +1,32 @@
 #!/usr/bin/env bash
-# The embedded default run's cost with and without packs, side by side on this machine:
+# The embedded default run from nothing at an older commit and at HEAD, one after the other on this
+# machine, and the ratio of their walls (the figure to quote: absolute seconds depend on the machine
+# and on what else runs on it):
 #
-#     bash benchmarks/workflow_time.sh               # pack: off, then auto; each in a fresh directory
-#     bash benchmarks/workflow_time.sh --cores 4     # further arguments go to snakemake
+#     bash benchmarks/workflow_time.sh 7c9a3d6               # OLD = 7c9a3d6, then HEAD; --cores 2
+#     bash benchmarks/workflow_time.sh 7c9a3d6 --cores 4     # further arguments go to snakemake
+#     CONFIG=config/reduced.yaml bash benchmarks/workflow_time.sh 7c9a3d6
 #
-# Each run starts from nothing (its own temporary directory: data, base trainings, all) and prints
-# its wall, user and system seconds and its job count; the ratio of the two walls is the figure to
-# read (absolute seconds depend on the machine and on what else runs on it).
+# Each commit's tree is exported to a temporary directory and runs its own Snakefile, config and
+# package (PYTHONPATH) in a fresh work directory (data, base trainings, all). After each run, its
+# job-seconds per rule and how many of them were training epochs (benchmarks/job_seconds.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+old=${1:?usage: bash benchmarks/workflow_time.sh OLD_COMMIT [snakemake arguments]}
+shift
 args=("$@")
 [ ${#args[@]} -gt 0 ] || args=(--cores 2)
-for pack in off auto; do
-    dir=$(mktemp -d)
+config=${CONFIG:-config/config.yaml}
+walls=()
+for commit in "$old" HEAD; do
+    tree=$(mktemp -d) dir=$(mktemp -d)
+    git archive "$commit" | tar -x -C "$tree"
     start=$(date +%s.%N)
-    /usr/bin/time -f "pack $pack: %e s wall, %U s user, %S s system" \
-        snakemake -s Snakefile -d "$dir" --configfile config/config.yaml --config "pack=$pack" -q "${args[@]}" \
+    PYTHONPATH="$tree/src" snakemake -s "$tree/Snakefile" -d "$dir" --configfile "$tree/$config" -q "${args[@]}" \
         > "$dir/snakemake.out" 2>&1 || { tail -20 "$dir/snakemake.out"; exit 1; }
-    tail -1 "$dir/snakemake.out"
-    echo "pack $pack: $(find "$dir/results/logs" -name '*.log' | wc -l) jobs besides 'all' ($dir)"
+    wall=$(python -c "print(round($(date +%s.%N) - $start, 1))")
+    walls+=("$wall")
+    echo "== $commit ($(git rev-parse --short "$commit")): $wall s wall ($dir)"
+    python benchmarks/job_seconds.py "$dir" | tail -1
 done
+echo "HEAD / $old: $(python -c "print(round(${walls[1]} / ${walls[0]}, 3))") (wall, one after the other on this machine: $(grep -m1 "model name" /proc/cpuinfo 2>/dev/null | cut -d: -f2 | xargs), $(nproc) cores)"

@@ -4,6 +4,7 @@
 # and on what else runs on it):
 #
 #     bash benchmarks/workflow_time.sh 7c9a3d6               # OLD = 7c9a3d6, then HEAD; --cores 2
+#     NEW=abc1234 bash benchmarks/workflow_time.sh 7c9a3d6   # another commit in place of HEAD
 #     bash benchmarks/workflow_time.sh 7c9a3d6 --cores 4     # further arguments go to snakemake
 #     CONFIG=config/reduced.yaml bash benchmarks/workflow_time.sh 7c9a3d6
 #
@@ -18,7 +19,8 @@ args=("$@")
 [ ${#args[@]} -gt 0 ] || args=(--cores 2)
 config=${CONFIG:-config/config.yaml}
 walls=()
-for commit in "$old" HEAD; do
+new=${NEW:-HEAD}
+for commit in "$old" "$new"; do
     tree=$(mktemp -d) dir=$(mktemp -d)
     git archive "$commit" | tar -x -C "$tree"
     start=$(date +%s.%N)
@@ -29,4 +31,4 @@ for commit in "$old" HEAD; do
     echo "== $commit ($(git rev-parse --short "$commit")): $wall s wall ($dir)"
     python benchmarks/job_seconds.py "$dir" | tail -1
 done
-echo "HEAD / $old: $(python -c "print(round(${walls[1]} / ${walls[0]}, 3))") (wall, one after the other on this machine: $(grep -m1 "model name" /proc/cpuinfo 2>/dev/null | cut -d: -f2 | xargs), $(nproc) cores)"
+echo "$new / $old: $(python -c "print(round(${walls[1]} / ${walls[0]}, 3))") (wall, one after the other on this machine: $(grep -m1 "model name" /proc/cpuinfo 2>/dev/null | cut -d: -f2 | xargs), $(nproc) cores)"

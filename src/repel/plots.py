@@ -52,9 +52,14 @@ PANELS = {  # metrics column -> y-axis label
     "grad_ratio": "‖∇penalty‖ / ‖∇CE‖",
     "lr": "learning rate",
     "weight_norm": "‖θ‖₂",
+    "step_cos": "cos(step, previous step)",
+    "radial_cos": "cos(step, θ − θ_c)  (1: away, −1: back)",
+    "func_disagree": "val. labels differing from θ_c's",
+    "func_kl": "KL(p_c ‖ p_θ) on validation",
 }
-START_AT_ZERO = {"dist", "dist_min", "dist_rel", "penalty"}  # their value at the checkpoint itself
-NOT_IN_BASE = START_AT_ZERO | {"grad_ratio"}  # no meaning before the checkpoint
+# their value at the checkpoint itself
+START_AT_ZERO = {"dist", "dist_min", "dist_rel", "penalty", "func_disagree", "func_kl"}
+NOT_IN_BASE = START_AT_ZERO | {"grad_ratio", "step_cos", "radial_cos"}  # no meaning before the checkpoint
 LOG_PANELS = {"grad_ratio"}  # ratios that span orders of magnitude
 ZOOM_BELOW = 0.25  # an inset zooms on the continuation where its y-range is under this share of the panel's
 BARRIER_SHOWN = 1e-3  # smaller landscape barriers are noise: the line stays in the basin

@@ -305,6 +305,7 @@ def test_kernels_strengths_repeated_checkpoints_and_merge_in_one_pack(setups):
         {"strength": 10.0, "kernel": "imq", "gamma": 0.5},
         {**RBF, "strength": 10.0, "every": 1},
         {**RBF, "strength": 10.0, "every": 1, "merged": True},
+        {**RBF, "strength": 10.0, "release_after": 1},
     ]
     cfg = _cfg(setup, epochs=3, schedule="step", step_size=1, step_gamma=0.5)
     pack = _pack(setup, specs, cfg)
@@ -315,6 +316,8 @@ def test_kernels_strengths_repeated_checkpoints_and_merge_in_one_pack(setups):
     assert [len(r["dist_checkpoints"]) for r in pack_rows[5]] == [1, 2, 3]
     assert len(penalties[5].checkpoints) == len(penalties[6].checkpoints) == 4
     assert len(penalties[6].centers) == 1 and pack_rows[6][-1]["dist_min"] != pack_rows[5][-1]["dist_min"]
+    # the released member's penalty acted in its first epoch only
+    assert pack_rows[7][0]["penalty"] > 0 and [r["penalty"] for r in pack_rows[7][1:]] == [0.0, 0.0]
     # the members differ from one another: each penalty acted on its own member
     assert len({round(rows[-1]["dist"], 6) for rows in pack_rows}) == len(specs)
 

@@ -355,3 +355,13 @@ def test_direction_panels_start_after_the_first_step_and_function_distance_at_ze
         drawn = np.isfinite(ys)  # matplotlib leaves a gap at NaN
         assert xs[drawn][0] == first_x and ys[drawn][0] == first_y
         assert not [line for line in ax.get_lines() if line.get_label() == "base training"]
+
+
+def test_the_release_epoch_is_marked_on_the_released_run_only():
+    table = metrics().assign(release_after=np.nan)
+    table.loc[table["run"] == PUSHED, "release_after"] = 5.0  # released after 5 of its 20 epochs
+    fig = plots.family_figure(table, "width", {**SPEC, "panels": ["dist"]})
+    ax = panel(fig, plots.PANELS["dist"])
+    (marks,) = [line for line in ax.get_lines() if line.get_marker() == "v"]
+    assert list(marks.get_xdata()) == [CHECKPOINT + 5] and list(marks.get_ydata()) == [0.5 * 5]
+    assert "released" in fig._suptitle.get_text()

@@ -142,14 +142,26 @@ def checkpoint_epochs(run: pd.Series) -> list[int]:
     return list(range(start + every, start + int(run["epochs"]), every))
 
 
-def _mark_checkpoints(ax, curves: list, column: str) -> None:
-    """A tick on each run's mean curve where it took a new checkpoint (dist_min drops after it)."""
+def release_epochs(run: pd.Series) -> list[int]:
+    """The epoch after which a run's penalty was switched off (none: never)."""
+    release = run.get("release_after")
+    return [] if pd.isna(release) else [int(run["checkpoint_epoch"]) + int(release)]
+
+
+def _mark(ax, curves: list, column: str, epochs_of, marker: str, size: int) -> None:
+    """A marker on each run's mean curve at the epochs `epochs_of(run)` names."""
     for run, color, rows in curves:
         mean = rows.groupby("epoch")[column].mean()
-        epochs = [e for e in checkpoint_epochs(run) if e in mean.index]
+        epochs = [e for e in epochs_of(run) if e in mean.index]
         if epochs:
             ax.plot(
-                epochs, mean.loc[epochs], linestyle="none", marker="|", markersize=12, markeredgewidth=1.8, color=color
+                epochs,
+                mean.loc[epochs],
+                linestyle="none",
+                marker=marker,
+                markersize=size,
+                markeredgewidth=1.8,
+                color=color,
             )
 
 
@@ -183,8 +195,9 @@ def _curves(ax, panel: pd.DataFrame, column: str, spec: dict) -> None:
         ax.axvline(base["epoch"].max(), color="0.3", linestyle=":", linewidth=1)
     curves = list(_continuations(base, runs, column, spec))
     _draw_runs(ax, curves, column, spec)
-    if column == "dist_min":
-        _mark_checkpoints(ax, curves, column)
+    if column == "dist_min":  # dist_min drops after each new checkpoint
+        _mark(ax, curves, column, checkpoint_epochs, "|", 12)
+    _mark(ax, curves, column, release_epochs, "v", 8)
     if column in LOG_PANELS and any((rows[column] > 0).any() for _, _, rows in curves):
         ax.set_yscale("log")
     if with_base:
@@ -257,6 +270,8 @@ def family_figure(df: pd.DataFrame, name: str, spec: dict):
         what = f"per epoch; grey: base training, red: control (s = 0); × marks a diverged run{how}"
         if "dist_min" in panels and (runs["checkpoint_every"] > 0).any():
             what += "; | on a dist_min curve: a new checkpoint"
+        if "release_after" in runs and runs["release_after"].notna().any():
+            what += "; ▼: the penalty released"
     fig.suptitle(f"family '{name}': {what}", fontsize=10)
     fig.subplots_adjust(hspace=0.35, wspace=0.3)
     return fig

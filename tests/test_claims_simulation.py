@@ -39,6 +39,7 @@ MARGIN = claims.DEFAULTS["margin"]
 PLATEAU = claims.DEFAULTS["plateau"]
 DIV_MARGIN = claims.DEFAULTS["diversity_margin"]
 WEAK = claims.DEFAULTS["weak_rho"]
+RETURN = claims.DEFAULTS["return_margin"]
 TEST_IMAGES, VAL_IMAGES = 540, 144  # accuracies are multiples of 1/N, as on real splits
 EXPLORATORY = {c.id for c in claims.CLAIMS if c.exploratory}
 DECIDED = [c.id for c in claims.CLAIMS if not c.exploratory]
@@ -56,6 +57,7 @@ EFFECT_ACC = 0.02
 EFFECT_SLOPE = 6 * SLOPE_SD * 1.05  # the slope's sd: random slope and run noise together
 EFFECT_GAIN, SD_GAIN = 0.01, 0.001
 SD_DIV = DIV_MARGIN / 6
+SD_RELEASE, RELEASE_AFTER = 0.02, 5  # a released run's final / at-release distance, per seed
 
 
 def _knots(t: np.ndarray, n: int, d1, a, b, c) -> np.ndarray:
@@ -282,6 +284,16 @@ class World:
                 schedule=schedule,
                 acc=e * EFFECT_ACC,
                 growth=-e * EFFECT_RATIO + self.noise(SD_RATIO),
+            )
+        # release: after RELEASE_AFTER epochs flat at ratio x its distance then; null: ratio 1 − return_margin
+        for s in (10.0, 100.0):
+            ratio = 1 - RETURN + e * 6 * SD_RELEASE + self.noise(SD_RELEASE)
+            at_release = 1 + self.seed_dist + self.noise(SD_DIST)
+            t = np.arange(1, EPOCHS + 1)
+            rise = at_release[..., None] * np.minimum(t, RELEASE_AFTER) / RELEASE_AFTER
+            dist = np.where(t <= RELEASE_AFTER, rise, (at_release * ratio)[..., None])
+            self.add(
+                f"R{s:g}", ["release"], "C", dist, np.full(self.shape, 0.9), strength=s, release_after=RELEASE_AFTER
             )
         # exploratory families: multiple hills, the epochs budget
         self.penalized("M5", ["multiple"], "C", checkpoint_every=5)

@@ -92,7 +92,13 @@ def curves(p: dict, seed: int, flip: bool) -> dict:
         train_ce = 0.1 + np.exp(-t) * scale
     # from the checkpoint's accuracy minus the drop at t = 1 towards the final accuracy
     val_acc = final + (BASE_ACC - drop - final) * np.exp(-(t - 1) / 2)
-    return {"dist": dist + jitter, "val_acc": val_acc, "train_ce": train_ce}
+    # the direction: penalized runs keep it (flipped: the control does) and the largest s points out
+    keeps = (s == 0) == flip
+    step_cos = np.full(EPOCHS, (0.8 if keeps else 0.2) + 0.01 * seed)
+    radial_cos = np.full(EPOCHS, (0.5 if flip or s < 100 else 0.95) + 0.01 * seed)
+    step_cos[0] = radial_cos[0] = math.nan  # no earlier step, no displacement yet
+    out = {"dist": dist + jitter, "val_acc": val_acc, "train_ce": train_ce}
+    return out | {"step_cos": step_cos, "radial_cos": radial_cos}
 
 
 def metrics_table(flip=False, seeds=SEEDS, dataset="digits", model="cnn", runs=RUNS, diverge=()) -> pd.DataFrame:
@@ -137,6 +143,8 @@ def metrics_table(flip=False, seeds=SEEDS, dataset="digits", model="cnn", runs=R
                         "train_ce": math.nan if diverged else c["train_ce"][k],
                         "train_loss": math.nan if diverged else c["train_ce"][k],
                         "dist": math.nan if diverged else c["dist"][k],
+                        "step_cos": c["step_cos"][k],
+                        "radial_cos": c["radial_cos"][k],
                         "diverged": diverged,
                     }
                 )

@@ -107,6 +107,9 @@ SETTINGS = {
         False,
         "a released run came back: its final distance below (1 - return_margin) x its distance at release",
     ),
+    "outward": Setting(
+        0.9, 0, 1, True, True, False, "pushed straight out: the mean radial_cos over the early epochs above this"
+    ),
 }
 DEFAULTS = {k: s.default for k, s in SETTINGS.items()}
 VERDICTS = ("holds", "does not hold", "inconclusive", "exploratory", "not run")
@@ -364,8 +367,15 @@ class Tables:
         ).to_numpy()
         out["early_min"] = early
         out["early_drop"] = np.maximum(0.0, checkpoint - early.to_numpy())
+        # the direction of travel (NaN in a run's first epoch, and in tables from before it was measured)
+        direction = runs if "step_cos" in runs else runs.assign(step_cos=math.nan, radial_cos=math.nan)
+        out["mean_step_cos"] = direction.groupby(key)["step_cos"].mean()
+        out["early_radial"] = direction[pos < s["early_epochs"]].groupby(key)["radial_cos"].mean()
         gone = out["diverged"].to_numpy()
-        out.loc[gone, ["final_dist", "final_test", "final_val", "half_ratio", "growth_ratio"]] = math.nan
+        out.loc[
+            gone,
+            ["final_dist", "final_test", "final_val", "half_ratio", "growth_ratio", "mean_step_cos", "early_radial"],
+        ] = math.nan
         return out
 
     # families and their runs, per cell
@@ -492,6 +502,18 @@ def strength_drop(t: Tables) -> pd.DataFrame:
 
 def _largest(points: pd.DataFrame, col: str) -> pd.DataFrame:
     return points.loc[points.groupby(level=CELL)[col].idxmax()]
+
+
+def direction_persists(t: Tables) -> pd.DataFrame:
+    points = t.points("baseline")
+    return _add_note(_paired_parts(t, points, "mean_step_cos", +1, "strength", _s), t.diverged_note(points.index))
+
+
+def strength_outward(t: Tables) -> pd.DataFrame:
+    largest = _largest(t.points("strength"), "strength")
+    early = t.of(largest, "early_radial").droplevel("run")
+    r = t_test(early, t.s["outward"], +1, t.s["confidence"], t.cells, _ratio_text("early radial_cos"))
+    return _add_note(r, largest["strength"].droplevel("run").map(lambda s: f"s={s:g}"))
 
 
 def strength_distance(t: Tables) -> pd.DataFrame:
@@ -1126,6 +1148,28 @@ CLAIMS = [
         ("diversity_margin", "confidence"),
         "plots/ensemble_disagreement.png",
         ensemble_diversity,
+    ),
+    Claim(
+        "direction.persists",
+        "baseline",
+        "With the penalty the run keeps its direction more than its control ('the direction should stay').",
+        "per seed: mean step_cos (penalty) − mean step_cos (its control) over the continuation; step_cos = cos of "
+        "an epoch's step with the previous epoch's step",
+        PAIRED_UP,
+        ("confidence",),
+        _family_figure("baseline"),
+        direction_persists,
+    ),
+    Claim(
+        "strength.outward",
+        "strength",
+        "At the largest s the kernel pushes straight out: early steps point away from the checkpoint.",
+        "per seed at the largest s: mean radial_cos over the first early_epochs epochs (the first has none); "
+        "radial_cos = cos of an epoch's step with θ − θ_c before it",
+        _rule("early radial_cos", "> outward", "< outward"),
+        ("outward", "early_epochs", "confidence"),
+        _family_figure("strength"),
+        strength_outward,
     ),
     Claim(
         "release.stays",

@@ -138,7 +138,7 @@ def main() -> None:
         for model_name in config["models"]:
             epoch = step_seconds(model_name, dataset, batch, device, args.steps) * steps_per_epoch
             base_hours = epoch * config["base"]["epochs"] / 3600
-            point_hours = epoch * max(r["params"]["epochs"] for r in runs.values()) / 3600
+            point_hours = epoch * max(r["spec"].training.epochs for r in runs.values()) / 3600
             all_hours = n_seeds * base_hours + epoch * run_epochs / 3600
             epoch_pack = {
                 k: pack_step_seconds(model_name, dataset, batch, device, k, args.steps) * steps_per_epoch

@@ -92,7 +92,13 @@ def curves(p: dict, seed: int, flip: bool) -> dict:
         train_ce = 0.1 + np.exp(-t) * scale
     # from the checkpoint's accuracy minus the drop at t = 1 towards the final accuracy
     val_acc = final + (BASE_ACC - drop - final) * np.exp(-(t - 1) / 2)
-    return {"dist": dist + jitter, "val_acc": val_acc, "train_ce": train_ce}
+    # the direction: penalized runs keep it (flipped: the control does) and the largest s points out
+    keeps = (s == 0) == flip
+    step_cos = np.full(EPOCHS, (0.8 if keeps else 0.2) + 0.01 * seed)
+    radial_cos = np.full(EPOCHS, (0.5 if flip or s < 100 else 0.95) + 0.01 * seed)
+    step_cos[0] = radial_cos[0] = math.nan  # no earlier step, no displacement yet
+    out = {"dist": dist + jitter, "val_acc": val_acc, "train_ce": train_ce}
+    return out | {"step_cos": step_cos, "radial_cos": radial_cos}
 
 
 def metrics_table(flip=False, seeds=SEEDS, dataset="digits", model="cnn", runs=RUNS, diverge=()) -> pd.DataFrame:
@@ -137,6 +143,8 @@ def metrics_table(flip=False, seeds=SEEDS, dataset="digits", model="cnn", runs=R
                         "train_ce": math.nan if diverged else c["train_ce"][k],
                         "train_loss": math.nan if diverged else c["train_ce"][k],
                         "dist": math.nan if diverged else c["dist"][k],
+                        "step_cos": c["step_cos"][k],
+                        "radial_cos": c["radial_cos"][k],
                         "diverged": diverged,
                     }
                 )
@@ -630,3 +638,26 @@ def test_the_landscape_claim_needs_its_table_and_the_baseline_family():
     families = {k: v for k, v in FAMILIES.items() if k != "baseline"}
     row = claims.evaluate(metrics, families, landscape=landscape).set_index("claim").loc["landscape.left"]
     assert row["verdict"] == "not run" and "no family 'baseline'" in row["note"]
+
+
+def test_release_ratio_and_its_controls_by_hand():
+    """A run released after 2 of 6 epochs falls from 2 + 0.1 k to 1.65 + 0.1 k (the mean of its last
+    2 epochs): ratio (1.65 + 0.1 k) / (2 + 0.1 k), below 1 − 0.1: it came back. Its control walks
+    0.1 per epoch: 0.55 / 0.2 = 2.75 over the same epochs."""
+    rows = []
+    for seed in SEEDS:
+        rows.append(dict(phase="base", run="base", seed=seed, epoch=CHECKPOINT, val_acc=BASE_ACC, dist=math.nan))
+        released = [1.0, 2.0, 1.9, 1.8, 1.7, 1.6]
+        for k in range(6):
+            common = dict(phase="continue", seed=seed, epoch=CHECKPOINT + 1 + k, val_acc=0.9, test_acc=0.9)
+            common |= dict(checkpoint_epoch=CHECKPOINT, diverged=False, control="C")
+            rows.append(dict(common, run="R", strength=10.0, release_after=2.0, dist=released[k] + 0.1 * seed))
+            rows.append(dict(common, run="C", strength=0.0, release_after=math.nan, dist=0.1 * (k + 1)))
+    metrics = pd.DataFrame(rows).assign(dataset="d", model="m")
+    families = {"release": {"runs": ["C", "R"], "varying": ["release_after"]}}
+    table = claims.evaluate(metrics, families, settings={"last_epochs": 2}).set_index("claim")
+    row = table.loc["release.stays"]
+    expected = np.mean([(1.65 + 0.1 * k) / (2 + 0.1 * k) for k in SEEDS])
+    assert row["value"] == pytest.approx(expected) and row["seeds"] == len(SEEDS)
+    assert "its control's ratio 2.75" in row["note"]
+    assert row["verdict"] == "does not hold"  # it came back

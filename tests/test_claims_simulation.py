@@ -39,6 +39,8 @@ MARGIN = claims.DEFAULTS["margin"]
 PLATEAU = claims.DEFAULTS["plateau"]
 DIV_MARGIN = claims.DEFAULTS["diversity_margin"]
 WEAK = claims.DEFAULTS["weak_rho"]
+RETURN = claims.DEFAULTS["return_margin"]
+OUTWARD = claims.DEFAULTS["outward"]
 TEST_IMAGES, VAL_IMAGES = 540, 144  # accuracies are multiples of 1/N, as on real splits
 EXPLORATORY = {c.id for c in claims.CLAIMS if c.exploratory}
 DECIDED = [c.id for c in claims.CLAIMS if not c.exploratory]
@@ -56,6 +58,8 @@ EFFECT_ACC = 0.02
 EFFECT_SLOPE = 6 * SLOPE_SD * 1.05  # the slope's sd: random slope and run noise together
 EFFECT_GAIN, SD_GAIN = 0.01, 0.001
 SD_DIV = DIV_MARGIN / 6
+SD_RELEASE, RELEASE_AFTER = 0.02, 5  # a released run's final / at-release distance, per seed
+SD_COS = 0.01  # a run's mean step_cos or early radial_cos, per seed
 
 
 def _knots(t: np.ndarray, n: int, d1, a, b, c) -> np.ndarray:
@@ -102,7 +106,11 @@ class World:
         acc = mean[..., None] + self.seed_acc[..., None] + self.rng.normal(0, SD_EPOCH_ACC, self.shape + (n,))
         return np.round(acc * images) / images
 
-    def add(self, run, families, control, dist, test_mean, drop=None, n=EPOCHS, barrier=None, **columns):
+    def add(
+        self, run, families, control, dist, test_mean, drop=None, n=EPOCHS, barrier=None, cos=(0.3, 0.5), **columns
+    ):
+        """cos: the run's (step_cos, radial_cos), each a number or per (study, seed), every epoch
+        but the first (NaN)."""
         params = {
             "strength": 10.0,
             "kernel": "rbf",
@@ -139,6 +147,10 @@ class World:
                     "checkpoint_epoch": CHECKPOINT,
                     "control": control,
                     "dist": dist.ravel(),
+                    **{
+                        name: np.where(k == 0, np.nan, np.broadcast_to(np.asarray(v)[..., None], k.shape)).ravel()
+                        for name, v in zip(("step_cos", "radial_cos"), cos)
+                    },
                     "val_acc": val.ravel(),
                     "test_acc": test.ravel(),
                     "train_ce": 0.1,
@@ -176,6 +188,7 @@ class World:
             epochs=n,
             n=n,
             barrier=0.1 + self.noise(0.01),
+            cos=(0.3 + self.noise(SD_COS), 0.5),
         )
 
     def penalized(
@@ -227,6 +240,7 @@ class World:
             "B",
             ["baseline"],
             "C",
+            cos=(0.3 + e * 6 * SD_COS * math.sqrt(2) + self.noise(SD_COS), 0.5),
             acc=same_acc,
             half=0.5 + e * EFFECT_RATIO + self.noise(SD_RATIO),
             barrier=0.1 + e * 0.1 + self.noise(0.01),
@@ -243,6 +257,7 @@ class World:
                 final=1 + self.seed_dist + dist_slope * x + self.noise(SD_TREND),
                 drop=0.2 + drop_slope * x + self.noise(SD_DROP),
                 growth=PLATEAU - e * EFFECT_RATIO + self.noise(SD_RATIO) if largest else None,
+                cos=(0.3, OUTWARD + e * 6 * SD_COS + self.noise(SD_COS)) if largest else (0.3, 0.5),
                 acc=-e * EFFECT_ACC if largest else 0.0,
             )
         # width: final distance trends with log10 (1/gamma); the narrower leads at the first epoch
@@ -282,6 +297,16 @@ class World:
                 schedule=schedule,
                 acc=e * EFFECT_ACC,
                 growth=-e * EFFECT_RATIO + self.noise(SD_RATIO),
+            )
+        # release: after RELEASE_AFTER epochs flat at ratio x its distance then; null: ratio 1 − return_margin
+        for s in (10.0, 100.0):
+            ratio = 1 - RETURN + e * 6 * SD_RELEASE + self.noise(SD_RELEASE)
+            at_release = 1 + self.seed_dist + self.noise(SD_DIST)
+            t = np.arange(1, EPOCHS + 1)
+            rise = at_release[..., None] * np.minimum(t, RELEASE_AFTER) / RELEASE_AFTER
+            dist = np.where(t <= RELEASE_AFTER, rise, (at_release * ratio)[..., None])
+            self.add(
+                f"R{s:g}", ["release"], "C", dist, np.full(self.shape, 0.9), strength=s, release_after=RELEASE_AFTER
             )
         # exploratory families: multiple hills, the epochs budget
         self.penalized("M5", ["multiple"], "C", checkpoint_every=5)

@@ -140,6 +140,11 @@ GRID_CASES = {
         "checkpoint_every 2 >= epochs 2 (from continuation.defaults): the new checkpoint would come after the last "
         "epoch",
     ),
+    "release_after": (
+        families(release={"sweep": {"release_after": [2]}}),
+        "config: continuation.families.release, point {release_after: 2}: release_after 2 >= epochs 2 (from "
+        "continuation.defaults): the penalty would be released after the last epoch",
+    ),
     "step_size": (
         families(step={"sweep": {"schedule": ["step"]}}),
         "config: continuation.families.step, point {schedule: step}: step_size 30 (the default) >= epochs 2 "

@@ -69,6 +69,23 @@ def test_rbf_gradient_is_the_closed_form():
         torch.testing.assert_close(g, -(s / sigma**2) * k * (p - c))
 
 
+def test_a_released_penalty_pushes_no_more_and_keeps_its_checkpoint_and_release_when_restored():
+    params, center = _params(0), _params(1)
+    pen = DistancePenalty(1.0, "rbf", width=1.0, release_after=2)
+    pen.add_checkpoint(center)
+    pen.end_of_epoch(1, params)
+    assert _fused_value_and_grad(pen, params)[0].item() > 0  # still acting after one epoch
+    pen.end_of_epoch(2, params)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    value, norms = pen.add_grad_(params)
+    assert value.item() == 0 and norms[0].item() == 0
+    assert all(torch.equal(p.grad, torch.ones_like(p)) for p in params)  # the CE gradient alone
+    restored = DistancePenalty(1.0, "rbf", width=1.0, release_after=2)
+    restored.load_state_dict(pen.state_dict())
+    assert restored.released and len(restored.centers) == 1  # the distances are still measured to it
+
+
 def test_gradient_is_added_to_the_existing_gradient():
     params, center = _params(0), _params(1)
     pen = DistancePenalty(1.0, "rbf", width=1.0)
@@ -190,6 +207,7 @@ def test_the_penalty_norm_is_that_of_the_whole_penalty_gradient(centres):
         ({"strength": 1, "kernel": "rbf", "width": 1, "gamma": 1}, "exactly one of width"),
         ({"strength": -1, "kernel": "rbf", "width": 1}, "strength must be >= 0"),
         ({"strength": 1, "kernel": "rbf", "width": 1, "distance": "max"}, "distance must be one of"),
+        ({"strength": 1, "kernel": "rbf", "width": 1, "release_after": 0}, "release_after must be >= 1 epoch"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, message):

@@ -27,7 +27,7 @@ SPEC = {
     "runs": [CONTROL, PUSHED],
     "varying": ["width"],
     "figure": "curves",
-    "panels": ["val_acc", "dist", "dist_min", "dist_rel", "grad_ratio"],
+    "panels": ["val_acc", "dist", "dist_min", "dist_rel", "grad_ratio", "step_cos", "func_disagree"],
     "x": "width",
 }
 
@@ -50,6 +50,8 @@ def _continuation(run: str, seed: int, epoch: int) -> dict:
         # back to 0.5 after each new checkpoint: 2.5 at epochs 15, 20, 25
         dist_min=0.5 * ((since - 1) % EVERY + 1) if pushed else 0.1 * since,
         grad_ratio=10.0 ** ((epoch - 20) / 5) if pushed else 0.0,  # 1e-2 .. 1e2; the control's 0
+        step_cos=np.nan if since == 1 else (0.9 if pushed else 0.1),  # no earlier step in the first epoch
+        func_disagree=(0.02 if pushed else 0.01) * since,
         lr=0.01,
         diverged=False,
     )
@@ -341,3 +343,25 @@ def test_weight_averages_sit_beside_their_ensembles_with_bars_over_the_seeds():
     assert round(x) == 1 and y == pytest.approx(0.58)
     segment = swa.lines[2][0].get_segments()[0]
     assert segment[:, 1].min() == pytest.approx(0.56) and segment[:, 1].max() == pytest.approx(0.60)
+
+
+def test_direction_panels_start_after_the_first_step_and_function_distance_at_zero(family):
+    """step_cos has no value at the checkpoint nor in its first epoch: each curve starts at the
+    second continuation epoch; func_disagree is 0 at the checkpoint itself. Neither has a base curve."""
+    for column, first_x, first_y in (("step_cos", CHECKPOINT + 2, 0.1), ("func_disagree", CHECKPOINT, 0.0)):
+        ax = panel(family, plots.PANELS[column])
+        control = [line for line in ax.get_lines() if line.get_label() == "control (s=0)"]
+        xs, ys = control[0].get_xdata().astype(float), control[0].get_ydata().astype(float)
+        drawn = np.isfinite(ys)  # matplotlib leaves a gap at NaN
+        assert xs[drawn][0] == first_x and ys[drawn][0] == first_y
+        assert not [line for line in ax.get_lines() if line.get_label() == "base training"]
+
+
+def test_the_release_epoch_is_marked_on_the_released_run_only():
+    table = metrics().assign(release_after=np.nan)
+    table.loc[table["run"] == PUSHED, "release_after"] = 5.0  # released after 5 of its 20 epochs
+    fig = plots.family_figure(table, "width", {**SPEC, "panels": ["dist"]})
+    ax = panel(fig, plots.PANELS["dist"])
+    (marks,) = [line for line in ax.get_lines() if line.get_marker() == "v"]
+    assert list(marks.get_xdata()) == [CHECKPOINT + 5] and list(marks.get_ydata()) == [0.5 * 5]
+    assert "released" in fig._suptitle.get_text()

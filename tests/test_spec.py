@@ -82,6 +82,7 @@ def test_config_readme_lists_every_grid_key_with_its_declared_default():
         ({"strength": 1, "width": 1, "epochs": 2.0}, r"^p\.epochs is 2\.0: expected an integer$"),
         ({"strength": 1, "width": 1, "epochs": 3, "checkpoint_every": 1.0}, r"checkpoint_every is 1\.0: expected an"),
         ({"strength": 1, "width": 1, "epochs": 3, "merge": 1}, r"merge is 1: expected a bool"),
+        ({"strength": 1, "width": 1, "epochs": 3, "release_after": 0}, r"^p\.release_after is 0: expected >= 1$"),
         ({"strength": -1, "width": 1, "epochs": 3}, r"strength is -1: expected >= 0"),
         ({"strength": 1, "width": 0, "epochs": 3}, r"width is 0: expected > 0"),
         ({"strength": 1, "kernel": "gauss", "width": 1, "epochs": 3}, r"kernel is 'gauss': expected one of rbf"),
@@ -117,6 +118,9 @@ def test_the_single_hill_twin_and_the_columns_come_from_the_spec():
     run = spec.Run.of({"strength": 3, "gamma": 0.01, "epochs": 9, "checkpoint_every": 3, "merge": True, "lr": 0.1})
     assert run.id == "s3-rbf-g0.01-every3-merged_lr0.1-const-e9"
     assert run.single_hill().id == "s3-rbf-g0.01_lr0.1-const-e9"
+    released = spec.Run.of({"strength": 3, "gamma": 0.01, "epochs": 9, "release_after": 4})
+    assert released.id == "s3-rbf-g0.01-release4_lr0.01-const-e9"
+    assert released.control().id == "s0_lr0.01-const-e9"  # the control has nothing to release
     columns = run.columns()
     assert columns["run"] == run.id and columns["control"] == "s0_lr0.1-const-e9"
     assert columns["lr_init"] == 0.1 and "lr" not in columns  # `lr` is each epoch's own
@@ -131,6 +135,8 @@ def test_labels_read_as_the_legends_do():
     assert spec.label("checkpoint_every", 5.0) == "new checkpoint every 5 ep"
     assert spec.label("merge", True) == "merged into their mean"
     assert spec.label("lr", 0.1) == "lr=0.1"
+    assert spec.label("release_after", 5.0) == "released after 5 ep"
+    assert spec.label("release_after", float("nan")) == "never released"  # a table's None
 
 
 # a run id is written, never read back: no splitting, matching or prefix tests on one to get a setting

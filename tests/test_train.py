@@ -1,11 +1,17 @@
+import copy
 import math
 
+import numpy as np
 import pytest
 import torch
+from scipy.special import log_softmax
 
 from repel import models
+from repel.data import DeviceData
 from repel.penalty import DistancePenalty
-from repel.train import DIVERGENCE_FACTOR, TrainConfig, divergence, fit, make_scheduler
+from repel.train import DIVERGENCE_FACTOR, Directions, TrainConfig, divergence, fit, make_scheduler
+
+CHECKPOINT_METRICS = ("func_disagree", "func_kl", "step_cos", "radial_cos")  # measured against θ_c
 
 
 def _model(digits, seed=0):
@@ -48,6 +54,8 @@ def test_zero_strength_is_exactly_plain_training(digits):
         assert torch.equal(a, b), name
     assert [r["penalty"] for r in rows] == [0.0] * 3
     assert rows[0]["dist"] > 0  # the weights did move: the comparison is not of two frozen models
+    plain_rows = _continue(digits, ckpt, None, epochs=1)[1]  # no checkpoint to measure against
+    assert all(math.isnan(plain_rows[0][key]) for key in CHECKPOINT_METRICS)
 
 
 def test_the_penalty_pushes_farther_from_the_checkpoint_than_the_control(digits):
@@ -79,6 +87,87 @@ def test_metrics_have_every_column_and_sane_values(digits):
     assert last["dist"] == pytest.approx((theta - theta_c).norm().item(), rel=1e-5)
     assert last["dist_rel"] == pytest.approx((theta - theta_c).norm().item() / theta_c.norm().item(), rel=1e-5)
     assert last["weight_norm"] == pytest.approx(theta.norm().item(), rel=1e-5)
+
+
+class _Path:
+    """A 'member' whose two parameters are set by hand, for Directions."""
+
+    def __init__(self, point):
+        self.theta = [torch.tensor(point, dtype=torch.float32)]
+
+    def params(self, i):
+        return self.theta
+
+
+def test_step_and_radial_cosines_on_a_two_parameter_path_by_hand():
+    path = _Path([0.0, 0.0])  # starts at the checkpoint theta_c = (0, 0)
+    center = [torch.zeros(2)]
+    directions = Directions(path, [object()])
+    got = []
+    for point in ([1.0, 0.0], [2.0, 1.0], [1.0, 1.0]):
+        path.theta[0].copy_(torch.tensor(point))
+        got.append(directions.measure(0, path.params(0), center).tolist())
+    # epoch 1: no earlier step, and no displacement from theta_c yet
+    assert all(math.isnan(v) for v in got[0])
+    # epoch 2: step (1, 1) after step (1, 0), from displacement (1, 0)
+    assert got[1] == pytest.approx([1 / math.sqrt(2), 1 / math.sqrt(2)])
+    # epoch 3: step (-1, 0) after (1, 1), from displacement (2, 1): back towards theta_c
+    assert got[2] == pytest.approx([-1 / math.sqrt(2), -2 / math.sqrt(5)])
+
+
+def _np_flat(state: dict, names) -> np.ndarray:
+    return np.concatenate([state[n].double().numpy().ravel() for n in names])
+
+
+def _np_cos(a, b) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_direction_and_function_metrics_are_those_of_the_saved_weights(digits):
+    """Every epoch's step_cos, radial_cos, func_disagree and func_kl, recomputed in float64 numpy
+    from the weights after each epoch and the checkpoint's own predictions on the validation split."""
+    ckpt = _checkpoint(digits)
+    model = _model(digits)
+    model.load_state_dict(ckpt[0])
+    penalty = DistancePenalty(10.0, "rbf", width=1.0)
+    penalty.add_checkpoint(models.trainable_parameters(model))
+    states = [copy.deepcopy(ckpt[0])]
+    rows, _, _ = fit(
+        model,
+        digits,
+        TrainConfig(epochs=3, seed=7),
+        torch.device("cpu"),
+        penalty=penalty,
+        first_epoch=4,
+        optimizer_state=ckpt[1],
+        log=lambda m: None,
+        on_epoch_end=lambda done, m: states.append(copy.deepcopy(m.state_dict())),
+    )
+    names = [name for name, _ in model.named_parameters()]
+    w = [_np_flat(state, names) for state in states]
+    val = DeviceData(digits, "val", torch.device("cpu"))
+
+    def val_log_probs(state):
+        net = _model(digits)
+        net.load_state_dict(state)
+        with torch.no_grad():
+            logits = net.eval()(val.normalize(val.x)).double().numpy()
+        return log_softmax(logits, axis=1)
+
+    ref = val_log_probs(states[0])
+    for e, row in enumerate(rows, start=1):
+        step = w[e] - w[e - 1]
+        if e == 1:
+            assert math.isnan(row["step_cos"]) and math.isnan(row["radial_cos"])
+        else:
+            assert row["step_cos"] == pytest.approx(_np_cos(step, w[e - 1] - w[e - 2]), abs=1e-4)
+            assert row["radial_cos"] == pytest.approx(_np_cos(step, w[e - 1] - w[0]), abs=1e-4)
+        log_p = val_log_probs(states[e])
+        disagree = np.mean(log_p.argmax(1) != ref.argmax(1))
+        kl = np.mean(np.sum(np.exp(ref) * (ref - log_p), axis=1))
+        assert abs(row["func_disagree"] - disagree) <= 1.01 / len(val)
+        assert row["func_kl"] == pytest.approx(kl, rel=1e-3, abs=1e-7)
+    assert rows[-1]["func_kl"] > 0 and rows[-1]["radial_cos"] > 0  # pushed away: not a vacuous comparison
 
 
 def test_the_penalty_column_is_the_kernel_of_the_distance_by_hand(digits):

@@ -98,6 +98,18 @@ SETTINGS = {
         "'not more diverse': disagreement at most this much higher (a fraction of points)",
     ),
     "weak_rho": Setting(0.3, 0, 1, True, False, False, "'weakly related': Spearman's rho within +-weak_rho"),
+    "return_margin": Setting(
+        0.1,
+        0,
+        1,
+        True,
+        True,
+        False,
+        "a released run came back: its final distance below (1 - return_margin) x its distance at release",
+    ),
+    "outward": Setting(
+        0.9, 0, 1, True, True, False, "pushed straight out: the mean radial_cos over the early epochs above this"
+    ),
 }
 DEFAULTS = {k: s.default for k, s in SETTINGS.items()}
 VERDICTS = ("holds", "does not hold", "inconclusive", "exploratory", "not run")
@@ -324,7 +336,7 @@ class Tables:
         self.cells = pd.MultiIndex.from_frame(metrics[CELL].drop_duplicates().sort_values(CELL))
         runs = metrics[metrics["phase"] == "continue"].sort_values(RUN + ["seed", "epoch"])
         self.runs = runs
-        columns = [c for c in TRAINING + ["checkpoint_every", "merge", "control"] if c in runs]
+        columns = [c for c in TRAINING + ["checkpoint_every", "merge", "release_after", "control"] if c in runs]
         self.info = runs.groupby(RUN, sort=True)[columns].first()
         base = metrics[metrics["phase"] == "base"].sort_values("epoch")
         self.checkpoint_acc = base.groupby(UNIT)["val_acc"].last()
@@ -355,8 +367,15 @@ class Tables:
         ).to_numpy()
         out["early_min"] = early
         out["early_drop"] = np.maximum(0.0, checkpoint - early.to_numpy())
+        # the direction of travel (NaN in a run's first epoch, and in tables from before it was measured)
+        direction = runs if "step_cos" in runs else runs.assign(step_cos=math.nan, radial_cos=math.nan)
+        out["mean_step_cos"] = direction.groupby(key)["step_cos"].mean()
+        out["early_radial"] = direction[pos < s["early_epochs"]].groupby(key)["radial_cos"].mean()
         gone = out["diverged"].to_numpy()
-        out.loc[gone, ["final_dist", "final_test", "final_val", "half_ratio", "growth_ratio"]] = math.nan
+        out.loc[
+            gone,
+            ["final_dist", "final_test", "final_val", "half_ratio", "growth_ratio", "mean_step_cos", "early_radial"],
+        ] = math.nan
         return out
 
     # families and their runs, per cell
@@ -483,6 +502,18 @@ def strength_drop(t: Tables) -> pd.DataFrame:
 
 def _largest(points: pd.DataFrame, col: str) -> pd.DataFrame:
     return points.loc[points.groupby(level=CELL)[col].idxmax()]
+
+
+def direction_persists(t: Tables) -> pd.DataFrame:
+    points = t.points("baseline")
+    return _add_note(_paired_parts(t, points, "mean_step_cos", +1, "strength", _s), t.diverged_note(points.index))
+
+
+def strength_outward(t: Tables) -> pd.DataFrame:
+    largest = _largest(t.points("strength"), "strength")
+    early = t.of(largest, "early_radial").droplevel("run")
+    r = t_test(early, t.s["outward"], +1, t.s["confidence"], t.cells, _ratio_text("early radial_cos"))
+    return _add_note(r, largest["strength"].droplevel("run").map(lambda s: f"s={s:g}"))
 
 
 def strength_distance(t: Tables) -> pd.DataFrame:
@@ -742,6 +773,42 @@ def epochs_budget(t: Tables) -> pd.DataFrame:
     d = t.against(points, "final_test")["d"]
     per_seed = slopes(d, np.log2(points["epochs"]))
     return t_test(per_seed, 0.0, +1, t.s["confidence"], t.cells, _slope_text("doubling of the epochs"))
+
+
+def _at_release(t: Tables, points: pd.DataFrame, read: pd.Series) -> pd.Series:
+    """Per released point and seed: the distance of run `read[point]` (same cell and seed) after
+    the point's release_after epochs, the epoch its penalty was switched off."""
+    runs = t.runs.assign(k=t.runs.groupby(RUN + ["seed"], sort=False).cumcount())
+    want = pd.DataFrame({"read": read, "k": (points["release_after"] - 1).astype(int)}).reset_index()
+    have = runs[CELL + ["run", "seed", "k", "dist"]].rename(columns={"run": "read"})
+    return want.merge(have, on=CELL + ["read", "k"]).set_index(RUN + ["seed"])["dist"]
+
+
+def release_stays(t: Tables) -> pd.DataFrame:
+    points = t.points("release")
+    if "release_after" in points:
+        points = points[points["release_after"].notna()]
+    if points.empty:
+        return _blank(t.cells, "not run", "family 'release' has no run with release_after")
+    ratio = t.of(points, "final_dist") / _at_release(t, points, points.index.to_frame()["run"])
+    # the control over the same epochs: its final distance / its distance at the point's release
+    control = t.against(points, "final_dist")["c"] / _at_release(t, points, points["control"])
+    named = points.assign(
+        part=[f"s={s:g}, released after {k:g} ep" for s, k in points[["strength", "release_after"]].to_numpy()]
+    )
+    fmt = _ratio_text("final / at release")
+    bound, conf = 1 - t.s["return_margin"], t.s["confidence"]
+    parts = {name: t_test(v, bound, +1, conf, t.cells, fmt) for name, v in _by_param(ratio, named, "part", str).items()}
+    shown = {
+        name: v.groupby(level=CELL).mean().map(lambda m, name=name: f"{name}: its control's ratio {m:.3g}")
+        for name, v in _by_param(control, named, "part", str).items()
+    }
+    notes = pd.concat(shown.values()).groupby(level=CELL).agg("; ".join) if shown else ""
+    return _add_note(_add_note(combine(parts), notes), t.diverged_note(points.index))
+
+
+def _ratio_text(what: str) -> Callable[[float], str]:
+    return lambda v: "" if not np.isfinite(v) else f"{what} {v:.3g}"
 
 
 def landscape_left(t: Tables) -> pd.DataFrame:
@@ -1081,6 +1148,40 @@ CLAIMS = [
         ("diversity_margin", "confidence"),
         "plots/ensemble_disagreement.png",
         ensemble_diversity,
+    ),
+    Claim(
+        "direction.persists",
+        "baseline",
+        "With the penalty the run keeps its direction more than its control ('the direction should stay').",
+        "per seed: mean step_cos (penalty) − mean step_cos (its control) over the continuation; step_cos = cos of "
+        "an epoch's step with the previous epoch's step",
+        PAIRED_UP,
+        ("confidence",),
+        _family_figure("baseline"),
+        direction_persists,
+    ),
+    Claim(
+        "strength.outward",
+        "strength",
+        "At the largest s the kernel pushes straight out: early steps point away from the checkpoint.",
+        "per seed at the largest s: mean radial_cos over the first early_epochs epochs (the first has none); "
+        "radial_cos = cos of an epoch's step with θ − θ_c before it",
+        _rule("early radial_cos", "> outward", "< outward"),
+        ("outward", "early_epochs", "confidence"),
+        _family_figure("strength"),
+        strength_outward,
+    ),
+    Claim(
+        "release.stays",
+        "release",
+        "Once the penalty is released the run does not come back to the checkpoint (the source expects it "
+        "both ways: 'if the hill is not large enough ... we would get back'; the data decide).",
+        "per released run, per seed: final dist / dist at release (after release_after epochs); "
+        f"{FINAL}; the note gives the control's ratio over the same epochs",
+        PARTS + _rule("ratio", "> 1 − return_margin", "< 1 − return_margin (it came back)"),
+        ("return_margin", "last_epochs", "confidence"),
+        _family_figure("release"),
+        release_stays,
     ),
     Claim(
         "ensemble.weights_vs_predictions",

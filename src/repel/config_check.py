@@ -94,6 +94,11 @@ def point_problems(params: dict, point: dict, defaults: dict, names: dict | None
             f"{show('checkpoint_every')} >= {show('epochs')}: the new checkpoint would come after the "
             "last epoch, so this is the same training as without it, under another run id"
         )
+    if params["release_after"] is not None and params["release_after"] >= epochs:
+        problems.append(
+            f"{show('release_after')} >= {show('epochs')}: the penalty would be released after the last "
+            "epoch, so this is the same training as without release, under another run id"
+        )
     if schedule == "step" and params["step_size"] >= epochs:
         problems.append(f"{show('step_size')} >= {show('epochs')}: the step schedule would never lower the lr")
     if schedule in ("cosine_restarts", "cyclic") and params["t0"] >= epochs:

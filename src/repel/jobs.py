@@ -121,7 +121,14 @@ def _penalty(spec: Run, model) -> DistancePenalty:
     """A run's penalty, its first hill on the model's current weights."""
     p = spec.penalty
     penalty = DistancePenalty(
-        p.strength, p.kernel, p.width, p.gamma, p.distance, merged=p.merge, every=p.checkpoint_every
+        p.strength,
+        p.kernel,
+        p.width,
+        p.gamma,
+        p.distance,
+        merged=p.merge,
+        every=p.checkpoint_every,
+        release_after=p.release_after,
     )
     penalty.add_checkpoint(models.trainable_parameters(model))
     return penalty

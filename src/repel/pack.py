@@ -41,7 +41,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from .data import DeviceData
 from .penalty import DistancePenalty, StackedPenalties
 from .resume import ResumeState, load_parts, state_of
-from .train import EVAL_BATCH, Speed, TrainConfig, fit, resolve_speed, train_members
+from .train import Speed, TrainConfig, fit, resolve_speed, train_members
 
 # A parameter that is a view with gaps (a member's slice of the rows) expects a dense gradient, and
 # autograd says so once; ours is the same view into the gradient rows, which it adds into in place.
@@ -188,20 +188,6 @@ def _stacked_optimizer_state(states: list[dict], stack: _Stack) -> dict:
     groups = copy.deepcopy(states[0]["param_groups"])
     groups[0]["params"] = [0]
     return {"state": {0: {"momentum_buffer": stack.rows_of(buffers)}} if kept == {True} else {}, "param_groups": groups}
-
-
-@torch.inference_mode()
-def _evaluate(stack: _Stack, data: DeviceData, speed: Speed) -> torch.Tensor:
-    """Each member's (mean cross-entropy, accuracy) on a split, as one (k, 2) device tensor (train.evaluate)."""
-    sums = torch.zeros(stack.k, 2, device=data.device)
-    stack.base.eval()
-    for xb, yb in data.batches(EVAL_BATCH, channels_last=speed.channels_last):
-        with torch.autocast(data.device.type, torch.bfloat16, enabled=speed.amp):
-            out = stack.forward(xb)
-        out = out.float()
-        ce = F.cross_entropy(out.flatten(0, 1), yb.repeat(stack.k), reduction="none").view(stack.k, -1).sum(1)
-        sums += torch.stack([ce, (out.argmax(-1) == yb).sum(1)], 1)
-    return sums / len(data)
 
 
 def _train_pass(
@@ -364,8 +350,9 @@ class _Batched:
         self.penalties.update([i not in self.stopped for i in range(self.k)], self.stack.rows_of)
         return _train_pass(self.stack, optimizer, scheduler, batches, self.penalties, self.speed)
 
-    def evaluate(self, data: DeviceData) -> torch.Tensor:
-        return _evaluate(self.stack, data, self.speed)
+    def eval_forward(self):
+        self.stack.base.eval()
+        return self.stack.forward
 
     def weight_norms(self) -> torch.Tensor:
         return torch.linalg.vector_norm(self.stack.flat, dim=1)

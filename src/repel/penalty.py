@@ -26,7 +26,9 @@ class DistancePenalty:
     """s * sum_c k(d(theta, theta_c)) over the active centres theta_c.
 
     The centres are the checkpoints taken so far, or with `merged`, one centre at their mean.
-    With `every` = K > 0 a new checkpoint is taken after every K epochs (`end_of_epoch`).
+    With `every` = K > 0 a new checkpoint is taken after every K epochs (`end_of_epoch`). With
+    `release_after` = R the penalty acts for R epochs and is then switched off for good (`acting`
+    is empty); its centres stay, for the distances the loop measures.
     """
 
     def __init__(
@@ -38,6 +40,7 @@ class DistancePenalty:
         distance: str = "sum",
         merged: bool = False,
         every: int = 0,
+        release_after: int | None = None,
     ):
         if kernel not in KERNELS:
             raise ValueError(f"unknown kernel '{kernel}'; expected one of {', '.join(KERNELS)}")
@@ -47,6 +50,8 @@ class DistancePenalty:
             raise ValueError(f"strength must be >= 0, got {strength}")
         if every < 0:
             raise ValueError(f"every must be >= 0 epochs, got {every}")
+        if release_after is not None and release_after < 1:
+            raise ValueError(f"release_after must be >= 1 epoch (or None: never), got {release_after}")
         if kernel != "none" and (width is None) == (gamma is None):
             raise ValueError(f"kernel '{kernel}' needs exactly one of width (sigma) or gamma")
         for key, value in (("width", width), ("gamma", gamma)):
@@ -58,6 +63,8 @@ class DistancePenalty:
         self.distance = distance
         self.merged = merged
         self.every = every
+        self.release_after = release_after
+        self.released = False
         self.checkpoints: list[list[torch.Tensor]] = []  # every checkpoint taken, in order
         self.centers: list[list[torch.Tensor]] = []  # the centres the penalty acts on
 
@@ -67,9 +74,17 @@ class DistancePenalty:
         self._update_centers()
 
     def end_of_epoch(self, epochs_done: int, params: list[torch.Tensor]) -> None:
-        """Called by the loop after each epoch: a new checkpoint every `every` epochs."""
-        if self.every and epochs_done % self.every == 0:
+        """Called by the loop after each epoch: a new checkpoint every `every` epochs, and the
+        release after `release_after`."""
+        if self.release_after is not None and epochs_done >= self.release_after:
+            self.released = True
+        if self.every and epochs_done % self.every == 0 and not self.released:
             self.add_checkpoint(params)
+
+    @property
+    def acting(self) -> list[list[torch.Tensor]]:
+        """The centres whose hills push now: none once released."""
+        return [] if self.released else self.centers
 
     def match_layout(self, params: list[torch.Tensor]) -> None:
         """Store the checkpoints in the parameters' memory layout (channels_last, say): the fused
@@ -84,12 +99,13 @@ class DistancePenalty:
             self.centers = list(self.checkpoints)
 
     def state_dict(self) -> dict:
-        return {"checkpoints": self.checkpoints, "merged": self.merged}
+        return {"checkpoints": self.checkpoints, "merged": self.merged, "released": self.released}
 
     def load_state_dict(self, state: dict) -> None:
         device = self.checkpoints[0][0].device if self.checkpoints else None
         self.checkpoints = [[t.to(device) for t in c] for c in state["checkpoints"]]
         self.merged = state["merged"]
+        self.released = state["released"]
         self._update_centers()
 
     def sq_distances(self, params: list[torch.Tensor], centers=None) -> torch.Tensor:
@@ -119,7 +135,7 @@ class DistancePenalty:
         ce_norm = torch.stack(torch._foreach_norm(grads)).norm()
         detached = [p.detach() for p in params]
         penalty = total = pen_norm = None
-        for center in self.centers:
+        for center in self.acting:
             diffs = torch._foreach_sub(detached, center)
             d_raw = torch.stack(torch._foreach_norm(diffs)).square().sum()
             d, n = self._scaled(d_raw, params)
@@ -171,7 +187,7 @@ class StackedPenalties:
     def update(self, training: list[bool], rows_of) -> None:
         """Take the centres of the members that train on. `rows_of` lays out one list of tensors per
         member (shaped as its parameters; None for none) as (k, n) rows."""
-        centers = [p.centers if p is not None and on else [] for p, on in zip(self.penalties, training)]
+        centers = [p.acting if p is not None and on else [] for p, on in zip(self.penalties, training)]
         slots = max(map(len, centers), default=0)
         self.centers = [rows_of([c[j] if j < len(c) else None for c in centers]) for j in range(slots)]
         self.present = torch.tensor(

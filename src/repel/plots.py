@@ -52,9 +52,14 @@ PANELS = {  # metrics column -> y-axis label
     "grad_ratio": "‖∇penalty‖ / ‖∇CE‖",
     "lr": "learning rate",
     "weight_norm": "‖θ‖₂",
+    "step_cos": "cos(step, previous step)",
+    "radial_cos": "cos(step, θ − θ_c)  (1: away, −1: back)",
+    "func_disagree": "val. labels differing from θ_c's",
+    "func_kl": "KL(p_c ‖ p_θ) on validation",
 }
-START_AT_ZERO = {"dist", "dist_min", "dist_rel", "penalty"}  # their value at the checkpoint itself
-NOT_IN_BASE = START_AT_ZERO | {"grad_ratio"}  # no meaning before the checkpoint
+# their value at the checkpoint itself
+START_AT_ZERO = {"dist", "dist_min", "dist_rel", "penalty", "func_disagree", "func_kl"}
+NOT_IN_BASE = START_AT_ZERO | {"grad_ratio", "step_cos", "radial_cos"}  # no meaning before the checkpoint
 LOG_PANELS = {"grad_ratio"}  # ratios that span orders of magnitude
 ZOOM_BELOW = 0.25  # an inset zooms on the continuation where its y-range is under this share of the panel's
 BARRIER_SHOWN = 1e-3  # smaller landscape barriers are noise: the line stays in the basin
@@ -137,14 +142,26 @@ def checkpoint_epochs(run: pd.Series) -> list[int]:
     return list(range(start + every, start + int(run["epochs"]), every))
 
 
-def _mark_checkpoints(ax, curves: list, column: str) -> None:
-    """A tick on each run's mean curve where it took a new checkpoint (dist_min drops after it)."""
+def release_epochs(run: pd.Series) -> list[int]:
+    """The epoch after which a run's penalty was switched off (none: never)."""
+    release = run.get("release_after")
+    return [] if pd.isna(release) else [int(run["checkpoint_epoch"]) + int(release)]
+
+
+def _mark(ax, curves: list, column: str, epochs_of, marker: str, size: int) -> None:
+    """A marker on each run's mean curve at the epochs `epochs_of(run)` names."""
     for run, color, rows in curves:
         mean = rows.groupby("epoch")[column].mean()
-        epochs = [e for e in checkpoint_epochs(run) if e in mean.index]
+        epochs = [e for e in epochs_of(run) if e in mean.index]
         if epochs:
             ax.plot(
-                epochs, mean.loc[epochs], linestyle="none", marker="|", markersize=12, markeredgewidth=1.8, color=color
+                epochs,
+                mean.loc[epochs],
+                linestyle="none",
+                marker=marker,
+                markersize=size,
+                markeredgewidth=1.8,
+                color=color,
             )
 
 
@@ -178,8 +195,9 @@ def _curves(ax, panel: pd.DataFrame, column: str, spec: dict) -> None:
         ax.axvline(base["epoch"].max(), color="0.3", linestyle=":", linewidth=1)
     curves = list(_continuations(base, runs, column, spec))
     _draw_runs(ax, curves, column, spec)
-    if column == "dist_min":
-        _mark_checkpoints(ax, curves, column)
+    if column == "dist_min":  # dist_min drops after each new checkpoint
+        _mark(ax, curves, column, checkpoint_epochs, "|", 12)
+    _mark(ax, curves, column, release_epochs, "v", 8)
     if column in LOG_PANELS and any((rows[column] > 0).any() for _, _, rows in curves):
         ax.set_yscale("log")
     if with_base:
@@ -252,6 +270,8 @@ def family_figure(df: pd.DataFrame, name: str, spec: dict):
         what = f"per epoch; grey: base training, red: control (s = 0); × marks a diverged run{how}"
         if "dist_min" in panels and (runs["checkpoint_every"] > 0).any():
             what += "; | on a dist_min curve: a new checkpoint"
+        if "release_after" in runs and runs["release_after"].notna().any():
+            what += "; ▼: the penalty released"
     fig.suptitle(f"family '{name}': {what}", fontsize=10)
     fig.subplots_adjust(hspace=0.35, wspace=0.3)
     return fig

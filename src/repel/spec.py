@@ -69,6 +69,13 @@ class Penalty:
         "merged: {}",
         named={True: "merged into their mean", False: "one hill each"},
     )
+    release_after: int | None = key(
+        None,
+        "epochs after the checkpoint the penalty acts for; then it is off and SGD goes on alone (none: never)",
+        "released after {} ep",
+        minimum=1,
+        named={None: "never released"},
+    )
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,9 @@ def column(name: str) -> str:
 def label(name: str, value) -> str:
     """How a value of a key reads in a legend: 's=10', 'σ=0.5', 'cosine_restarts'."""
     meta, base = FIELDS[name].metadata, _base(name)
-    if base in (int, bool):  # a table's 5.0 or numpy bool is the key's 5 or True
+    if value is None or value != value:  # None, or a table's NaN for it
+        value = None
+    elif base in (int, bool):  # a table's 5.0 or numpy bool is the key's 5 or True
         value = base(value)
     return meta["named"].get(value, meta["label"].format(value))
 
@@ -231,6 +240,8 @@ class Run:
         parts = [f"s{_num(p.strength)}", p.kernel, scale] + (["mean"] if p.distance == "mean" else [])
         if p.checkpoint_every:
             parts.append(f"every{p.checkpoint_every}" + ("-merged" if p.merge else ""))
+        if p.release_after is not None:
+            parts.append(f"release{p.release_after}")
         return "-".join(parts)
 
     def training_part(self) -> str:

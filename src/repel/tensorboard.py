@@ -29,6 +29,10 @@ METRICS = (
     "grad_ratio",
     "lr",
     "weight_norm",
+    "step_cos",
+    "radial_cos",
+    "func_disagree",
+    "func_kl",
     "epoch_seconds",
     "images_per_second",
 )

@@ -112,20 +112,87 @@ def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
 
 
 @torch.inference_mode()
-def evaluate(model, data: DeviceData, batch_size: int = EVAL_BATCH, speed: Speed | None = None) -> torch.Tensor:
-    """(mean cross-entropy, accuracy) on a split, as one device tensor."""
-    model.eval()
+def _outputs(forward, data: DeviceData, speed: Speed | None, batch_size: int = EVAL_BATCH):
+    """Each batch of a split in order: the members' float outputs (k, B, classes), the labels, and
+    the batch's first index. `forward` runs the members in eval mode (OneModel.eval_forward)."""
     amp, channels_last = (speed.amp, speed.channels_last) if speed is not None else (False, False)
-    sums = torch.zeros(2, device=data.device)
+    start = 0
     for xb, yb in data.batches(batch_size, channels_last=channels_last):
         with torch.autocast(data.device.type, torch.bfloat16, enabled=amp):
-            out = model(xb)
-        sums += torch.stack([F.cross_entropy(out.float(), yb, reduction="sum"), (out.argmax(1) == yb).sum()])
+            out = forward(xb)
+        yield out.float(), yb, start
+        start += len(yb)
+
+
+@torch.inference_mode()
+def evaluate_members(forward, data: DeviceData, speed: Speed | None = None, reference=None) -> torch.Tensor:
+    """Each member's (mean cross-entropy, accuracy) on a split, as one (k, 2) device tensor; with
+    `reference` (the (k, N, classes) log-softmax of the models the distances are to, on this split:
+    `log_probs`), (k, 4) with func_disagree and func_kl (docs/DESIGN.md) after them."""
+    sums = 0
+    for out, yb, start in _outputs(forward, data, speed):
+        columns = [
+            F.cross_entropy(out.flatten(0, 1), yb.repeat(len(out)), reduction="none").view(len(out), -1).sum(1),
+            (out.argmax(-1) == yb).sum(1),
+        ]
+        if reference is not None:
+            ref, log_p = reference[:, start : start + len(yb)], out.log_softmax(-1)
+            columns.append((log_p.argmax(-1) != ref.argmax(-1)).sum(1))  # top-1 labels that differ
+            columns.append((ref.exp() * (ref - log_p)).sum((1, 2)))  # KL(p_c || p_theta), summed over images
+        sums = sums + torch.stack(columns, 1)
     return sums / len(data)
+
+
+@torch.inference_mode()
+def log_probs(forward, data: DeviceData, speed: Speed | None = None) -> torch.Tensor:
+    """The members' log-softmax on a split, (k, N, classes)."""
+    return torch.cat([out.log_softmax(-1) for out, _, _ in _outputs(forward, data, speed)], 1)
+
+
+def evaluate(model, data: DeviceData, speed: Speed | None = None) -> torch.Tensor:
+    """(mean cross-entropy, accuracy) of one model on a split, as one device tensor."""
+    model.eval()
+    return evaluate_members(lambda x: model(x).unsqueeze(0), data, speed)[0]
 
 
 def flat_norm(tensors) -> torch.Tensor:
     return torch.stack(torch._foreach_norm(list(tensors))).norm()
+
+
+def _flat(tensors) -> torch.Tensor:
+    """Tensors as one vector, each in its logical (not memory) order, so layouts agree."""
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """cos(a, b); NaN where either is 0 (it has no direction)."""
+    return (a @ b) / (a.norm() * b.norm())
+
+
+class Directions:
+    """Each measured member's weights after its last epoch and its last epoch's step: what the next
+    epoch's step_cos and radial_cos compare its step with (docs/DESIGN.md). Part of the resumable
+    state, so a resumed run's first step_cos is the uninterrupted run's."""
+
+    def __init__(self, members, measured: list[DistancePenalty | None]):
+        self.last = [_flat(members.params(i)) if p is not None else None for i, p in enumerate(measured)]
+        self.steps: list[torch.Tensor | None] = [None] * len(measured)
+
+    def measure(self, i: int, params: list[torch.Tensor], center: list[torch.Tensor]) -> torch.Tensor:
+        """(step_cos, radial_cos) of member i's epoch that just ended, on the device; keeps its step.
+        The first epoch has no earlier step (step_cos NaN) and starts at the centre (radial_cos NaN)."""
+        now = _flat(params)
+        step, previous = now - self.last[i], self.steps[i]
+        step_cos = _cos(step, previous) if previous is not None else torch.full((), math.nan, device=now.device)
+        radial_cos = _cos(step, self.last[i] - _flat(center))
+        self.last[i], self.steps[i] = now, step
+        return torch.stack([step_cos, radial_cos])
+
+    def state_dict(self) -> dict:
+        return {"last": self.last, "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last, self.steps = list(state["last"]), list(state["steps"])
 
 
 def checkpoint_distances(penalty: DistancePenalty, params: list[torch.Tensor]) -> torch.Tensor:
@@ -159,8 +226,9 @@ def epoch_row(
     ce_limit: float = math.inf,
 ) -> dict:
     """An epoch's metrics from its measured values (the training sums, val and test loss and
-    accuracy, weight norm, then with a penalty the distances: to the first checkpoint, to the
-    nearest centre, to every checkpoint). `ce_limit`: the training cross-entropy above which it diverged."""
+    accuracy, weight norm, then with a penalty func_disagree, func_kl, step_cos, radial_cos and the
+    distances: to the first checkpoint, to the nearest centre, to every checkpoint). `ce_limit`:
+    the training cross-entropy above which it diverged."""
     ce_sum, correct, pen_sum, pen_grad_sum, ce_grad_sum = values[:5]
     val_loss, val_acc, test_loss, test_acc, weight_norm = values[5:10]
     train_ce = ce_sum / n_train
@@ -181,6 +249,11 @@ def epoch_row(
         "dist_rel": math.nan,
         "dist_min": math.nan,
         "weight_norm": weight_norm,
+        # to the first checkpoint in function space and the direction of travel (docs/DESIGN.md)
+        "func_disagree": math.nan,
+        "func_kl": math.nan,
+        "step_cos": math.nan,
+        "radial_cos": math.nan,
         # the ratio of the epoch's mean gradient norms (docs/DESIGN.md)
         "grad_ratio": pen_grad_sum / ce_grad_sum if has_penalty and ce_grad_sum > 0 else math.nan,
         "epoch_seconds": seconds,
@@ -189,9 +262,10 @@ def epoch_row(
         "diverged": False,  # the rule's verdict, set below once the row is complete
     }
     if origin_norm is not None:
-        row["dist"], row["dist_min"] = values[10], values[11]
-        row["dist_checkpoints"] = values[12:]
-        row["dist_rel"] = values[10] / origin_norm  # relative to the checkpoint's norm
+        row["func_disagree"], row["func_kl"], row["step_cos"], row["radial_cos"] = values[10:14]
+        row["dist"], row["dist_min"] = values[14], values[15]
+        row["dist_checkpoints"] = values[16:]
+        row["dist_rel"] = values[14] / origin_norm  # relative to the checkpoint's norm
     row["diverged"] = divergence(row, ce_limit) is not None
     return row
 
@@ -213,7 +287,8 @@ class OneModel:
     states as one for `optimized`), `params(i)` (member i's trainable parameters, in the layout
     training uses), `train_pass(batches, optimizer, scheduler)` (an epoch's steps; per member
     (ce * n, correct, penalty * n, |grad penalty|, |grad CE|) summed on the device, and the lr of
-    each step), `evaluate(data)` ((k, 2) mean CE and accuracy), `weight_norms()` ((k,)), `model(i)`
+    each step), `eval_forward()` (the members in eval mode: images -> (k, B, classes) outputs, for
+    `evaluate_members`), `weight_norms()` ((k,)), `model(i)`
     (a module holding member i's current weights and buffers), `stop(i)` and `stopped`, `parts()`
     (their resumable state) and `finish()` (the models hold the trained weights, in their usual layout).
     """
@@ -257,8 +332,9 @@ class OneModel:
             )
         return sums.view(1, 5), lr_steps
 
-    def evaluate(self, data: DeviceData) -> torch.Tensor:
-        return evaluate(self.net, data, speed=self.speed).view(1, 2)
+    def eval_forward(self):
+        self.net.eval()
+        return lambda x: self.net(x).unsqueeze(0)
 
     def weight_norms(self) -> torch.Tensor:
         return flat_norm(self.optimized).view(1)
@@ -277,13 +353,32 @@ class OneModel:
 
 
 def _measure(
-    members, sums: torch.Tensor, val: DeviceData, test: DeviceData, measured: list[DistancePenalty | None]
+    members,
+    sums: torch.Tensor,
+    val: DeviceData,
+    test: DeviceData,
+    measured: list[DistancePenalty | None],
+    reference: torch.Tensor | None,
+    directions: Directions,
 ) -> list[list[float]]:
     """Every member's epoch values in epoch_row's order: the training sums, val and test loss and
-    accuracy, weight norm, and with a penalty in `measured` its distances; one synchronisation."""
-    evals = torch.cat([sums, members.evaluate(val), members.evaluate(test), members.weight_norms().view(-1, 1)], 1)
+    accuracy, weight norm, and with a penalty in `measured` its function distances to `reference`,
+    its directions (taking its step into `directions`) and its distances; one synchronisation."""
+    forward = members.eval_forward()
+    on_val = evaluate_members(forward, val, members.speed, reference)
+    on_test = evaluate_members(forward, test, members.speed)
+    evals = torch.cat([sums, on_val[:, :2], on_test, members.weight_norms().view(-1, 1)], 1)
     per_member = [
-        evals[i] if penalty is None else torch.cat([evals[i], checkpoint_distances(penalty, members.params(i))])
+        evals[i]
+        if penalty is None
+        else torch.cat(
+            [
+                evals[i],
+                on_val[i, 2:],
+                directions.measure(i, members.params(i), penalty.checkpoints[0]),
+                checkpoint_distances(penalty, members.params(i)),
+            ]
+        )
         for i, penalty in enumerate(measured)
     ]
     values = torch.cat(per_member).tolist()  # the epoch's one synchronisation
@@ -339,6 +434,10 @@ def train_members(
     measured = [p if p is not None and p.centers else None for p in penalties]
     origin_norms = [flat_norm(p.centers[0]).item() if p is not None else None for p in measured]
     averaged = averaged if averaged is not None else [None] * k
+    # the direction of travel, and the checkpoint's predictions on the validation split, taken once
+    # before any step (or restored state): what the function distances compare with
+    directions = Directions(members, measured)
+    reference = log_probs(members.eval_forward(), val, speed) if any(p is not None for p in measured) else None
     ce_limit = DIVERGENCE_FACTOR * math.log(prepared["num_classes"])  # the divergence rule (module docstring)
     last_epoch = first_epoch + cfg.epochs - 1
 
@@ -351,6 +450,7 @@ def train_members(
         "data_rng": generator,
         "penalties": PerMember(penalties),
         "averaged": PerMember(averaged),
+        "directions": directions,
     }
     records = resume.restore(parts) if resume is not None else []
 
@@ -362,7 +462,7 @@ def train_members(
         if device.type == "cuda":  # the training pass's time, apart from evaluation
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - start
-        values = _measure(members, sums, val, test, measured)
+        values = _measure(members, sums, val, test, measured, reference, directions)
         seconds = time.perf_counter() - start
 
         records.append({"epoch": epoch, "members": [None] * k})

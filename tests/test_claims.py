@@ -149,7 +149,7 @@ def metrics_table(flip=False, seeds=SEEDS, dataset="digits", model="cnn", runs=R
     return df
 
 
-METHODS = ["sgdr", "independent", "sgdr_distance", "distance"]
+METHODS = ["sgdr", "independent", "sgdr_distance", "distance", "snapshots"]
 PAIR_SHAPE = [0, 1, 1, 0, 0, 1]  # some pairs disagree a little more: Spearman ρ 0.1 with weight distance
 
 
@@ -173,12 +173,14 @@ def ensemble_tables(flip=False, ensembles=("seed0", "seed1", "seed2"), dataset="
                     }
                 )
             for pair, (i, j) in enumerate(itertools.combinations(range(4), 2)):
-                if flip:  # disagreement follows weight distance; distance snapshots the most diverse
+                # flipped: disagreement follows weight distance (by method order: distance snapshots
+                # more diverse than SGDR, less than their matching control)
+                if flip:
                     weight_distance = 3 * g + pair + 1 + 12 * k
                     disagreement = 0.01 * weight_distance + (0.001 * k if method == "distance" else 0)
                 else:
                     weight_distance = pair + 1
-                    base = {"distance": 0.05 + 0.002 * k, "sgdr": 0.10}.get(method, 0.07)
+                    base = {"distance": 0.05 + 0.002 * k, "sgdr": 0.10, "snapshots": 0.03}.get(method, 0.07)
                     disagreement = base + 0.001 * k + 0.01 * PAIR_SHAPE[pair]
                 pair_rows.append(
                     {

@@ -56,6 +56,7 @@ EFFECT_ACC = 0.02
 EFFECT_SLOPE = 6 * SLOPE_SD * 1.05  # the slope's sd: random slope and run noise together
 EFFECT_GAIN, SD_GAIN = 0.01, 0.001
 SD_DIV = DIV_MARGIN / 6
+EFFECT_PENALTY_DIV = 6 * SD_DIV * math.sqrt(2)  # distance − matching control: two ensembles' noise
 
 
 def _knots(t: np.ndarray, n: int, d1, a, b, c) -> np.ndarray:
@@ -309,9 +310,10 @@ class World:
         e, rng = self.e, self.rng
         rho = {1: 0.0, 0: 2 * math.sin(math.pi * WEAK / 6), -1: 0.9}[e]  # Pearson giving Spearman 0, weak_rho, 0.9
         diversity = {1: 0.0, 0: DIV_MARGIN, -1: 2 * DIV_MARGIN}[e]  # distance − SGDR disagreement
+        control = diversity - e * EFFECT_PENALTY_DIV  # the matching control's: distance − it is e x the effect
         i, j = np.triu_indices(members, 1)
         curves, pair_rows = [], []
-        for method in ("distance", "sgdr", "independent"):
+        for method in ("distance", "snapshots", "sgdr", "independent"):
             names = ["seeds0-1-2"] if method == "independent" else [f"seed{k}" for k in range(SEEDS)]
             for name in names:
                 study = np.arange(STUDIES)
@@ -323,6 +325,7 @@ class World:
                             "ensemble": name,
                             "m": members,
                             "gain_best": e * EFFECT_GAIN + rng.normal(0, SD_GAIN, STUDIES),
+                            "accuracy": 0.9 + rng.normal(0, SD_GAIN, STUDIES),
                         }
                     )
                 )
@@ -332,7 +335,8 @@ class World:
                 z = z - (z * x).mean(1, keepdims=True) * x  # orthogonal to x: the sample correlation is rho
                 z = (z - z.mean(1, keepdims=True)) / z.std(1, keepdims=True)
                 r = np.clip(rho + rng.normal(0, 0.03, (STUDIES, 1)), -1, 1)
-                level = 0.1 + (diversity + rng.normal(0, SD_DIV, (STUDIES, 1)) if method == "distance" else 0.0)
+                shift = {"distance": diversity, "snapshots": control}.get(method)
+                level = 0.1 + (0.0 if shift is None else shift + rng.normal(0, SD_DIV, (STUDIES, 1)))
                 pair_rows.append(
                     pd.DataFrame(
                         {

@@ -780,18 +780,44 @@ def ensemble_gain(t: Tables) -> pd.DataFrame:
     return _per_method(t, _units(largest, "gain_best"), lambda v: t_test(v, 0.0, +1, t.s["confidence"], t.cells))
 
 
+def _method_difference(values: pd.Series, method: str, other: str) -> pd.Series | None:
+    """Per seed: a snapshot method's ensemble value − the other method's of the same seed
+    (ensemble `seed<k>` of both), or None where the cells lack either method."""
+    if not {method, other} <= set(values.index.get_level_values("method")):
+        return None
+    return (values.xs(method, level="method") - values.xs(other, level="method")).dropna()
+
+
+def _mean_disagreement(t: Tables) -> pd.Series:
+    return t.pairs.groupby(CELL + ["method", "ensemble"])["disagreement"].mean()
+
+
 def ensemble_diversity(t: Tables) -> pd.DataFrame:
-    mean = t.pairs.groupby(CELL + ["method", "ensemble"])["disagreement"].mean()
-    methods = set(mean.index.get_level_values("method"))
-    if not {"distance", "sgdr"} <= methods:
+    d = _method_difference(_mean_disagreement(t), "distance", "sgdr")
+    if d is None:
         return _blank(t.cells, "not run", "needs both the 'distance' and the 'sgdr' ensembles")
-    d = mean.xs("distance", level="method") - mean.xs("sgdr", level="method")  # the same seed's ensembles
-    r = t_test(d.dropna(), t.s["diversity_margin"], -1, t.s["confidence"], t.cells)
+    r = t_test(d, t.s["diversity_margin"], -1, t.s["confidence"], t.cells)
     return _add_note(
         r,
         "confounded: distance members are taken at the constant peak lr, SGDR members at the "
-        "annealed end of a cycle (a constant-lr snapshot ensemble without the penalty would match)",
+        "annealed end of a cycle (ensemble.penalty_diversity compares with the matching control)",
     )
+
+
+def ensemble_penalty_diversity(t: Tables) -> pd.DataFrame:
+    d = _method_difference(_mean_disagreement(t), "distance", "snapshots")
+    if d is None:
+        return _blank(t.cells, "not run", "needs both the 'distance' and the 'snapshots' ensembles")
+    return t_test(d, 0.0, +1, t.s["confidence"], t.cells)
+
+
+def ensemble_penalty_accuracy(t: Tables) -> pd.DataFrame:
+    e = t.ensembles
+    largest = e[e["m"] == e.groupby(CELL + ["method", "ensemble"])["m"].transform("max")]
+    d = _method_difference(_units(largest, "accuracy"), "distance", "snapshots")
+    if d is None:
+        return _blank(t.cells, "not run", "needs both the 'distance' and the 'snapshots' ensembles")
+    return t_test(d, 0.0, +1, t.s["confidence"], t.cells)
 
 
 MIN_PAIRS = 6  # 4 members: with 3 pairs a rank correlation is little more than a sign (±0.5 or ±1)
@@ -1081,6 +1107,28 @@ CLAIMS = [
         ("diversity_margin", "confidence"),
         "plots/ensemble_disagreement.png",
         ensemble_diversity,
+    ),
+    Claim(
+        "ensemble.penalty_diversity",
+        "ensembles",
+        "The penalty adds diversity: distance snapshots disagree more than the matching control, snapshots "
+        "at the same constant lr without the penalty.",
+        "per seed: mean pairwise disagreement (distance snapshots) − (constant-lr snapshots, no penalty)",
+        PAIRED_UP,
+        ("confidence",),
+        "plots/ensemble_disagreement.png",
+        ensemble_penalty_diversity,
+    ),
+    Claim(
+        "ensemble.penalty_accuracy",
+        "ensembles",
+        "How the penalty changes an ensemble's test accuracy against the matching control.",
+        "per seed: ensemble accuracy at the largest m, (distance snapshots) − (constant-lr snapshots, no penalty)",
+        EXPLORATORY,
+        ("confidence",),
+        "plots/ensemble_accuracy.png",
+        ensemble_penalty_accuracy,
+        exploratory=True,
     ),
     Claim(
         "ensemble.weights_vs_predictions",

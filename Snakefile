@@ -60,6 +60,8 @@ localrules:
     plot_ensembles,
     plot_kernels,
     plot_hill_2d,
+    shift_table,
+    plot_shift,
 
 
 include: "workflow/rules/data.smk"

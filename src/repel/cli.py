@@ -116,6 +116,10 @@ COMMANDS = {  # name: (function, or "module:function" of the package imported wh
     "aggregate-landscape": ("tables:aggregate_landscape", "every run's landscape -> one table"),
     "plot": ("plots:plot_tables", "figures from the aggregated tables"),
     "plot-method": (cmd_plot_method, "the method's figures: the kernels as the runs felt them, a 2-D hill"),
+    "shift-data": ("shift:prepare_job", "the test split's corrupted copies (dataset shift), made once"),
+    "predict-shift": ("shift:predict_job", "ensemble members on the clean and corrupted test splits"),
+    "shift-table": ("shift_tables:aggregate", "every ensemble's metrics under shift -> one table"),
+    "plot-shift": ("shift_tables:plot", "the ensembles' metrics against severity"),
 }
 OPTIONS = {  # name: its options, one a line
     "prepare": """--dataset!=which dataset to prepare
@@ -182,6 +186,25 @@ OPTIONS = {  # name: its options, one a line
         --formats*=file formats to write (png, pdf)""",
     "plot-method": """
         --metrics=metrics.parquet: the kernels figure (kernels.<format>) of the settings that ran
+        --out-dir!=directory for the figures
+        --formats*=file formats to write (png, pdf)""",
+    "shift-data": """--data!=prepared dataset
+        --corruptions*!=which corruptions (repel.shift.CORRUPTIONS)
+        --severities*!:int=which severities, 1..5
+        --seed:int=seed of the corruptions' random numbers (default 0)
+        --out!=the shifted test split to write (.pt)""",
+    "predict-shift": f"""--data!=prepared dataset
+        --shift!=the shifted test split written by shift-data
+        --checkpoint!=the base checkpoint (the network's architecture)
+        --members*!=members' weight files, oldest first
+        --method!=ensemble method name, recorded
+        --ensemble!=which of the method's ensembles, recorded
+        --out!=the members' log-softmax outputs to write (.pt)
+        --table!=the ensemble's metrics per corruption and severity to write (.parquet)
+        {DEVICE}""",
+    "shift-table": """--tables*!=predict-shift --table files
+        --out!=the combined table to write (.parquet)""",
+    "plot-shift": """--shift!=shift.parquet written by shift-table
         --out-dir!=directory for the figures
         --formats*=file formats to write (png, pdf)""",
 }

@@ -263,4 +263,26 @@ def get_final_outputs():
         ]
         outputs += expand(res("aggregate/{table}"), table=tables)
         outputs += expand(res("plots/{figure}.{ext}"), figure=ENSEMBLE_FIGURES, ext=["png", "pdf"])
+    outputs += get_shift_outputs()
     return outputs
+
+
+# Dataset shift (config ensembles.shift, with its defaults): None without it
+SHIFT = {"seed": 0, **ENSEMBLES["shift"]} if ENSEMBLES and "shift" in ENSEMBLES else None
+
+
+def get_shift_inputs(wildcards):
+    """An ensemble's members, and one base checkpoint for the network's architecture."""
+    inputs = get_ensemble_inputs(wildcards)
+    return {"members": inputs["members"], "checkpoint": inputs["checkpoints"][0]}
+
+
+def get_shift_tables():
+    return [path.replace("predictions.pt", "shift.parquet") for path in get_predictions()]
+
+
+def get_shift_outputs():
+    """The shift table and its figure, where the config asks for them."""
+    if not SHIFT:
+        return []
+    return [res("aggregate/shift.parquet"), *expand(res("plots/ensemble_shift.{ext}"), ext=["png", "pdf"])]

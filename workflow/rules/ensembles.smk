@@ -72,3 +72,58 @@ rule plot_ensembles:
     shell:
         "python -m repel plot --ensembles {input.curves} --pairs {input.pairs} --averages {input.averages} "
         "--out-dir {params.out_dir} > {log} 2>&1"
+
+
+# Dataset shift (config ensembles.shift): every ensemble's members on the clean and corrupted test
+# splits; one table of all of them, and its figure.
+rule predict_shift:
+    input:
+        unpack(get_shift_inputs),
+        data=res("data/{dataset}.pt"),
+        shift=res("shift/{dataset}.pt"),
+    output:
+        predictions=res("ensembles/{dataset}/{model}/{method}/{ensemble}/shift_predictions.pt"),
+        table=res("ensembles/{dataset}/{model}/{method}/{ensemble}/shift.parquet"),
+    log:
+        res("logs/predict_shift/{dataset}/{model}/{method}/{ensemble}.log"),
+    conda:
+        "../../envs/repel.yaml"
+    threads: config["threads"]
+    resources:
+        gres=get_gres(),
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=config["resources"]["runtime"],
+    shell:
+        "python -m repel predict-shift --data {input.data} --shift {input.shift} --checkpoint {input.checkpoint} "
+        "--members {input.members} --method {wildcards.method} --ensemble {wildcards.ensemble} "
+        "--device $REPEL_DEVICE --threads {threads} --out {output.predictions} --table {output.table} > {log} 2>&1"
+
+
+rule shift_table:
+    input:
+        get_shift_tables(),
+    output:
+        res("aggregate/shift.parquet"),
+    log:
+        res("logs/shift_table.log"),
+    conda:
+        "../../envs/repel.yaml"
+    shell:
+        "python -m repel shift-table --tables {input} --out {output} > {log} 2>&1"
+
+
+rule plot_shift:
+    input:
+        res("aggregate/shift.parquet"),
+    output:
+        report(res("plots/ensemble_shift.png"), caption="../report/ensemble_shift.rst", category="Ensembles"),
+        res("plots/ensemble_shift.pdf"),
+    log:
+        res("logs/plot_shift.log"),
+    conda:
+        "../../envs/repel.yaml"
+    params:
+        configfiles=CONFIG_FILES,  # named in the report's caption
+        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
+    shell:
+        "python -m repel plot-shift --shift {input} --out-dir {params.out_dir} > {log} 2>&1"

@@ -61,6 +61,7 @@ localrules:
     plot_kernels,
     plot_hill_2d,
     shift_table,
+    ood_table,
     plot_shift,
 
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 from scipy import ndimage
-from sklearn.metrics import log_loss
+from scipy.stats import entropy
+from sklearn.metrics import log_loss, roc_auc_score
 
 from repel import cli, shift, shift_tables
 
@@ -132,7 +133,7 @@ def test_predict_shift_end_to_end(tmp_path):
     run = ["--data", str(data), "--model", "mlp", "--epochs", "1", *device, "--out-dir", str(base)]
     assert cli.main(["train-base", *run]) == 0
     shifted = tmp_path / "shift.pt"
-    corruptions = ["--corruptions", "contrast", "gaussian_blur", "--severities", "1", "5"]
+    corruptions = ["--corruptions", "contrast", "gaussian_blur", "--severities", "1", "5", "--ood", "inverted"]
     assert cli.main(["shift-data", "--data", str(data), *corruptions, "--out", str(shifted)]) == 0
     weights = torch.load(base / "checkpoint.pt", weights_only=True)["model"]
     members = []
@@ -142,6 +143,7 @@ def test_predict_shift_end_to_end(tmp_path):
     out, table = tmp_path / "p.pt", tmp_path / "shift.parquet"
     given = ["--data", str(data), "--shift", str(shifted), "--checkpoint", str(base / "checkpoint.pt")]
     names = ["--method", "snapshots", "--ensemble", "seed0", "--out", str(out), "--table", str(table)]
+    names += ["--ood-scores", str(tmp_path / "scores.parquet")]
     assert cli.main(["predict-shift", *given, "--members", *members, *names, *device]) == 0
     t = pd.read_parquet(table)
     assert sorted(zip(t["corruption"], t["severity"])) == [
@@ -157,6 +159,20 @@ def test_predict_shift_end_to_end(tmp_path):
         p = stored["log_probs"][f"{r.corruption}/{r.severity}"].double().exp().mean(0).numpy()
         p /= p.sum(1, keepdims=True)
         assert r.nll == pytest.approx(log_loss(y, p, labels=range(p.shape[1])), abs=1e-6)
+    detection = tmp_path / "ood.parquet"
+    assert cli.main(["ood-table", "--scores", str(tmp_path / "scores.parquet"), "--out", str(detection)]) == 0
+    row = pd.read_parquet(detection).set_index("score").loc["entropy"]
+    assert row["ood"] == "inverted"
+    entropies = [  # the predictive entropy from the stored predictions, by scipy; OOD the positives
+        entropy(stored["log_probs"][key].double().exp().mean(0).numpy(), axis=1) for key in ("clean/0", "ood/inverted")
+    ]
+    labels = np.r_[np.zeros(len(entropies[0])), np.ones(len(entropies[1]))]
+    assert row["auroc"] == pytest.approx(roc_auc_score(labels, np.r_[entropies[0], entropies[1]]), abs=1e-6)
+    plots = ["--shift", str(table), "--ood", str(detection), "--out-dir", str(tmp_path / "plots")]
+    assert cli.main(["shift-table", "--tables", str(table), "--out", str(tmp_path / "all.parquet")]) == 0
+    plots[1] = str(tmp_path / "all.parquet")
+    assert cli.main(["plot-shift", *plots, "--formats", "png"]) == 0
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"ensemble_shift.png", "ensemble_ood.png"}
 
 
 def test_the_schema_lists_the_declared_corruptions_and_severities():

@@ -144,21 +144,29 @@ def metric_rows(log_probs: dict[tuple[str, int], torch.Tensor], y: torch.Tensor,
 
 
 def prepare_job(args) -> None:
-    """The prepared dataset's test split, corrupted once: one file per dataset."""
-    from . import data, storage
+    """The prepared dataset's test split, corrupted once, and its OOD sets (repel.ood): one file
+    per dataset."""
+    from . import data, ood, storage
 
     prepared = data.load(args.data)
-    out = shifted_test(prepared, args.corruptions, args.severities, 0 if args.seed is None else args.seed)
+    seed = 0 if args.seed is None else args.seed
+    out = shifted_test(prepared, args.corruptions or [], args.severities or [], seed)
+    given = {"data_dir": args.data_dir or "data", "download": not args.no_download}
+    out["ood"] = {name: ood.images(prepared, name, seed, **given) for name in args.ood or []}
     storage.save_torch(out, args.out)
-    print(f"{prepared['name']}: {len(out['y'])} test images x {args.corruptions} x severities {args.severities}")
+    print(
+        f"{prepared['name']}: {len(out['y'])} test images x {args.corruptions} x severities {args.severities}; "
+        f"OOD sets {', '.join(f'{k} ({len(v)})' for k, v in out['ood'].items()) or 'none'}"
+    )
 
 
 def predict_job(args) -> None:
-    """An ensemble's members on the clean test split (severity 0) and on every corrupted copy:
-    their log-softmax outputs stored (.pt) and the ensemble's metrics per severity (.parquet)."""
+    """An ensemble's members on the clean test split (severity 0), on every corrupted copy and on
+    every OOD set: their log-softmax outputs stored (.pt), the ensemble's metrics per severity
+    (--table) and every point's OOD scores, the test split's as set "test" (--ood-scores)."""
     import pandas as pd
 
-    from . import checkpoint, data, models, storage
+    from . import checkpoint, data, models, ood, storage
     from .data import DeviceData
     from .jobs import log, setup
     from .predict import log_softmax_outputs
@@ -172,6 +180,7 @@ def predict_job(args) -> None:
     splits = {("clean", 0): prepared["test_x"]}
     for name, x in shifted["x"].items():
         splits.update({(name, s): x[k] for k, s in enumerate(shifted["severities"])})
+    splits.update({("ood", name): x for name, x in shifted.get("ood", {}).items()})
     outputs = {key: [] for key in splits}
     for path in args.members:
         model.load_state_dict(checkpoint.load_weights(path, arch, "member"))
@@ -180,6 +189,13 @@ def predict_job(args) -> None:
             outputs[key].append(log_softmax_outputs(model, split).cpu())
     log_probs = {key: torch.stack(v) for key, v in outputs.items()}
     y = prepared["test_y"]
+    cell = {"dataset": prepared["name"], "model": arch["model"], "method": args.method, "ensemble": args.ensemble}
+    points = [
+        pd.DataFrame({**cell, "set": name, **{k: v.numpy() for k, v in ood.scores(log_probs[key]).items()}})
+        for name, key in [("test", ("clean", 0)), *((name, ("ood", name)) for name in shifted.get("ood", {}))]
+    ]
+    if args.ood_scores:
+        storage.save_parquet(pd.concat(points, ignore_index=True), args.ood_scores)
     storage.save_torch(
         {
             "log_probs": {f"{name}/{s}": lp for (name, s), lp in log_probs.items()},
@@ -188,8 +204,7 @@ def predict_job(args) -> None:
         },
         args.out,
     )
-    rows = metric_rows(log_probs, y)
-    table = pd.DataFrame(rows).assign(dataset=prepared["name"], model=arch["model"], method=args.method)
-    table["ensemble"] = args.ensemble
+    rows = metric_rows({k: v for k, v in log_probs.items() if k[0] != "ood"}, y)
+    table = pd.DataFrame(rows).assign(**cell)
     storage.save_parquet(table, args.table)
     log(f"{args.method} {args.ensemble}: {len(args.members)} members x {len(splits)} splits -> {args.table}")

@@ -67,12 +67,65 @@ def shift_figure(table: pd.DataFrame):
     return fig
 
 
+def aggregate_ood(args) -> None:
+    from . import ood, storage
+
+    points = pd.concat([storage.read_parquet(p, "ensemble OOD scores") for p in args.scores], ignore_index=True)
+    storage.save_parquet(ood.detection_table(points), args.out)
+    print(f"{len(args.scores)} ensembles' OOD scores -> {args.out}")
+
+
+OOD_METRICS = {"auroc": "AUROC (OOD the positives)", "fpr95": "FPR at 95 % TPR"}
+
+
+def ood_figure(table: pd.DataFrame):
+    """Per dataset/model and OOD set: each score's AUROC and FPR@95 per method, the mean over the
+    method's ensembles with a min-max bar."""
+    from .ood import SCORES
+    from .plots import POINT_COLORS, plt
+
+    columns = sorted(table.groupby(["dataset", "model", "ood"]).groups)
+    methods = sorted(table["method"].unique())
+    colors = dict(zip(methods, POINT_COLORS))
+    fig, axes = plt.subplots(2, len(columns), figsize=(4.2 * len(columns), 6), squeeze=False)
+    width = 0.8 / len(methods)
+    for col, (dataset, model, name) in enumerate(columns):
+        panel = table[(table["dataset"] == dataset) & (table["model"] == model) & (table["ood"] == name)]
+        for row, (metric, label) in enumerate(OOD_METRICS.items()):
+            ax = axes[row, col]
+            for k, method in enumerate(methods):
+                s = panel[panel["method"] == method].groupby("score")[metric].agg(["mean", "min", "max"])
+                s = s.reindex(list(SCORES))
+                x = [i + (k - (len(methods) - 1) / 2) * width for i in range(len(SCORES))]
+                err = [s["mean"] - s["min"], s["max"] - s["mean"]]
+                ax.bar(x, s["mean"], width, yerr=err, color=colors[method], label=method, capsize=2)
+            ax.set_xticks(range(len(SCORES)), list(SCORES))
+            ax.set_ylim(0, 1)
+            ax.grid(alpha=0.3, axis="y")
+            if col == 0:
+                ax.set_ylabel(label)
+            if row == 0:
+                ax.set_title(f"{dataset} / {model}: OOD {name}", fontsize=9)
+    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), title="method")
+    fig.suptitle(
+        "How well each score flags OOD inputs: mean over each method's ensembles, min-max bar "
+        "(msp: 1 − max softmax probability, entropy: of the mean softmax, mi: mutual information)",
+        fontsize=9,
+    )
+    return fig
+
+
 def plot(args) -> None:
     from . import storage
     from .plots import _save
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = storage.read_parquet(args.shift, "ensemble shift table")
-    written = _save(shift_figure(table), out, "ensemble_shift", args.formats or ("png", "pdf"), tight_layout=False)
+    formats, written = args.formats or ("png", "pdf"), []
+    if args.shift:
+        table = storage.read_parquet(args.shift, "ensemble shift table")
+        written += _save(shift_figure(table), out, "ensemble_shift", formats, tight_layout=False)
+    if args.ood:
+        table = storage.read_parquet(args.ood, "ensemble OOD table")
+        written += _save(ood_figure(table), out, "ensemble_ood", formats, tight_layout=False)
     print("wrote " + ", ".join(map(str, written)))

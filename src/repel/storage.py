@@ -55,6 +55,8 @@ KINDS = {
         "`repel predict-shift` (Snakemake rule predict_shift)",
     ),
     "ensemble shift table": ("the ensembles' metrics under shift", "`repel shift-table` (Snakemake rule shift_table)"),
+    "ensemble OOD scores": ("an ensemble's OOD scores", "`repel predict-shift` (Snakemake rule predict_shift)"),
+    "ensemble OOD table": ("the ensembles' OOD detection table", "`repel ood-table` (Snakemake rule ood_table)"),
 }
 MISSING = "is missing (not found)"
 DAMAGED = "cannot be read: it is cut short, damaged or not a torch file"

@@ -267,8 +267,11 @@ def get_final_outputs():
     return outputs
 
 
-# Dataset shift (config ensembles.shift, with its defaults): None without it
-SHIFT = {"seed": 0, **ENSEMBLES["shift"]} if ENSEMBLES and "shift" in ENSEMBLES else None
+# Dataset shift and OOD sets (config ensembles.shift, ensembles.ood): the members of every ensemble
+# predict on both in one job per ensemble, from one file per dataset
+SHIFT = {"corruptions": [], "severities": [], "seed": 0, **(ENSEMBLES or {}).get("shift", {})}
+OOD = (ENSEMBLES or {}).get("ood", {})  # dataset -> its OOD sets
+ROBUSTNESS = bool(ENSEMBLES) and ("shift" in ENSEMBLES or "ood" in ENSEMBLES)
 
 
 def get_shift_inputs(wildcards):
@@ -281,8 +284,22 @@ def get_shift_tables():
     return [path.replace("predictions.pt", "shift.parquet") for path in get_predictions()]
 
 
+def get_ood_scores():
+    return [path.replace("predictions.pt", "ood_scores.parquet") for path in get_predictions()]
+
+
+def get_robustness_tables():
+    """The shift and OOD tables the config asks for, by plot_shift's options."""
+    tables = {}
+    if "shift" in (ENSEMBLES or {}):
+        tables["shift"] = res("aggregate/shift.parquet")
+    if OOD:
+        tables["ood"] = res("aggregate/ood.parquet")
+    return tables
+
+
 def get_shift_outputs():
-    """The shift table and its figure, where the config asks for them."""
-    if not SHIFT:
-        return []
-    return [res("aggregate/shift.parquet"), *expand(res("plots/ensemble_shift.{ext}"), ext=["png", "pdf"])]
+    """The shift and OOD tables and their figures, where the config asks for them."""
+    tables = get_robustness_tables()
+    figures = {"shift": "ensemble_shift", "ood": "ensemble_ood"}
+    return [*tables.values(), *(res(f"plots/{figures[k]}.{ext}") for k in tables for ext in ("png", "pdf"))]

@@ -632,3 +632,25 @@ def test_the_landscape_claim_needs_its_table_and_the_baseline_family():
     families = {k: v for k, v in FAMILIES.items() if k != "baseline"}
     row = claims.evaluate(metrics, families, landscape=landscape).set_index("claim").loc["landscape.left"]
     assert row["verdict"] == "not run" and "no family 'baseline'" in row["note"]
+
+
+def test_the_shift_and_ood_claims_read_their_tables_by_hand():
+    rows, ood_rows = [], []
+    for method, extra, mi in (("distance", 0.005, 0.9), ("sgdr", 0.0, 0.8), ("snapshots", 0.0, 0.7)):
+        for k in range(3):
+            for corruption, top in (("noise", 0.7), ("blur", 0.8)):
+                # severity 3 is not the highest: it is not read
+                for severity, acc in ((0, 0.9), (3, 0.85), (5, top - extra - 0.001 * k)):
+                    row = {"dataset": "digits", "model": "cnn", "method": method, "ensemble": f"seed{k}"}
+                    rows.append({**row, "corruption": corruption, "severity": severity, "accuracy": acc, "nll": 0.3})
+            ood_rows.append({**row, "ood": "inverted", "score": "mi", "auroc": mi + 0.01 * k})
+    table = claims.evaluate(
+        metrics_table(), FAMILIES, *ensemble_tables(), shift=pd.DataFrame(rows), ood=pd.DataFrame(ood_rows)
+    ).set_index("claim")
+    # per seed the drop of distance is 0.005 larger than either other's (the seed's 0.001 k cancels)
+    assert table.loc["shift.accuracy", "value"] == pytest.approx(0.005)
+    assert table.loc["shift.accuracy", "verdict"] == "holds"  # 0.005 < shift_margin 0.02, no spread
+    assert table.loc["shift.nll", "value"] == pytest.approx(0.0)
+    assert table.loc["ood.mi", "value"] == pytest.approx(0.2) and table.loc["ood.mi", "verdict"] == "holds"
+    missing = claims.evaluate(metrics_table(), FAMILIES).set_index("claim")
+    assert missing.loc["ood.mi", "verdict"] == "not run" and "no ood table given" in missing.loc["ood.mi", "note"]

@@ -98,6 +98,12 @@ SETTINGS = {
         "'not more diverse': disagreement at most this much higher (a fraction of points)",
     ),
     "weak_rho": Setting(0.3, 0, 1, True, False, False, "'weakly related': Spearman's rho within +-weak_rho"),
+    "shift_margin": Setting(
+        0.02, 0, 1, True, False, False, "under shift 'at least as well': an accuracy drop at most this much larger"
+    ),
+    "shift_nll_margin": Setting(
+        0.05, 0, None, True, False, False, "under shift 'at least as well': an NLL rise at most this much larger (nats)"
+    ),
 }
 DEFAULTS = {k: s.default for k, s in SETTINGS.items()}
 VERDICTS = ("holds", "does not hold", "inconclusive", "exploratory", "not run")
@@ -318,9 +324,10 @@ class Tables:
     """Every cell's runs as per-(run, seed) statistics (`stats`), each run's settings (`info`), the
     ensemble and landscape tables, the families and the settings."""
 
-    def __init__(self, metrics, families, ensembles, pairs, landscape, settings):
+    def __init__(self, metrics, families, ensembles, pairs, landscape, settings, shift=None, ood=None):
         self.families, self.s = families, settings
         self.ensembles, self.pairs, self.landscape = ensembles, pairs, landscape
+        self.shift, self.ood = shift, ood  # the ensembles under dataset shift, their OOD detection
         self.cells = pd.MultiIndex.from_frame(metrics[CELL].drop_duplicates().sort_values(CELL))
         runs = metrics[metrics["phase"] == "continue"].sort_values(RUN + ["seed", "epoch"])
         self.runs = runs
@@ -820,6 +827,65 @@ def ensemble_penalty_accuracy(t: Tables) -> pd.DataFrame:
     return t_test(d, 0.0, +1, t.s["confidence"], t.cells)
 
 
+# under dataset shift and out of distribution (tables shift.parquet and ood.parquet); units: seeds
+
+ROBUSTNESS_TABLES = {"shift": "aggregate/shift.parquet", "ood": "aggregate/ood.parquet"}
+SHIFT_OTHERS = ("sgdr", "snapshots")  # distance is compared with SGDR and with its matching control
+
+
+def shift_change(shift: pd.DataFrame, metric: str) -> pd.Series:
+    """Per ensemble: the metric at each corruption's highest severity − its clean value (severity
+    0), averaged over the corruptions. Index: CELL + method, ensemble."""
+    keys = CELL + ["method", "ensemble", "corruption"]
+    top = shift[shift["severity"] == shift.groupby(CELL + ["corruption"])["severity"].transform("max")]
+    shifted = top.groupby(keys)[metric].first()
+    clean = shift[shift["severity"] == 0].groupby(keys)[metric].first().reindex(shifted.index)
+    return (shifted - clean).groupby(level=CELL + ["method", "ensemble"]).mean()
+
+
+def _shift_noninferior(t: Tables, metric: str, sign: int, margin: float) -> pd.DataFrame:
+    """Parts: distance's change under shift against each other snapshot method's of the same seed,
+    non-inferior within `margin` (sign −1: a drop, accuracy; +1: a rise, NLL)."""
+    change = sign * shift_change(t.shift, metric)  # larger: worse
+    parts = {}
+    for other in SHIFT_OTHERS:
+        d = _method_difference(change, "distance", other)
+        parts[f"vs {other}"] = (
+            _blank(t.cells, "not run", f"needs both the 'distance' and the '{other}' ensembles")
+            if d is None
+            else t_test(d, margin, -1, t.s["confidence"], t.cells)
+        )
+    return combine(parts)
+
+
+def shift_accuracy(t: Tables) -> pd.DataFrame:
+    return _shift_noninferior(t, "accuracy", -1, t.s["shift_margin"])
+
+
+def shift_nll(t: Tables) -> pd.DataFrame:
+    return _shift_noninferior(t, "nll", +1, t.s["shift_nll_margin"])
+
+
+def shift_independent(t: Tables) -> pd.DataFrame:
+    """Exploratory: distance's accuracy drop − the independent seeds' (one ensemble: its value for every seed)."""
+    change = -shift_change(t.shift, "accuracy")
+    if not {"distance", "independent"} <= set(change.index.get_level_values("method")):
+        return _blank(t.cells, "not run", "needs both the 'distance' and the 'independent' ensembles")
+    distance = change.xs("distance", level="method")
+    independent = change.xs("independent", level="method").groupby(level=CELL).mean()
+    d = distance - independent.reindex(distance.index.droplevel("ensemble")).to_numpy()
+    return t_test(d.dropna(), 0.0, -1, t.s["confidence"], t.cells)
+
+
+def ood_mi(t: Tables) -> pd.DataFrame:
+    """Per seed: AUROC of mutual information (distance − the matching control), mean over the OOD sets."""
+    mi = t.ood[t.ood["score"] == "mi"].groupby(CELL + ["method", "ensemble"])["auroc"].mean()
+    d = _method_difference(mi, "distance", "snapshots")
+    if d is None:
+        return _blank(t.cells, "not run", "needs both the 'distance' and the 'snapshots' ensembles")
+    return t_test(d, 0.0, +1, t.s["confidence"], t.cells)
+
+
 MIN_PAIRS = 6  # 4 members: with 3 pairs a rank correlation is little more than a sign (±0.5 or ±1)
 
 
@@ -1131,6 +1197,52 @@ CLAIMS = [
         exploratory=True,
     ),
     Claim(
+        "shift.accuracy",
+        "shift",
+        "Distance snapshots keep their accuracy under dataset shift at least as well as SGDR snapshots and as "
+        "the matching control.",
+        "per seed: accuracy drop (clean − each corruption's highest severity, mean over corruptions), "
+        "(distance) − (SGDR), − (constant-lr snapshots); non-inferiority, a part each",
+        PARTS + _rule("difference", "< shift_margin", "> shift_margin"),
+        ("shift_margin", "confidence"),
+        "plots/ensemble_shift.png",
+        shift_accuracy,
+    ),
+    Claim(
+        "shift.nll",
+        "shift",
+        "Distance snapshots keep their NLL under dataset shift at least as well as SGDR snapshots and as the "
+        "matching control.",
+        "per seed: NLL rise (each corruption's highest severity − clean, mean over corruptions), "
+        "(distance) − (SGDR), − (constant-lr snapshots); non-inferiority, a part each",
+        PARTS + _rule("difference", "< shift_nll_margin", "> shift_nll_margin"),
+        ("shift_nll_margin", "confidence"),
+        "plots/ensemble_shift.png",
+        shift_nll,
+    ),
+    Claim(
+        "shift.independent",
+        "shift",
+        "How distance snapshots' accuracy drop under shift compares with the independent seeds'.",
+        "per seed: accuracy drop at the highest severities, (distance) − (independent seeds' ensemble)",
+        EXPLORATORY,
+        ("confidence",),
+        "plots/ensemble_shift.png",
+        shift_independent,
+        exploratory=True,
+    ),
+    Claim(
+        "ood.mi",
+        "ood",
+        "Mutual information separates OOD inputs better with distance snapshots than with the matching control.",
+        "per seed: AUROC of the ensemble's mutual information (OOD the positives, mean over the OOD sets), "
+        "(distance) − (constant-lr snapshots)",
+        PAIRED_UP,
+        ("confidence",),
+        "plots/ensemble_ood.png",
+        ood_mi,
+    ),
+    Claim(
         "ensemble.weights_vs_predictions",
         "ensembles",
         "Members far apart in weight space still predict alike: weight distance and disagreement are only "
@@ -1153,6 +1265,12 @@ CLAIMS = [
 def _missing(claim: Claim, t: Tables) -> pd.Series:
     """Per cell: why the claim cannot run there, or ""."""
     none = pd.Series("", index=t.cells)
+    if claim.family in ROBUSTNESS_TABLES:  # the ensembles under shift, their OOD detection
+        table = getattr(t, claim.family)
+        if table is None:
+            return none + f"no {claim.family} table given"
+        have = pd.MultiIndex.from_frame(table[CELL].drop_duplicates())
+        return none.where(t.cells.isin(have), f"no {claim.family} rows for this dataset/model")
     if claim.family in ("ensembles", "landscape"):
         tables = (t.ensembles, t.pairs) if claim.family == "ensembles" else (t.landscape,)
         if any(x is None for x in tables):
@@ -1192,6 +1310,8 @@ def evaluate(
     settings: dict | None = None,
     landscape: pd.DataFrame | None = None,
     adjust_by: list[str] | None = None,
+    shift: pd.DataFrame | None = None,
+    ood: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Every claim for every dataset/model of `metrics`: one row each (COLUMNS). The decidable tests
     are adjusted together over the whole table, or within each group of `adjust_by` columns."""
@@ -1203,8 +1323,10 @@ def evaluate(
         cols = [c for c in ("dataset", "model", "run", "control", "method", "ensemble") if c in table]
         return table.astype({c: object for c in cols}).reset_index(drop=True)
 
-    metrics, ensembles, pairs, landscape = map(keys_as_objects, (metrics, ensembles, pairs, landscape))
-    t = Tables(metrics, families, ensembles, pairs, landscape, s)
+    metrics, ensembles, pairs, landscape, shift, ood = map(
+        keys_as_objects, (metrics, ensembles, pairs, landscape, shift, ood)
+    )
+    t = Tables(metrics, families, ensembles, pairs, landscape, s, shift, ood)
     frames = []
     for claim in CLAIMS:
         why = _missing(claim, t)

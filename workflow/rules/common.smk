@@ -236,6 +236,7 @@ def get_claims_inputs(wildcards):
         inputs["landscape"] = res("aggregate/landscape.parquet")
     if ENSEMBLES:
         inputs.update(ensembles=res("aggregate/ensembles.parquet"), pairs=res("aggregate/ensemble_pairs.parquet"))
+    inputs.update(get_robustness_tables())
     return inputs
 
 

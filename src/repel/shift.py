@@ -180,7 +180,7 @@ def predict_job(args) -> None:
     splits = {("clean", 0): prepared["test_x"]}
     for name, x in shifted["x"].items():
         splits.update({(name, s): x[k] for k, s in enumerate(shifted["severities"])})
-    splits.update({("ood", name): x for name, x in shifted.get("ood", {}).items()})
+    splits.update({("ood", name): x for name, x in shifted["ood"].items()})
     outputs = {key: [] for key in splits}
     for path in args.members:
         model.load_state_dict(checkpoint.load_weights(path, arch, "member"))
@@ -192,7 +192,7 @@ def predict_job(args) -> None:
     cell = {"dataset": prepared["name"], "model": arch["model"], "method": args.method, "ensemble": args.ensemble}
     points = [
         pd.DataFrame({**cell, "set": name, **{k: v.numpy() for k, v in ood.scores(log_probs[key]).items()}})
-        for name, key in [("test", ("clean", 0)), *((name, ("ood", name)) for name in shifted.get("ood", {}))]
+        for name, key in [("test", ("clean", 0)), *((name, ("ood", name)) for name in shifted["ood"])]
     ]
     if args.ood_scores:
         storage.save_parquet(pd.concat(points, ignore_index=True), args.ood_scores)

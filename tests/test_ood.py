@@ -71,3 +71,30 @@ def test_detection_table_has_a_row_per_ensemble_set_and_score():
     g = points[points["ensemble"] == "seed1"]
     inside, out = g[g["set"] == "test"]["mi"].to_numpy(), g[g["set"] == "inverted"]["mi"].to_numpy()
     assert one["auroc"] == pytest.approx((out[:, None] > inside[None, :]).mean())  # continuous: no ties
+
+
+def test_an_ood_set_that_cannot_run_is_named_with_its_key():
+    from repel import config_check
+
+    config = {
+        "datasets": ["mnist"],
+        "ensembles": {"ood": {"mnist": ["fashion_mnist", "cifar10"], "digits": ["inverted"]}},
+    }
+    problems = config_check.ood_problems(config)
+    assert len(problems) == 2
+    assert "ensembles.ood.mnist: 'cifar10' has images of shape (3, 32, 32), mnist (1, 28, 28)" in problems[0]
+    assert "['fashion_mnist']" in problems[0]
+    assert problems[1].startswith("ensembles.ood.digits: 'digits' is not among the datasets ['mnist']")
+
+
+def test_the_schema_lists_the_ood_sets_and_datasets():
+    from pathlib import Path
+
+    import yaml
+
+    from repel import config_check, data
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    block = schema["properties"]["ensembles"]["properties"]["ood"]
+    assert block["propertyNames"]["enum"] == list(data.DATASETS) == list(config_check.SHAPES)
+    assert block["additionalProperties"]["items"]["enum"] == [*ood.SYNTHETIC, *data.TORCHVISION_SETS]

@@ -119,7 +119,7 @@ COMMANDS = {  # name: (function, or "module:function" of the package imported wh
     "shift-data": ("shift:prepare_job", "the test split's corrupted copies (dataset shift), made once"),
     "predict-shift": ("shift:predict_job", "ensemble members on the clean and corrupted test splits"),
     "shift-table": ("shift_tables:aggregate", "every ensemble's metrics under shift -> one table"),
-    "ood-table": ("shift_tables:aggregate_ood", "every ensemble's OOD scores -> AUROC and FPR at 95 % TPR"),
+    "ood-table": ("shift_tables:aggregate_ood", "every ensemble's OOD scores -> AUROC and FPR at 95 percent TPR"),
     "plot-shift": ("shift_tables:plot", "the ensembles' metrics against severity"),
 }
 OPTIONS = {  # name: its options, one a line

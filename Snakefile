@@ -60,6 +60,9 @@ localrules:
     plot_ensembles,
     plot_kernels,
     plot_hill_2d,
+    shift_table,
+    ood_table,
+    plot_shift,
 
 
 include: "workflow/rules/data.smk"

@@ -157,7 +157,7 @@ def metrics_table(flip=False, seeds=SEEDS, dataset="digits", model="cnn", runs=R
     return df
 
 
-METHODS = ["sgdr", "independent", "sgdr_distance", "distance"]
+METHODS = ["sgdr", "independent", "sgdr_distance", "distance", "snapshots"]
 PAIR_SHAPE = [0, 1, 1, 0, 0, 1]  # some pairs disagree a little more: Spearman ρ 0.1 with weight distance
 
 
@@ -181,12 +181,14 @@ def ensemble_tables(flip=False, ensembles=("seed0", "seed1", "seed2"), dataset="
                     }
                 )
             for pair, (i, j) in enumerate(itertools.combinations(range(4), 2)):
-                if flip:  # disagreement follows weight distance; distance snapshots the most diverse
+                # flipped: disagreement follows weight distance (by method order: distance snapshots
+                # more diverse than SGDR, less than their matching control)
+                if flip:
                     weight_distance = 3 * g + pair + 1 + 12 * k
                     disagreement = 0.01 * weight_distance + (0.001 * k if method == "distance" else 0)
                 else:
                     weight_distance = pair + 1
-                    base = {"distance": 0.05 + 0.002 * k, "sgdr": 0.10}.get(method, 0.07)
+                    base = {"distance": 0.05 + 0.002 * k, "sgdr": 0.10, "snapshots": 0.03}.get(method, 0.07)
                     disagreement = base + 0.001 * k + 0.01 * PAIR_SHAPE[pair]
                 pair_rows.append(
                     {
@@ -661,3 +663,25 @@ def test_release_ratio_and_its_controls_by_hand():
     assert row["value"] == pytest.approx(expected) and row["seeds"] == len(SEEDS)
     assert "its control's ratio 2.75" in row["note"]
     assert row["verdict"] == "does not hold"  # it came back
+
+
+def test_the_shift_and_ood_claims_read_their_tables_by_hand():
+    rows, ood_rows = [], []
+    for method, extra, mi in (("distance", 0.005, 0.9), ("sgdr", 0.0, 0.8), ("snapshots", 0.0, 0.7)):
+        for k in range(3):
+            for corruption, top in (("noise", 0.7), ("blur", 0.8)):
+                # severity 3 is not the highest: it is not read
+                for severity, acc in ((0, 0.9), (3, 0.85), (5, top - extra - 0.001 * k)):
+                    row = {"dataset": "digits", "model": "cnn", "method": method, "ensemble": f"seed{k}"}
+                    rows.append({**row, "corruption": corruption, "severity": severity, "accuracy": acc, "nll": 0.3})
+            ood_rows.append({**row, "ood": "inverted", "score": "mi", "auroc": mi + 0.01 * k})
+    table = claims.evaluate(
+        metrics_table(), FAMILIES, *ensemble_tables(), shift=pd.DataFrame(rows), ood=pd.DataFrame(ood_rows)
+    ).set_index("claim")
+    # per seed the drop of distance is 0.005 larger than either other's (the seed's 0.001 k cancels)
+    assert table.loc["shift.accuracy", "value"] == pytest.approx(0.005)
+    assert table.loc["shift.accuracy", "verdict"] == "holds"  # 0.005 < shift_margin 0.02, no spread
+    assert table.loc["shift.nll", "value"] == pytest.approx(0.0)
+    assert table.loc["ood.mi", "value"] == pytest.approx(0.2) and table.loc["ood.mi", "verdict"] == "holds"
+    missing = claims.evaluate(metrics_table(), FAMILIES).set_index("claim")
+    assert missing.loc["ood.mi", "verdict"] == "not run" and "no ood table given" in missing.loc["ood.mi", "note"]

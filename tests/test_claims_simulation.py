@@ -60,6 +60,10 @@ EFFECT_GAIN, SD_GAIN = 0.01, 0.001
 SD_DIV = DIV_MARGIN / 6
 SD_RELEASE, RELEASE_AFTER = 0.02, 5  # a released run's final / at-release distance, per seed
 SD_COS = 0.01  # a run's mean step_cos or early radial_cos, per seed
+EFFECT_PENALTY_DIV = 6 * SD_DIV * math.sqrt(2)  # distance − matching control: two ensembles' noise
+SHIFT_MARGIN, SHIFT_NLL_MARGIN = claims.DEFAULTS["shift_margin"], claims.DEFAULTS["shift_nll_margin"]
+SD_AUROC = 0.005  # an ensemble's AUROC of mutual information, per seed
+EFFECT_AUROC = 6 * SD_AUROC * math.sqrt(2)
 
 
 def _knots(t: np.ndarray, n: int, d1, a, b, c) -> np.ndarray:
@@ -323,10 +327,68 @@ class World:
         metrics = pd.concat([base, runs], ignore_index=True)
         landscape = pd.concat(self.landscape, ignore_index=True)
         ensembles, pairs = self.ensemble_tables()
-        for t in (metrics, landscape, ensembles, pairs):
+        shift, ood = self.shift_table(), self.ood_table()
+        self.robustness = {"shift": shift, "ood": ood}
+        for t in (metrics, landscape, ensembles, pairs, shift, ood):
             t["dataset"] = "sim" + t.pop("study").astype(str)
             t["model"] = "mlp"
         return metrics, ensembles, pairs, landscape
+
+    def _snapshot_ensembles(self):
+        """(method, ensemble, seed index) of the snapshot methods and the independent seeds' one."""
+        out = [(m, f"seed{k}", k) for m in ("distance", "snapshots", "sgdr") for k in range(SEEDS)]
+        return out + [("independent", "seeds0-1-2", None)]
+
+    def shift_table(self):
+        """Per ensemble, two corruptions at severities 0 (clean), 3 and 5: distance's accuracy drop and
+        NLL rise at severity 5 exceed the others' by the margin (null), by 0 (planted) or 2 margins
+        (opposite); each ensemble's own noise, SD margin / 6 / sqrt(2) (a difference: margin / 6)."""
+        excess = {1: 0.0, 0: 1.0, -1: 2.0}[self.e]  # in margins
+        rows = []
+        for method, name, k in self._snapshot_ensembles():
+            clean_acc = 0.9 + (self.seed_acc[:, k] if k is not None else 0.0)
+            for corruption in ("noise", "blur"):
+                for severity, drop, rise in ((0, 0.0, 0.0), (3, 0.1, 0.3), (5, 0.3, 1.0)):
+                    extra = excess if method == "distance" and severity == 5 else 0.0
+                    sd = (severity == 5) / 6 / math.sqrt(2)
+                    acc = clean_acc - drop - extra * SHIFT_MARGIN + self.rng.normal(0, sd * SHIFT_MARGIN, STUDIES)
+                    nll = 0.3 + rise + extra * SHIFT_NLL_MARGIN + self.rng.normal(0, sd * SHIFT_NLL_MARGIN, STUDIES)
+                    rows.append(
+                        pd.DataFrame(
+                            {
+                                "study": np.arange(STUDIES),
+                                "method": method,
+                                "ensemble": name,
+                                "corruption": corruption,
+                                "severity": severity,
+                                "accuracy": acc,
+                                "nll": nll,
+                            }
+                        )
+                    )
+        return pd.concat(rows, ignore_index=True)
+
+    def ood_table(self):
+        """Per ensemble and OOD set, the AUROC of each score; mutual information's: distance above the
+        matching control by e x the effect."""
+        rows = []
+        for method, name, _ in self._snapshot_ensembles():
+            for score in ("msp", "entropy", "mi"):
+                for ood in ("uniform_noise", "inverted"):
+                    planted = self.e * EFFECT_AUROC if method == "distance" and score == "mi" else 0.0
+                    rows.append(
+                        pd.DataFrame(
+                            {
+                                "study": np.arange(STUDIES),
+                                "method": method,
+                                "ensemble": name,
+                                "ood": ood,
+                                "score": score,
+                                "auroc": 0.8 + planted + self.rng.normal(0, SD_AUROC, STUDIES),
+                            }
+                        )
+                    )
+        return pd.concat(rows, ignore_index=True)
 
     def ensemble_tables(self, members: int = 15):
         """gain_best at the largest m, each ensemble's member pairs (disagreement, weight distance)
@@ -334,9 +396,10 @@ class World:
         e, rng = self.e, self.rng
         rho = {1: 0.0, 0: 2 * math.sin(math.pi * WEAK / 6), -1: 0.9}[e]  # Pearson giving Spearman 0, weak_rho, 0.9
         diversity = {1: 0.0, 0: DIV_MARGIN, -1: 2 * DIV_MARGIN}[e]  # distance − SGDR disagreement
+        control = diversity - e * EFFECT_PENALTY_DIV  # the matching control's: distance − it is e x the effect
         i, j = np.triu_indices(members, 1)
         curves, pair_rows = [], []
-        for method in ("distance", "sgdr", "independent"):
+        for method in ("distance", "snapshots", "sgdr", "independent"):
             names = ["seeds0-1-2"] if method == "independent" else [f"seed{k}" for k in range(SEEDS)]
             for name in names:
                 study = np.arange(STUDIES)
@@ -348,6 +411,7 @@ class World:
                             "ensemble": name,
                             "m": members,
                             "gain_best": e * EFFECT_GAIN + rng.normal(0, SD_GAIN, STUDIES),
+                            "accuracy": 0.9 + rng.normal(0, SD_GAIN, STUDIES),
                         }
                     )
                 )
@@ -357,7 +421,8 @@ class World:
                 z = z - (z * x).mean(1, keepdims=True) * x  # orthogonal to x: the sample correlation is rho
                 z = (z - z.mean(1, keepdims=True)) / z.std(1, keepdims=True)
                 r = np.clip(rho + rng.normal(0, 0.03, (STUDIES, 1)), -1, 1)
-                level = 0.1 + (diversity + rng.normal(0, SD_DIV, (STUDIES, 1)) if method == "distance" else 0.0)
+                shift = {"distance": diversity, "snapshots": control}.get(method)
+                level = 0.1 + (0.0 if shift is None else shift + rng.normal(0, SD_DIV, (STUDIES, 1)))
                 pair_rows.append(
                     pd.DataFrame(
                         {
@@ -377,7 +442,7 @@ class World:
 def _evaluate(world: World) -> pd.DataFrame:
     """claims.evaluate on the world, adjusted within each study where the function can."""
     metrics, ensembles, pairs, landscape = world.tables()
-    kwargs = {"landscape": landscape, "adjust_by": ["dataset"]}
+    kwargs = {"landscape": landscape, "adjust_by": ["dataset"], **world.robustness}
     known = inspect.signature(claims.evaluate).parameters
     table = claims.evaluate(
         metrics, world.families, ensembles, pairs, **{k: v for k, v in kwargs.items() if k in known}

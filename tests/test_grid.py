@@ -117,6 +117,13 @@ def test_every_ensemble_method_trains_the_same_epoch_budget():
     assert plan["sgdr"]["seed0"]["run"] == "s0_lr0.05-sgdr4x1-e12"
     assert plan["sgdr_distance"]["seed0"]["run"] == "s10-rbf-w0.5-every4_lr0.05-sgdr4x1-e12"
     assert plan["independent"]["seeds0-1-2"]["run"] == "s0_lr0.05-const-e12"
+    # the matching control of distance: the same lr and member epochs, no penalty (the independent
+    # seeds' run, whose snapshots it keeps)
+    assert plan["snapshots"]["seed1"] == {"run": "s0_lr0.05-const-e12", "seeds": [1], "epochs": [4, 8, 12]}
+    assert (
+        runs[plan["snapshots"]["seed0"]["run"]]["spec"].training
+        == runs[plan["distance"]["seed0"]["run"]]["spec"].training
+    )
     assert plan["fge"]["seed1"] == {"run": "s0_lr0.05-cyc2min0.001-e12", "seeds": [1], "epochs": [2, 4, 6, 8, 10, 12]}
     assert plan["swa"]["seed1"] == {"run": "s0_lr0.05-swa0.01-e12", "seeds": [1], "epochs": [4, 8, 12]}
     assert runs[plan["fge"]["seed0"]["run"]]["spec"].training.schedule == "cyclic"
@@ -130,7 +137,13 @@ def test_every_ensemble_method_trains_the_same_epoch_budget():
 
 def test_fge_and_swa_run_only_where_the_block_has_their_settings():
     plain = {k: v for k, v in ENSEMBLES.items() if k not in ("fge", "swa")}
-    assert set(grid.ensemble_plan(plain, DEFAULTS, seeds=[0])) == {"distance", "sgdr", "sgdr_distance", "independent"}
+    assert set(grid.ensemble_plan(plain, DEFAULTS, seeds=[0])) == {
+        "distance",
+        "snapshots",
+        "sgdr",
+        "sgdr_distance",
+        "independent",
+    }
 
 
 def test_independent_seeds_form_one_ensemble_per_disjoint_group_of_m():

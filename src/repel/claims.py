@@ -110,6 +110,12 @@ SETTINGS = {
     "outward": Setting(
         0.9, 0, 1, True, True, False, "pushed straight out: the mean radial_cos over the early epochs above this"
     ),
+    "shift_margin": Setting(
+        0.02, 0, 1, True, False, False, "under shift 'at least as well': an accuracy drop at most this much larger"
+    ),
+    "shift_nll_margin": Setting(
+        0.05, 0, None, True, False, False, "under shift 'at least as well': an NLL rise at most this much larger (nats)"
+    ),
 }
 DEFAULTS = {k: s.default for k, s in SETTINGS.items()}
 VERDICTS = ("holds", "does not hold", "inconclusive", "exploratory", "not run")
@@ -330,9 +336,10 @@ class Tables:
     """Every cell's runs as per-(run, seed) statistics (`stats`), each run's settings (`info`), the
     ensemble and landscape tables, the families and the settings."""
 
-    def __init__(self, metrics, families, ensembles, pairs, landscape, settings):
+    def __init__(self, metrics, families, ensembles, pairs, landscape, settings, shift=None, ood=None):
         self.families, self.s = families, settings
         self.ensembles, self.pairs, self.landscape = ensembles, pairs, landscape
+        self.shift, self.ood = shift, ood  # the ensembles under dataset shift, their OOD detection
         self.cells = pd.MultiIndex.from_frame(metrics[CELL].drop_duplicates().sort_values(CELL))
         runs = metrics[metrics["phase"] == "continue"].sort_values(RUN + ["seed", "epoch"])
         self.runs = runs
@@ -847,18 +854,103 @@ def ensemble_gain(t: Tables) -> pd.DataFrame:
     return _per_method(t, _units(largest, "gain_best"), lambda v: t_test(v, 0.0, +1, t.s["confidence"], t.cells))
 
 
+def _method_difference(values: pd.Series, method: str, other: str) -> pd.Series | None:
+    """Per seed: a snapshot method's ensemble value − the other method's of the same seed
+    (ensemble `seed<k>` of both), or None where the cells lack either method."""
+    if not {method, other} <= set(values.index.get_level_values("method")):
+        return None
+    return (values.xs(method, level="method") - values.xs(other, level="method")).dropna()
+
+
+def _mean_disagreement(t: Tables) -> pd.Series:
+    return t.pairs.groupby(CELL + ["method", "ensemble"])["disagreement"].mean()
+
+
 def ensemble_diversity(t: Tables) -> pd.DataFrame:
-    mean = t.pairs.groupby(CELL + ["method", "ensemble"])["disagreement"].mean()
-    methods = set(mean.index.get_level_values("method"))
-    if not {"distance", "sgdr"} <= methods:
+    d = _method_difference(_mean_disagreement(t), "distance", "sgdr")
+    if d is None:
         return _blank(t.cells, "not run", "needs both the 'distance' and the 'sgdr' ensembles")
-    d = mean.xs("distance", level="method") - mean.xs("sgdr", level="method")  # the same seed's ensembles
-    r = t_test(d.dropna(), t.s["diversity_margin"], -1, t.s["confidence"], t.cells)
+    r = t_test(d, t.s["diversity_margin"], -1, t.s["confidence"], t.cells)
     return _add_note(
         r,
         "confounded: distance members are taken at the constant peak lr, SGDR members at the "
-        "annealed end of a cycle (a constant-lr snapshot ensemble without the penalty would match)",
+        "annealed end of a cycle (ensemble.penalty_diversity compares with the matching control)",
     )
+
+
+def ensemble_penalty_diversity(t: Tables) -> pd.DataFrame:
+    d = _method_difference(_mean_disagreement(t), "distance", "snapshots")
+    if d is None:
+        return _blank(t.cells, "not run", "needs both the 'distance' and the 'snapshots' ensembles")
+    return t_test(d, 0.0, +1, t.s["confidence"], t.cells)
+
+
+def ensemble_penalty_accuracy(t: Tables) -> pd.DataFrame:
+    e = t.ensembles
+    largest = e[e["m"] == e.groupby(CELL + ["method", "ensemble"])["m"].transform("max")]
+    d = _method_difference(_units(largest, "accuracy"), "distance", "snapshots")
+    if d is None:
+        return _blank(t.cells, "not run", "needs both the 'distance' and the 'snapshots' ensembles")
+    return t_test(d, 0.0, +1, t.s["confidence"], t.cells)
+
+
+# under dataset shift and out of distribution (tables shift.parquet and ood.parquet); units: seeds
+
+ROBUSTNESS_TABLES = {"shift": "aggregate/shift.parquet", "ood": "aggregate/ood.parquet"}
+SHIFT_OTHERS = ("sgdr", "snapshots")  # distance is compared with SGDR and with its matching control
+
+
+def shift_change(shift: pd.DataFrame, metric: str) -> pd.Series:
+    """Per ensemble: the metric at each corruption's highest severity − its clean value (severity
+    0), averaged over the corruptions. Index: CELL + method, ensemble."""
+    keys = CELL + ["method", "ensemble", "corruption"]
+    top = shift[shift["severity"] == shift.groupby(CELL + ["corruption"])["severity"].transform("max")]
+    shifted = top.groupby(keys)[metric].first()
+    clean = shift[shift["severity"] == 0].groupby(keys)[metric].first().reindex(shifted.index)
+    return (shifted - clean).groupby(level=CELL + ["method", "ensemble"]).mean()
+
+
+def _shift_noninferior(t: Tables, metric: str, sign: int, margin: float) -> pd.DataFrame:
+    """Parts: distance's change under shift against each other snapshot method's of the same seed,
+    non-inferior within `margin` (sign −1: a drop, accuracy; +1: a rise, NLL)."""
+    change = sign * shift_change(t.shift, metric)  # larger: worse
+    parts = {}
+    for other in SHIFT_OTHERS:
+        d = _method_difference(change, "distance", other)
+        parts[f"vs {other}"] = (
+            _blank(t.cells, "not run", f"needs both the 'distance' and the '{other}' ensembles")
+            if d is None
+            else t_test(d, margin, -1, t.s["confidence"], t.cells)
+        )
+    return combine(parts)
+
+
+def shift_accuracy(t: Tables) -> pd.DataFrame:
+    return _shift_noninferior(t, "accuracy", -1, t.s["shift_margin"])
+
+
+def shift_nll(t: Tables) -> pd.DataFrame:
+    return _shift_noninferior(t, "nll", +1, t.s["shift_nll_margin"])
+
+
+def shift_independent(t: Tables) -> pd.DataFrame:
+    """Exploratory: distance's accuracy drop − the independent seeds' (one ensemble: its value for every seed)."""
+    change = -shift_change(t.shift, "accuracy")
+    if not {"distance", "independent"} <= set(change.index.get_level_values("method")):
+        return _blank(t.cells, "not run", "needs both the 'distance' and the 'independent' ensembles")
+    distance = change.xs("distance", level="method")
+    independent = change.xs("independent", level="method").groupby(level=CELL).mean()
+    d = distance - independent.reindex(distance.index.droplevel("ensemble")).to_numpy()
+    return t_test(d.dropna(), 0.0, -1, t.s["confidence"], t.cells)
+
+
+def ood_mi(t: Tables) -> pd.DataFrame:
+    """Per seed: AUROC of mutual information (distance − the matching control), mean over the OOD sets."""
+    mi = t.ood[t.ood["score"] == "mi"].groupby(CELL + ["method", "ensemble"])["auroc"].mean()
+    d = _method_difference(mi, "distance", "snapshots")
+    if d is None:
+        return _blank(t.cells, "not run", "needs both the 'distance' and the 'snapshots' ensembles")
+    return t_test(d, 0.0, +1, t.s["confidence"], t.cells)
 
 
 MIN_PAIRS = 6  # 4 members: with 3 pairs a rank correlation is little more than a sign (±0.5 or ±1)
@@ -1184,6 +1276,74 @@ CLAIMS = [
         release_stays,
     ),
     Claim(
+        "ensemble.penalty_diversity",
+        "ensembles",
+        "The penalty adds diversity: distance snapshots disagree more than the matching control, snapshots "
+        "at the same constant lr without the penalty.",
+        "per seed: mean pairwise disagreement (distance snapshots) − (constant-lr snapshots, no penalty)",
+        PAIRED_UP,
+        ("confidence",),
+        "plots/ensemble_disagreement.png",
+        ensemble_penalty_diversity,
+    ),
+    Claim(
+        "ensemble.penalty_accuracy",
+        "ensembles",
+        "How the penalty changes an ensemble's test accuracy against the matching control.",
+        "per seed: ensemble accuracy at the largest m, (distance snapshots) − (constant-lr snapshots, no penalty)",
+        EXPLORATORY,
+        ("confidence",),
+        "plots/ensemble_accuracy.png",
+        ensemble_penalty_accuracy,
+        exploratory=True,
+    ),
+    Claim(
+        "shift.accuracy",
+        "shift",
+        "Distance snapshots keep their accuracy under dataset shift at least as well as SGDR snapshots and as "
+        "the matching control.",
+        "per seed: accuracy drop (clean − each corruption's highest severity, mean over corruptions), "
+        "(distance) − (SGDR), − (constant-lr snapshots); non-inferiority, a part each",
+        PARTS + _rule("difference", "< shift_margin", "> shift_margin"),
+        ("shift_margin", "confidence"),
+        "plots/ensemble_shift.png",
+        shift_accuracy,
+    ),
+    Claim(
+        "shift.nll",
+        "shift",
+        "Distance snapshots keep their NLL under dataset shift at least as well as SGDR snapshots and as the "
+        "matching control.",
+        "per seed: NLL rise (each corruption's highest severity − clean, mean over corruptions), "
+        "(distance) − (SGDR), − (constant-lr snapshots); non-inferiority, a part each",
+        PARTS + _rule("difference", "< shift_nll_margin", "> shift_nll_margin"),
+        ("shift_nll_margin", "confidence"),
+        "plots/ensemble_shift.png",
+        shift_nll,
+    ),
+    Claim(
+        "shift.independent",
+        "shift",
+        "How distance snapshots' accuracy drop under shift compares with the independent seeds'.",
+        "per seed: accuracy drop at the highest severities, (distance) − (independent seeds' ensemble)",
+        EXPLORATORY,
+        ("confidence",),
+        "plots/ensemble_shift.png",
+        shift_independent,
+        exploratory=True,
+    ),
+    Claim(
+        "ood.mi",
+        "ood",
+        "Mutual information separates OOD inputs better with distance snapshots than with the matching control.",
+        "per seed: AUROC of the ensemble's mutual information (OOD the positives, mean over the OOD sets), "
+        "(distance) − (constant-lr snapshots)",
+        PAIRED_UP,
+        ("confidence",),
+        "plots/ensemble_ood.png",
+        ood_mi,
+    ),
+    Claim(
         "ensemble.weights_vs_predictions",
         "ensembles",
         "Members far apart in weight space still predict alike: weight distance and disagreement are only "
@@ -1206,6 +1366,12 @@ CLAIMS = [
 def _missing(claim: Claim, t: Tables) -> pd.Series:
     """Per cell: why the claim cannot run there, or ""."""
     none = pd.Series("", index=t.cells)
+    if claim.family in ROBUSTNESS_TABLES:  # the ensembles under shift, their OOD detection
+        table = getattr(t, claim.family)
+        if table is None:
+            return none + f"no {claim.family} table given"
+        have = pd.MultiIndex.from_frame(table[CELL].drop_duplicates())
+        return none.where(t.cells.isin(have), f"no {claim.family} rows for this dataset/model")
     if claim.family in ("ensembles", "landscape"):
         tables = (t.ensembles, t.pairs) if claim.family == "ensembles" else (t.landscape,)
         if any(x is None for x in tables):
@@ -1245,6 +1411,8 @@ def evaluate(
     settings: dict | None = None,
     landscape: pd.DataFrame | None = None,
     adjust_by: list[str] | None = None,
+    shift: pd.DataFrame | None = None,
+    ood: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Every claim for every dataset/model of `metrics`: one row each (COLUMNS). The decidable tests
     are adjusted together over the whole table, or within each group of `adjust_by` columns."""
@@ -1256,8 +1424,10 @@ def evaluate(
         cols = [c for c in ("dataset", "model", "run", "control", "method", "ensemble") if c in table]
         return table.astype({c: object for c in cols}).reset_index(drop=True)
 
-    metrics, ensembles, pairs, landscape = map(keys_as_objects, (metrics, ensembles, pairs, landscape))
-    t = Tables(metrics, families, ensembles, pairs, landscape, s)
+    metrics, ensembles, pairs, landscape, shift, ood = map(
+        keys_as_objects, (metrics, ensembles, pairs, landscape, shift, ood)
+    )
+    t = Tables(metrics, families, ensembles, pairs, landscape, s, shift, ood)
     frames = []
     for claim in CLAIMS:
         why = _missing(claim, t)

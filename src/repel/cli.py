@@ -116,6 +116,11 @@ COMMANDS = {  # name: (function, or "module:function" of the package imported wh
     "aggregate-landscape": ("tables:aggregate_landscape", "every run's landscape -> one table"),
     "plot": ("plots:plot_tables", "figures from the aggregated tables"),
     "plot-method": (cmd_plot_method, "the method's figures: the kernels as the runs felt them, a 2-D hill"),
+    "shift-data": ("shift:prepare_job", "the test split's corrupted copies (dataset shift), made once"),
+    "predict-shift": ("shift:predict_job", "ensemble members on the clean and corrupted test splits"),
+    "shift-table": ("shift_tables:aggregate", "every ensemble's metrics under shift -> one table"),
+    "ood-table": ("shift_tables:aggregate_ood", "every ensemble's OOD scores -> AUROC and FPR at 95 percent TPR"),
+    "plot-shift": ("shift_tables:plot", "the ensembles' metrics against severity"),
 }
 OPTIONS = {  # name: its options, one a line
     "prepare": """--dataset!=which dataset to prepare
@@ -144,6 +149,8 @@ OPTIONS = {  # name: its options, one a line
         --ensembles=ensembles.parquet (with --pairs); without them the ensemble claims are 'not run'
         --pairs=ensemble_pairs.parquet (with --ensembles)
         --landscape=landscape.parquet written by aggregate-landscape; without it landscape.left is 'not run'
+        --shift=shift.parquet written by shift-table; without it the shift claims are 'not run'
+        --ood=ood.parquet written by ood-table; without it the OOD claim is 'not run'
         --settings=the config's claims block as JSON (or a .json file): thresholds over their defaults
         --out-dir!=directory for claims.parquet, claims.csv and claims.md""",
     "predict": f"""--data!=prepared dataset
@@ -184,10 +191,36 @@ OPTIONS = {  # name: its options, one a line
         --metrics=metrics.parquet: the kernels figure (kernels.<format>) of the settings that ran
         --out-dir!=directory for the figures
         --formats*=file formats to write (png, pdf)""",
+    "shift-data": """--data!=prepared dataset
+        --corruptions*=which corruptions (repel.shift.CORRUPTIONS)
+        --severities*:int=which severities, 1..5
+        --ood*=OOD sets (repel.ood): uniform_noise, inverted or another torchvision set of the same shape
+        --data-dir=where torchvision datasets are (or are downloaded to), for an OOD set
+        --seed:int=seed of the corruptions' and the noise's random numbers (default 0)
+        --out!=the shifted test split and OOD sets to write (.pt)""",
+    "predict-shift": f"""--data!=prepared dataset
+        --shift!=the shifted test split written by shift-data
+        --checkpoint!=the base checkpoint (the network's architecture)
+        --members*!=members' weight files, oldest first
+        --method!=ensemble method name, recorded
+        --ensemble!=which of the method's ensembles, recorded
+        --out!=the members' log-softmax outputs to write (.pt)
+        --table!=the ensemble's metrics per corruption and severity to write (.parquet)
+        --ood-scores=every test and OOD point's scores to write (.parquet)
+        {DEVICE}""",
+    "shift-table": """--tables*!=predict-shift --table files
+        --out!=the combined table to write (.parquet)""",
+    "ood-table": """--scores*!=predict-shift --ood-scores files
+        --out!=the detection table to write (.parquet)""",
+    "plot-shift": """--shift=shift.parquet written by shift-table: ensemble_shift.<format>
+        --ood=ood.parquet written by ood-table: ensemble_ood.<format>
+        --out-dir!=directory for the figures
+        --formats*=file formats to write (png, pdf)""",
 }
 FLAGS = {  # options that take no value
     "prepare": [("--no-download", "fail instead of downloading missing files")],
     "plot-method": [("--hill", "the 2-D demonstration (hill_2d.<format>); needs no data")],
+    "shift-data": [("--no-download", "fail instead of downloading a missing OOD set")],
 }
 
 

@@ -27,6 +27,16 @@ SIZES = {
 }
 
 
+# name -> image shape (C, H, W): an OOD set from another dataset must have its dataset's
+SHAPES = {
+    "digits": (1, 8, 8),
+    "mnist": (1, 28, 28),
+    "fashion_mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+    "cifar100": (3, 32, 32),
+}
+
+
 def check(config: dict, schema: dict, given: dict | None = None) -> None:
     """Raise ValueError with one line per problem of a config validated against `schema` (which
     filled in its defaults; `given`: the config as the user wrote it, before that)."""
@@ -34,6 +44,7 @@ def check(config: dict, schema: dict, given: dict | None = None) -> None:
     problems = non_finite(config) or integral_floats(config, schema)
     if not problems:
         problems = grid_problems(config) + split_problems(config) + claims_problems(given or config)
+        problems += ood_problems(config)
     if problems:
         raise ValueError("\n".join(problems))
 
@@ -248,4 +259,27 @@ def split_problems(config: dict) -> list[str]:
                 f"{keys}: {dataset} would have {sizes['training']} training, {sizes['validation']} "
                 f"validation and {sizes['test']} test images; every split needs at least one image"
             )
+    return problems
+
+
+def ood_problems(config: dict) -> list[str]:
+    """ensembles.ood: each dataset one the config runs, each OOD set from another dataset of its
+    image shape (the synthetic sets fit any)."""
+    problems = []
+    for dataset, sets in ((config.get("ensembles") or {}).get("ood") or {}).items():
+        where = f"ensembles.ood.{dataset}"
+        if dataset not in config["datasets"]:
+            problems.append(
+                f"{where}: '{dataset}' is not among the datasets {config['datasets']}: its OOD sets would never run"
+            )
+        for name in sets:
+            if name not in SHAPES:
+                continue  # a synthetic set
+            if name == dataset or SHAPES[name] != SHAPES[dataset]:
+                fits = [n for n, shape in SHAPES.items() if shape == SHAPES[dataset] and n != dataset]
+                problems.append(
+                    f"{where}: '{name}' has images of shape {SHAPES[name]}, {dataset} {SHAPES[dataset]}"
+                    + (" (it is the dataset itself)" if name == dataset else "")
+                    + f"; an OOD set from another dataset must be one of {fits or 'none'} or synthetic"
+                )
     return problems

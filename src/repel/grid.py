@@ -20,11 +20,12 @@ SNAPSHOT = (
     "snapshots/epoch{epoch}.pt"  # an ensemble member, in its run's seed directory; epoch counts from the base's start
 )
 # method -> how it gets its members, all at the same epoch budget: distance snapshots (a new hill
-# every cycle; the model before each is a member), SGDR snapshots (cosine with warm restarts every
+# every cycle; the model before each is a member), snapshots (the matching control of distance: the
+# same constant lr and a member every cycle, no penalty), SGDR snapshots (cosine with warm restarts every
 # cycle, no penalty), SGDR + distance, independent seeds (one run per seed, no penalty: the
 # deep-ensemble reference), fast geometric ensembles (short triangular lr cycles, a member at each
 # one's lowest lr), SWA (SWALR's constant lr; its members every cycle, its weights averaged every epoch)
-ENSEMBLE_METHODS = ("distance", "sgdr", "sgdr_distance", "independent", "fge", "swa")
+ENSEMBLE_METHODS = ("distance", "snapshots", "sgdr", "sgdr_distance", "independent", "fge", "swa")
 
 
 def resolve(defaults: dict, point: dict, where: str) -> Run:
@@ -94,6 +95,8 @@ def ensemble_points(ens: dict, seeds: list[int]) -> dict[str, dict]:
     sgdr = {"schedule": "cosine_restarts", "t0": cycle, "t_mult": 1}
     points = {
         "distance": {**common, **hill, "schedule": "constant", "seeds": seeds},
+        # the independent seeds' run (on other seeds, maybe), its snapshots kept
+        "snapshots": {**common, "schedule": "constant", "strength": 0, "seeds": seeds},
         "sgdr": {**common, **sgdr, "strength": 0, "seeds": seeds},
         "sgdr_distance": {**common, **sgdr, **hill, "seeds": seeds},
         "independent": {**common, "schedule": "constant", "strength": 0, "seeds": ens["seeds"]},

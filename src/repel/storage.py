@@ -48,6 +48,14 @@ KINDS = {
     "ensemble pairs": ("the ensembles' pairwise table", "`repel ensembles` (Snakemake rule evaluate_ensembles)"),
     "weight averages": ("the weight averages' table", "`repel ensembles` (Snakemake rule evaluate_ensembles)"),
     "claims": ("the claims' verdicts table", "`repel claims` (Snakemake rule claims)"),
+    "shifted test split": ("the corrupted test split", "`repel shift-data` (Snakemake rule prepare_shift)"),
+    "ensemble shift metrics": (
+        "an ensemble's metrics under shift",
+        "`repel predict-shift` (Snakemake rule predict_shift)",
+    ),
+    "ensemble shift table": ("the ensembles' metrics under shift", "`repel shift-table` (Snakemake rule shift_table)"),
+    "ensemble OOD scores": ("an ensemble's OOD scores", "`repel predict-shift` (Snakemake rule predict_shift)"),
+    "ensemble OOD table": ("the ensembles' OOD detection table", "`repel ood-table` (Snakemake rule ood_table)"),
 }
 MISSING = "is missing (not found)"
 DAMAGED = "cannot be read: it is cut short, damaged or not a torch file"

@@ -46,6 +46,8 @@ def claims(args) -> None:
         storage.read_parquet(args.pairs, "ensemble pairs") if args.pairs else None,
         json_arg(args.settings) if args.settings else None,
         landscape=storage.read_parquet(args.landscape, "aggregated landscape") if args.landscape else None,
+        shift=storage.read_parquet(args.shift, "ensemble shift table") if args.shift else None,
+        ood=storage.read_parquet(args.ood, "ensemble OOD table") if args.ood else None,
     )
     out = Path(args.out_dir)
     storage.save_parquet(table, out / "claims.parquet")

@@ -19,9 +19,10 @@ rule claims:
         settings=json.dumps(config["claims"]),
         ensembles=lambda wildcards, input: f"--ensembles {input.ensembles} --pairs {input.pairs}" if ENSEMBLES else "",
         landscape=lambda wildcards, input: f"--landscape {input.landscape}" if config["landscape"] else "",
+        robustness=lambda wildcards, input: " ".join(f"--{k} {input[k]}" for k in get_robustness_tables()),
         out_dir=lambda wildcards, output: os.path.dirname(output.csv),
     shell:
-        "python -m repel claims --metrics {input.metrics} {params.ensembles} {params.landscape} "
+        "python -m repel claims --metrics {input.metrics} {params.ensembles} {params.landscape} {params.robustness} "
         "--families {params.families:q} "
         "--settings {params.settings:q} --out-dir {params.out_dir} > {log} 2>&1"
 

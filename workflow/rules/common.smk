@@ -236,6 +236,7 @@ def get_claims_inputs(wildcards):
         inputs["landscape"] = res("aggregate/landscape.parquet")
     if ENSEMBLES:
         inputs.update(ensembles=res("aggregate/ensembles.parquet"), pairs=res("aggregate/ensemble_pairs.parquet"))
+    inputs.update(get_robustness_tables())
     return inputs
 
 
@@ -263,4 +264,43 @@ def get_final_outputs():
         ]
         outputs += expand(res("aggregate/{table}"), table=tables)
         outputs += expand(res("plots/{figure}.{ext}"), figure=ENSEMBLE_FIGURES, ext=["png", "pdf"])
+    outputs += get_shift_outputs()
     return outputs
+
+
+# Dataset shift and OOD sets (config ensembles.shift, ensembles.ood): the members of every ensemble
+# predict on both in one job per ensemble, from one file per dataset
+SHIFT = {"corruptions": [], "severities": [], "seed": 0, **(ENSEMBLES or {}).get("shift", {})}
+OOD = (ENSEMBLES or {}).get("ood", {})  # dataset -> its OOD sets
+ROBUSTNESS = bool(ENSEMBLES) and ("shift" in ENSEMBLES or "ood" in ENSEMBLES)
+
+
+def get_shift_inputs(wildcards):
+    """An ensemble's members, and one base checkpoint for the network's architecture."""
+    inputs = get_ensemble_inputs(wildcards)
+    return {"members": inputs["members"], "checkpoint": inputs["checkpoints"][0]}
+
+
+def get_shift_tables():
+    return [path.replace("predictions.pt", "shift.parquet") for path in get_predictions()]
+
+
+def get_ood_scores():
+    return [path.replace("predictions.pt", "ood_scores.parquet") for path in get_predictions()]
+
+
+def get_robustness_tables():
+    """The shift and OOD tables the config asks for, by plot_shift's options."""
+    tables = {}
+    if "shift" in (ENSEMBLES or {}):
+        tables["shift"] = res("aggregate/shift.parquet")
+    if OOD:
+        tables["ood"] = res("aggregate/ood.parquet")
+    return tables
+
+
+def get_shift_outputs():
+    """The shift and OOD tables and their figures, where the config asks for them."""
+    tables = get_robustness_tables()
+    figures = {"shift": "ensemble_shift", "ood": "ensemble_ood"}
+    return [*tables.values(), *(res(f"plots/{figures[k]}.{ext}") for k in tables for ext in ("png", "pdf"))]

@@ -72,3 +72,78 @@ rule plot_ensembles:
     shell:
         "python -m repel plot --ensembles {input.curves} --pairs {input.pairs} --averages {input.averages} "
         "--out-dir {params.out_dir} > {log} 2>&1"
+
+
+# Dataset shift and OOD (config ensembles.shift, ensembles.ood): every ensemble's members on the
+# clean and corrupted test splits and the OOD sets, one job per ensemble; one table each, figures.
+rule predict_shift:
+    input:
+        unpack(get_shift_inputs),
+        data=res("data/{dataset}.pt"),
+        shift=res("shift/{dataset}.pt"),
+    output:
+        predictions=res("ensembles/{dataset}/{model}/{method}/{ensemble}/shift_predictions.pt"),
+        table=res("ensembles/{dataset}/{model}/{method}/{ensemble}/shift.parquet"),
+        ood=res("ensembles/{dataset}/{model}/{method}/{ensemble}/ood_scores.parquet"),
+    log:
+        res("logs/predict_shift/{dataset}/{model}/{method}/{ensemble}.log"),
+    conda:
+        "../../envs/repel.yaml"
+    threads: config["threads"]
+    resources:
+        gres=get_gres(),
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=config["resources"]["runtime"],
+    shell:
+        "python -m repel predict-shift --data {input.data} --shift {input.shift} --checkpoint {input.checkpoint} "
+        "--members {input.members} --method {wildcards.method} --ensemble {wildcards.ensemble} "
+        "--device $REPEL_DEVICE --threads {threads} --out {output.predictions} --table {output.table} "
+        "--ood-scores {output.ood} > {log} 2>&1"
+
+
+rule shift_table:
+    input:
+        get_shift_tables(),
+    output:
+        res("aggregate/shift.parquet"),
+    log:
+        res("logs/shift_table.log"),
+    conda:
+        "../../envs/repel.yaml"
+    shell:
+        "python -m repel shift-table --tables {input} --out {output} > {log} 2>&1"
+
+
+rule ood_table:
+    input:
+        get_ood_scores(),
+    output:
+        res("aggregate/ood.parquet"),
+    log:
+        res("logs/ood_table.log"),
+    conda:
+        "../../envs/repel.yaml"
+    shell:
+        "python -m repel ood-table --scores {input} --out {output} > {log} 2>&1"
+
+
+rule plot_shift:
+    input:
+        **get_robustness_tables(),
+    output:
+        report(
+            [f for f in get_shift_outputs() if f.endswith(".png")],
+            caption="../report/ensemble_shift.rst",
+            category="Ensembles",
+        ),
+        [f for f in get_shift_outputs() if f.endswith(".pdf")],
+    log:
+        res("logs/plot_shift.log"),
+    conda:
+        "../../envs/repel.yaml"
+    params:
+        configfiles=CONFIG_FILES,  # named in the report's caption
+        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
+        tables=lambda wildcards, input: " ".join(f"--{k} {v}" for k, v in input.items()),
+    shell:
+        "python -m repel plot-shift {params.tables} --out-dir {params.out_dir} > {log} 2>&1"

@@ -35,6 +35,8 @@ def job_seconds(log: Path) -> pd.DataFrame:
         elif m := re.match(r"^Finished jobid: (\d+)", line):
             kind, start = started.pop(m[1])
             spans[kind].append((stamp - start).total_seconds())
+    if not spans:
+        raise SystemExit(f"{log}: no finished job in it (a run with --quiet logs none)")
     rows = [{"rule": kind, "jobs": len(s), "job_seconds": sum(s)} for kind, s in spans.items()]
     return pd.DataFrame(rows).sort_values("job_seconds", ascending=False, ignore_index=True)
 

@@ -24,7 +24,7 @@ for commit in "$old" "$new"; do
     tree=$(mktemp -d) dir=$(mktemp -d)
     git archive "$commit" | tar -x -C "$tree"
     start=$(date +%s.%N)
-    PYTHONPATH="$tree/src" snakemake -s "$tree/Snakefile" -d "$dir" --configfile "$tree/$config" -q "${args[@]}" \
+    PYTHONPATH="$tree/src" snakemake -s "$tree/Snakefile" -d "$dir" --configfile "$tree/$config" "${args[@]}" \
         > "$dir/snakemake.out" 2>&1 || { tail -20 "$dir/snakemake.out"; exit 1; }
     wall=$(python -c "print(round($(date +%s.%N) - $start, 1))")
     walls+=("$wall")

@@ -3,7 +3,10 @@ the files are deterministic; the metrics under shift agree with sklearn's on sto
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -173,6 +176,16 @@ def test_predict_shift_end_to_end(tmp_path):
     plots[1] = str(tmp_path / "all.parquet")
     assert cli.main(["plot-shift", *plots, "--formats", "png"]) == 0
     assert {p.name for p in (tmp_path / "plots").iterdir()} == {"ensemble_shift.png", "ensemble_ood.png"}
+    # the three table and figure stages again, in a process of their own: none loads torch
+    stages = [
+        ["shift-table", "--tables", str(table), "--out", str(tmp_path / "again.parquet")],
+        ["ood-table", "--scores", str(tmp_path / "scores.parquet"), "--out", str(tmp_path / "ood_again.parquet")],
+        ["plot-shift", *plots, "--formats", "png"],
+    ]
+    script = "import json, sys\nfrom repel.cli import main\nfor argv in json.loads(sys.argv[1]):\n"
+    script += "    assert main(argv) == 0, argv\nprint('torch' in sys.modules)\n"
+    result = subprocess.run([sys.executable, "-c", script, json.dumps(stages)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.splitlines()[-1] == "False", result.stderr[-2000:]
 
 
 def test_the_schema_lists_the_declared_corruptions_and_severities():

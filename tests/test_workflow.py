@@ -75,6 +75,10 @@ def test_metrics_table_has_the_schema_and_one_row_per_run_and_epoch(finished):
         "dist_min",
         "weight_norm",
         "grad_ratio",
+        "step_cos",
+        "radial_cos",
+        "func_disagree",
+        "func_kl",
         "epoch_seconds",
         "train_seconds",
         "images_per_second",
@@ -539,7 +543,7 @@ def test_landscape_table_covers_every_run_from_minus_half_to_one_and_a_half(fini
 
 def test_every_ensemble_method_is_evaluated_from_stored_predictions(finished):
     summary = pd.read_csv(finished / "results/aggregate/ensemble_summary.csv")
-    assert sorted(summary["method"]) == ["distance", "fge", "independent", "sgdr", "sgdr_distance", "swa"]
+    assert sorted(summary["method"]) == ["distance", "fge", "independent", "sgdr", "sgdr_distance", "snapshots", "swa"]
     assert (summary["members"] == 2).all() and summary["accuracy"].between(0, 1).all()
     curves = pd.read_parquet(finished / "results/aggregate/ensembles.parquet")
     assert sorted(curves["m"].unique()) == [1, 2]

@@ -44,7 +44,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 
 @dataclass(frozen=True)
@@ -234,6 +233,8 @@ def t_test(
     """One-sided t-tests of mean > bound (sign +1) or mean < bound (sign -1) over the units (the
     last index level) of every cell: p_holds for the claimed side, p_against for the other, the
     mean and its two-sided `confidence` t-interval. `bound`: a number or a Series per cell."""
+    from scipy import stats  # here, not at the top: the figures read VERDICTS without loading scipy.stats
+
     wide = values.unstack(-1).reindex(index) if len(values) else pd.DataFrame(index=index)
     a = wide.to_numpy(float)
     bound = np.broadcast_to(
@@ -1390,6 +1391,8 @@ def _missing(claim: Claim, t: Tables) -> pd.Series:
 
 def _adjust(p: pd.Series, groups: pd.Series) -> pd.Series:
     """Benjamini–Hochberg within each group of the finite p-values; NaN stays NaN."""
+    from scipy import stats
+
     out = np.full(len(p), math.nan)
     finite = np.flatnonzero(p.notna().to_numpy())
     codes = pd.factorize(groups.to_numpy()[finite])[0]

@@ -121,56 +121,21 @@ def test_a_stage_that_trains_nothing_never_imports_torch(finished, tmp_path):
     res, out = finished / "results", tmp_path
     families = json.dumps(grid.families(TINY["continuation"]))
     width = json.dumps(grid.families(TINY["continuation"])["width"])
+    metrics, landscape, summary = (
+        str(res / f"aggregate/{name}.parquet") for name in ("metrics", "landscape", "summary")
+    )
+    ensembles = ["--ensembles", str(res / "aggregate/ensembles.parquet")]
+    ensembles += ["--pairs", str(res / "aggregate/ensemble_pairs.parquet")]
+    landscapes = list(map(str, res.glob("continue/**/landscape.parquet")))
+    family = ["--metrics", metrics, "--family", "width", "--spec", width]
+    lines = ["--landscape", landscape, "--summary", summary, "--families", families]
+    to, png = ["--out-dir", str(out)], ["--formats", "png"]
     stages = [
-        ["aggregate", "--runs", *map(str, res.glob("*/*/*/**/metrics.parquet")), "--out-dir", str(out)],
-        [
-            "aggregate-landscape",
-            "--landscapes",
-            *map(str, res.glob("continue/**/landscape.parquet")),
-            "--out",
-            str(out / "landscape.parquet"),
-        ],
-        [
-            "claims",
-            "--metrics",
-            str(res / "aggregate/metrics.parquet"),
-            "--families",
-            families,
-            "--ensembles",
-            str(res / "aggregate/ensembles.parquet"),
-            "--pairs",
-            str(res / "aggregate/ensemble_pairs.parquet"),
-            "--landscape",
-            str(res / "aggregate/landscape.parquet"),
-            "--out-dir",
-            str(out),
-        ],
-        [
-            "plot",
-            "--metrics",
-            str(res / "aggregate/metrics.parquet"),
-            "--family",
-            "width",
-            "--spec",
-            width,
-            "--landscape",
-            str(res / "aggregate/landscape.parquet"),
-            "--summary",
-            str(res / "aggregate/summary.parquet"),
-            "--families",
-            families,
-            "--ensembles",
-            str(res / "aggregate/ensembles.parquet"),
-            "--pairs",
-            str(res / "aggregate/ensemble_pairs.parquet"),
-            "--claims",
-            str(out / "claims.parquet"),
-            "--out-dir",
-            str(out),
-            "--formats",
-            "png",
-        ],
-        ["plot-method", "--metrics", str(res / "aggregate/metrics.parquet"), "--out-dir", str(out), "--formats", "png"],
+        ["aggregate", "--runs", *map(str, res.glob("*/*/*/**/metrics.parquet")), *to],
+        ["aggregate-landscape", "--landscapes", *landscapes, "--out", str(out / "landscape.parquet")],
+        ["claims", "--metrics", metrics, "--families", families, *ensembles, "--landscape", landscape, *to],
+        ["plot", *family, *lines, *ensembles, "--claims", str(out / "claims.parquet"), *to, *png],
+        ["plot-method", "--metrics", metrics, *to, *png],
     ]
     assert [argv[0] for argv in stages] == TABLE_AND_FIGURE_STAGES
     # every stage in one process, in the workflow's order, as each job would run it: after each,

@@ -46,6 +46,7 @@ ENSEMBLE_RUNS = {
     "independent": "s0_lr0.01-const-e2",
     "fge": "s0_lr0.01-cyc1min0.001-e2",
     "swa": "s0_lr0.01-swa0.005-e2",
+    "snapshots": "s0_lr0.01-const-e2",  # the matching control: the independent seeds' run, with its snapshots
 }
 
 
@@ -247,11 +248,12 @@ def test_every_job_wrote_its_log(finished):
     logs = list((finished / "results/logs").rglob("*.log"))
     # data, 2 bases (seeds 0, 1); 6 training jobs for 11 runs: 3 packs (lr 0.01 constant: the width
     # family's 3 runs and distance; lr 1e6: 2 runs; SGDR and SGDR + distance), alone the control for
-    # seed 1, FGE and SWA; 2 landscape jobs for the 5 family runs (the first two packs); 6
-    # predictions (each with its members' landscape), aggregate, aggregate_landscape,
+    # seed 1, FGE and SWA; 2 landscape jobs for the 5 family runs (the first two packs); 7
+    # predictions (one per method, the matching control's too, each with its members' landscape),
+    # aggregate, aggregate_landscape,
     # evaluate_ensembles, 2 families, plot_landscape, plot_ensembles, claims, plot_claims, plot_kernels,
     # plot_hill_2d
-    assert len(logs) == 1 + 2 + 6 + 2 + 6 + 1 + 1 + 1 + 2 + 1 + 1 + 1 + 1 + 1 + 1
+    assert len(logs) == 1 + 2 + 6 + 2 + 7 + 1 + 1 + 1 + 2 + 1 + 1 + 1 + 1 + 1 + 1
     pack = (finished / "results/logs/continue_pack/digits/cnn/lr0.01-const-e2_seed0.log").read_text()
     assert f"{RUNS[1]}: epoch    4/4" in pack
     assert "one member after another with train.fit (a conv net on a CPU: batching" in pack  # nobody asked
@@ -306,9 +308,7 @@ def test_with_packs_a_new_grid_point_retrains_only_the_pack_it_falls_into(tmp_pa
     widths = config["continuation"]["families"]["width"]["sweep"]["width"] = [1.0, 0.5, 0.25, 2.0, 4.0]
     assert snakemake(tmp_path, config, "--cores", "2").returncode == 0
     jobs = _trained_together(tmp_path / "results")
-    assert (
-        sorted(map(len, jobs)) in ([1, 1, 2, 2], [2, 2, 2], [1, 1, 1, 1, 2], [1] * 6) and len(set().union(*jobs)) == 6
-    )
+    assert all(len(job) <= 2 for job in jobs) and sum(map(len, jobs)) == len(set().union(*jobs)) == 6
     for added in (0.125, 3.0, 8.0):
         config["continuation"]["families"]["width"]["sweep"]["width"] = [*widths, added]
         new = f"s10-rbf-w{added:g}_lr0.01-const-e2"
@@ -327,7 +327,8 @@ def test_changing_the_base_training_reruns_everything_downstream(finished):
     training = training_jobs(jobs)
     assert sum(n for rule, n in training.items() if rule.startswith("continue_pack_")) == 3
     assert {rule: n for rule, n in training.items() if not rule.startswith("continue_pack_")} == {
-        "continue_run": 1,
+        # the control for seed 1: an independent member, its snapshots the matching control's
+        "continue_run_snapshots": 1,
         "continue_run_fge": 1,
         "continue_run_swa": 1,
     }
@@ -335,7 +336,7 @@ def test_changing_the_base_training_reruns_everything_downstream(finished):
     assert sum(n for rule, n in jobs.items() if rule.startswith("landscape_pack_")) == 2
     assert {rule: n for rule, n in jobs.items() if rule not in training and not rule.startswith("landscape_pack_")} == {
         "train_base": 2,
-        "predict": 6,
+        "predict": 7,
         "aggregate": 1,
         "aggregate_landscape": 1,
         "evaluate_ensembles": 1,
@@ -379,7 +380,7 @@ def test_a_lost_snapshot_is_made_again_when_its_ensemble_is(finished, tmp_path, 
         result = snakemake(finished, TINY, "-n", "--forcerun", "predict")
         jobs = planned_jobs(result)
         assert [n for name, n in training_jobs(jobs).items() if name.startswith(rule)] == [1]
-        assert jobs["predict"] == 6
+        assert jobs["predict"] == 7
         assert str(snapshot.relative_to(finished)) in planned_outputs(result)
     finally:
         shutil.move(kept, snapshot)
@@ -441,6 +442,8 @@ STUDY_NEW_POINTS = {
     "lr": 4,  # s10 and s0 at lr 0.001 and 0.1 (lr 0.01 is the baseline)
     "schedule": 6,  # s10 and s0 with step, cosine, SGDR (constant is the baseline)
     "epochs": 6,  # s10 and s0 at 100, 200, 400 epochs (800 is the baseline)
+    "release": 4,  # s10 and s100 released after 50 and after 200 epochs (their control is the baseline's)
+    "longer": 3,  # s100 and gamma 1e-4 at 1600 epochs, and their control s0 at 1600
 }
 
 
@@ -467,7 +470,7 @@ def test_the_study_config_expands_to_every_grid_point_seed_model_and_dataset(tmp
     # one ensemble per snapshot method and seed; the 4 independent seeds are one group of M = 4
     assert jobs["predict"] == cells * (5 * seeds + 1)
     assert jobs["plot_family"] == len(study["continuation"]["families"])
-    assert set(study["continuation"]["families"]) == set(STUDY_NEW_POINTS) == FAMILIES
+    assert set(study["continuation"]["families"]) == set(STUDY_NEW_POINTS) == FAMILIES | {"release", "longer"}
 
 
 # every family of the study, and how many grid points (with their controls) it has in the default config
@@ -513,7 +516,7 @@ def test_every_ensemble_method_is_evaluated_from_stored_predictions(finished):
     curves = pd.read_parquet(finished / "results/aggregate/ensembles.parquet")
     assert sorted(curves["m"].unique()) == [1, 2]
     pairs = pd.read_parquet(finished / "results/aggregate/ensemble_pairs.parquet")
-    assert len(pairs) == 6  # one pair per method
+    assert len(pairs) == 7  # one pair per method
     # beside each ensemble its members' weight average; SWA's own average beside SWA's
     averages = pd.read_parquet(finished / "results/aggregate/weight_averages.parquet")
     assert sorted(averages["method"] + "/" + averages["averaged"]) == sorted(

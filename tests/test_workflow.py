@@ -464,11 +464,14 @@ def test_the_study_config_expands_to_every_grid_point_seed_model_and_dataset(tmp
     training = ["continue_run", "continue_run_snapshots", "continue_run_fge", "continue_run_swa"]
     assert jobs["train_base"] == cells * 4  # seeds 0-2, and 3 for the independent ensemble
     assert sum(jobs[rule] for rule in training) == cells * (points * seeds + ensemble_runs)
-    assert jobs["continue_run_snapshots"] == cells * 3 * seeds
+    # distance, SGDR, SGDR + distance on each seed; the independent run keeps its snapshots on each of
+    # its 4 seeds (the first seeds' are the matching control's members)
+    assert jobs["continue_run_snapshots"] == cells * (3 * seeds + len(study["ensembles"]["seeds"]))
     assert jobs["continue_run_fge"] == jobs["continue_run_swa"] == cells * seeds
     assert jobs["landscape"] == cells * points * seeds  # the families' runs
-    # one ensemble per snapshot method and seed; the 4 independent seeds are one group of M = 4
-    assert jobs["predict"] == cells * (5 * seeds + 1)
+    # one ensemble per snapshot method (the matching control's too) and seed; the 4 independent seeds
+    # are one group of M = 4
+    assert jobs["predict"] == cells * (6 * seeds + 1)
     assert jobs["plot_family"] == len(study["continuation"]["families"])
     assert set(study["continuation"]["families"]) == set(STUDY_NEW_POINTS) == FAMILIES | {"release", "longer"}
 

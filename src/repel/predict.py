@@ -12,14 +12,14 @@ import torch
 from .averaging import average_of
 from .data import DeviceData
 from .ensemble import flat_weights
-from .train import EVAL_BATCH
+from .train import log_probs
 
 
-@torch.no_grad()
-def log_softmax_outputs(model, data: DeviceData, batch_size: int = EVAL_BATCH) -> torch.Tensor:
-    """(N, K) log-softmax outputs of `model` in evaluation mode on a split, in the split's order."""
+def log_softmax_outputs(model, data: DeviceData) -> torch.Tensor:
+    """(N, K) log-softmax outputs of `model` in evaluation mode on a split, in the split's order
+    (train.log_probs, the training loop's own, for one model)."""
     model.eval()
-    return torch.cat([torch.log_softmax(model(xb).float(), dim=1) for xb, _ in data.batches(batch_size)])
+    return log_probs(lambda x: model(x).unsqueeze(0), data)[0]
 
 
 def member_predictions(

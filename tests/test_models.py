@@ -51,3 +51,15 @@ def test_distance_excludes_batchnorm_running_statistics():
 def test_unknown_model_is_named():
     with pytest.raises(ValueError, match="unknown model 'vgg'"):
         models.build("vgg", 3, 10, 32)
+
+
+def test_flat_weights_from_a_model_a_list_and_a_state_dict():
+    model = models.build("cnn", 1, 10, 8)
+    flat = models.flat_weights(model)
+    assert flat.shape == (sum(p.numel() for p in models.trainable_parameters(model)),)
+    assert torch.equal(models.flat_weights(models.trainable_parameters(model)), flat)
+    state = model.state_dict()  # holds BatchNorm buffers too
+    assert torch.equal(models.flat_weights(state, models.parameter_names(model)), flat)
+    with pytest.raises(ValueError, match="buffers"):
+        models.flat_weights(state)
+    assert torch.equal(models.flat_weights([torch.ones(2, 2), torch.zeros(3)]), torch.tensor([1.0] * 4 + [0.0] * 3))

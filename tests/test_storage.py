@@ -201,7 +201,7 @@ def test_a_bad_input_file_is_named_with_what_to_do(files, slot, damage, tmp_path
     assert str(bad) in err and what in err and DELETE_AND_RERUN in err
     assert "weights_only" not in err
     if damage == "hostile pickle" and slot != "aggregate --runs":
-        assert "holds objects other than tensors" in err and "nothing in it was run" in err
+        assert "holds objects other than" in err and "nothing in it was run" in err
     assert not files["marker"].exists()
     assert not out.exists()  # nothing was written
 

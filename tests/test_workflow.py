@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -35,6 +36,9 @@ TINY["ensembles"] = {
     "seeds": [0, 1],
     "fge": {"cycle": 1, "lr_low": 0.001},
     "swa": {"lr": 0.005},
+    # shift and OOD through the workflow, in the predict jobs: one corruption, one severity, one set
+    "shift": {"corruptions": ["contrast"], "severities": [5]},
+    "ood": {"digits": ["inverted"]},
 }
 RUNS = ["s0_lr0.01-const-e2", "s10-rbf-w1_lr0.01-const-e2", "s10-rbf-w0.5_lr0.01-const-e2"]
 DIVERGED = ["s0_lr1e6-const-e2", "s10-rbf-w1_lr1e6-const-e2"]
@@ -113,7 +117,7 @@ def test_metrics_table_has_the_schema_and_one_row_per_run_and_epoch(finished):
 
 # The stages that train nothing, as the workflow runs them ("ensembles" reads torch-saved
 # predictions and still loads torch: see issue 23's note); "plot-method --hill" trains a 2-D toy.
-TABLE_AND_FIGURE_STAGES = ["aggregate", "aggregate-landscape", "claims", "plot", "plot-method"]
+TABLE_AND_FIGURE_STAGES = ["aggregate", "aggregate-landscape", "ensembles", "claims", "plot", "plot-method"]
 
 
 def test_a_stage_that_trains_nothing_never_imports_torch(finished, tmp_path):
@@ -128,12 +132,15 @@ def test_a_stage_that_trains_nothing_never_imports_torch(finished, tmp_path):
     ensembles = ["--ensembles", str(res / "aggregate/ensembles.parquet")]
     ensembles += ["--pairs", str(res / "aggregate/ensemble_pairs.parquet")]
     landscapes = list(map(str, res.glob("continue/**/landscape.parquet")))
+    predictions = sorted(map(str, res.glob("ensembles/**/predictions.npz")))
+    members = [p.replace("predictions.npz", "member_landscape.parquet") for p in predictions]
     family = ["--metrics", metrics, "--family", "width", "--spec", width]
     lines = ["--landscape", landscape, "--summary", summary, "--families", families]
     to, png = ["--out-dir", str(out)], ["--formats", "png"]
     stages = [
         ["aggregate", "--runs", *map(str, res.glob("*/*/*/**/metrics.parquet")), *to],
         ["aggregate-landscape", "--landscapes", *landscapes, "--out", str(out / "landscape.parquet")],
+        ["ensembles", "--predictions", *predictions, "--member-landscapes", *members, "--out-dir", str(out / "ens")],
         ["claims", "--metrics", metrics, "--families", families, *ensembles, "--landscape", landscape, *to],
         ["plot", *family, *lines, *ensembles, "--claims", str(out / "claims.parquet"), *to, *png],
         ["plot-method", "--metrics", metrics, *to, *png],
@@ -156,6 +163,13 @@ def test_a_stage_that_trains_nothing_never_imports_torch(finished, tmp_path):
     )
     assert loaded == dict.fromkeys(TABLE_AND_FIGURE_STAGES, "False")
     assert {"width.png", "landscape.png", "claims.png", "kernels.png"} <= {p.name for p in out.glob("*.png")}
+    key = [
+        "method",
+        "ensemble",
+        "m",
+    ]  # the ensemble tables again from the stored predictions, as the workflow made them
+    again, made = (pd.read_parquet(d / "ensembles.parquet").sort_values(key) for d in (out / "ens", res / "aggregate"))
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), made.reset_index(drop=True))
 
 
 def test_each_run_directory_records_what_made_it(finished):
@@ -194,12 +208,13 @@ def test_independent_members_are_measured_from_their_own_checkpoints(finished):
     bases = [flat_parameters(finished / f"results/base/digits/cnn/seed{seed}/checkpoint.pt") for seed in (0, 1)]
     assert not torch.equal(bases[0], bases[1])
     ensembles = finished / "results/ensembles/digits/cnn"
-    independent = torch.load(ensembles / "independent/seeds0-1/predictions.pt", weights_only=True)
-    assert torch.equal(independent["theta_c"], torch.stack(bases))  # member i from seed i's checkpoint
-    distance = torch.load(ensembles / "distance/seed0/predictions.pt", weights_only=True)
-    assert torch.equal(distance["theta_c"], torch.stack([bases[0], bases[0]]))  # both members from seed 0's
+    independent = np.load(ensembles / "independent/seeds0-1/predictions.npz")
+    theta_c = torch.from_numpy(independent["theta_c"])
+    assert torch.equal(theta_c, torch.stack(bases))  # member i from seed i's checkpoint
+    distance = np.load(ensembles / "distance/seed0/predictions.npz")
+    assert torch.equal(torch.from_numpy(distance["theta_c"]), torch.stack([bases[0], bases[0]]))  # both from seed 0's
     # the stored cosine of the two displacements, by hand from the weights and their own checkpoints
-    d = independent["weights"] - torch.stack(bases)
+    d = torch.from_numpy(independent["weights"]) - torch.stack(bases)
     cosine = (d[0] @ d[1] / (d[0].norm() * d[1].norm())).item()
     pairs = pd.read_parquet(finished / "results/aggregate/ensemble_pairs.parquet").set_index("method")
     assert pairs.loc["independent", "displacement_cosine"] == pytest.approx(cosine, abs=1e-5)
@@ -249,16 +264,17 @@ def test_every_job_wrote_its_log(finished):
     # data, 2 bases (seeds 0, 1); 6 training jobs for 11 runs: 3 packs (lr 0.01 constant: the width
     # family's 3 runs and distance; lr 1e6: 2 runs; SGDR and SGDR + distance), alone the control for
     # seed 1, FGE and SWA; 2 landscape jobs for the 5 family runs (the first two packs); 7
-    # predictions (one per method, the matching control's too, each with its members' landscape),
-    # aggregate, aggregate_landscape,
-    # evaluate_ensembles, 2 families, plot_landscape, plot_ensembles, claims, plot_claims, plot_kernels,
-    # plot_hill_2d
-    assert len(logs) == 1 + 2 + 6 + 2 + 7 + 1 + 1 + 1 + 2 + 1 + 1 + 1 + 1 + 1 + 1
+    # predictions (one per method, the matching control's too, each with its members' landscape
+    # and their predictions under shift), aggregate, aggregate_landscape, evaluate_ensembles,
+    # 2 families, plot_landscape, plot_ensembles, claims, plot_claims, plot_kernels, plot_hill_2d;
+    # prepare_shift, shift_table, ood_table, plot_shift
+    assert len(logs) == 1 + 2 + 6 + 2 + 7 + 1 + 1 + 1 + 2 + 1 + 1 + 1 + 1 + 1 + 1 + 4
     pack = (finished / "results/logs/continue_pack/digits/cnn/lr0.01-const-e2_seed0.log").read_text()
     assert f"{RUNS[1]}: epoch    4/4" in pack
     assert "one member after another with train.fit (a conv net on a CPU: batching" in pack  # nobody asked
     predict = (finished / "results/logs/predict/digits/cnn/fge/seed0.log").read_text()
     assert "loss barrier from" in predict and "member_landscape.parquet" in predict
+    assert "under shift: corrupted test splits 1 " in predict and "OOD sets inverted" in predict
 
 
 def training_jobs(jobs: dict[str, int]) -> dict[str, int]:
@@ -346,6 +362,9 @@ def test_changing_the_base_training_reruns_everything_downstream(finished):
         "claims": 1,
         "plot_claims": 1,
         "plot_kernels": 1,
+        "shift_table": 1,  # the members under shift, from the predict jobs (prepare_shift reads only the data)
+        "ood_table": 1,
+        "plot_shift": 1,
         "all": 1,
     }
 
@@ -530,7 +549,14 @@ def test_every_ensemble_method_is_evaluated_from_stored_predictions(finished):
     assert sorted(between["method"].unique()) == sorted(summary["method"])
     assert (between.groupby("method")["pair"].nunique() == 1).all()  # 2 members: one line each
     assert (summary["mean_member_barrier"] >= 0).all()
-    for figure in ("ensemble_accuracy", "ensemble_disagreement", "diversity_vs_distance", "weight_averages"):
+    # every ensemble under shift and on the OOD set, from its predict job
+    shift = pd.read_parquet(finished / "results/aggregate/shift.parquet")
+    assert sorted(set(zip(shift["corruption"], shift["severity"]))) == [("contrast", 0), ("contrast", 5)]
+    assert sorted(shift["method"].unique()) == sorted(summary["method"]) and shift["accuracy"].between(0, 1).all()
+    ood = pd.read_parquet(finished / "results/aggregate/ood.parquet")
+    assert set(ood["ood"]) == {"inverted"} and sorted(ood["method"].unique()) == sorted(summary["method"])
+    figures = ("ensemble_accuracy", "ensemble_disagreement", "diversity_vs_distance", "weight_averages")
+    for figure in (*figures, "ensemble_shift", "ensemble_ood"):
         assert (finished / f"results/plots/{figure}.png").read_bytes()[:4] == b"\x89PNG"
     # members of the snapshot methods: one per cycle of the first seed's run (epochs 3 and 4)
     snapshots = finished / f"results/continue/digits/cnn/{ENSEMBLE_RUNS['distance']}/seed0/snapshots"

@@ -88,6 +88,8 @@ def aggregate_landscapes(paths, out) -> None:
 
 
 ENSEMBLE_KEYS = ["dataset", "model", "method", "ensemble"]
+# what predict stores (predict.member_predictions and its job's records); swa_log_probs where a run has SWA
+PREDICTION_KEYS = [*ENSEMBLE_KEYS, "log_probs", "labels", "weights", "theta_c", "average_log_probs"]
 ENSEMBLE_SUMMARY = [
     "accuracy",
     "nll",
@@ -116,13 +118,14 @@ def aggregate_ensembles(paths, landscape_paths, out_dir: Path) -> None:
 
     curves, pairs, averages = [], [], []
     for path in paths:
-        pred = storage.load_torch(path, "predictions")
-        keys = {key: pred[key] for key in ENSEMBLE_KEYS}
-        if "log_probs" not in pred:
+        pred = storage.load_arrays(path, "predictions")
+        missing = sorted(set(PREDICTION_KEYS) - set(pred))
+        if missing:
             raise ValueError(
-                f"{path}: its predictions file holds probabilities, written before repel stored "
-                "log-probabilities; make it again with `snakemake --forcerun predict`"
+                f"{path}: its predictions lack {', '.join(missing)}: an older or foreign file; "
+                "make it again with `snakemake --forcerun predict`"
             )
+        keys = {key: str(pred[key]) for key in ENSEMBLE_KEYS}
         curve = ensemble_curve(pred["log_probs"], pred["labels"]).assign(**keys)
         curves.append(curve)
         pairs.append(pairwise_table(pred["log_probs"], list(pred["weights"]), pred["theta_c"]).assign(**keys))
@@ -162,7 +165,7 @@ def weight_average_rows(pred: dict, ensemble: pd.Series, keys: dict) -> list[dic
     full ensemble's accuracy and NLL beside them."""
     from .ensemble import model_metrics
 
-    swa = pred["swa_log_probs"] if pred["swa_log_probs"] is not None else []
+    swa = pred.get("swa_log_probs", [])
     models = [("members", pred["average_log_probs"]), *(("swa", log_p) for log_p in swa)]
     return [
         {

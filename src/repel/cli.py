@@ -117,7 +117,6 @@ COMMANDS = {  # name: (function, or "module:function" of the package imported wh
     "plot": ("plots:plot_tables", "figures from the aggregated tables"),
     "plot-method": (cmd_plot_method, "the method's figures: the kernels as the runs felt them, a 2-D hill"),
     "shift-data": ("shift:prepare_job", "the test split's corrupted copies (dataset shift), made once"),
-    "predict-shift": ("shift:predict_job", "ensemble members on the clean and corrupted test splits"),
     "shift-table": ("shift_tables:aggregate", "every ensemble's metrics under shift -> one table"),
     "ood-table": ("shift_tables:aggregate_ood", "every ensemble's OOD scores -> AUROC and FPR at 95 percent TPR"),
     "plot-shift": ("shift_tables:plot", "the ensembles' metrics against severity"),
@@ -160,7 +159,11 @@ OPTIONS = {  # name: its options, one a line
         --method!=ensemble method name, recorded
         --ensemble!=which of the method's ensembles: seed<k> or seeds<a-b-...>, recorded
         --member-landscape=also write the loss along the lines between consecutive members to this table
-        --out!=the predictions file to write (.pt)
+        --out!=the predictions file to write (.npz)
+        --shift=the shifted test split and OOD sets (shift-data): the members predict on them too
+        --shift-out=with --shift: their log-softmax outputs to write (.npz)
+        --shift-table=with --shift: the ensemble's metrics per corruption and severity to write (.parquet)
+        --ood-scores=with --shift: every test and OOD point's scores to write (.parquet)
         {LANDSCAPE}
         {DEVICE}""",
     "landscape": f"""--data!=prepared dataset
@@ -198,19 +201,9 @@ OPTIONS = {  # name: its options, one a line
         --data-dir=where torchvision datasets are (or are downloaded to), for an OOD set
         --seed:int=seed of the corruptions' and the noise's random numbers (default 0)
         --out!=the shifted test split and OOD sets to write (.pt)""",
-    "predict-shift": f"""--data!=prepared dataset
-        --shift!=the shifted test split written by shift-data
-        --checkpoint!=the base checkpoint (the network's architecture)
-        --members*!=members' weight files, oldest first
-        --method!=ensemble method name, recorded
-        --ensemble!=which of the method's ensembles, recorded
-        --out!=the members' log-softmax outputs to write (.pt)
-        --table!=the ensemble's metrics per corruption and severity to write (.parquet)
-        --ood-scores=every test and OOD point's scores to write (.parquet)
-        {DEVICE}""",
-    "shift-table": """--tables*!=predict-shift --table files
+    "shift-table": """--tables*!=predict --shift-table files
         --out!=the combined table to write (.parquet)""",
-    "ood-table": """--scores*!=predict-shift --ood-scores files
+    "ood-table": """--scores*!=predict --ood-scores files
         --out!=the detection table to write (.parquet)""",
     "plot-shift": """--shift=shift.parquet written by shift-table: ensemble_shift.<format>
         --ood=ood.parquet written by ood-table: ensemble_ood.<format>

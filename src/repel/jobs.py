@@ -248,12 +248,15 @@ def _finish_swa(averaged: AveragedModel, prepared: dict, device, path: Path, job
 
 
 def predict(args) -> None:
-    """An ensemble's members' predictions on the test split, stored once (and, with
-    --member-landscape, the loss along the lines between consecutive members)."""
+    """An ensemble's members' predictions on the test split, stored once (with --member-landscape,
+    the loss along the lines between consecutive members; with --shift, their predictions and the
+    ensemble's metrics on the corrupted test splits and the OOD sets)."""
     from . import landscape
     from .ensemble import member_accuracy
     from .predict import member_predictions
 
+    if args.shift and not (args.shift_out and args.shift_table and args.ood_scores):
+        raise ValueError("--shift needs --shift-out, --shift-table and --ood-scores: the files to write")
     device = setup(args)
     prepared = data_mod.load(args.data)
     if len(args.checkpoints) != len(args.members):
@@ -280,12 +283,25 @@ def predict(args) -> None:
         checkpoints=[str(p) for p in args.checkpoints],
         swa=[str(p) for p in args.swa or []],
     )
-    storage.save_torch(out, args.out)
+    storage.save_arrays(out, args.out)
     acc = member_accuracy(out["log_probs"], out["labels"])
     log(
         f"{args.method} {args.ensemble}: {len(members)} members, test accuracy "
         f"{', '.join(f'{a:.4f}' for a in acc.tolist())} -> {args.out}"
     )
+    if args.shift:  # in this process too: the network, the members and the device are set up already
+        from .shift import predict_under_shift
+
+        shifted = storage.load_torch(args.shift, "shifted test split")
+        cell = {key: out[key] for key in ("dataset", "model", "method", "ensemble")}
+        stored, table, scores = predict_under_shift(model, members, prepared, shifted, device, cell, out["log_probs"])
+        storage.save_arrays({**stored, "labels": out["labels"], "members": out["members"]}, args.shift_out)
+        storage.save_parquet(table, args.shift_table)
+        storage.save_parquet(scores, args.ood_scores)
+        log(
+            f"under shift: corrupted test splits {len(table) - 1} -> {args.shift_table}; "
+            f"OOD sets {', '.join(shifted['ood']) or 'none'} -> {args.ood_scores}"
+        )
     if args.member_landscape:  # in this process: its start-up would cost about what the landscape does
         states = dict(zip(args.members, members))
         lines = [({"method": args.method, "ensemble": args.ensemble}, args.member_landscape, list(args.members))]

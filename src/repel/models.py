@@ -3,6 +3,8 @@ a small CNN and an MLP for CPU-sized runs. Input channels and class count follow
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -116,3 +118,32 @@ def from_arch(arch: dict) -> nn.Module:
 def trainable_parameters(model: nn.Module) -> list[torch.Tensor]:
     """The parameters the distance is taken over (BatchNorm running statistics are buffers, not in it)."""
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def parameter_names(model: nn.Module) -> list[str]:
+    """State-dict keys of the trainable parameters, in the order trainable_parameters gives them."""
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def flat_weights(source, names: Sequence[str] | None = None) -> torch.Tensor:
+    """One flat tensor of trainable parameters, from a model, a list of tensors or a state dict.
+
+    A state dict also holds buffers (BatchNorm running statistics), which are not weights: pass
+    names=parameter_names(model) to pick the parameters out of it.
+    """
+    if isinstance(source, nn.Module):
+        tensors = trainable_parameters(source)
+    elif isinstance(source, Mapping):
+        if names is None:
+            raise ValueError("a state dict holds buffers too: pass names=parameter_names(model)")
+        missing = [n for n in names if n not in source]
+        if missing:
+            raise ValueError(f"state dict lacks parameter(s) {missing[:5]}: a different model?")
+        tensors = [source[n] for n in names]
+    else:
+        tensors = list(source)
+    if not tensors:
+        raise ValueError("no parameters to flatten")
+    if not all(t.is_floating_point() for t in tensors):
+        raise ValueError("weights must be floating-point tensors")
+    return torch.cat([t.detach().reshape(-1) for t in tensors])

@@ -11,7 +11,7 @@ import torch
 
 from .averaging import average_of
 from .data import DeviceData
-from .ensemble import flat_weights
+from .models import flat_weights
 from .train import log_probs
 
 

@@ -140,7 +140,7 @@ def metric_rows(log_probs: dict[tuple[str, int], torch.Tensor], y: torch.Tensor,
     return rows
 
 
-# --- the jobs (the command line's shift-data and predict-shift) ------------------------------------
+# --- the job that makes the shifted data (the command line's shift-data) ------------------------------------
 
 
 def prepare_job(args) -> None:
@@ -160,51 +160,32 @@ def prepare_job(args) -> None:
     )
 
 
-def predict_job(args) -> None:
-    """An ensemble's members on the clean test split (severity 0), on every corrupted copy and on
-    every OOD set: their log-softmax outputs stored (.pt), the ensemble's metrics per severity
-    (--table) and every point's OOD scores, the test split's as set "test" (--ood-scores)."""
+def predict_under_shift(model, member_states, prepared, shifted, device, cell, clean) -> tuple:
+    """An ensemble's members on every corrupted copy of the test split and on every OOD set (the
+    predict job's network and members; `clean`: their (M, N, K) outputs on the clean test split,
+    already computed). Returns the log-softmax outputs by "<corruption>/<severity>" (the clean split
+    as "clean/0", the OOD sets as "ood/<name>"), the ensemble's metrics per severity, and every test
+    and OOD point's OOD scores (the test split's as set "test")."""
+    import numpy as np
     import pandas as pd
 
-    from . import checkpoint, data, models, ood, storage
+    from . import ood
     from .data import DeviceData
-    from .jobs import log, setup
     from .predict import log_softmax_outputs
 
-    device = setup(args)
-    prepared = data.load(args.data)
-    shifted = storage.load_torch(args.shift, "shifted test split")
-    ckpt = checkpoint.load_base(args.checkpoint)
-    arch = ckpt["arch"]
-    model = models.from_arch(arch).to(device)
-    splits = {("clean", 0): prepared["test_x"]}
-    for name, x in shifted["x"].items():
-        splits.update({(name, s): x[k] for k, s in enumerate(shifted["severities"])})
-    splits.update({("ood", name): x for name, x in shifted["ood"].items()})
-    outputs = {key: [] for key in splits}
-    for path in args.members:
-        model.load_state_dict(checkpoint.load_weights(path, arch, "member"))
-        for key, x in splits.items():
+    inputs = {(name, s): x[k] for name, x in shifted["x"].items() for k, s in enumerate(shifted["severities"])}
+    inputs.update({("ood", name): x for name, x in shifted["ood"].items()})
+    outputs = {key: [] for key in inputs}
+    for state in member_states:
+        model.load_state_dict(state)
+        for key, x in inputs.items():
             split = DeviceData({**prepared, "test_x": x}, "test", device)
             outputs[key].append(log_softmax_outputs(model, split).cpu())
-    log_probs = {key: torch.stack(v) for key, v in outputs.items()}
-    y = prepared["test_y"]
-    cell = {"dataset": prepared["name"], "model": arch["model"], "method": args.method, "ensemble": args.ensemble}
+    log_probs = {("clean", 0): torch.as_tensor(clean), **{key: torch.stack(v) for key, v in outputs.items()}}
     points = [
         pd.DataFrame({**cell, "set": name, **{k: v.numpy() for k, v in ood.scores(log_probs[key]).items()}})
         for name, key in [("test", ("clean", 0)), *((name, ("ood", name)) for name in shifted["ood"])]
     ]
-    if args.ood_scores:
-        storage.save_parquet(pd.concat(points, ignore_index=True), args.ood_scores)
-    storage.save_torch(
-        {
-            "log_probs": {f"{name}/{s}": lp for (name, s), lp in log_probs.items()},
-            "labels": y,
-            "members": [str(p) for p in args.members],
-        },
-        args.out,
-    )
-    rows = metric_rows({k: v for k, v in log_probs.items() if k[0] != "ood"}, y)
-    table = pd.DataFrame(rows).assign(**cell)
-    storage.save_parquet(table, args.table)
-    log(f"{args.method} {args.ensemble}: {len(args.members)} members x {len(splits)} splits -> {args.table}")
+    table = pd.DataFrame(metric_rows({k: v for k, v in log_probs.items() if k[0] != "ood"}, prepared["test_y"]))
+    stored = {f"{name}/{s}": np.asarray(lp) for (name, s), lp in log_probs.items()}
+    return stored, table.assign(**cell), pd.concat(points, ignore_index=True)

@@ -1,5 +1,5 @@
 """The ensembles under dataset shift: one table of every ensemble's metrics per corruption and
-severity (written by `predict-shift`, one file per ensemble), and its figure in the style of
+severity (written by `predict --shift`, one file per ensemble), and its figure in the style of
 Ovadia et al. 2019: each metric against severity, one line per method (the mean over its
 ensembles, one per seed) with a min-max band over them. Severity 0 is the clean test split, drawn
 at the left of every corruption's panel. Pandas and matplotlib only: no network is run here."""

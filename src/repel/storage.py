@@ -51,19 +51,23 @@ KINDS = {
     "shifted test split": ("the corrupted test split", "`repel shift-data` (Snakemake rule prepare_shift)"),
     "ensemble shift metrics": (
         "an ensemble's metrics under shift",
-        "`repel predict-shift` (Snakemake rule predict_shift)",
+        "`repel predict --shift` (Snakemake rule predict)",
     ),
     "ensemble shift table": ("the ensembles' metrics under shift", "`repel shift-table` (Snakemake rule shift_table)"),
-    "ensemble OOD scores": ("an ensemble's OOD scores", "`repel predict-shift` (Snakemake rule predict_shift)"),
+    "ensemble OOD scores": ("an ensemble's OOD scores", "`repel predict --shift` (Snakemake rule predict)"),
     "ensemble OOD table": ("the ensembles' OOD detection table", "`repel ood-table` (Snakemake rule ood_table)"),
 }
 MISSING = "is missing (not found)"
 DAMAGED = "cannot be read: it is cut short, damaged or not a torch file"
+UNSAFE_ARRAYS = (
+    "was not loaded: it holds objects other than numpy arrays, which repel never writes, so nothing in it was run"
+)
 UNSAFE = (
     "was not loaded: it holds objects other than tensors and plain containers, which repel never "
     "writes, so nothing in it was run"
 )
 DAMAGED_TABLE = "cannot be read: it is cut short, damaged or not a Parquet table"
+DAMAGED_ARRAYS = "cannot be read: it is cut short, damaged or not a numpy .npz file"
 # how a cut-short or garbled file shows itself (torch and pyarrow say it in many ways)
 _UNREADABLE = (OSError, EOFError, RuntimeError, ValueError, TypeError, KeyError, IndexError)
 
@@ -132,6 +136,43 @@ def load_torch(path, kind: str | None = None) -> dict:
         raise BadFileError(path, UNSAFE if zipfile.is_zipfile(path) else DAMAGED, kind) from None
     except _UNREADABLE as err:
         raise BadFileError(path, DAMAGED, kind) from err
+
+
+def save_arrays(arrays: dict, path) -> None:
+    """Arrays (numpy, CPU tensors, strings, lists of strings) in one .npz, read back without pickle
+    and without torch; a None value is left out."""
+    import numpy as np
+
+    def as_array(value):
+        return np.asarray(value, dtype=str) if isinstance(value, (list, tuple)) else np.asarray(value)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: given a name, numpy would append ".npz" to it
+            np.savez(f, **{k: as_array(v) for k, v in arrays.items() if v is not None})
+
+    _write(path, write)
+
+
+def load_arrays(path, kind: str | None = None) -> dict:
+    """Read a file written by save_arrays; allow_pickle=False: nothing in it can run code."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            # a zip of something else (a torch file, say): numpy hands members that are not arrays over as bytes
+            arrays = isinstance(npz, np.lib.npyio.NpzFile) and all(n.endswith(".npy") for n in npz.zip.namelist())
+            loaded = {name: npz[name] for name in npz.files} if arrays else None
+    except FileNotFoundError:
+        raise BadFileError(path, MISSING, kind) from None
+    except ValueError as err:
+        if "pickle" in str(err):  # a pickle or an object array, which save_arrays never writes
+            raise BadFileError(path, UNSAFE_ARRAYS, kind) from None
+        raise BadFileError(path, DAMAGED_ARRAYS, kind) from err
+    except (*_UNREADABLE, zipfile.BadZipFile) as err:
+        raise BadFileError(path, DAMAGED_ARRAYS, kind) from err
+    if loaded is None:
+        raise BadFileError(path, UNSAFE_ARRAYS, kind)
+    return loaded
 
 
 def read_parquet(path, kind: str | None = None) -> pd.DataFrame:

@@ -179,16 +179,19 @@ def get_ensemble_inputs(wildcards):
             for seed in plan["seeds"]
             for path in get_member_snapshots(f"{run_dir}/seed{seed}", plan["epochs"])
         ]
-    return {
+    inputs = {
         "members": [path for _, path in members],
         "checkpoints": [f"{base}/seed{seed}/checkpoint.pt" for seed, _ in members],
         "swa": [f"{run_dir}/seed{seed}/swa.pt" for seed in plan["seeds"]] if plan["run"] in SWA_RUNS else [],
     }
+    if ROBUSTNESS:  # the corrupted test splits and OOD sets the members predict on too
+        inputs["shift"] = res(f"shift/{wildcards.dataset}.pt")
+    return inputs
 
 
 def get_predictions():
     return [
-        res(f"ensembles/{dataset}/{model}/{method}/{ensemble}/predictions.pt")
+        res(f"ensembles/{dataset}/{model}/{method}/{ensemble}/predictions.npz")
         for dataset in config["datasets"]
         for model in config["models"]
         for method, ensembles in ENSEMBLE_PLAN.items()
@@ -197,7 +200,7 @@ def get_predictions():
 
 
 def get_member_landscapes():
-    return [path.replace("predictions.pt", "member_landscape.parquet") for path in get_predictions()]
+    return [path.replace("predictions.npz", "member_landscape.parquet") for path in get_predictions()]
 
 
 def get_landscapes():
@@ -269,24 +272,28 @@ def get_final_outputs():
 
 
 # Dataset shift and OOD sets (config ensembles.shift, ensembles.ood): the members of every ensemble
-# predict on both in one job per ensemble, from one file per dataset
+# predict on both in the ensemble's predict job, from one file per dataset
 SHIFT = {"corruptions": [], "severities": [], "seed": 0, **(ENSEMBLES or {}).get("shift", {})}
 OOD = (ENSEMBLES or {}).get("ood", {})  # dataset -> its OOD sets
 ROBUSTNESS = bool(ENSEMBLES) and ("shift" in ENSEMBLES or "ood" in ENSEMBLES)
-
-
-def get_shift_inputs(wildcards):
-    """An ensemble's members, and one base checkpoint for the network's architecture."""
-    inputs = get_ensemble_inputs(wildcards)
-    return {"members": inputs["members"], "checkpoint": inputs["checkpoints"][0]}
+ENSEMBLE_DIR = "ensembles/{dataset}/{model}/{method}/{ensemble}"
+SHIFT_OUTPUTS = (
+    {
+        "shift_predictions": res(f"{ENSEMBLE_DIR}/shift_predictions.npz"),
+        "shift_table": res(f"{ENSEMBLE_DIR}/shift.parquet"),
+        "ood_scores": res(f"{ENSEMBLE_DIR}/ood_scores.parquet"),
+    }
+    if ROBUSTNESS
+    else {}
+)
 
 
 def get_shift_tables():
-    return [path.replace("predictions.pt", "shift.parquet") for path in get_predictions()]
+    return [path.replace("predictions.npz", "shift.parquet") for path in get_predictions()]
 
 
 def get_ood_scores():
-    return [path.replace("predictions.pt", "ood_scores.parquet") for path in get_predictions()]
+    return [path.replace("predictions.npz", "ood_scores.parquet") for path in get_predictions()]
 
 
 def get_robustness_tables():

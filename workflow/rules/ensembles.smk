@@ -1,11 +1,13 @@
 rule predict:
-    # the members' predictions and the loss between consecutive members, in one process: each is
-    # a few seconds of work, about what starting a job costs
+    # the members' predictions, the loss between consecutive members and (with shift or OOD sets)
+    # the members under shift, in one process: each is a few seconds of work, about what starting a
+    # job costs
     input:
         unpack(get_ensemble_inputs),
         data=res("data/{dataset}.pt"),
     output:
-        predictions=res("ensembles/{dataset}/{model}/{method}/{ensemble}/predictions.pt"),
+        **SHIFT_OUTPUTS,  # where the config asks for shift or OOD sets
+        predictions=res("ensembles/{dataset}/{model}/{method}/{ensemble}/predictions.npz"),
         landscape=res("ensembles/{dataset}/{model}/{method}/{ensemble}/member_landscape.parquet"),
     log:
         res("logs/predict/{dataset}/{model}/{method}/{ensemble}.log"),
@@ -16,10 +18,17 @@ rule predict:
         gres=get_gres(),
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
+    params:
+        shift=lambda wildcards, input, output: (
+            f"--shift {input.shift} --shift-out {output.shift_predictions} "
+            f"--shift-table {output.shift_table} --ood-scores {output.ood_scores}"
+            if ROBUSTNESS
+            else ""
+        ),
     shell:
         "python -m repel predict --data {input.data} --checkpoints {input.checkpoints} "
         "--members {input.members} --swa {input.swa} --method {wildcards.method} --ensemble {wildcards.ensemble} "
-        "--member-landscape {output.landscape} --device $REPEL_DEVICE "
+        "--member-landscape {output.landscape} {params.shift} --device $REPEL_DEVICE "
         "--threads {threads} --out {output.predictions} > {log} 2>&1"
 
 
@@ -74,33 +83,9 @@ rule plot_ensembles:
         "--out-dir {params.out_dir} > {log} 2>&1"
 
 
-# Dataset shift and OOD (config ensembles.shift, ensembles.ood): every ensemble's members on the
-# clean and corrupted test splits and the OOD sets, one job per ensemble; one table each, figures.
-rule predict_shift:
-    input:
-        unpack(get_shift_inputs),
-        data=res("data/{dataset}.pt"),
-        shift=res("shift/{dataset}.pt"),
-    output:
-        predictions=res("ensembles/{dataset}/{model}/{method}/{ensemble}/shift_predictions.pt"),
-        table=res("ensembles/{dataset}/{model}/{method}/{ensemble}/shift.parquet"),
-        ood=res("ensembles/{dataset}/{model}/{method}/{ensemble}/ood_scores.parquet"),
-    log:
-        res("logs/predict_shift/{dataset}/{model}/{method}/{ensemble}.log"),
-    conda:
-        "../../envs/repel.yaml"
-    threads: config["threads"]
-    resources:
-        gres=get_gres(),
-        mem_mb=config["resources"]["mem_mb"],
-        runtime=config["resources"]["runtime"],
-    shell:
-        "python -m repel predict-shift --data {input.data} --shift {input.shift} --checkpoint {input.checkpoint} "
-        "--members {input.members} --method {wildcards.method} --ensemble {wildcards.ensemble} "
-        "--device $REPEL_DEVICE --threads {threads} --out {output.predictions} --table {output.table} "
-        "--ood-scores {output.ood} > {log} 2>&1"
-
-
+# Dataset shift and OOD (config ensembles.shift, ensembles.ood): the predict job's members also
+# predict on the corrupted test splits and the OOD sets (predict's shift outputs); one table each,
+# figures.
 rule shift_table:
     input:
         get_shift_tables(),

@@ -29,7 +29,9 @@ decided and not adjusted.
 Claims find their family by name (the families of config/reduced.yaml and study.yaml). A family
 the config lacks, or with no rows for a dataset/model, makes its claims "not run" there; the
 ensemble claims need the ensemble tables, landscape.left the landscape table. No parameter is
-read back from a run id: the tables' columns say them (`control` names each run's control).
+read back from a run id: the tables' columns say them (`control` names each run's control). An
+ensemble method's strength, where `ensembles.strength` lists several, is in its name
+(`distance_s10`), read by grid.method_strength, the inverse of the naming.
 
 A diverged run (`diverged` in any epoch) has no final accuracy or distance: its seed drops out of
 that run's statistics, and the note says how many did.

@@ -40,7 +40,7 @@ wildcard_constraints:
     model="|".join(config["models"]),
     seed=r"\d+",
     run="|".join(map(re.escape, RUNS)),
-    method="|".join(grid.ENSEMBLE_METHODS),
+    method="|".join(map(re.escape, ENSEMBLE_PLAN or grid.ENSEMBLE_METHODS)),  # distance_s10, ... per strength
     ensemble=r"seeds?[0-9-]+",
     family="|".join(FAMILIES),
 

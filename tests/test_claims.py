@@ -408,7 +408,10 @@ def test_crossing_epoch_none_when_not_yet_or_never_behind():
 
 # --- the small world: every claim holds as claimed, does not hold flipped --------------------------
 
-WORLD_CLAIMS = [c.id for c in claims.CLAIMS if c.family in FAMILIES or c.family == "ensembles"]
+# the small world's ensembles have one strength: ensemble.strength is not run there (tested below)
+WORLD_CLAIMS = [
+    c.id for c in claims.CLAIMS if (c.family in FAMILIES or c.family == "ensembles") and c.id != "ensemble.strength"
+]
 DECIDED = [c for c in WORLD_CLAIMS if not next(k for k in claims.CLAIMS if k.id == c).exploratory]
 
 
@@ -685,3 +688,80 @@ def test_the_shift_and_ood_claims_read_their_tables_by_hand():
     assert table.loc["ood.mi", "value"] == pytest.approx(0.2) and table.loc["ood.mi", "verdict"] == "holds"
     missing = claims.evaluate(metrics_table(), FAMILIES).set_index("claim")
     assert missing.loc["ood.mi", "verdict"] == "not run" and "no ood table given" in missing.loc["ood.mi", "note"]
+
+
+# --- ensembles at several strengths ----------------------------------------------------------------
+
+STRENGTHS = (1, 10, 100)
+
+
+def strength_tables(diversity_slope=0.01, accuracy_slope=0.002, seeds=3):
+    """ensembles.parquet and ensemble_pairs.parquet with distance_s1, _s10, _s100 and the matching
+    control (2 members): per seed k, disagreement 0.05 + 0.01 k + slope k' log10 s with a seed's own
+    slope (diversity_slope (1 + 0.1 k)), accuracy likewise; the control 0.04 + 0.01 k, accuracy 0.9."""
+    curves, pairs = [], []
+    for method, s in [*((f"distance_s{s}", s) for s in STRENGTHS), ("snapshots", None)]:
+        for k in range(seeds):
+            x = np.log10(s) if s else 0.0
+            disagreement = 0.05 + 0.01 * k + diversity_slope * (1 + 0.1 * k) * x if s else 0.04 + 0.01 * k
+            accuracy = 0.9 + 0.001 * k + accuracy_slope * (1 + 0.1 * k) * x if s else 0.9
+            row = {"dataset": "digits", "model": "cnn", "method": method, "ensemble": f"seed{k}"}
+            for m in (1, 2):  # only the largest m counts
+                curves.append({**row, "m": m, "accuracy": accuracy if m == 2 else 0.5, "gain": 0.0, "gain_best": 0.0})
+            pairs.append({**row, "i": 0, "j": 1, "disagreement": disagreement, "weight_distance": 1.0})
+    return pd.DataFrame(curves), pd.DataFrame(pairs)
+
+
+def test_the_strength_claim_is_the_seeds_slopes_by_hand():
+    curves, pairs = strength_tables()
+    table = claims.evaluate(metrics_table(), FAMILIES, curves, pairs).set_index("claim")
+    row = table.loc["ensemble.strength"]
+    # each seed's slope by numpy's least squares over (log10 s, value) of its three strengths
+    x = np.log10(STRENGTHS)
+    per_seed = {
+        col: [
+            np.polyfit(
+                x,
+                [
+                    frame.loc[(frame["method"] == f"distance_s{s}") & (frame["ensemble"] == f"seed{k}"), col].iloc[-1]
+                    for s in STRENGTHS
+                ],
+                1,
+            )[0]
+            for k in range(3)
+        ]
+        for col, frame in (("disagreement", pairs), ("accuracy", curves[curves["m"] == 2]))
+    }
+    assert per_seed["disagreement"] == pytest.approx([0.01, 0.011, 0.012])  # the planted slopes
+    p = {c: stats.ttest_1samp(v, 0, alternative="greater").pvalue for c, v in per_seed.items()}
+    # parts: the one with the larger p decides (accuracy: the same relative spread, smaller slopes)
+    deciding = max(p, key=p.get)
+    assert row["value"] == pytest.approx(np.mean(per_seed[deciding]))
+    assert row["p_value"] == pytest.approx(max(p.values()), rel=1e-6)
+    assert row["verdict"] == "holds" and row["seeds"] == 3
+    assert "diversity: slope +0.011/decade of s" in row["note"] and "accuracy: slope" in row["note"]
+    # a shrinking diversity: the diversity part does not hold, so the claim does not (6 seeds: the
+    # table's other tests adjust the p-value up)
+    flipped = claims.evaluate(metrics_table(), FAMILIES, *strength_tables(diversity_slope=-0.01, seeds=6)).set_index(
+        "claim"
+    )
+    assert flipped.loc["ensemble.strength", "verdict"] == "does not hold"
+
+
+def test_the_strength_claim_is_not_run_with_one_strength(as_claimed):
+    row = as_claimed.set_index("claim").loc["ensemble.strength"]
+    assert row["verdict"] == "not run" and "fewer than two strengths" in row["note"]
+
+
+def test_the_distance_claims_are_made_per_strength():
+    curves, pairs = strength_tables()
+    table = claims.evaluate(metrics_table(), FAMILIES, curves, pairs).set_index("claim")
+    row = table.loc["ensemble.penalty_diversity"]
+    assert all(f"s={s}: " in row["note"] for s in STRENGTHS)  # a part per strength
+    # per seed, distance_s<s> − snapshots; the part with the largest p decides (scipy's t-test;
+    # s = 1 has no spread: every seed 0.01)
+    control = pairs[pairs["method"] == "snapshots"]["disagreement"].to_numpy()
+    d = {s: pairs[pairs["method"] == f"distance_s{s}"]["disagreement"].to_numpy() - control for s in STRENGTHS}
+    p = {s: stats.ttest_1samp(v, 0, alternative="greater").pvalue if v.std() > 0 else 0.0 for s, v in d.items()}
+    assert row["value"] == pytest.approx(d[max(p, key=p.get)].mean())
+    assert row["verdict"] == "holds"

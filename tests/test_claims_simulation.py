@@ -43,7 +43,9 @@ RETURN = claims.DEFAULTS["return_margin"]
 OUTWARD = claims.DEFAULTS["outward"]
 TEST_IMAGES, VAL_IMAGES = 540, 144  # accuracies are multiples of 1/N, as on real splits
 EXPLORATORY = {c.id for c in claims.CLAIMS if c.exploratory}
-DECIDED = [c.id for c in claims.CLAIMS if not c.exploratory]
+# ensemble.strength needs several strengths: its own world below (StrengthWorld); in the main
+# world's single-strength ensembles it is not run
+DECIDED = [c.id for c in claims.CLAIMS if not c.exploratory and c.id != "ensemble.strength"]
 
 # per-seed noise (standard deviations) and the planted effects, in those units
 SD_DIST = 0.02  # final distance, per run and seed
@@ -508,3 +510,66 @@ def test_a_crossing_not_yet_seen_is_not_a_disproof():
     rows = table[table["claim"] == "width.crossing"]
     assert (rows["verdict"] == "does not hold").mean() <= NOMINAL
     assert rows["value_text"].str.contains("not crossed by epoch 30").mean() >= 0.8
+
+
+# --- ensembles at several strengths: ensemble.strength in a world of its own -----------------------
+
+STRENGTHS = (1.0, 10.0, 100.0)  # log10: 0, 1, 2
+
+
+def strength_world(diversity: int, accuracy: int, rng: np.random.Generator):
+    """STUDIES studies of SEEDS seeds with distance snapshots at each of STRENGTHS and nothing else
+    (no family: those claims are not run): per seed, mean disagreement and ensemble accuracy are
+    a seed intercept + its slope x log10 s + noise SD_TREND, the slope a planted effect (sign
+    `diversity`, `accuracy`: 0 null, +1 planted, -1 opposite) plus the seed's random slope."""
+    shape = (STUDIES, SEEDS)
+    slope = {
+        "disagreement": diversity * EFFECT_SLOPE + rng.normal(0, SLOPE_SD, shape),
+        "accuracy": accuracy * EFFECT_SLOPE + rng.normal(0, SLOPE_SD, shape),
+    }
+    start = {"disagreement": 0.3 + rng.normal(0, 0.01, shape), "accuracy": 0.8 + rng.normal(0, 0.01, shape)}
+    study, seed = (a.ravel() for a in np.meshgrid(np.arange(STUDIES), np.arange(SEEDS), indexing="ij"))
+    cell = {"dataset": [f"sim{k}" for k in study], "model": "mlp"}
+    curves, pairs = [], []
+    for s in STRENGTHS:
+        value = {k: (start[k] + slope[k] * math.log10(s) + rng.normal(0, SD_TREND, shape)).ravel() for k in slope}
+        row = {**cell, "method": f"distance_s{s:g}", "ensemble": [f"seed{k}" for k in seed]}
+        curves.append(pd.DataFrame({**row, "m": 4, "accuracy": value["accuracy"], "gain_best": 0.01}))
+        pairs.append(
+            pd.DataFrame({**row, "i": 0, "j": 1, "disagreement": value["disagreement"], "weight_distance": 1.0})
+        )
+    metrics = pd.DataFrame(  # one control run per seed: the cells, and the checkpoint's accuracy
+        [
+            {**{k: v[n] if isinstance(v, list) else v for k, v in cell.items()}, "seed": seed[n], **r}
+            for n in range(len(study))
+            for r in (
+                {"phase": "base", "run": "base", "control": "base", "epoch": CHECKPOINT, "dist": math.nan},
+                {"phase": "continue", "run": "C", "control": "C", "epoch": CHECKPOINT + 1, "dist": 1.0},
+            )
+        ]
+    ).assign(val_acc=0.9, test_acc=0.9, diverged=False, strength=0.0, label="C")
+    table = claims.evaluate(
+        metrics, {}, pd.concat(curves, ignore_index=True), pd.concat(pairs, ignore_index=True), adjust_by=["dataset"]
+    )
+    return table[table["claim"] == "ensemble.strength"]
+
+
+@pytest.mark.parametrize("diversity, accuracy", [(0, 0), (1, 0), (0, 1)], ids=["both", "accuracy", "diversity"])
+def test_the_strength_claim_holds_at_most_at_the_nominal_rate_with_no_trend(diversity, accuracy):
+    # no trend in either part, or in one of them (the intersection-union test: every part must hold)
+    rows = strength_world(diversity, accuracy, np.random.default_rng(10 + 2 * diversity + accuracy))
+    assert len(rows) == STUDIES
+    holds = int((rows["verdict"] == "holds").sum())
+    assert _calibrated(holds, STUDIES), f"holds in {holds}/{STUDIES} studies with no trend"
+
+
+def test_the_strength_claim_holds_with_a_planted_trend_and_does_not_when_reversed():
+    planted = strength_world(+1, +1, np.random.default_rng(20))
+    assert (planted["verdict"] == "holds").mean() >= 0.8
+    opposite = strength_world(-1, -1, np.random.default_rng(21))
+    assert (opposite["verdict"] == "does not hold").mean() >= 0.8
+    # one part reversed, the other flat: that part decides against, at the Bonferroni-halved level
+    # (so with less power), and the claim never holds more than its nominal rate
+    one = strength_world(-1, 0, np.random.default_rng(22))
+    assert (one["verdict"] == "does not hold").mean() >= 0.6
+    assert _calibrated(int((one["verdict"] == "holds").sum()), STUDIES)

@@ -456,3 +456,13 @@ def test_a_key_given_twice_is_found_with_its_line(tmp_path):
         f"{path}, line 4: the key 'description' is given twice (first on line 2); the last would silently win, "
         "give each key once"
     )
+
+
+@pytest.mark.parametrize("strength", [[10, 10], [10, -1], [], 0, "10"])
+def test_a_bad_ensembles_strength_is_refused_by_its_path(strength):
+    config = copy.deepcopy(TINY)
+    config["ensembles"] = {**ENSEMBLES, "strength": strength}
+    with pytest.raises(Exception, match=r"On instance\['ensembles'\]\['strength'\]"):
+        validated(config)
+    config["ensembles"]["strength"] = [3, 10]  # a list of distinct positive strengths is fine
+    assert validated(config)["ensembles"]["strength"] == [3, 10]

@@ -146,6 +146,31 @@ def test_fge_and_swa_run_only_where_the_block_has_their_settings():
     }
 
 
+def test_a_list_of_strengths_makes_a_distance_method_per_strength():
+    several = {**ENSEMBLES, "strength": [1, 10, 0.5]}
+    plan = grid.ensemble_plan(several, DEFAULTS, seeds=[0, 1])
+    # the names written out by hand: each penalized kind with its strength; the rest as before
+    penalized = {"distance_s1", "distance_s10", "distance_s0.5", "sgdr_distance_s1", "sgdr_distance_s10"}
+    penalized.add("sgdr_distance_s0.5")
+    assert set(plan) == penalized | (set(grid.ENSEMBLE_METHODS) - {"distance", "sgdr_distance"})
+    runs = grid.expand(points({"strength": 1}), [0, 1], several)
+    for s in (1, 10, 0.5):
+        for kind, schedule in (("distance", "constant"), ("sgdr_distance", "cosine_restarts")):
+            spec = runs[plan[f"{kind}_s{s:g}"]["seed0"]["run"]]["spec"]
+            assert spec.penalty.strength == s and spec.training.schedule == schedule
+            assert grid.method_strength(f"{kind}_s{s:g}") == (kind, s)
+            # the same training as the matching control (or SGDR), one strength apart
+            other = plan["snapshots" if kind == "distance" else "sgdr"]["seed0"]["run"]
+            assert spec.training == runs[other]["spec"].training
+    assert plan["distance_s10"] == {
+        f"seed{k}": {"run": "s10-rbf-w0.5-every4_lr0.05-const-e12", "seeds": [k], "epochs": [4, 8, 12]} for k in (0, 1)
+    }
+    # one strength, as a number or a one-item list: the plain names, the same runs
+    single = grid.ensemble_plan({**ENSEMBLES, "strength": [10]}, DEFAULTS, seeds=[0, 1])
+    assert single == grid.ensemble_plan(ENSEMBLES, DEFAULTS, seeds=[0, 1])
+    assert grid.method_strength("distance") == ("distance", None) and grid.method_strength("snapshots") is None
+
+
 def test_independent_seeds_form_one_ensemble_per_disjoint_group_of_m():
     assert grid.independent_groups([0, 1, 2, 3, 4, 5, 6, 7], 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert grid.independent_groups([0, 1, 2, 3, 4, 5, 6], 3) == [[0, 1, 2], [3, 4, 5]]  # 6 is left over

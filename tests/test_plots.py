@@ -365,3 +365,24 @@ def test_the_release_epoch_is_marked_on_the_released_run_only():
     (marks,) = [line for line in ax.get_lines() if line.get_marker() == "v"]
     assert list(marks.get_xdata()) == [CHECKPOINT + 5] and list(marks.get_ydata()) == [0.5 * 5]
     assert "released" in fig._suptitle.get_text()
+
+
+def test_each_strength_is_a_line_of_its_own_labelled_with_its_s():
+    # three strengths' distance methods and the matching control, one ensemble each, m = 1, 2
+    rows = [
+        {"dataset": "d", "model": "m", "method": method, "ensemble": "seed0", "m": m, "accuracy": acc + 0.01 * m}
+        for method, acc in (("distance_s10", 0.8), ("distance_s3", 0.7), ("distance_s0.5", 0.6), ("snapshots", 0.5))
+        for m in (1, 2)
+    ]
+    curves = pd.DataFrame(rows).assign(mean_member_accuracy=0.5, nll=0.3)
+    colors = plots.method_colors(curves["method"])
+    assert len(set(colors.values())) == 4  # a colour each
+    fig = plots.ensemble_accuracy_figure(curves, colors)
+    ax = fig.axes[0]
+    # written by hand: the strengths in increasing order, s as spec labels it
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["distance, s=0.5", "distance, s=3", "distance, s=10", "snapshots"]
+    means = [line.get_ydata() for line in ax.get_lines() if line.get_linestyle() == "-"]
+    assert [list(np.round(y, 6)) for y in means] == [[0.61, 0.62], [0.71, 0.72], [0.81, 0.82], [0.51, 0.52]]
+    assert plots.method_label("sgdr_distance_s100") == "sgdr_distance, s=100"
+    assert plots.method_label("distance") == "distance"  # one strength: the plain name

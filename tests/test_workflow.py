@@ -476,21 +476,22 @@ def test_the_study_config_expands_to_every_grid_point_seed_model_and_dataset(tmp
     jobs = planned_jobs(result)
     cells = len(study["datasets"]) * len(study["models"])
     points = sum(STUDY_NEW_POINTS.values())
-    # the ensembles: 5 snapshot runs (distance, SGDR, SGDR + distance, FGE, SWA) on each of the 3
-    # seeds, and the independent run on each of 4 seeds
+    # the ensembles: snapshot runs (distance and SGDR + distance at each strength, SGDR, FGE, SWA) on
+    # each of the 3 seeds, and the independent run on each of 4 seeds
     seeds = len(study["seeds"])
-    ensemble_runs = 5 * seeds + len(study["ensembles"]["seeds"])
+    strengths = len(study["ensembles"]["strength"])  # a list in the study: one method per strength
+    ensemble_runs = (2 * strengths + 3) * seeds + len(study["ensembles"]["seeds"])
     training = ["continue_run", "continue_run_snapshots", "continue_run_fge", "continue_run_swa"]
     assert jobs["train_base"] == cells * 4  # seeds 0-2, and 3 for the independent ensemble
     assert sum(jobs[rule] for rule in training) == cells * (points * seeds + ensemble_runs)
-    # distance, SGDR, SGDR + distance on each seed; the independent run keeps its snapshots on each of
-    # its 4 seeds (the first seeds' are the matching control's members)
-    assert jobs["continue_run_snapshots"] == cells * (3 * seeds + len(study["ensembles"]["seeds"]))
+    # distance and SGDR + distance at each strength, SGDR, on each seed; the independent run keeps its
+    # snapshots on each of its 4 seeds (the first seeds' are the matching control's members)
+    assert jobs["continue_run_snapshots"] == cells * ((2 * strengths + 1) * seeds + len(study["ensembles"]["seeds"]))
     assert jobs["continue_run_fge"] == jobs["continue_run_swa"] == cells * seeds
     assert jobs["landscape"] == cells * points * seeds  # the families' runs
     # one ensemble per snapshot method (the matching control's too) and seed; the 4 independent seeds
     # are one group of M = 4
-    assert jobs["predict"] == cells * (6 * seeds + 1)
+    assert jobs["predict"] == cells * ((2 * strengths + 4) * seeds + 1)
     assert jobs["plot_family"] == len(study["continuation"]["families"])
     assert set(study["continuation"]["families"]) == set(STUDY_NEW_POINTS) == FAMILIES | {"release", "longer"}
 

@@ -29,7 +29,9 @@ decided and not adjusted.
 Claims find their family by name (the families of config/reduced.yaml and study.yaml). A family
 the config lacks, or with no rows for a dataset/model, makes its claims "not run" there; the
 ensemble claims need the ensemble tables, landscape.left the landscape table. No parameter is
-read back from a run id: the tables' columns say them (`control` names each run's control).
+read back from a run id: the tables' columns say them (`control` names each run's control). An
+ensemble method's strength, where `ensembles.strength` lists several, is in its name
+(`distance_s10`), read by grid.method_strength, the inverse of the naming.
 
 A diverged run (`diverged` in any epoch) has no final accuracy or distance: its seed drops out of
 that run's statistics, and the note says how many did.
@@ -849,10 +851,13 @@ def _per_method(t: Tables, values: pd.Series, test: Callable[[pd.Series], pd.Dat
     return _add_note(combine(parts), note)
 
 
-def ensemble_gain(t: Tables) -> pd.DataFrame:
+def _largest_m(t: Tables) -> pd.DataFrame:
     e = t.ensembles
-    largest = e[e["m"] == e.groupby(CELL + ["method", "ensemble"])["m"].transform("max")]
-    return _per_method(t, _units(largest, "gain_best"), lambda v: t_test(v, 0.0, +1, t.s["confidence"], t.cells))
+    return e[e["m"] == e.groupby(CELL + ["method", "ensemble"])["m"].transform("max")]
+
+
+def ensemble_gain(t: Tables) -> pd.DataFrame:
+    return _per_method(t, _units(_largest_m(t), "gain_best"), lambda v: t_test(v, 0.0, +1, t.s["confidence"], t.cells))
 
 
 def _method_difference(values: pd.Series, method: str, other: str) -> pd.Series | None:
@@ -867,11 +872,47 @@ def _mean_disagreement(t: Tables) -> pd.Series:
     return t.pairs.groupby(CELL + ["method", "ensemble"])["disagreement"].mean()
 
 
+def distance_methods(values: pd.Series) -> dict[str, str]:
+    """part name -> method, for the `distance` snapshots among the values' methods: `distance` itself
+    with one strength, or `distance_s<s>` at each strength (parts "s=<s>", smallest first), as
+    grid.strength_method names them; {} where there are none."""
+    from .grid import method_strength
+
+    found = {}
+    for method in values.index.get_level_values("method").unique():
+        kind = method_strength(method)
+        if kind is not None and kind[0] == "distance":
+            found[method] = kind[1]
+    if "distance" in found:  # one strength: the plain name
+        return {"distance": "distance"}
+    return {_s(v): m for m, v in sorted(found.items(), key=lambda kv: kv[1])}
+
+
+def _versus(
+    t: Tables,
+    values: pd.Series,
+    other: str,
+    test: Callable[[pd.Series], pd.DataFrame],
+    difference: Callable | None = None,
+) -> pd.DataFrame:
+    """A part per strength: test(per-seed distance − other), or not run where either is missing.
+    `difference`: how a method's values and the other's are compared (_method_difference)."""
+    difference = difference or _method_difference
+    parts = {}
+    for name, method in (distance_methods(values) or {"distance": "distance"}).items():
+        d = difference(values, method, other)
+        parts[name] = (
+            _blank(t.cells, "not run", f"needs both the '{method}' and the '{other}' ensembles")
+            if d is None
+            else test(d)
+        )
+    return combine(parts)
+
+
 def ensemble_diversity(t: Tables) -> pd.DataFrame:
-    d = _method_difference(_mean_disagreement(t), "distance", "sgdr")
-    if d is None:
-        return _blank(t.cells, "not run", "needs both the 'distance' and the 'sgdr' ensembles")
-    r = t_test(d, t.s["diversity_margin"], -1, t.s["confidence"], t.cells)
+    r = _versus(
+        t, _mean_disagreement(t), "sgdr", lambda d: t_test(d, t.s["diversity_margin"], -1, t.s["confidence"], t.cells)
+    )
     return _add_note(
         r,
         "confounded: distance members are taken at the constant peak lr, SGDR members at the "
@@ -880,19 +921,38 @@ def ensemble_diversity(t: Tables) -> pd.DataFrame:
 
 
 def ensemble_penalty_diversity(t: Tables) -> pd.DataFrame:
-    d = _method_difference(_mean_disagreement(t), "distance", "snapshots")
-    if d is None:
-        return _blank(t.cells, "not run", "needs both the 'distance' and the 'snapshots' ensembles")
-    return t_test(d, 0.0, +1, t.s["confidence"], t.cells)
+    return _versus(t, _mean_disagreement(t), "snapshots", lambda d: t_test(d, 0.0, +1, t.s["confidence"], t.cells))
 
 
 def ensemble_penalty_accuracy(t: Tables) -> pd.DataFrame:
-    e = t.ensembles
-    largest = e[e["m"] == e.groupby(CELL + ["method", "ensemble"])["m"].transform("max")]
-    d = _method_difference(_units(largest, "accuracy"), "distance", "snapshots")
-    if d is None:
-        return _blank(t.cells, "not run", "needs both the 'distance' and the 'snapshots' ensembles")
-    return t_test(d, 0.0, +1, t.s["confidence"], t.cells)
+    accuracy = _units(_largest_m(t), "accuracy")
+    return _versus(t, accuracy, "snapshots", lambda d: t_test(d, 0.0, +1, t.s["confidence"], t.cells))
+
+
+def ensemble_strength(t: Tables) -> pd.DataFrame:
+    """Parts: per seed, the least-squares slopes of the distance snapshots' mean disagreement and of
+    their accuracy at the largest m against log10 s, over the strengths of `ensembles.strength`."""
+    disagreement = _mean_disagreement(t)
+    methods = distance_methods(disagreement)
+    if len(methods) < 2:
+        return _blank(t.cells, "not run", "ensembles.strength has fewer than two strengths: no trend to test")
+    from .grid import method_strength
+
+    def per_seed(values: pd.Series) -> pd.Series:  # (cell, method, ensemble) -> slope per (cell, seed)
+        v = values[values.index.get_level_values("method").isin(list(methods.values()))]
+        v = v.rename_axis(CELL + ["run", "seed"])  # a method plays a run, its ensemble (seed<k>) a seed
+        x = v.index.droplevel("seed").to_frame(index=False).drop_duplicates()
+        log_s = np.log10([method_strength(m)[1] for m in x["run"]])
+        return slopes(v, pd.Series(log_s, index=pd.MultiIndex.from_frame(x)))
+
+    fmt, conf = _slope_text("decade of s"), t.s["confidence"]
+    accuracy = _units(_largest_m(t), "accuracy")
+    return combine(
+        {
+            "diversity": t_test(per_seed(disagreement), 0.0, +1, conf, t.cells, fmt),
+            "accuracy": t_test(per_seed(accuracy), 0.0, +1, conf, t.cells, fmt),
+        }
+    )
 
 
 # under dataset shift and out of distribution (tables shift.parquet and ood.parquet); units: seeds
@@ -912,17 +972,19 @@ def shift_change(shift: pd.DataFrame, metric: str) -> pd.Series:
 
 
 def _shift_noninferior(t: Tables, metric: str, sign: int, margin: float) -> pd.DataFrame:
-    """Parts: distance's change under shift against each other snapshot method's of the same seed,
-    non-inferior within `margin` (sign −1: a drop, accuracy; +1: a rise, NLL)."""
+    """Parts: distance's change under shift (at each strength) against each other snapshot method's
+    of the same seed, non-inferior within `margin` (sign −1: a drop, accuracy; +1: a rise, NLL)."""
     change = sign * shift_change(t.shift, metric)  # larger: worse
+    methods = distance_methods(change) or {"distance": "distance"}
     parts = {}
-    for other in SHIFT_OTHERS:
-        d = _method_difference(change, "distance", other)
-        parts[f"vs {other}"] = (
-            _blank(t.cells, "not run", f"needs both the 'distance' and the '{other}' ensembles")
-            if d is None
-            else t_test(d, margin, -1, t.s["confidence"], t.cells)
-        )
+    for name, method in methods.items():
+        for other in SHIFT_OTHERS:
+            d = _method_difference(change, method, other)
+            parts[f"vs {other}" if len(methods) == 1 else f"{name} vs {other}"] = (
+                _blank(t.cells, "not run", f"needs both the '{method}' and the '{other}' ensembles")
+                if d is None
+                else t_test(d, margin, -1, t.s["confidence"], t.cells)
+            )
     return combine(parts)
 
 
@@ -935,23 +997,24 @@ def shift_nll(t: Tables) -> pd.DataFrame:
 
 
 def shift_independent(t: Tables) -> pd.DataFrame:
-    """Exploratory: distance's accuracy drop − the independent seeds' (one ensemble: its value for every seed)."""
+    """Exploratory: distance's accuracy drop − the independent seeds', a part per strength."""
+
+    def versus(values: pd.Series, method: str, other: str) -> pd.Series | None:
+        if not {method, other} <= set(values.index.get_level_values("method")):
+            return None
+        mine = values.xs(method, level="method")
+        theirs = values.xs(other, level="method").groupby(level=CELL).mean()  # one ensemble: every seed's
+        return (mine - theirs.reindex(mine.index.droplevel("ensemble")).to_numpy()).dropna()
+
     change = -shift_change(t.shift, "accuracy")
-    if not {"distance", "independent"} <= set(change.index.get_level_values("method")):
-        return _blank(t.cells, "not run", "needs both the 'distance' and the 'independent' ensembles")
-    distance = change.xs("distance", level="method")
-    independent = change.xs("independent", level="method").groupby(level=CELL).mean()
-    d = distance - independent.reindex(distance.index.droplevel("ensemble")).to_numpy()
-    return t_test(d.dropna(), 0.0, -1, t.s["confidence"], t.cells)
+    return _versus(t, change, "independent", lambda d: t_test(d, 0.0, -1, t.s["confidence"], t.cells), versus)
 
 
 def ood_mi(t: Tables) -> pd.DataFrame:
-    """Per seed: AUROC of mutual information (distance − the matching control), mean over the OOD sets."""
+    """Per seed: AUROC of mutual information (distance − the matching control), mean over the OOD
+    sets; a part per strength."""
     mi = t.ood[t.ood["score"] == "mi"].groupby(CELL + ["method", "ensemble"])["auroc"].mean()
-    d = _method_difference(mi, "distance", "snapshots")
-    if d is None:
-        return _blank(t.cells, "not run", "needs both the 'distance' and the 'snapshots' ensembles")
-    return t_test(d, 0.0, +1, t.s["confidence"], t.cells)
+    return _versus(t, mi, "snapshots", lambda d: t_test(d, 0.0, +1, t.s["confidence"], t.cells))
 
 
 MIN_PAIRS = 6  # 4 members: with 3 pairs a rank correlation is little more than a sign (±0.5 or ±1)
@@ -1297,6 +1360,19 @@ CLAIMS = [
         "plots/ensemble_accuracy.png",
         ensemble_penalty_accuracy,
         exploratory=True,
+    ),
+    Claim(
+        "ensemble.strength",
+        "ensembles",
+        "Distance snapshots gain with the strength: their ensembles grow more diverse and more accurate as s "
+        "grows (the source: ensembles 'should then work for high strength values').",
+        "per seed: the least-squares slopes against log10 s, over the strengths of ensembles.strength, of the "
+        "distance snapshots' mean pairwise disagreement (part diversity) and of their ensemble accuracy at the "
+        "largest m (part accuracy); not run with one strength",
+        PARTS + GROWS,
+        ("confidence",),
+        "plots/ensemble_disagreement.png, plots/ensemble_accuracy.png",
+        ensemble_strength,
     ),
     Claim(
         "shift.accuracy",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 
-from .spec import Run
+from .spec import Run, _num
 
 CONTROL_LABEL = "control"
 SNAPSHOT = (
@@ -26,6 +26,33 @@ SNAPSHOT = (
 # deep-ensemble reference), fast geometric ensembles (short triangular lr cycles, a member at each
 # one's lowest lr), SWA (SWALR's constant lr; its members every cycle, its weights averaged every epoch)
 ENSEMBLE_METHODS = ("distance", "snapshots", "sgdr", "sgdr_distance", "independent", "fge", "swa")
+DISTANCE_METHODS = ("distance", "sgdr_distance")  # the methods with the penalty: one per strength
+
+
+def strengths(ens: dict) -> list[float]:
+    """`ensembles.strength` as a list: one number, or a list of them."""
+    s = ens["strength"]
+    return list(s) if isinstance(s, (list, tuple)) else [s]
+
+
+def strength_method(kind: str, strength: float, several: bool) -> str:
+    """A distance method's name: the kind itself with one strength (`distance`), else the kind and
+    its strength (`distance_s10`), so that each strength is a method of its own in every table."""
+    return f"{kind}_s{_num(strength)}" if several else kind
+
+
+def method_strength(method: str) -> tuple[str, float | None] | None:
+    """The inverse of strength_method: (kind, strength) of a distance method's name, strength None
+    for the plain name; None for a method without the penalty."""
+    if method in DISTANCE_METHODS:
+        return method, None
+    kind, sep, s = method.rpartition("_s")
+    if sep and kind in DISTANCE_METHODS:
+        try:
+            return kind, float(s)
+        except ValueError:
+            return None
+    return None
 
 
 def resolve(defaults: dict, point: dict, where: str) -> Run:
@@ -84,21 +111,27 @@ def families(continuation: dict) -> dict[str, dict]:
 def ensemble_points(ens: dict, seeds: list[int]) -> dict[str, dict]:
     """method -> the grid point whose run gives its members; each trains members x cycle epochs.
     The snapshot methods run on every seed of the study (`seeds`), one ensemble each; the
-    independent seeds on `ensembles.seeds`. FGE and SWA run where the block has their settings."""
+    independent seeds on `ensembles.seeds`. FGE and SWA run where the block has their settings.
+    The distance methods run at every strength of `ensembles.strength` (strength_method names them)."""
     cycle = ens["cycle"]
     common = {"epochs": ens["members"] * cycle, **{k: ens[k] for k in ("lr",) if k in ens}}
-    hill = {
-        "strength": ens["strength"],
-        "checkpoint_every": cycle,
-        **{k: ens[k] for k in ("kernel", "width", "gamma") if k in ens},
-    }
+    kernel = {"checkpoint_every": cycle, **{k: ens[k] for k in ("kernel", "width", "gamma") if k in ens}}
     sgdr = {"schedule": "cosine_restarts", "t0": cycle, "t_mult": 1}
+    each = strengths(ens)  # the schema refuses a strength listed twice (one method under two names)
+    several = len(each) > 1
+
+    def hill(kind: str, schedule: dict) -> dict:  # the kind's method at every strength
+        return {
+            strength_method(kind, s, several): {**common, **kernel, **schedule, "strength": s, "seeds": seeds}
+            for s in each
+        }
+
     points = {
-        "distance": {**common, **hill, "schedule": "constant", "seeds": seeds},
+        **hill("distance", {"schedule": "constant"}),
         # the independent seeds' run (on other seeds, maybe), its snapshots kept
         "snapshots": {**common, "schedule": "constant", "strength": 0, "seeds": seeds},
         "sgdr": {**common, **sgdr, "strength": 0, "seeds": seeds},
-        "sgdr_distance": {**common, **sgdr, **hill, "seeds": seeds},
+        **hill("sgdr_distance", sgdr),
         "independent": {**common, "schedule": "constant", "strength": 0, "seeds": ens["seeds"]},
     }
     if "fge" in ens:  # the peak lr is every method's; the low one FGE's own

@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from . import grid  # noqa: E402
 from . import spec as run_spec  # noqa: E402
 from .claims import VERDICTS  # noqa: E402
 
@@ -39,6 +40,25 @@ POINT_COLORS = [
     "teal",
     "goldenrod",
 ]  # no red: red is the control
+
+
+def method_key(method: str) -> tuple:
+    """Sort key of ensemble methods: by name, a strength's distance methods by s (s3 before s10)."""
+    kind = grid.method_strength(method)
+    return (method, 0.0) if kind is None or kind[1] is None else (kind[0], kind[1])
+
+
+def method_label(method: str) -> str:
+    """A method in a legend: a strength's distance method as 'distance, s=10' (spec's label of s)."""
+    kind = grid.method_strength(method)
+    return method if kind is None or kind[1] is None else f"{kind[0]}, {run_spec.label('strength', kind[1])}"
+
+
+def method_colors(methods) -> dict:
+    """method -> colour, in method_key order (the colours repeat past the twelfth method)."""
+    return {m: POINT_COLORS[k % len(POINT_COLORS)] for k, m in enumerate(sorted(set(methods), key=method_key))}
+
+
 PANELS = {  # metrics column -> y-axis label
     "val_acc": "validation accuracy",
     "test_acc": "test accuracy",
@@ -379,7 +399,7 @@ def plot_ensembles(
     A method has one ensemble per seed (or group of independent seeds): curves are their mean with
     a min-max band, heatmaps their mean disagreement, the scatter every pair of every ensemble."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    colors = dict(zip(sorted(curves["method"].unique()), POINT_COLORS))
+    colors = method_colors(curves["method"])
     written = _save(ensemble_accuracy_figure(curves, colors), out_dir, "ensemble_accuracy", formats)
     written += _save(disagreement_figure(pairs), out_dir, "ensemble_disagreement", formats)
     written += _save(diversity_figure(pairs, colors), out_dir, "diversity_vs_distance", formats)
@@ -393,9 +413,10 @@ def ensemble_accuracy_figure(curves: pd.DataFrame, colors: dict):
     fig, axes = plt.subplots(len(panels), 2, figsize=(12, 4.5 * len(panels)), squeeze=False)
     for row, (dataset, model) in enumerate(panels):
         panel = curves[(curves["dataset"] == dataset) & (curves["model"] == model)]
-        for method, g in panel.groupby("method"):
+        for method, g in sorted(panel.groupby("method"), key=lambda kv: method_key(kv[0])):
             stats = g.groupby("m")[["accuracy", "mean_member_accuracy", "nll"]].agg(["mean", "min", "max"])
-            label = f"{method} ({g['ensemble'].nunique()} ensembles)" if g["ensemble"].nunique() > 1 else method
+            name = method_label(method)
+            label = f"{name} ({g['ensemble'].nunique()} ensembles)" if g["ensemble"].nunique() > 1 else name
             for ax, column in ((axes[row, 0], "accuracy"), (axes[row, 1], "nll")):
                 ax.plot(stats.index, stats[(column, "mean")], "o-", color=colors[method], label=label)
                 ax.fill_between(
@@ -425,7 +446,7 @@ def ensemble_accuracy_figure(curves: pd.DataFrame, colors: dict):
 
 def disagreement_figure(pairs: pd.DataFrame):
     panels = sorted(pairs.groupby(["dataset", "model"]).groups)
-    methods = sorted(pairs["method"].unique())
+    methods = sorted(pairs["method"].unique(), key=method_key)
     fig, axes = plt.subplots(len(panels), len(methods), figsize=(3.6 * len(methods), 3.4 * len(panels)), squeeze=False)
     vmax = max(pairs["disagreement"].max(), 1e-3)  # one colour scale, so methods compare at a glance
     for row, (dataset, model) in enumerate(panels):
@@ -436,7 +457,7 @@ def disagreement_figure(pairs: pd.DataFrame):
             image = axes[row, col].imshow(pair_matrix(mean, n), vmin=0, vmax=vmax, cmap="viridis")
             axes[row, col].set_xticks(range(n))
             axes[row, col].set_yticks(range(n))
-            axes[row, col].set_title(f"{method}\n{dataset} / {model}", fontsize=9)
+            axes[row, col].set_title(f"{method_label(method)}\n{dataset} / {model}", fontsize=9)
             axes[row, col].set_xlabel("member")
             axes[row, col].set_ylabel("member")
             fig.colorbar(image, ax=axes[row, col], fraction=0.046)
@@ -453,8 +474,8 @@ def diversity_figure(pairs: pd.DataFrame, colors: dict):
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
     for ax, (dataset, model) in zip(axes[0], panels):
         panel = pairs[(pairs["dataset"] == dataset) & (pairs["model"] == model)]
-        for method, g in panel.groupby("method"):
-            ax.scatter(g["weight_distance"], g["disagreement"], color=colors[method], label=method, s=30)
+        for method, g in sorted(panel.groupby("method"), key=lambda kv: method_key(kv[0])):
+            ax.scatter(g["weight_distance"], g["disagreement"], color=colors[method], label=method_label(method), s=30)
         ax.set_title(f"{dataset} / {model}")
         ax.set_xlabel("L2 distance between the two members' weights")
         ax.set_ylabel("disagreement")
@@ -481,7 +502,7 @@ def weight_average_figure(averages: pd.DataFrame):
     )
     for ax, (dataset, model) in zip(axes[0], panels):
         panel = averages[(averages["dataset"] == dataset) & (averages["model"] == model)]
-        methods = sorted(panel["method"].unique())
+        methods = sorted(panel["method"].unique(), key=method_key)
         for k, (label, (column, kind, style)) in enumerate(AVERAGE_MARKERS.items()):
             rows = panel[panel["averaged"] == kind]
             stats = rows.groupby("method")[column].agg(["mean", "min", "max"]).reindex(methods).dropna()
@@ -497,7 +518,7 @@ def weight_average_figure(averages: pd.DataFrame):
                 label=label,
                 **style,
             )
-        ax.set_xticks(range(len(methods)), methods, rotation=20)
+        ax.set_xticks(range(len(methods)), [method_label(m) for m in methods], rotation=20)
         ax.set_ylabel("test accuracy")
         ax.set_title(f"{dataset} / {model}")
         ax.grid(alpha=0.3, axis="y")

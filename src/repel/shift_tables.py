@@ -33,23 +33,23 @@ def aggregate(args) -> None:
 
 
 def shift_figure(table: pd.DataFrame):
-    from .plots import POINT_COLORS, plt
+    from .plots import method_colors, method_key, method_label, plt
 
     cells = sorted(table.groupby(["dataset", "model"]).groups)
     corruptions = list(dict.fromkeys(table["corruption"]))
-    colors = dict(zip(sorted(table["method"].unique()), POINT_COLORS))
+    colors = method_colors(table["method"])
     columns = [(cell, c) for cell in cells for c in corruptions]
     fig, axes = plt.subplots(
         len(SHIFT_METRICS), len(columns), figsize=(3.6 * len(columns), 2.8 * len(SHIFT_METRICS)), squeeze=False
     )
     for col, ((dataset, model), corruption) in enumerate(columns):
         panel = table[(table["dataset"] == dataset) & (table["model"] == model) & (table["corruption"] == corruption)]
-        for method, g in panel.groupby("method"):
+        for method, g in sorted(panel.groupby("method"), key=lambda kv: method_key(kv[0])):
             n = g["ensemble"].nunique()
             for row, metric in enumerate(SHIFT_METRICS):
                 s = g.groupby("severity")[metric].agg(["mean", "min", "max"])
                 ax = axes[row, col]
-                ax.plot(s.index, s["mean"], "o-", ms=3, color=colors[method], label=f"{method} ({n})")
+                ax.plot(s.index, s["mean"], "o-", ms=3, color=colors[method], label=f"{method_label(method)} ({n})")
                 if n > 1:
                     ax.fill_between(s.index, s["min"], s["max"], color=colors[method], alpha=0.15, linewidth=0)
         for row, label in enumerate(SHIFT_METRICS.values()):
@@ -82,11 +82,11 @@ def ood_figure(table: pd.DataFrame):
     """Per dataset/model and OOD set: each score's AUROC and FPR@95 per method, the mean over the
     method's ensembles with a min-max bar."""
     from .ood import SCORES
-    from .plots import POINT_COLORS, plt
+    from .plots import method_colors, method_label, plt
 
     columns = sorted(table.groupby(["dataset", "model", "ood"]).groups)
-    methods = sorted(table["method"].unique())
-    colors = dict(zip(methods, POINT_COLORS))
+    colors = method_colors(table["method"])
+    methods = list(colors)  # in method_key order
     fig, axes = plt.subplots(2, len(columns), figsize=(4.2 * len(columns), 6), squeeze=False)
     width = 0.8 / len(methods)
     for col, (dataset, model, name) in enumerate(columns):
@@ -98,7 +98,7 @@ def ood_figure(table: pd.DataFrame):
                 s = s.reindex(list(SCORES))
                 x = [i + (k - (len(methods) - 1) / 2) * width for i in range(len(SCORES))]
                 err = [s["mean"] - s["min"], s["max"] - s["mean"]]
-                ax.bar(x, s["mean"], width, yerr=err, color=colors[method], label=method, capsize=2)
+                ax.bar(x, s["mean"], width, yerr=err, color=colors[method], label=method_label(method), capsize=2)
             ax.set_xticks(range(len(SCORES)), list(SCORES))
             ax.set_ylim(0, 1)
             ax.grid(alpha=0.3, axis="y")

@@ -1,0 +1,103 @@
+"""Weight matching (repel.align): the oracle is a permuted copy of a network, whose function is
+the same and whose aligned distance must be 0, and the plain distance it can only lower."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from repel import align, models
+from repel.ensemble import flat_weights, parameter_names
+
+SHAPE = {"in_channels": 1, "num_classes": 10, "image_size": 8}
+
+
+def network(name: str, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = models.build(name, SHAPE["in_channels"], SHAPE["num_classes"], SHAPE["image_size"])
+    with torch.no_grad():  # BatchNorm statistics and affine parameters off their defaults, so permuting them matters
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_(1.0, 0.2)
+                m.bias.normal_(0.0, 0.2)
+    return model.eval()
+
+
+def predict(name: str, state: dict, x: torch.Tensor) -> torch.Tensor:
+    model = network(name, 99)
+    model.load_state_dict(state)
+    with torch.no_grad():
+        return model(x)
+
+
+def plain_distance(a: dict, b: dict, names: list[str]) -> float:
+    return float((flat_weights(a, names) - flat_weights(b, names)).norm())
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_a_permuted_copy_predicts_the_same_and_aligns_to_distance_zero(name):
+    model = network(name, 0)
+    state, names, spec = model.state_dict(), parameter_names(model), align.spec_for(name)
+    rng = np.random.default_rng(1)
+    perms = {p: rng.permutation(state[axes[0][0]].shape[axes[0][1]]) for p, axes in spec.items()}
+    copy = align.permute(state, spec, perms)
+    assert plain_distance(state, copy, names) > 1.0  # the copy is far in weight space ...
+    x = torch.randn(32, SHAPE["in_channels"], SHAPE["image_size"], SHAPE["image_size"])
+    # ... and the same function: the permutation is a symmetry (the spec permutes every axis it must)
+    assert torch.allclose(predict(name, copy, x), predict(name, state, x), atol=1e-5)
+    aligned = align.align(state, copy, spec, names)
+    assert align.aligned_distance(state, copy, name, names) == pytest.approx(0.0, abs=1e-6)
+    for key in state:  # buffers too: the running statistics follow their units back
+        assert torch.equal(aligned[key], state[key]), key
+    assert torch.allclose(predict(name, aligned, x), predict(name, state, x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_two_independent_inits_are_closer_after_alignment_and_never_farther(name):
+    a, b = network(name, 0), network(name, 1)
+    names = parameter_names(a)
+    plain = plain_distance(a.state_dict(), b.state_dict(), names)
+    aligned = align.aligned_distance(a.state_dict(), b.state_dict(), name, names)
+    assert aligned < plain
+    # the aligned state is a permutation of B: same multiset of values per parameter, same norm
+    permuted = align.align(a.state_dict(), b.state_dict(), align.spec_for(name), names)
+    assert flat_weights(permuted, names).norm() == pytest.approx(float(flat_weights(b, names).norm()), rel=1e-6)
+    assert aligned == pytest.approx(plain_distance(a.state_dict(), permuted, names), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_a_network_and_itself_slightly_moved_are_left_unpermuted(name):
+    """A continuation-like pair (B = A + small noise) is no permutation: the identity is kept and
+    the aligned distance equals the plain one."""
+    a = network(name, 0)
+    names = parameter_names(a)
+    torch.manual_seed(5)
+    b = {k: v + 1e-3 * torch.randn_like(v) if k in names else v.clone() for k, v in a.state_dict().items()}
+    plain = plain_distance(a.state_dict(), b, names)
+    assert align.aligned_distance(a.state_dict(), b, name, names) == pytest.approx(plain, rel=1e-6)
+
+
+def test_pairwise_matrix_is_symmetric_with_a_zero_diagonal():
+    states = [network("mlp", s).state_dict() for s in range(3)]
+    names = parameter_names(network("mlp", 0))
+    d = align.aligned_distances(states, "mlp", names)
+    assert torch.equal(d, d.T) and torch.equal(d.diagonal(), torch.zeros(3, dtype=d.dtype))
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert d[i, j] <= plain_distance(states[i], states[j], names) + 1e-9
+
+
+def test_models_without_a_spec_are_not_aligned():
+    assert align.spec_for("resnet20") is None and align.spec_for("mobilenetv2") is None
+    state = {"w": torch.zeros(2)}
+    assert math.isnan(align.aligned_distance(state, state, "resnet20", ["w"]))
+    assert torch.isnan(align.aligned_distances([state, state], "resnet20", ["w"])).all()
+
+
+def test_a_state_dict_of_another_network_is_named():
+    cnn, mlp = network("cnn", 0).state_dict(), network("mlp", 0).state_dict()
+    with pytest.raises(ValueError, match="lacks"):
+        align.align(mlp, cnn, align.spec_for("mlp"), list(mlp))

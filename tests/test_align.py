@@ -101,3 +101,28 @@ def test_a_state_dict_of_another_network_is_named():
     cnn, mlp = network("cnn", 0).state_dict(), network("mlp", 0).state_dict()
     with pytest.raises(ValueError, match="lacks"):
         align.align(mlp, cnn, align.spec_for("mlp"), list(mlp))
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_predict_stores_the_aligned_distances_of_a_permuted_copy(digits, name):
+    """member_predictions on [A, permuted A, B]: the copy's predictions are A's, its aligned
+    distance to A is 0 while its plain one is not, and B is closer to A aligned than plain."""
+    from repel.data import DeviceData
+    from repel.predict import member_predictions
+
+    shape = (digits["train_x"].shape[1], digits["num_classes"], digits["train_x"].shape[-1])
+    torch.manual_seed(0)
+    a = models.build(name, *shape)
+    torch.manual_seed(1)
+    b = models.build(name, *shape)
+    spec = align.spec_for(name)
+    rng = np.random.default_rng(2)
+    perms = {p: rng.permutation(a.state_dict()[axes[0][0]].shape[axes[0][1]]) for p, axes in spec.items()}
+    states = [a.state_dict(), align.permute(a.state_dict(), spec, perms), b.state_dict()]
+    splits = {s: DeviceData(digits, s, torch.device("cpu")) for s in ("train", "test")}
+    out = member_predictions(models.build(name, *shape), [a.state_dict()] * 3, states, splits, model_name=name)
+    assert torch.allclose(out["log_probs"][1], out["log_probs"][0], atol=1e-5)
+    plain = torch.cdist(out["weights"].double(), out["weights"].double())
+    d = out["aligned_distance"]
+    assert plain[0, 1] > 1.0 and d[0, 1] == pytest.approx(0.0, abs=1e-6)
+    assert d[0, 2] < plain[0, 2]

@@ -185,13 +185,24 @@ def test_pairwise_table_has_one_row_per_pair():
         "weight_cosine",
         "displacement_cosine",
         "weight_distance",
+        "aligned_distance",
     ]
+    assert table["aligned_distance"].isna().all()  # none stored: not aligned
     assert list(zip(table["i"], table["j"])) == [(0, 1), (0, 2), (1, 2)]
     assert table["disagreement"].tolist() == [0.5, 0.5, 0.0]
     assert table["weight_cosine"].tolist() == pytest.approx([0.0, R, R])
     assert table["displacement_cosine"].tolist() == pytest.approx([-1.0, 0.0, 0.0], abs=1e-7)
     assert table["weight_distance"].tolist() == pytest.approx([math.sqrt(2), 1.0, 1.0])
     assert table["correlation"].iloc[2] == pytest.approx(1.0)
+
+
+def test_pairwise_table_reads_the_stored_aligned_distances_pair_by_pair():
+    probs = torch.stack([LOG_PROBS[0], LOG_PROBS[1], LOG_PROBS[1]])
+    aligned = torch.tensor([[0.0, 0.5, 0.25], [0.5, 0.0, 0.75], [0.25, 0.75, 0.0]])
+    table = ensemble.pairwise_table(probs, WEIGHTS, THETA_C, aligned)
+    assert table["aligned_distance"].tolist() == [0.5, 0.25, 0.75]  # (0, 1), (0, 2), (1, 2)
+    with pytest.raises(ValueError, match="aligned must be"):
+        ensemble.pairwise_table(probs, WEIGHTS, THETA_C, aligned[:2, :2])
 
 
 def test_identical_members_gain_nothing_and_never_disagree():
@@ -295,6 +306,8 @@ def test_a_method_s_ensembles_are_kept_apart_and_summarised_as_mean_and_std(tmp_
     assert summary["accuracy_std"] == pytest.approx(math.sqrt(0.5))  # sample std of 1 and 0
     assert summary["mean_member_barrier"] == pytest.approx(0.3)
     assert "0.5000 ± 0.7071" in (tmp_path / "ensemble_summary.md").read_text()
+    pairs = pd.read_parquet(tmp_path / "ensemble_pairs.parquet")  # stored without aligned distances
+    assert pairs["aligned_distance"].isna().all() and pairs["alignment"].str.startswith("not aligned").all()
 
 
 def test_weight_averages_sit_beside_their_ensembles(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import spec, storage
@@ -128,7 +129,9 @@ def aggregate_ensembles(paths, landscape_paths, out_dir: Path) -> None:
         keys = {key: str(pred[key]) for key in ENSEMBLE_KEYS}
         curve = ensemble_curve(pred["log_probs"], pred["labels"]).assign(**keys)
         curves.append(curve)
-        pairs.append(pairwise_table(pred["log_probs"], list(pred["weights"]), pred["theta_c"]).assign(**keys))
+        aligned = pred.get("aligned_distance")  # absent from predictions made before repel.align
+        pair_table = pairwise_table(pred["log_probs"], list(pred["weights"]), pred["theta_c"], aligned)
+        pairs.append(pair_table.assign(**keys, alignment=alignment_note(aligned, keys["model"])))
         averages += weight_average_rows(pred, curve.iloc[-1], keys)
     curves = pd.concat(curves, ignore_index=True)
     pairs = pd.concat(pairs, ignore_index=True)
@@ -155,6 +158,15 @@ def aggregate_ensembles(paths, landscape_paths, out_dir: Path) -> None:
         + "\n",
         out_dir / "ensemble_summary.md",
     )
+
+
+def alignment_note(aligned, model: str) -> str:
+    """What the pairs' aligned_distance is: weight matching, or why it is NaN."""
+    if aligned is None:
+        return "not aligned: predictions made before repel.align (make them again)"
+    if np.isnan(aligned).all() and len(aligned) > 1:
+        return f"not aligned: no permutation spec for {model} (residual blocks share permutations)"
+    return "weight matching"
 
 
 AVERAGES = {"members": "the members' weight average", "swa": "SWA: the average over every epoch of the run"}

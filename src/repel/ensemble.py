@@ -222,18 +222,24 @@ def weight_distance(weights) -> np.ndarray:
     return cdist(w, w, "euclidean")
 
 
-def pairwise_table(log_probs, weights, theta_c) -> pd.DataFrame:
-    """One row per pair i < j: disagreement, correlation, weight and displacement cosine, distance."""
+def pairwise_table(log_probs, weights, theta_c, aligned=None) -> pd.DataFrame:
+    """One row per pair i < j: disagreement, correlation, weight and displacement cosine, distance,
+    and `aligned_distance`, the distance after weight matching (repel.align), from the (M, M)
+    `aligned` the predict job stored (NaN where it stored none: a model without a spec)."""
     log_probs, n_members = _check_log_probs(log_probs)
     w = _stack_weights(weights)
     if len(w) != n_members:
         raise ValueError(f"mismatched members: log_probs has {n_members}, weights has {len(w)}")
     i, j = np.triu_indices(n_members, 1)
+    aligned = np.full((n_members, n_members), np.nan) if aligned is None else np.asarray(aligned)
+    if aligned.shape != (n_members, n_members):
+        raise ValueError(f"aligned must be ({n_members}, {n_members}) like the members, got {aligned.shape}")
     columns = {
         "disagreement": disagreement(log_probs),
         "correlation": prediction_correlation(log_probs),
         "weight_cosine": weight_cosine(w),
         "displacement_cosine": displacement_cosine(w, theta_c),
         "weight_distance": weight_distance(w),
+        "aligned_distance": aligned,
     }
     return pd.DataFrame({"i": i, "j": j, **{k: v.astype(np.float64)[i, j] for k, v in columns.items()}})

@@ -272,7 +272,12 @@ def predict(args) -> None:
     model = models.from_arch(arch).to(device)
     splits = {split: data_mod.DeviceData(prepared, split, device) for split in ("train", "val", "test")}
     out = member_predictions(
-        model, [ckpts[path]["model"] for path in args.checkpoints], members, splits, swa_states=swa
+        model,
+        [ckpts[path]["model"] for path in args.checkpoints],
+        members,
+        splits,
+        swa_states=swa,
+        model_name=arch["model"],
     )
     out.update(
         dataset=prepared["name"],

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from . import align
 from .averaging import average_of
 from .data import DeviceData
-from .models import flat_weights
+from .models import flat_weights, parameter_names
 from .train import log_probs
 
 
@@ -29,12 +30,16 @@ def member_predictions(
     splits: dict[str, DeviceData],
     split: str = "test",
     swa_states: list[dict] = (),
+    model_name: str | None = None,
 ) -> dict:
     """Log-softmax outputs and flat weights of every member, and the flat weights of the checkpoint
     each member started from (members of independent seeds start from different ones); the
     log-softmax outputs of the members' weight average (BatchNorm recomputed on the training split),
     and of each given SWA model. `model` is the members' network, `splits` the data on its device
-    (the training split and `split`); the job makes both once, for the landscape too."""
+    (the training split and `split`); the job makes both once, for the landscape too.
+
+    With `model_name` (a repel.models name), the members' pairwise distances after weight matching
+    (repel.align, j aligned to i; NaN for a model without a permutation spec): `aligned_distance`."""
     if len(checkpoint_states) != len(member_states):
         raise ValueError(
             f"one checkpoint per member: {len(member_states)} members, {len(checkpoint_states)} checkpoints"
@@ -52,7 +57,11 @@ def member_predictions(
     for state in swa_states:  # saved by its training job with its statistics recomputed
         model.load_state_dict(state)
         swa.append(log_softmax_outputs(model, data).cpu())
+    names = parameter_names(model)
+    cpu_states = [{k: v.cpu() for k, v in state.items()} for state in member_states]
+    aligned = align.aligned_distances(cpu_states, model_name, names) if model_name else None
     return {
+        "aligned_distance": aligned,
         "log_probs": torch.stack(log_probs),
         "labels": data.y.cpu(),
         "weights": torch.stack(weights),

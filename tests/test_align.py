@@ -126,3 +126,43 @@ def test_predict_stores_the_aligned_distances_of_a_permuted_copy(digits, name):
     d = out["aligned_distance"]
     assert plain[0, 1] > 1.0 and d[0, 1] == pytest.approx(0.0, abs=1e-6)
     assert d[0, 2] < plain[0, 2]
+
+
+def test_the_summary_takes_the_aligned_distance_of_the_last_epoch_and_nan_for_older_tables():
+    import pandas as pd
+
+    from repel import spec
+    from repel.aggregate import summarize
+
+    run = spec.Run.of({"strength": 10, "gamma": 0.01, "epochs": 2})
+    rows = [
+        {"phase": "base", "dataset": "d", "model": "mlp", "seed": 0, "run": "base", "epoch": 1, "val_acc": 0.5},
+        *(
+            {
+                "phase": "continue",
+                "dataset": "d",
+                "model": "mlp",
+                "seed": 0,
+                "epoch": e,
+                "val_acc": 0.6,
+                "test_acc": 0.6,
+                "dist": float(e),
+                "diverged": False,
+                **run.columns(),
+            }
+            for e in (2, 3)
+        ),
+    ]
+    with_aligned = pd.DataFrame(rows).assign(aligned_dist=[math.nan, math.nan, 1.5])
+    summary = summarize(labelled(with_aligned))
+    assert summary["final_aligned_dist"].tolist() == [1.5] and summary["final_dist"].tolist() == [3.0]
+    older = summarize(labelled(pd.DataFrame(rows)))
+    assert older["final_aligned_dist"].isna().all()
+
+
+def labelled(frame):
+    """The label and control columns aggregate.combine adds when it reads the files."""
+    df = frame.copy()
+    df["label"] = df["run"]
+    df["control"] = df["control"].where(df["phase"] == "continue", df["run"])
+    return df

@@ -11,7 +11,12 @@ from . import spec, storage
 
 RUN_KEYS = ["dataset", "model", "run"]
 GRID_COLUMNS = ["label", *spec.GRID_COLUMNS]
-FINAL_METRICS = {"val_acc": "final_val_acc", "test_acc": "final_test_acc", "dist": "final_dist"}
+FINAL_METRICS = {
+    "val_acc": "final_val_acc",
+    "test_acc": "final_test_acc",
+    "dist": "final_dist",
+    "aligned_dist": "final_aligned_dist",  # measured at the last epoch only (repel.align)
+}
 
 
 def read_run(path) -> pd.DataFrame:
@@ -51,6 +56,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     runs = df[df["phase"] == "continue"].groupby(RUN_KEYS + ["seed"], sort=True)
     out = runs[GRID_COLUMNS].first()
     last = df[df["phase"] == "continue"].sort_values("epoch").groupby(RUN_KEYS + ["seed"]).tail(1)
+    last = last.reindex(columns=last.columns.union(list(FINAL_METRICS), sort=False))  # tables from before align: NaN
     # the last epoch's values, NaN included (GroupBy.last would skip back to a finite one)
     out = out.join(last.set_index(RUN_KEYS + ["seed"])[list(FINAL_METRICS)].rename(columns=FINAL_METRICS))
     out["min_val_acc"] = runs["val_acc"].min()
@@ -63,7 +69,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 
 def summary_markdown(summary: pd.DataFrame) -> str:
     """Grid points as rows, seeds folded into mean ± std (std shown when there are several seeds)."""
-    metrics = ["final_val_acc", "final_test_acc", "final_dist", "max_val_acc_drop"]
+    metrics = ["final_val_acc", "final_test_acc", "final_dist", "final_aligned_dist", "max_val_acc_drop"]
     rows = []
     for keys, g in summary.groupby(RUN_KEYS, sort=True):
         row = dict(zip(RUN_KEYS, keys), label=g["label"].iloc[0], seeds=len(g))

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from . import checkpoint, models, storage
+from . import align, checkpoint, models, storage
 from . import data as data_mod
 from .averaging import swa_model
 from .grid import SNAPSHOT
@@ -161,6 +161,10 @@ def _finish(args, member: Member, ckpt: dict, prepared: dict, model, rows: list[
         **member.spec.columns(),
     }
     checkpoint.save_weights(model, member.out / "final.pt")
+    # the distance to θ_c modulo permutation symmetry, once, at the end (repel.align; NaN without a spec)
+    final = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    rows[-1]["aligned_dist"] = align.aligned_distance(ckpt["model"], final, ckpt["arch"]["model"], names)
     # n_params: what a mean distance divides by (the kernels figure draws it on ‖θ − θ_c‖)
     n_params = sum(p.numel() for p in models.trainable_parameters(model))
     storage.save_parquet(_frame(rows, {**columns, "n_params": n_params}), member.out / "metrics.parquet")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from repel import align, models
+from repel import align, ensemble, models
 from repel.ensemble import flat_weights, parameter_names
 
 SHAPE = {"in_channels": 1, "num_classes": 10, "image_size": 8}
@@ -65,7 +65,8 @@ def test_two_independent_inits_are_closer_after_alignment_and_never_farther(name
     # the aligned state is a permutation of B: same multiset of values per parameter, same norm
     permuted = align.align(a.state_dict(), b.state_dict(), align.spec_for(name), names)
     assert flat_weights(permuted, names).norm() == pytest.approx(float(flat_weights(b, names).norm()), rel=1e-6)
-    assert aligned == pytest.approx(plain_distance(a.state_dict(), permuted, names), rel=1e-6)
+    # float32 sums over ~10^5 parameters: cdist and norm round apart by ~1e-5
+    assert aligned == pytest.approx(plain_distance(a.state_dict(), permuted, names), rel=1e-4)
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
@@ -76,8 +77,8 @@ def test_a_network_and_itself_slightly_moved_are_left_unpermuted(name):
     names = parameter_names(a)
     torch.manual_seed(5)
     b = {k: v + 1e-3 * torch.randn_like(v) if k in names else v.clone() for k, v in a.state_dict().items()}
-    plain = plain_distance(a.state_dict(), b, names)
-    assert align.aligned_distance(a.state_dict(), b, name, names) == pytest.approx(plain, rel=1e-6)
+    plain = ensemble.weight_distance([flat_weights(a.state_dict(), names), flat_weights(b, names)])[0, 1]
+    assert align.aligned_distance(a.state_dict(), b, name, names) == float(plain)  # bit-equal: nothing permuted
 
 
 def test_pairwise_matrix_is_symmetric_with_a_zero_diagonal():

@@ -140,9 +140,9 @@ def aligned_distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor
     if spec is None:
         return float("nan")
     aligned = align(a, b, spec, params)
-    return float(
-        torch.sqrt(sum(((a[k].double().cpu() - aligned[k].double().cpu()) ** 2).sum() for k in params)).item()
-    )
+    flat_a, flat_b = (torch.cat([state[k].detach().cpu().reshape(-1) for k in params]) for state in (a, aligned))
+    # as ensemble.weight_distance computes the plain one: with no permutation the two are bit-equal
+    return float(torch.cdist(flat_a[None, None], flat_b[None, None], compute_mode="donot_use_mm_for_euclid_dist"))
 
 
 def aligned_distances(states: list[Mapping[str, torch.Tensor]], model: str, params: list[str]) -> torch.Tensor:

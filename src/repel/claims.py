@@ -111,6 +111,15 @@ SETTINGS = {
     "outward": Setting(
         0.9, 0, 1, True, True, False, "pushed straight out: the mean radial_cos over the early epochs above this"
     ),
+    "symmetry_share": Setting(
+        0.1,
+        0,
+        1,
+        True,
+        True,
+        False,
+        "'much closer after alignment': weight matching removes more than this share of the members' distance",
+    ),
     "shift_margin": Setting(
         0.02, 0, 1, True, False, False, "under shift 'at least as well': an accuracy drop at most this much larger"
     ),
@@ -955,6 +964,47 @@ def ensemble_strength(t: Tables) -> pd.DataFrame:
     )
 
 
+# distance modulo permutation symmetry (ensemble_pairs' aligned_distance, repel.align)
+
+
+def symmetry_share(pairs: pd.DataFrame) -> pd.Series:
+    """Per ensemble: the mean over its member pairs of 1 − aligned_distance / weight_distance, the
+    share of the distance that weight matching removes. Pairs of one ensemble share members and
+    are not independent: the ensemble is the unit. Pairs without an aligned distance (a model
+    without a permutation spec) or at distance 0 are left out."""
+    p = pairs.dropna(subset=["aligned_distance", "weight_distance"])
+    p = p[p["weight_distance"] > 0]
+    share = 1 - p["aligned_distance"] / p["weight_distance"]
+    return share.groupby([p[k] for k in CELL + ["method", "ensemble"]]).mean()
+
+
+def _symmetry(t: Tables, method: str, sign: int, unit: str) -> pd.DataFrame:
+    """t-test of the method's ensembles' symmetry share against symmetry_share (sign +1: above)."""
+    if "aligned_distance" not in t.pairs:
+        return _blank(t.cells, "not run", "the pairs table has no aligned_distance (made before repel.align)")
+    share = symmetry_share(t.pairs)
+    aligned = t.pairs.groupby(CELL)["aligned_distance"].count().reindex(t.cells).fillna(0).to_numpy()
+    why = pd.Series(np.where(aligned == 0, "not aligned: no permutation spec for this model", ""), index=t.cells)
+    if method not in set(share.index.get_level_values("method")):
+        return _add_note(_blank(t.cells, "not run", f"needs the '{method}' ensembles' aligned distances"), why)
+    r = t_test(share.xs(method, level="method"), t.s["symmetry_share"], sign, t.s["confidence"], t.cells)
+    return _add_note(_add_note(r, f"units: {unit}"), why)
+
+
+def symmetry_independent(t: Tables) -> pd.DataFrame:
+    r = _symmetry(t, "independent", +1, "the groups of independent seeds, one ensemble each")
+    one = r["seeds"] == 1
+    r.loc[one, "note"] = (
+        "1 group of independent seeds: its pairs share members, so it is one unit and is not replicated; "
+        "ensembles.seeds with 3 × members seeds or more makes 3 groups"
+    )
+    return r
+
+
+def symmetry_continuation(t: Tables) -> pd.DataFrame:
+    return _symmetry(t, "distance", -1, "seeds, the distance snapshots' ensemble of each")
+
+
 # under dataset shift and out of distribution (tables shift.parquet and ood.parquet); units: seeds
 
 ROBUSTNESS_TABLES = {"shift": "aggregate/shift.parquet", "ood": "aggregate/ood.parquet"}
@@ -1338,6 +1388,30 @@ CLAIMS = [
         ("return_margin", "last_epochs", "confidence"),
         _family_figure("release"),
         release_stays,
+    ),
+    Claim(
+        "symmetry.independent",
+        "ensembles",
+        "Independent seeds' members are much closer after aligning their hidden units: much of their distance "
+        "is permutation symmetry ('weight space symmetry').",
+        "per group of independent seeds (its ensemble): mean over its member pairs of the symmetry share "
+        "1 − aligned_distance / weight_distance (weight matching, repel.align; MLP and CNN only)",
+        _rule("symmetry share over the groups", "> symmetry_share", "< symmetry_share"),
+        ("symmetry_share", "confidence"),
+        "plots/ensemble_disagreement.png",
+        symmetry_independent,
+    ),
+    Claim(
+        "symmetry.continuation",
+        "ensembles",
+        "Members of one continuation run (distance snapshots) are not a permutation of each other: "
+        "alignment removes little of their distance.",
+        "per seed: mean over the distance snapshots' member pairs of the symmetry share "
+        "1 − aligned_distance / weight_distance",
+        _rule("per-seed symmetry share", "< symmetry_share", "> symmetry_share"),
+        ("symmetry_share", "confidence"),
+        "plots/ensemble_disagreement.png",
+        symmetry_continuation,
     ),
     Claim(
         "ensemble.penalty_diversity",

@@ -200,9 +200,24 @@ def ensemble_tables(flip=False, ensembles=("seed0", "seed1", "seed2"), dataset="
                         "j": j,
                         "disagreement": disagreement,
                         "weight_distance": weight_distance,
+                        "aligned_distance": weight_distance * (1 - symmetry_share(method, k, pair, flip)),
                     }
                 )
     return pd.DataFrame(curves_rows), pd.DataFrame(pair_rows)
+
+
+def symmetry_share(method: str, k: int, pair: int, flip: bool) -> float:
+    """1 − aligned / plain distance of a pair: large for independent seeds, small within a distance
+    run (as claimed; swapped when flipped), the pairs of one ensemble a little apart."""
+    large, small = 0.3 + 0.01 * k + 0.002 * pair, 0.02 + 0.001 * k + 0.002 * pair
+    return {"independent": small if flip else large, "distance": large if flip else small}.get(method, 0.0)
+
+
+def test_symmetry_share_is_each_ensemble_s_mean_over_its_pairs(as_claimed):
+    # by hand: ensemble k's pairs have shares 0.3 + 0.01 k + 0.002 pair, pair 0..5: mean 0.305 + 0.01 k
+    row = as_claimed.set_index("claim").loc["symmetry.independent"]
+    assert row["value"] == pytest.approx(np.mean([0.305 + 0.01 * k for k in range(3)]))
+    assert row["seeds"] == 3
 
 
 def verdicts(table: pd.DataFrame, dataset="digits", model="cnn") -> pd.Series:
@@ -765,3 +780,13 @@ def test_the_distance_claims_are_made_per_strength():
     p = {s: stats.ttest_1samp(v, 0, alternative="greater").pvalue if v.std() > 0 else 0.0 for s, v in d.items()}
     assert row["value"] == pytest.approx(d[max(p, key=p.get)].mean())
     assert row["verdict"] == "holds"
+
+
+def test_symmetry_claims_say_when_nothing_was_aligned():
+    curves, pairs = ensemble_tables()
+    resnet = claims.evaluate(metrics_table(), FAMILIES, curves, pairs.assign(aligned_distance=math.nan))
+    row = resnet.set_index("claim").loc["symmetry.independent"]
+    assert row["verdict"] == "not run" and "no permutation spec" in row["note"]
+    older = claims.evaluate(metrics_table(), FAMILIES, curves, pairs.drop(columns="aligned_distance"))
+    row = older.set_index("claim").loc["symmetry.continuation"]
+    assert row["verdict"] == "not run" and "made before repel.align" in row["note"]

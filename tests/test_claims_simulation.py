@@ -64,6 +64,9 @@ SD_RELEASE, RELEASE_AFTER = 0.02, 5  # a released run's final / at-release dista
 SD_COS = 0.01  # a run's mean step_cos or early radial_cos, per seed
 EFFECT_PENALTY_DIV = 6 * SD_DIV * math.sqrt(2)  # distance − matching control: two ensembles' noise
 SHIFT_MARGIN, SHIFT_NLL_MARGIN = claims.DEFAULTS["shift_margin"], claims.DEFAULTS["shift_nll_margin"]
+SYMMETRY = claims.DEFAULTS["symmetry_share"]
+SD_SHARE = 0.01  # an ensemble's mean symmetry share (1 − aligned / plain distance over its pairs)
+INDEPENDENT_GROUPS = ["seeds0-1-2", "seeds3-4-5", "seeds6-7-8"]  # 9 independent seeds: 3 units
 SD_AUROC = 0.005  # an ensemble's AUROC of mutual information, per seed
 EFFECT_AUROC = 6 * SD_AUROC * math.sqrt(2)
 
@@ -402,7 +405,7 @@ class World:
         i, j = np.triu_indices(members, 1)
         curves, pair_rows = [], []
         for method in ("distance", "snapshots", "sgdr", "independent"):
-            names = ["seeds0-1-2"] if method == "independent" else [f"seed{k}" for k in range(SEEDS)]
+            names = INDEPENDENT_GROUPS if method == "independent" else [f"seed{k}" for k in range(SEEDS)]
             for name in names:
                 study = np.arange(STUDIES)
                 curves.append(
@@ -425,6 +428,10 @@ class World:
                 r = np.clip(rho + rng.normal(0, 0.03, (STUDIES, 1)), -1, 1)
                 shift = {"distance": diversity, "snapshots": control}.get(method)
                 level = 0.1 + (0.0 if shift is None else shift + rng.normal(0, SD_DIV, (STUDIES, 1)))
+                # symmetry share: independent groups above symmetry_share, distance snapshots below it
+                side = {"independent": e, "distance": -e}.get(method, 0)
+                share = SYMMETRY + side * 6 * SD_SHARE + rng.normal(0, SD_SHARE, (STUDIES, 1))
+                share = share + rng.normal(0, 0.002, (STUDIES, len(i)))  # the pairs of one ensemble vary too
                 pair_rows.append(
                     pd.DataFrame(
                         {
@@ -434,6 +441,7 @@ class World:
                             "i": np.tile(i, STUDIES),
                             "j": np.tile(j, STUDIES),
                             "weight_distance": (5 + x).ravel(),
+                            "aligned_distance": ((5 + x) * (1 - share)).ravel(),
                             "disagreement": (level + 0.01 * (r * x + np.sqrt(1 - r**2) * z)).ravel(),
                         }
                     )

@@ -995,7 +995,7 @@ def symmetry_independent(t: Tables) -> pd.DataFrame:
     r = _symmetry(t, "independent", +1, "the groups of independent seeds, one ensemble each")
     one = r["seeds"] == 1
     r.loc[one, "note"] = (
-        "1 group of independent seeds: its pairs share members, so it is one unit and is not replicated; "
+        "1 seed group of independent seeds: its pairs share members, so it is one unit and is not replicated; "
         "ensembles.seeds with 3 × members seeds or more makes 3 groups"
     )
     return r

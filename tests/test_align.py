@@ -167,3 +167,33 @@ def labelled(frame):
     df["label"] = df["run"]
     df["control"] = df["control"].where(df["phase"] == "continue", df["run"])
     return df
+
+
+def test_the_aligned_member_line_to_a_permuted_copy_is_flat(digits, tmp_path):
+    """write_lines with align_model: the line from A to its permuted copy, aligned, stays at A
+    (the same loss at every alpha, barrier 0), while the plain line leaves it."""
+    import pandas as pd
+
+    from repel import landscape
+    from repel.data import DeviceData
+
+    shape = (digits["train_x"].shape[1], digits["num_classes"], digits["train_x"].shape[-1])
+    torch.manual_seed(0)
+    model = models.build("mlp", *shape)
+    spec = align.spec_for("mlp")
+    rng = np.random.default_rng(3)
+    perms = {p: rng.permutation(model.state_dict()[axes[0][0]].shape[axes[0][1]]) for p, axes in spec.items()}
+    states = {"a": model.state_dict(), "b": align.permute(model.state_dict(), spec, perms)}
+    splits = {s: DeviceData(digits, s, torch.device("cpu")) for s in ("train", "val")}
+    ckpt = {"arch": {"model": "mlp"}, "config": {"seed": 0}}
+    out = tmp_path / "line.parquet"
+    lines = [({"method": "independent", "ensemble": "seeds0-1"}, out, ["a", "b"])]
+    landscape.write_lines(
+        {"name": "digits"}, ckpt, lines, states.__getitem__, model, splits, 5, 2, lambda m: None, "mlp"
+    )
+    df = pd.read_parquet(out)
+    aligned, plain = df[df["aligned"]], df[~df["aligned"]]
+    assert len(aligned) == len(plain) > 0
+    assert np.allclose(aligned["loss"], aligned["loss"].iloc[0], rtol=1e-5)
+    assert aligned["barrier"].iloc[0] == pytest.approx(0.0, abs=1e-5)
+    assert not np.allclose(plain["loss"], plain["loss"].iloc[0], rtol=1e-3)

@@ -305,6 +305,7 @@ def test_a_method_s_ensembles_are_kept_apart_and_summarised_as_mean_and_std(tmp_
     assert summary["accuracy"] == pytest.approx(0.5)  # (1 + 0) / 2
     assert summary["accuracy_std"] == pytest.approx(math.sqrt(0.5))  # sample std of 1 and 0
     assert summary["mean_member_barrier"] == pytest.approx(0.3)
+    assert math.isnan(summary["mean_aligned_barrier"])  # no aligned member lines among the inputs
     assert "0.5000 ± 0.7071" in (tmp_path / "ensemble_summary.md").read_text()
     pairs = pd.read_parquet(tmp_path / "ensemble_pairs.parquet")  # stored without aligned distances
     assert pairs["aligned_distance"].isna().all() and pairs["alignment"].str.startswith("not aligned").all()

@@ -107,6 +107,7 @@ ENSEMBLE_SUMMARY = [
     "gain_best",
     "mean_disagreement",
     "mean_member_barrier",
+    "mean_aligned_barrier",
 ]
 
 
@@ -148,8 +149,13 @@ def aggregate_ensembles(paths, landscape_paths, out_dir: Path) -> None:
         pairs.groupby(ENSEMBLE_KEYS)["disagreement"].mean().rename("mean_disagreement"), on=ENSEMBLE_KEYS
     )
     landscape = pd.concat([storage.read_parquet(p, "member landscape") for p in landscape_paths], ignore_index=True)
-    barriers = landscape.groupby(ENSEMBLE_KEYS + ["pair"])["barrier"].first().groupby(ENSEMBLE_KEYS).mean()
-    final = final.join(barriers.rename("mean_member_barrier"), on=ENSEMBLE_KEYS)
+    if "aligned" not in landscape:  # written before repel.align: plain lines only
+        landscape = landscape.assign(aligned=False)
+    landscape["aligned"] = landscape["aligned"].fillna(False).astype(bool)
+    for aligned, name in ((False, "mean_member_barrier"), (True, "mean_aligned_barrier")):
+        lines = landscape[landscape["aligned"] == aligned]
+        barriers = lines.groupby(ENSEMBLE_KEYS + ["pair"])["barrier"].first().groupby(ENSEMBLE_KEYS).mean()
+        final = final.join(barriers.rename(name), on=ENSEMBLE_KEYS)
     summary = ensemble_summary(final)
     storage.save_parquet(curves, out_dir / "ensembles.parquet")
     storage.save_parquet(pairs, out_dir / "ensemble_pairs.parquet")

@@ -324,6 +324,9 @@ def predict(args) -> None:
             args.steps,
             args.bn_batches,
             log,
+            # the aligned line where members are separate networks (independent seeds); a snapshot
+            # run's members are no permutation of each other (symmetry.continuation): it would double the cost
+            align_model=arch["model"] if args.method == "independent" else None,
         )
 
 

@@ -118,12 +118,17 @@ def write_lines(
     steps: int | None = None,
     bn_batches: int | None = None,
     log=print,
+    align_model: str | None = None,
 ) -> None:
     """Write each line's table. `lines` are (columns, out, [weights files]): the path through the
     files in order, its table's identifying columns (run, or method and ensemble) and where it goes;
     `load(path)` gives a file's state; `ckpt` (a base checkpoint) the seed; `model` the network
-    and `splits` the data on its device (train and val), made once by the job."""
-    from . import storage
+    and `splits` the data on its device (train and val), made once by the job.
+
+    With `align_model` (a repel.models name with a permutation spec), each pair also gets the line
+    to the end's weights aligned to the start's (repel.align), its rows marked `aligned`: the
+    barrier left once permutation symmetry is taken out."""
+    from . import align, storage
 
     steps, bn_batches = steps or STEPS, bn_batches or BN_BATCHES
     train, val = splits["train"], splits["val"]
@@ -131,18 +136,27 @@ def write_lines(
     for columns, out, ends in lines:
         states = [load(path) for path in ends]
         frames = []
+        spec = align.spec_for(align_model) if align_model else None
+        names = [name for name, p in model.named_parameters() if p.requires_grad]
         for pair, (start, end) in enumerate(zip(states, states[1:])):
-            df = interpolate(model, start, end, alphas(steps), train, val, bn_batches=bn_batches)
-            frames.append(
-                df.assign(
-                    pair=pair,
-                    start=str(ends[pair]),
-                    end=str(ends[pair + 1]),
-                    barrier=barrier(df),
-                    bn_recomputed=bn_recomputed,
+            ends_of = [(False, end)]
+            if spec is not None:
+                cpu = [{k: v.detach().cpu() for k, v in state.items()} for state in (start, end)]
+                ends_of.append((True, align.align(cpu[0], cpu[1], spec, names)))
+            for aligned, target in ends_of:
+                df = interpolate(model, start, target, alphas(steps), train, val, bn_batches=bn_batches)
+                frames.append(
+                    df.assign(
+                        pair=pair,
+                        start=str(ends[pair]),
+                        end=str(ends[pair + 1]),
+                        barrier=barrier(df),
+                        bn_recomputed=bn_recomputed,
+                        aligned=aligned,
+                    )
                 )
-            )
-            log(f"loss barrier from {ends[pair]} to {ends[pair + 1]}: {barrier(df):.4g}")
+                what = " (aligned)" if aligned else ""
+                log(f"loss barrier from {ends[pair]} to {ends[pair + 1]}{what}: {barrier(df):.4g}")
         df = pd.concat(frames, ignore_index=True).assign(
             split="val", dataset=prepared["name"], model=ckpt["arch"]["model"], **columns, seed=ckpt["config"]["seed"]
         )

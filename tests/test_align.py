@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from repel import align, ensemble, models
-from repel.ensemble import flat_weights, parameter_names
+from repel.models import flat_weights, parameter_names
 
 SHAPE = {"in_channels": 1, "num_classes": 10, "image_size": 8}
 
@@ -34,7 +34,8 @@ def predict(name: str, state: dict, x: torch.Tensor) -> torch.Tensor:
 
 
 def plain_distance(a: dict, b: dict, names: list[str]) -> float:
-    return float((flat_weights(a, names) - flat_weights(b, names)).norm())
+    """‖θ_A − θ_B‖₂ in float64, by torch (not scipy's cdist, which both distances of the tables use)."""
+    return float((flat_weights(a, names).double() - flat_weights(b, names).double()).norm())
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
@@ -65,8 +66,7 @@ def test_two_independent_inits_are_closer_after_alignment_and_never_farther(name
     # the aligned state is a permutation of B: same multiset of values per parameter, same norm
     permuted = align.align(a.state_dict(), b.state_dict(), align.spec_for(name), names)
     assert flat_weights(permuted, names).norm() == pytest.approx(float(flat_weights(b, names).norm()), rel=1e-6)
-    # float32 sums over ~10^5 parameters: cdist and norm round apart by ~1e-5
-    assert aligned == pytest.approx(plain_distance(a.state_dict(), permuted, names), rel=1e-4)
+    assert aligned == pytest.approx(plain_distance(a.state_dict(), permuted, names), rel=1e-9)
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])

@@ -139,10 +139,14 @@ def aligned_distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor
     spec = spec_for(model)
     if spec is None:
         return float("nan")
+    from scipy.spatial.distance import cdist
+
     aligned = align(a, b, spec, params)
-    flat_a, flat_b = (torch.cat([state[k].detach().cpu().reshape(-1) for k in params]) for state in (a, aligned))
+    flat_a, flat_b = (
+        torch.cat([state[k].detach().cpu().reshape(-1) for k in params]).double().numpy() for state in (a, aligned)
+    )
     # as ensemble.weight_distance computes the plain one: with no permutation the two are bit-equal
-    return float(torch.cdist(flat_a[None, None], flat_b[None, None], compute_mode="donot_use_mm_for_euclid_dist"))
+    return float(cdist(flat_a[None], flat_b[None], "euclidean")[0, 0])
 
 
 def aligned_distances(states: list[Mapping[str, torch.Tensor]], model: str, params: list[str]) -> torch.Tensor:

@@ -790,3 +790,11 @@ def test_symmetry_claims_say_when_nothing_was_aligned():
     older = claims.evaluate(metrics_table(), FAMILIES, curves, pairs.drop(columns="aligned_distance"))
     row = older.set_index("claim").loc["symmetry.continuation"]
     assert row["verdict"] == "not run" and "made before repel.align" in row["note"]
+
+
+def test_symmetry_continuation_is_made_per_strength():
+    curves, pairs = strength_tables()
+    pairs = pairs.assign(aligned_distance=pairs["weight_distance"] * (0.97 + 0.001 * np.arange(len(pairs))))
+    row = claims.evaluate(metrics_table(), FAMILIES, curves, pairs).set_index("claim").loc["symmetry.continuation"]
+    assert all(f"s={s}: " in row["note"] for s in STRENGTHS)  # a part per strength
+    assert row["verdict"] == "holds" and row["seeds"] == 3  # shares about 0.03 < symmetry_share 0.1

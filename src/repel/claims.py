@@ -1002,7 +1002,10 @@ def symmetry_independent(t: Tables) -> pd.DataFrame:
 
 
 def symmetry_continuation(t: Tables) -> pd.DataFrame:
-    return _symmetry(t, "distance", -1, "seeds, the distance snapshots' ensemble of each")
+    """A part per strength of the distance snapshots (distance_methods), each tested over the seeds."""
+    methods = distance_methods(symmetry_share(t.pairs)) if "aligned_distance" in t.pairs else {}
+    unit = "seeds, the distance snapshots' ensemble of each"
+    return combine({name: _symmetry(t, m, -1, unit) for name, m in (methods or {"distance": "distance"}).items()})
 
 
 # under dataset shift and out of distribution (tables shift.parquet and ood.parquet); units: seeds

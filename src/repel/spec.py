@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 KERNELS = ("rbf", "laplacian", "imq", "hinge", "none")
 DISTANCES = ("sum", "mean")
 SCHEDULES = ("constant", "step", "cosine", "cosine_restarts", "cyclic", "swa")
+STARTS = ("checkpoint", "init")
 REQUIRED = None  # the default of a key the config must give (REQUIRED_KEYS)
 REQUIRED_KEYS = ("strength", "epochs")
 
@@ -82,6 +83,14 @@ class Penalty:
 class Training:
     """How the run moves: SGD (the base's momentum, weight decay and batch) at this lr schedule."""
 
+    start: str = key(
+        "checkpoint",
+        "the weights the run starts from, its θ_c: the base checkpoint, or the seed's initial weights (the "
+        "base's epoch 0, trained from scratch)",
+        "from {}",
+        choices=STARTS,
+        named={"checkpoint": "from the checkpoint", "init": "from initialization"},
+    )
     lr: float = key(0.01, "learning rate (the peak, for cyclic schedules)", "lr={:g}", positive=True, column="lr_init")
     schedule: str = key("constant", "lr schedule, stepped every batch (train.make_scheduler)", "{}", choices=SCHEDULES)
     epochs: int = key(REQUIRED, "epochs after the checkpoint", "{} ep", minimum=1)
@@ -256,7 +265,8 @@ class Run:
             "cyclic": f"cyc{t.t0}min{_num(t.eta_min)}",
             "swa": f"swa{_num(t.eta_min)}",
         }[t.schedule]
-        return f"lr{_num(t.lr)}-{schedule}-e{t.epochs}"
+        # from the initial weights: another start, so another pack; the default adds nothing to the id
+        return ("init-" if t.start == "init" else "") + f"lr{_num(t.lr)}-{schedule}-e{t.epochs}"
 
     def columns(self) -> dict:
         """The run's columns in metrics.parquet (and TensorBoard's HParams): its id, its control's

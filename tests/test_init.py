@@ -62,3 +62,21 @@ def test_a_run_from_init_refuses_a_trained_checkpoint(root, capsys):
     assert main([*args, "--spec", spec, "--device", "cpu", "--out-dir", str(root / "refused")]) == 1
     err = capsys.readouterr().err
     assert "start is init" in err and "at epoch 1" in err
+
+
+def test_a_table_without_start_reads_as_from_the_checkpoint(tmp_path):
+    """Runs made before `start` existed (or at its default) have no start column; aggregate reads them as
+    starting from the checkpoint, beside a run from init that has the column."""
+    from repel import aggregate, spec
+
+    paths = []
+    for values in ({"strength": 0, "epochs": 1}, {"strength": 0, "epochs": 1, "start": "init"}):
+        run = spec.Run.of(values)
+        row = {"phase": "continue", "dataset": "digits", "model": "mlp", "seed": 0, "epoch": 1, **run.columns()}
+        paths.append(tmp_path / f"{run.id}.parquet")
+        pd.DataFrame([row]).to_parquet(paths[-1])
+    table = aggregate.combine(paths, {})
+    assert dict(zip(table["run"], table["start"])) == {
+        "s0_lr0.01-const-e1": "checkpoint",
+        "s0_init-lr0.01-const-e1": "init",
+    }

@@ -176,7 +176,7 @@ def _finish(args, member: Member, ckpt: dict, prepared: dict, model, rows: list[
     n_params = sum(p.numel() for p in models.trainable_parameters(model))
     storage.save_parquet(_frame(rows, {**columns, "n_params": n_params}), member.out / "metrics.parquet")
     checkpoint.write_run_record(
-        member.out, member.spec.values(), args.checkpoint, {"seed": ckpt["config"]["seed"], "data": str(args.data)}
+        member.out, member.spec.given(), args.checkpoint, {"seed": ckpt["config"]["seed"], "data": str(args.data)}
     )
     if events is not None:  # the grid point's parameters, as its metrics.parquet names them
         events.finish(columns, rows[-1]["epoch"])

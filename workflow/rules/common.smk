@@ -81,6 +81,17 @@ envvars:
     "REPEL_RUN_OPTIONS",
 
 
+def start_checkpoint(dataset, model, seed, run):
+    """The checkpoint a run starts from, its θ_c: the base's, or with `start: init` the seed's initial
+    weights (rule init_base). Wildcards may be given as "{dataset}", ... for a rule's own."""
+    name = "init/checkpoint.pt" if RUNS[run]["spec"].training.start == "init" else "checkpoint.pt"
+    return res(f"base/{dataset}/{model}/seed{seed}/{name}")
+
+
+def get_start_checkpoint(wildcards):
+    return start_checkpoint(wildcards.dataset, wildcards.model, wildcards.seed, wildcards.run)
+
+
 def get_optimizer_args():
     """The base's SGD settings, shared by base training and its continuations."""
     b = config["base"]
@@ -151,7 +162,7 @@ def get_pack_members(pack):
                 {
                     "out_dir": res(f"continue/{wildcards.dataset}/{wildcards.model}/{run}/seed{pack['seed']}"),
                     "snapshot_every": snapshot_every(run),
-                    "spec": RUNS[run]["spec"].values(),
+                    "spec": RUNS[run]["spec"].given(),  # as --spec: a quiet key's default left out
                 }
                 for run in pack["runs"]
             ],

@@ -1,7 +1,7 @@
 rule landscape:
     input:
         data=res("data/{dataset}.pt"),
-        checkpoint=res("base/{dataset}/{model}/seed{seed}/checkpoint.pt"),
+        checkpoint=get_start_checkpoint,
         weights=res("continue/{dataset}/{model}/{run}/seed{seed}/final.pt"),
     output:
         res("continue/{dataset}/{model}/{run}/seed{seed}/landscape.parquet"),
@@ -32,7 +32,7 @@ for index, (name, pack) in enumerate(PACKS.items()):
             f"landscape_pack_{index}"
         input:
             data=res("data/{dataset}.pt"),
-            checkpoint=res(f"base/{{dataset}}/{{model}}/seed{pack['seed']}/checkpoint.pt"),
+            checkpoint=start_checkpoint("{dataset}", "{model}", pack["seed"], pack["runs"][0]),
             weights=[res(f"continue/{{dataset}}/{{model}}/{run}/seed{pack['seed']}/final.pt") for run in runs],
         output:
             [res(f"continue/{{dataset}}/{{model}}/{run}/seed{pack['seed']}/landscape.parquet") for run in runs],

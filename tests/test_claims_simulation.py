@@ -60,6 +60,8 @@ EFFECT_GAIN, SD_GAIN = 0.01, 0.001
 SD_DIV = DIV_MARGIN / 6
 SD_RELEASE, RELEASE_AFTER = 0.02, 5  # a released run's final / at-release distance, per seed
 SD_COS = 0.01  # a run's mean step_cos or early radial_cos, per seed
+SD_NORM = 0.05  # a run's final weight_norm, per seed
+EFFECT_NORM = 6 * SD_NORM * math.sqrt(2)  # penalty − control: two runs' noise
 EFFECT_PENALTY_DIV = 6 * SD_DIV * math.sqrt(2)  # distance − matching control: two ensembles' noise
 SHIFT_MARGIN, SHIFT_NLL_MARGIN = claims.DEFAULTS["shift_margin"], claims.DEFAULTS["shift_nll_margin"]
 SD_AUROC = 0.005  # an ensemble's AUROC of mutual information, per seed
@@ -111,10 +113,21 @@ class World:
         return np.round(acc * images) / images
 
     def add(
-        self, run, families, control, dist, test_mean, drop=None, n=EPOCHS, barrier=None, cos=(0.3, 0.5), **columns
+        self,
+        run,
+        families,
+        control,
+        dist,
+        test_mean,
+        drop=None,
+        n=EPOCHS,
+        barrier=None,
+        cos=(0.3, 0.5),
+        norm=10.0,
+        **columns,
     ):
         """cos: the run's (step_cos, radial_cos), each a number or per (study, seed), every epoch
-        but the first (NaN)."""
+        but the first (NaN); norm: its weight_norm, a number or per (study, seed), every epoch."""
         params = {
             "strength": 10.0,
             "kernel": "rbf",
@@ -155,6 +168,7 @@ class World:
                         name: np.where(k == 0, np.nan, np.broadcast_to(np.asarray(v)[..., None], k.shape)).ravel()
                         for name, v in zip(("step_cos", "radial_cos"), cos)
                     },
+                    "weight_norm": np.broadcast_to(np.asarray(norm, float)[..., None], k.shape).ravel(),
                     "val_acc": val.ravel(),
                     "test_acc": test.ravel(),
                     "train_ce": 0.1,
@@ -175,7 +189,7 @@ class World:
                 )
             )
 
-    def control(self, run, families, lr=0.01, schedule="constant", n=EPOCHS, test=0.9, growth=None):
+    def control(self, run, families, lr=0.01, schedule="constant", n=EPOCHS, test=0.9, growth=None, norm=10.0):
         growth = 0.2 + self.noise(SD_RATIO) if growth is None else growth
         dist = _curve(
             n, 1 + self.seed_dist + self.noise(SD_DIST), growth, 0.5 + self.noise(SD_RATIO), 0.05 + self.noise(0.005)
@@ -193,6 +207,7 @@ class World:
             n=n,
             barrier=0.1 + self.noise(0.01),
             cos=(0.3 + self.noise(SD_COS), 0.5),
+            norm=norm,
         )
 
     def penalized(
@@ -317,6 +332,13 @@ class World:
         for n in (10, 20, 40):
             self.control(f"Ce{n}", ["epochs"], n=n)
             self.penalized(f"E{n}", ["epochs"], f"Ce{n}", n=n, epochs=n)
+        # from_init: each seed's initial weights set its norm (shared by the run and its control); the
+        # penalty's final weight_norm above the control's; its accuracy (exploratory) shown
+        seed_norm = 10 + self.rng.normal(0, 1, self.shape)
+        self.control("CI", ["from_init"], norm=seed_norm + self.noise(SD_NORM))
+        for s in (10.0, 100.0):
+            norm = seed_norm + e * EFFECT_NORM + self.noise(SD_NORM)
+            self.penalized(f"I{s:g}", ["from_init"], "CI", strength=s, norm=norm, acc=-0.01)
 
     def tables(self):
         runs = pd.concat(self.frames, ignore_index=True)

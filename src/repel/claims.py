@@ -379,10 +379,21 @@ class Tables:
         direction = runs if "step_cos" in runs else runs.assign(step_cos=math.nan, radial_cos=math.nan)
         out["mean_step_cos"] = direction.groupby(key)["step_cos"].mean()
         out["early_radial"] = direction[pos < s["early_epochs"]].groupby(key)["radial_cos"].mean()
+        # the weights' norm at the end (NaN in tables from before it was measured)
+        out["final_norm"] = last["weight_norm"].mean() if "weight_norm" in runs else math.nan
         gone = out["diverged"].to_numpy()
         out.loc[
             gone,
-            ["final_dist", "final_test", "final_val", "half_ratio", "growth_ratio", "mean_step_cos", "early_radial"],
+            [
+                "final_dist",
+                "final_test",
+                "final_val",
+                "half_ratio",
+                "growth_ratio",
+                "mean_step_cos",
+                "early_radial",
+                "final_norm",
+            ],
         ] = math.nan
         return out
 
@@ -813,6 +824,16 @@ def release_stays(t: Tables) -> pd.DataFrame:
     }
     notes = pd.concat(shown.values()).groupby(level=CELL).agg("; ".join) if shown else ""
     return _add_note(_add_note(combine(parts), notes), t.diverged_note(points.index))
+
+
+def from_init_norm(t: Tables) -> pd.DataFrame:
+    points = t.points("from_init")
+    return _add_note(_paired_parts(t, points, "final_norm", +1, "strength", _s), t.diverged_note(points.index))
+
+
+def from_init_accuracy(t: Tables) -> pd.DataFrame:
+    points = t.points("from_init")
+    return _add_note(_paired_parts(t, points, "final_test", +1, "strength", _s), t.diverged_note(points.index))
 
 
 def _ratio_text(what: str) -> Callable[[float], str]:
@@ -1275,6 +1296,30 @@ CLAIMS = [
         ("return_margin", "last_epochs", "confidence"),
         _family_figure("release"),
         release_stays,
+    ),
+    Claim(
+        "from_init.norm",
+        "from_init",
+        "With the penalty from initialization the weights end larger than without it (the source's to-do: "
+        "'distance kernel for 0 epoch to show weight size').",
+        f"per s, per seed: final weight_norm ‖θ‖₂ (penalty) − final weight_norm (its control, from the same "
+        f"initial weights); {FINAL}",
+        PARTS + PAIRED_UP,
+        ("last_epochs", "confidence"),
+        _family_figure("from_init"),
+        from_init_norm,
+    ),
+    Claim(
+        "from_init.accuracy",
+        "from_init",
+        "Trained from initialization with the penalty, the run reaches its control's test accuracy.",
+        f"per s, per seed: final test_acc (penalty) − final test_acc (its control, from the same initial weights); "
+        f"{FINAL}",
+        EXPLORATORY,
+        ("last_epochs", "confidence"),
+        _family_figure("from_init"),
+        from_init_accuracy,
+        exploratory=True,
     ),
     Claim(
         "ensemble.penalty_diversity",

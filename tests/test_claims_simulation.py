@@ -60,6 +60,7 @@ EFFECT_GAIN, SD_GAIN = 0.01, 0.001
 SD_DIV = DIV_MARGIN / 6
 SD_RELEASE, RELEASE_AFTER = 0.02, 5  # a released run's final / at-release distance, per seed
 SD_COS = 0.01  # a run's mean step_cos or early radial_cos, per seed
+SD_LOG_RR = 0.05  # log ratio of ratios (function / weights, run / control), per seed
 SD_NORM = 0.05  # a run's final weight_norm, per seed
 EFFECT_NORM = 6 * SD_NORM * math.sqrt(2)  # penalty − control: two runs' noise
 EFFECT_PENALTY_DIV = 6 * SD_DIV * math.sqrt(2)  # distance − matching control: two ensembles' noise
@@ -332,6 +333,17 @@ class World:
         for n in (10, 20, 40):
             self.control(f"Ce{n}", ["epochs"], n=n)
             self.penalized(f"E{n}", ["epochs"], f"Ce{n}", n=n, epochs=n)
+        # function vs weights: the control's disagreement with the checkpoint per seed, the baseline's
+        # that times its weight ratio to the control times exp(log ratio of ratios); null: log 0
+        last = claims.DEFAULTS["last_epochs"]
+        frames = {f["run"].iat[0]: f for f in self.frames}
+        dist = {r: frames[r]["dist"].to_numpy().reshape(STUDIES, SEEDS, EPOCHS)[..., -last:].mean(-1) for r in "CB"}
+        weights = dist["B"] / dist["C"]
+        disagree = {"C": 0.1 * np.exp(self.noise(0.1))}
+        disagree["B"] = disagree["C"] * weights * np.exp(-e * 6 * SD_LOG_RR + self.noise(SD_LOG_RR))
+        for r in "CB":
+            frames[r]["func_disagree"] = np.repeat(disagree[r].ravel(), EPOCHS)
+            frames[r]["func_kl"] = np.repeat((disagree[r] ** 2).ravel(), EPOCHS)
         # from_init: each seed's initial weights set its norm (shared by the run and its control); the
         # penalty's final weight_norm above the control's; its accuracy (exploratory) shown
         seed_norm = 10 + self.rng.normal(0, 1, self.shape)

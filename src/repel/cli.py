@@ -185,6 +185,7 @@ OPTIONS = {  # name: its options, one a line
         --pairs=ensemble_pairs.parquet: pairwise diversity
         --averages=weight_averages.parquet: each weight-averaged model beside its ensemble
         --claims=claims.parquet written by claims: the verdicts as one figure
+        --function=metrics.parquet: function distance against weight distance (function_vs_weights.<format>)
         --out-dir!=directory for the figures
         --formats*=file formats to write (png, pdf)""",
     "plot-method": """

@@ -168,6 +168,7 @@ OPTIONS = {  # name: its options, one a line
         --weights*!=theta: each run's final.pt
         --run*!=run id per --weights file, recorded
         --out*!=the landscape table to write (.parquet), one per --run
+        --controls*=each run's control's final.pt, one per --weights: their function distance on the test split
         {LANDSCAPE}
         {DEVICE}""",
     "ensembles": """--predictions*!=files written by predict

@@ -331,13 +331,35 @@ def landscape(args) -> None:
             f"give one --run and one --out per --weights file: {len(args.weights)} weights, "
             f"{len(args.run)} runs, {len(args.out)} outputs"
         )
-    lines = [
-        ({"run": run}, out, [args.checkpoint, weights]) for run, out, weights in zip(args.run, args.out, args.weights)
-    ]
+    if args.controls and len(args.controls) != len(args.weights):
+        raise ValueError(f"give one --controls file per --weights file: {len(args.weights)} and {len(args.controls)}")
 
     def load(path):
         return ckpt["model"] if path == args.checkpoint else checkpoint.load_weights(path, ckpt["arch"])
 
     model = models.from_arch(ckpt["arch"]).to(device)
-    splits = {split: data_mod.DeviceData(prepared, split, device) for split in ("train", "val")}
+    splits = {split: data_mod.DeviceData(prepared, split, device) for split in ("train", "val", "test")}
+    columns = [{"run": run} for run in args.run]
+    if args.controls:  # here, where the network and the data are loaded anyway: no job of its own
+        for row, weights, control in zip(columns, args.weights, args.controls):
+            row.update(function_distance(model, load(weights), load(control), splits["test"]))
+    lines = [(row, out, [args.checkpoint, weights]) for row, out, weights in zip(columns, args.out, args.weights)]
     lines_of.write_lines(prepared, ckpt, lines, load, model, splits, args.steps, args.bn_batches, log)
+
+
+def function_distance(model, state: dict, control: dict, data) -> dict:
+    """A run's distance in function space to its control on a split (docs/DESIGN.md): the share of
+    images whose top-1 labels differ, and the mean KL(p_control || p_run), each model in eval mode
+    with its own weights and BatchNorm statistics."""
+    from .train import log_probs
+
+    outs = []
+    for weights in (control, state):
+        model.load_state_dict(weights)
+        model.eval()
+        outs.append(log_probs(lambda x: model(x).unsqueeze(0), data)[0].double())
+    ref, log_p = outs
+    return {
+        "func_disagree_control": (ref.argmax(-1) != log_p.argmax(-1)).double().mean().item(),
+        "func_kl_control": (ref.exp() * (ref - log_p)).sum(-1).mean().item(),
+    }

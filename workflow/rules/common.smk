@@ -92,6 +92,25 @@ def get_start_checkpoint(wildcards):
     return start_checkpoint(wildcards.dataset, wildcards.model, wildcards.seed, wildcards.run)
 
 
+def control_weights(dataset, model, seed, run):
+    """The final weights of a run's control (the same training and seed, s = 0; a control's own)."""
+    return res(f"continue/{dataset}/{model}/{RUNS[run]['spec'].control().id}/seed{seed}/final.pt")
+
+
+def get_control_weights(wildcards):
+    return control_weights(wildcards.dataset, wildcards.model, wildcards.seed, wildcards.run)
+
+
+def get_pack_controls(runs, seed):
+    """For a landscape pack's `--controls`: each run's control's weights, in the runs' order (an input
+    list may drop repeats, so they go as a parameter and the files as input)."""
+
+    def controls(wildcards):
+        return " ".join(control_weights(wildcards.dataset, wildcards.model, seed, run) for run in runs)
+
+    return controls
+
+
 def get_optimizer_args():
     """The base's SGD settings, shared by base training and its continuations."""
     b = config["base"]

@@ -50,6 +50,7 @@ wildcard_constraints:
 localrules:
     all,
     prepare_data,
+    init_base,
     aggregate,
     aggregate_landscape,
     evaluate_ensembles,

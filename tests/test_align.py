@@ -129,11 +129,15 @@ def test_predict_stores_the_aligned_distances_of_a_permuted_copy(digits, name):
     assert d[0, 2] < plain[0, 2]
 
 
-def test_the_summary_takes_the_aligned_distance_of_the_last_epoch_and_nan_for_older_tables():
+def test_the_summary_takes_the_aligned_distance_of_the_last_epoch_and_nan_for_older_tables(tmp_path):
     import pandas as pd
 
     from repel import spec
-    from repel.aggregate import summarize
+    from repel.aggregate import combine, summarize
+
+    def labelled(frame):  # as aggregate reads a run's metrics.parquet
+        frame.to_parquet(tmp_path / "metrics.parquet")
+        return combine([tmp_path / "metrics.parquet"], {})
 
     run = spec.Run.of({"strength": 10, "gamma": 0.01, "epochs": 2})
     rows = [
@@ -159,14 +163,6 @@ def test_the_summary_takes_the_aligned_distance_of_the_last_epoch_and_nan_for_ol
     assert summary["final_aligned_dist"].tolist() == [1.5] and summary["final_dist"].tolist() == [3.0]
     older = summarize(labelled(pd.DataFrame(rows)))
     assert older["final_aligned_dist"].isna().all()
-
-
-def labelled(frame):
-    """The label and control columns aggregate.combine adds when it reads the files."""
-    df = frame.copy()
-    df["label"] = df["run"]
-    df["control"] = df["control"].where(df["phase"] == "continue", df["run"])
-    return df
 
 
 def test_the_aligned_member_line_to_a_permuted_copy_is_flat(digits, tmp_path):

@@ -98,7 +98,10 @@ def curves(p: dict, seed: int, flip: bool) -> dict:
     radial_cos = np.full(EPOCHS, (0.5 if flip or s < 100 else 0.95) + 0.01 * seed)
     step_cos[0] = radial_cos[0] = math.nan  # no earlier step, no displacement yet
     out = {"dist": dist + jitter, "val_acc": val_acc, "train_ce": train_ce}
-    return out | {"step_cos": step_cos, "radial_cos": radial_cos}
+    # in function space √ of the weights' distance: N times farther in weights is √N times in function,
+    # a ratio of ratios N^-½: < 1 where the run is farther than its control, > 1 where it is nearer (flipped)
+    func = {"func_disagree": 0.05 * np.sqrt(out["dist"]), "func_kl": 0.01 * out["dist"]}
+    return out | {"step_cos": step_cos, "radial_cos": radial_cos} | func
 
 
 def metrics_table(flip=False, seeds=SEEDS, dataset="digits", model="cnn", runs=RUNS, diverge=()) -> pd.DataFrame:
@@ -145,6 +148,8 @@ def metrics_table(flip=False, seeds=SEEDS, dataset="digits", model="cnn", runs=R
                         "dist": math.nan if diverged else c["dist"][k],
                         "step_cos": c["step_cos"][k],
                         "radial_cos": c["radial_cos"][k],
+                        "func_disagree": c["func_disagree"][k],
+                        "func_kl": c["func_kl"][k],
                         "diverged": diverged,
                     }
                 )
@@ -448,6 +453,21 @@ def test_one_seed_is_inconclusive(one_seed, claim):
     assert row["verdict"] == "inconclusive"
     assert row["seeds"] <= 1
     assert "1 seed" in row["note"] or "no method has 2 ensembles" in row["note"]
+
+
+def test_function_vs_weights_is_the_log_ratio_of_ratios_by_hand(as_claimed):
+    row = as_claimed.set_index("claim").loc["function.vs_weights"]
+    # func = 0.05 √dist, so per seed log rr = ½ log(d_run / d_control) − log(d_run / d_control) = −½ log N,
+    # N from the final distances (the mean over the last 5 epochs, as in baseline.farther)
+    t = np.arange(16, 21)
+    log_rr = []
+    for k in SEEDS:
+        jitter = 0.002 * k * np.sqrt(t)
+        run = 4 * (1 - np.exp(-t)) * (1 + 0.01 * k) + jitter
+        control = 0.05 * t * (1 + 0.01 * k) + jitter
+        log_rr.append(np.log(np.sqrt(run).mean() / np.sqrt(control).mean()) - np.log(run.mean() / control.mean()))
+    assert row["value"] == pytest.approx(np.mean(log_rr), rel=1e-9)
+    assert row["value"] < 0 and f"ratio of ratios {math.exp(np.mean(log_rr)):.3g}" in row["value_text"]
 
 
 def test_baseline_farther_interval_by_hand(as_claimed):

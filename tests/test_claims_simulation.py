@@ -62,6 +62,9 @@ EFFECT_GAIN, SD_GAIN = 0.01, 0.001
 SD_DIV = DIV_MARGIN / 6
 SD_RELEASE, RELEASE_AFTER = 0.02, 5  # a released run's final / at-release distance, per seed
 SD_COS = 0.01  # a run's mean step_cos or early radial_cos, per seed
+SD_LOG_RR = 0.05  # log ratio of ratios (function / weights, run / control), per seed
+SD_NORM = 0.05  # a run's final weight_norm, per seed
+EFFECT_NORM = 6 * SD_NORM * math.sqrt(2)  # penalty − control: two runs' noise
 EFFECT_PENALTY_DIV = 6 * SD_DIV * math.sqrt(2)  # distance − matching control: two ensembles' noise
 SHIFT_MARGIN, SHIFT_NLL_MARGIN = claims.DEFAULTS["shift_margin"], claims.DEFAULTS["shift_nll_margin"]
 SYMMETRY = claims.DEFAULTS["symmetry_share"]
@@ -116,10 +119,21 @@ class World:
         return np.round(acc * images) / images
 
     def add(
-        self, run, families, control, dist, test_mean, drop=None, n=EPOCHS, barrier=None, cos=(0.3, 0.5), **columns
+        self,
+        run,
+        families,
+        control,
+        dist,
+        test_mean,
+        drop=None,
+        n=EPOCHS,
+        barrier=None,
+        cos=(0.3, 0.5),
+        norm=10.0,
+        **columns,
     ):
         """cos: the run's (step_cos, radial_cos), each a number or per (study, seed), every epoch
-        but the first (NaN)."""
+        but the first (NaN); norm: its weight_norm, a number or per (study, seed), every epoch."""
         params = {
             "strength": 10.0,
             "kernel": "rbf",
@@ -160,6 +174,7 @@ class World:
                         name: np.where(k == 0, np.nan, np.broadcast_to(np.asarray(v)[..., None], k.shape)).ravel()
                         for name, v in zip(("step_cos", "radial_cos"), cos)
                     },
+                    "weight_norm": np.broadcast_to(np.asarray(norm, float)[..., None], k.shape).ravel(),
                     "val_acc": val.ravel(),
                     "test_acc": test.ravel(),
                     "train_ce": 0.1,
@@ -180,7 +195,7 @@ class World:
                 )
             )
 
-    def control(self, run, families, lr=0.01, schedule="constant", n=EPOCHS, test=0.9, growth=None):
+    def control(self, run, families, lr=0.01, schedule="constant", n=EPOCHS, test=0.9, growth=None, norm=10.0):
         growth = 0.2 + self.noise(SD_RATIO) if growth is None else growth
         dist = _curve(
             n, 1 + self.seed_dist + self.noise(SD_DIST), growth, 0.5 + self.noise(SD_RATIO), 0.05 + self.noise(0.005)
@@ -198,6 +213,7 @@ class World:
             n=n,
             barrier=0.1 + self.noise(0.01),
             cos=(0.3 + self.noise(SD_COS), 0.5),
+            norm=norm,
         )
 
     def penalized(
@@ -322,6 +338,24 @@ class World:
         for n in (10, 20, 40):
             self.control(f"Ce{n}", ["epochs"], n=n)
             self.penalized(f"E{n}", ["epochs"], f"Ce{n}", n=n, epochs=n)
+        # function vs weights: the control's disagreement with the checkpoint per seed, the baseline's
+        # that times its weight ratio to the control times exp(log ratio of ratios); null: log 0
+        last = claims.DEFAULTS["last_epochs"]
+        frames = {f["run"].iat[0]: f for f in self.frames}
+        dist = {r: frames[r]["dist"].to_numpy().reshape(STUDIES, SEEDS, EPOCHS)[..., -last:].mean(-1) for r in "CB"}
+        weights = dist["B"] / dist["C"]
+        disagree = {"C": 0.1 * np.exp(self.noise(0.1))}
+        disagree["B"] = disagree["C"] * weights * np.exp(-e * 6 * SD_LOG_RR + self.noise(SD_LOG_RR))
+        for r in "CB":
+            frames[r]["func_disagree"] = np.repeat(disagree[r].ravel(), EPOCHS)
+            frames[r]["func_kl"] = np.repeat((disagree[r] ** 2).ravel(), EPOCHS)
+        # from_init: each seed's initial weights set its norm (shared by the run and its control); the
+        # penalty's final weight_norm above the control's; its accuracy (exploratory) shown
+        seed_norm = 10 + self.rng.normal(0, 1, self.shape)
+        self.control("CI", ["from_init"], norm=seed_norm + self.noise(SD_NORM))
+        for s in (10.0, 100.0):
+            norm = seed_norm + e * EFFECT_NORM + self.noise(SD_NORM)
+            self.penalized(f"I{s:g}", ["from_init"], "CI", strength=s, norm=norm, acc=-0.01)
 
     def tables(self):
         runs = pd.concat(self.frames, ignore_index=True)

@@ -168,6 +168,14 @@ GRID_CASES = {
         "ensembles, method sgdr: eta_min 0.05 (from continuation.defaults) >= lr 0.01 (from continuation.defaults): "
         "the cosine_restarts schedule would never lower the lr",
     ),
+    "ensemble_from_init": (
+        lambda c: (
+            c["continuation"]["defaults"].update(start="init"),
+            c.update(ensembles={"members": 2, "cycle": 1, "strength": 10, "seeds": [0, 1]}),
+        ),
+        "ensembles, method distance: start is init (from continuation.defaults): the ensemble methods start from "
+        "the base checkpoint",
+    ),
     "fge_divides": (  # a budget of 3 x 2 = 6 epochs, cycles of 4
         lambda c: (
             c["continuation"]["defaults"].update(epochs=8),

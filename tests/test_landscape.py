@@ -127,3 +127,27 @@ def test_barrier_needs_both_endpoints():
         barrier(df.assign(alpha=[0.5, 1.0]))
     with pytest.raises(ValueError, match="'loss' column"):
         barrier(pd.DataFrame({"alpha": [0.0, 1.0]}))
+
+
+def test_the_function_distance_to_the_control_by_hand(trained, digits):
+    """func_disagree_control and func_kl_control, against the softmax of one full-batch forward pass
+    and scipy's KL (entropy(p, q) = sum p log(p / q))."""
+    from scipy.stats import entropy
+
+    from repel.jobs import function_distance
+
+    theta_c, theta, _, test = trained
+    model = _cnn(seed=7)
+    got = function_distance(model, theta, theta_c, test)
+    probs = []
+    for state in (theta_c, theta):
+        model.load_state_dict(state)
+        model.eval()
+        with torch.no_grad():
+            probs.append(torch.softmax(model(test.normalize(test.x)), -1))  # all images in one pass
+    p_c, p = (q.double().numpy() for q in probs)
+    assert got["func_disagree_control"] == pytest.approx((p_c.argmax(1) != p.argmax(1)).mean(), abs=1e-12)
+    assert got["func_kl_control"] == pytest.approx(entropy(p_c, p, axis=1).mean(), rel=1e-4)
+    assert got["func_kl_control"] > 0
+    same = function_distance(model, theta, theta, test)
+    assert same == {"func_disagree_control": 0.0, "func_kl_control": 0.0}

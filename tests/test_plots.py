@@ -386,3 +386,29 @@ def test_each_strength_is_a_line_of_its_own_labelled_with_its_s():
     assert [list(np.round(y, 6)) for y in means] == [[0.61, 0.62], [0.71, 0.72], [0.81, 0.82], [0.51, 0.52]]
     assert plots.method_label("sgdr_distance_s100") == "sgdr_distance, s=100"
     assert plots.method_label("distance") == "distance"  # one strength: the plain name
+
+
+def test_function_vs_weights_draws_each_run_against_its_controls_proportionality_line():
+    df = metrics()
+    df["control"] = np.where(df["phase"] == "continue", CONTROL, "base")
+    fig = plots.function_vs_weights_figure(df)
+    ax, kl = fig.axes[:2]
+    # the last epoch (since = 20): the control at (2, 0.2) and PUSHED at (10, 0.4), each seed a point
+    points = sorted(tuple(xy) for c in ax.collections for xy in c.get_offsets().tolist())
+    assert points == [(2.0, 0.2)] * 2 + [(10.0, 0.4)] * 2
+    (line,) = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    x, y = line.get_data()
+    np.testing.assert_allclose(y, 0.2 * np.asarray(x) / 2.0)  # f = f_c · d / d_c through the control
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    assert "no run has func_kl" in kl.texts[0].get_text()  # the table has no func_kl
+
+
+def test_a_curve_from_the_initial_weights_has_no_base_value_to_start_from():
+    df = metrics()
+    base, rows = df[df["phase"] == "base"], df[(df["run"] == PUSHED) & (df["phase"] == "continue")]
+    start = plots._start(base, rows, "val_acc")
+    assert start["epoch"].tolist() == [CHECKPOINT] * 2
+    np.testing.assert_allclose(start["val_acc"], [0.94, 0.94])  # the base's value at epoch 10
+    from_init = plots._start(base, rows.assign(checkpoint_epoch=0), "val_acc")
+    assert from_init.empty  # nothing was measured at epoch 0
+    assert plots._start(base, rows.assign(checkpoint_epoch=0), "dist")["dist"].tolist() == [0.0, 0.0]

@@ -2,6 +2,7 @@
 config/README.md's key table agree with it, a run is checked and normalised as declared, and no
 code recovers a parameter from a run id."""
 
+import json
 import re
 from pathlib import Path
 
@@ -124,8 +125,24 @@ def test_the_single_hill_twin_and_the_columns_come_from_the_spec():
     columns = run.columns()
     assert columns["run"] == run.id and columns["control"] == "s0_lr0.1-const-e9"
     assert columns["lr_init"] == 0.1 and "lr" not in columns  # `lr` is each epoch's own
-    assert set(columns) == {"run", "control", *spec.GRID_COLUMNS}
+    # a quiet key (start) at its default is no column: the tables of runs made before it stay as they were
+    assert set(columns) == {"run", "control", *spec.GRID_COLUMNS} - {"start"}
     assert spec.Run.from_json(run.to_json()) == run
+
+
+def test_a_run_from_initialization_is_another_run_and_the_default_start_changes_no_run():
+    values = {"strength": 3, "gamma": 0.01, "epochs": 9}
+    run, init = spec.Run.of(values), spec.Run.of({**values, "start": "init"})
+    assert spec.Run.of({**values, "start": "checkpoint"}) == run
+    # the id, the job's spec and the columns of a default run are those of a run made before `start` existed
+    assert run.id == "s3-rbf-g0.01_lr0.01-const-e9" and "start" not in json.loads(run.to_json())
+    assert "start" not in run.columns()
+    assert init.id == "s3-rbf-g0.01_init-lr0.01-const-e9"
+    assert init.control().id == "s0_init-lr0.01-const-e9"  # its control starts where it starts
+    assert init.training_part() != run.training_part()  # another checkpoint: never one pack
+    assert json.loads(init.to_json())["start"] == "init" and init.columns()["start"] == "init"
+    assert spec.Run.from_json(init.to_json()) == init
+    assert spec.label("start", "init") == "from initialization"
 
 
 def test_labels_read_as_the_legends_do():

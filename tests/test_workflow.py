@@ -463,6 +463,7 @@ STUDY_NEW_POINTS = {
     "epochs": 6,  # s10 and s0 at 100, 200, 400 epochs (800 is the baseline)
     "release": 4,  # s10 and s100 released after 50 and after 200 epochs (their control is the baseline's)
     "longer": 3,  # s100 and gamma 1e-4 at 1600 epochs, and their control s0 at 1600
+    "from_init": 3,  # s10 and s100 from the initial weights, and their control s0 from them
 }
 
 
@@ -483,6 +484,7 @@ def test_the_study_config_expands_to_every_grid_point_seed_model_and_dataset(tmp
     ensemble_runs = (2 * strengths + 3) * seeds + len(study["ensembles"]["seeds"])
     training = ["continue_run", "continue_run_snapshots", "continue_run_fge", "continue_run_swa"]
     assert jobs["train_base"] == cells * 4  # seeds 0-2, and 3 for the independent ensemble
+    assert jobs["init_base"] == cells * seeds  # the initial weights of the seeds from_init runs on
     assert sum(jobs[rule] for rule in training) == cells * (points * seeds + ensemble_runs)
     # distance and SGDR + distance at each strength, SGDR, on each seed; the independent run keeps its
     # snapshots on each of its 4 seeds (the first seeds' are the matching control's members)
@@ -493,7 +495,9 @@ def test_the_study_config_expands_to_every_grid_point_seed_model_and_dataset(tmp
     # are one group of M = 4
     assert jobs["predict"] == cells * ((2 * strengths + 4) * seeds + 1)
     assert jobs["plot_family"] == len(study["continuation"]["families"])
-    assert set(study["continuation"]["families"]) == set(STUDY_NEW_POINTS) == FAMILIES | {"release", "longer"}
+    assert (
+        set(study["continuation"]["families"]) == set(STUDY_NEW_POINTS) == FAMILIES | {"release", "longer", "from_init"}
+    )
 
 
 # every family of the study, and how many grid points (with their controls) it has in the default config

@@ -11,6 +11,7 @@ from . import spec, storage
 
 RUN_KEYS = ["dataset", "model", "run"]
 GRID_COLUMNS = ["label", *spec.GRID_COLUMNS]
+QUIET_COLUMNS = {spec.column(name): spec.DEFAULTS[name] for name in spec.QUIET}  # absent: the default
 FINAL_METRICS = {
     "val_acc": "final_val_acc",
     "test_acc": "final_test_acc",
@@ -24,7 +25,7 @@ def read_run(path) -> pd.DataFrame:
     df = storage.read_parquet(path, "metrics")
     needed = ["phase", "run", "seed", "epoch"]
     if "phase" in df and (df["phase"] == "continue").any():
-        needed += ["control", *spec.GRID_COLUMNS]
+        needed += ["control", *(c for c in spec.GRID_COLUMNS if c not in QUIET_COLUMNS)]
     if missing := [c for c in needed if c not in df]:
         raise storage.BadFileError(
             path,
@@ -45,6 +46,9 @@ def combine(paths, labels: dict[str, str]) -> pd.DataFrame:
     if "control" not in df:
         raise ValueError("no continuation run's metrics among the inputs; give at least one run's metrics.parquet")
     df["control"] = df["control"].where(is_run, df["run"])  # a base training is its own reference
+    for col, default in QUIET_COLUMNS.items():  # a quiet key at its default has no value in its run's table
+        given = df[col] if col in df else pd.Series(None, index=df.index, dtype=object)
+        df[col] = given.where(~is_run | given.notna(), default)
     return df.sort_values(["dataset", "model", "seed", "phase", "run", "epoch"], ignore_index=True)
 
 

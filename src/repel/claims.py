@@ -390,10 +390,25 @@ class Tables:
         direction = runs if "step_cos" in runs else runs.assign(step_cos=math.nan, radial_cos=math.nan)
         out["mean_step_cos"] = direction.groupby(key)["step_cos"].mean()
         out["early_radial"] = direction[pos < s["early_epochs"]].groupby(key)["radial_cos"].mean()
+        # the weights' norm and the function's distance to the checkpoint at the end (NaN in tables
+        # from before they were measured)
+        for col, name in (("weight_norm", "final_norm"), ("func_disagree", "final_disagree"), ("func_kl", "final_kl")):
+            out[name] = last[col].mean() if col in runs else math.nan
         gone = out["diverged"].to_numpy()
         out.loc[
             gone,
-            ["final_dist", "final_test", "final_val", "half_ratio", "growth_ratio", "mean_step_cos", "early_radial"],
+            [
+                "final_dist",
+                "final_test",
+                "final_val",
+                "half_ratio",
+                "growth_ratio",
+                "mean_step_cos",
+                "early_radial",
+                "final_norm",
+                "final_disagree",
+                "final_kl",
+            ],
         ] = math.nan
         return out
 
@@ -823,6 +838,42 @@ def release_stays(t: Tables) -> pd.DataFrame:
         for name, v in _by_param(control, named, "part", str).items()
     }
     notes = pd.concat(shown.values()).groupby(level=CELL).agg("; ".join) if shown else ""
+    return _add_note(_add_note(combine(parts), notes), t.diverged_note(points.index))
+
+
+def from_init_norm(t: Tables) -> pd.DataFrame:
+    points = t.points("from_init")
+    return _add_note(_paired_parts(t, points, "final_norm", +1, "strength", _s), t.diverged_note(points.index))
+
+
+def from_init_accuracy(t: Tables) -> pd.DataFrame:
+    points = t.points("from_init")
+    return _add_note(_paired_parts(t, points, "final_test", +1, "strength", _s), t.diverged_note(points.index))
+
+
+def _log_ratio(t: Tables, runs: pd.DataFrame, col: str) -> pd.Series:
+    """Per (run, seed): log(stats[col] of the run / of its control); NaN where either is not > 0."""
+    both = t.against(runs, col)
+    mine, theirs = both["d"] + both["c"], both["c"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(mine / theirs).where((mine > 0) & (theirs > 0))
+
+
+def function_vs_weights(t: Tables) -> pd.DataFrame:
+    """log((disagree_run / disagree_control) / (dist_run / dist_control)) per seed, < 0: a run N times
+    farther from θ_c in weights than its control is less than N times farther in function."""
+    points = t.points("baseline")
+    log_rr = _log_ratio(t, points, "final_disagree") - _log_ratio(t, points, "final_dist")
+    # the interval is on the log scale, as the test: the text says both
+    fmt = lambda v: "" if not np.isfinite(v) else f"log {v:+.3g} (ratio of ratios {math.exp(v):.3g})"  # noqa: E731
+    parts = {
+        name: t_test(v, 0.0, -1, t.s["confidence"], t.cells, fmt)
+        for name, v in _by_param(log_rr.dropna(), points, "strength", _s).items()
+    }
+    if not parts:
+        return _blank(t.cells, "not run", "family 'baseline' has no run with func_disagree > 0 and its control's")
+    kl = (_log_ratio(t, points, "final_kl") - _log_ratio(t, points, "final_dist")).groupby(level=CELL).mean()
+    notes = kl.map(lambda v: f"with func_kl instead: ratio of ratios {math.exp(v):.3g}" if np.isfinite(v) else "")
     return _add_note(_add_note(combine(parts), notes), t.diverged_note(points.index))
 
 
@@ -1415,6 +1466,43 @@ CLAIMS = [
         ("symmetry_share", "confidence"),
         "plots/ensemble_disagreement.png",
         symmetry_continuation,
+    ),
+    Claim(
+        "function.vs_weights",
+        "baseline",
+        "Far in weights is near in function: a run N times farther from the checkpoint than its control is less "
+        "than N times farther in function space (the source: networks far apart 'predict the same').",
+        "per seed: log of the ratio of ratios (final func_disagree of the run / of its control) / (final dist of "
+        f"the run / of its control), both to the checkpoint θ_c, on the validation split; {FINAL}; shown as the "
+        "ratio of ratios (exp of the mean log); the note gives it with func_kl",
+        _rule("mean log ratio of ratios", "< 0", "> 0"),
+        ("last_epochs", "confidence"),
+        "plots/function_vs_weights.png",
+        function_vs_weights,
+    ),
+    Claim(
+        "from_init.norm",
+        "from_init",
+        "With the penalty from initialization the weights end larger than without it (the source's to-do: "
+        "'distance kernel for 0 epoch to show weight size').",
+        f"per s, per seed: final weight_norm ‖θ‖₂ (penalty) − final weight_norm (its control, from the same "
+        f"initial weights); {FINAL}",
+        PARTS + PAIRED_UP,
+        ("last_epochs", "confidence"),
+        _family_figure("from_init"),
+        from_init_norm,
+    ),
+    Claim(
+        "from_init.accuracy",
+        "from_init",
+        "Trained from initialization with the penalty, the run reaches its control's test accuracy.",
+        f"per s, per seed: final test_acc (penalty) − final test_acc (its control, from the same initial weights); "
+        f"{FINAL}",
+        EXPLORATORY,
+        ("last_epochs", "confidence"),
+        _family_figure("from_init"),
+        from_init_accuracy,
+        exploratory=True,
     ),
     Claim(
         "ensemble.penalty_diversity",

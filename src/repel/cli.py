@@ -171,6 +171,7 @@ OPTIONS = {  # name: its options, one a line
         --weights*!=theta: each run's final.pt
         --run*!=run id per --weights file, recorded
         --out*!=the landscape table to write (.parquet), one per --run
+        --controls*=each run's control's final.pt, one per --weights: their function distance on the test split
         {LANDSCAPE}
         {DEVICE}""",
     "ensembles": """--predictions*!=files written by predict
@@ -188,6 +189,7 @@ OPTIONS = {  # name: its options, one a line
         --pairs=ensemble_pairs.parquet: pairwise diversity
         --averages=weight_averages.parquet: each weight-averaged model beside its ensemble
         --claims=claims.parquet written by claims: the verdicts as one figure
+        --function=metrics.parquet: function distance against weight distance (function_vs_weights.<format>)
         --out-dir!=directory for the figures
         --formats*=file formats to write (png, pdf)""",
     "plot-method": """

@@ -74,6 +74,11 @@ def grid_problems(config: dict) -> list[str]:
         for method, point in grid.ensemble_points(ens, config["seeds"]).items():
             where = f"ensembles, method {method}"
             params = grid.resolve(defaults, point, where).values()
+            if params["start"] == "init":  # their members are numbered and compared after the base's checkpoint
+                problems.append(
+                    f"{where}: start is init (from continuation.defaults): the ensemble methods start from the base "
+                    "checkpoint; set start: init in a family's fixed instead"
+                )
             problems += [
                 f"{where}: {problem}"
                 for problem in point_problems(params, point, defaults, ENSEMBLE_NAMES.get(method, {}))

@@ -66,7 +66,12 @@ def _event_log(args, job_log, dataset: str, model: str, run: str, seed: int) -> 
 def train_config(args, seed: int, spec: Run | None = None) -> TrainConfig:
     """The loop's settings: the base's optimizer (momentum, weight decay, batch), the run's training
     (the base's own lr and epochs without a spec), the seed, and how fast to run."""
-    training = vars(spec.training) if spec is not None else {"epochs": args.epochs, "lr": args.lr}
+    # the loop's settings are the training's but its start, which chose the checkpoint the loop begins at
+    training = (
+        {k: v for k, v in vars(spec.training).items() if k != "start"}
+        if spec is not None
+        else {"epochs": args.epochs, "lr": args.lr}
+    )
     given = {
         key: getattr(args, key) for key in ("momentum", "weight_decay", "batch_size", "amp", "channels_last", "compile")
     }
@@ -82,6 +87,8 @@ def _frame(rows: list[dict], columns: dict):
 
 def train_base(args) -> None:
     args.seed = args.seed or 0  # the default initialisation and data order
+    if args.epochs < 0:
+        raise ValueError(f"--epochs is {args.epochs}: expected >= 0 (0: the checkpoint is the initial weights)")
     device = setup(args)
     prepared = data_mod.load(args.data)
     in_channels, image_size = prepared["train_x"].shape[1], prepared["train_x"].shape[-1]
@@ -95,7 +102,8 @@ def train_base(args) -> None:
     model = models.from_arch(arch).to(device)
     resume = _resume_state(args, args.data)
     job_log = resume.log if resume is not None else log
-    events = _event_log(args, job_log, prepared["name"], args.model, "base", args.seed)
+    # no epoch, no events: the initial weights' job (rule init_base) must not touch the base run's
+    events = _event_log(args, job_log, prepared["name"], args.model, "base", args.seed) if args.epochs else None
     rows, optimizer, generator = fit(
         model,
         prepared,
@@ -108,13 +116,16 @@ def train_base(args) -> None:
     out = Path(args.out_dir)
     columns = {"phase": "base", "dataset": prepared["name"], "model": args.model, "seed": args.seed, "run": "base"}
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
-    checkpoint.save_base(out / "checkpoint.pt", model, optimizer, rows[-1]["epoch"], generator, arch, settings)
+    # --epochs 0: no epoch trained, the checkpoint is the initial weights with a fresh optimizer
+    # and the seed's data order, the state a base training of any length starts from
+    epoch = rows[-1]["epoch"] if rows else 0
+    checkpoint.save_base(out / "checkpoint.pt", model, optimizer, epoch, generator, arch, settings)
     storage.save_parquet(_frame(rows, columns), out / "metrics.parquet")
     if events is not None:
-        events.finish(columns, rows[-1]["epoch"])
+        events.finish(columns, epoch)
     if resume is not None:
         resume.clear()
-    log(f"base checkpoint at epoch {rows[-1]['epoch']} -> {out / 'checkpoint.pt'}")
+    log(f"base checkpoint at epoch {epoch} -> {out / 'checkpoint.pt'}")
 
 
 def _penalty(spec: Run, model) -> DistancePenalty:
@@ -169,7 +180,7 @@ def _finish(args, member: Member, ckpt: dict, prepared: dict, model, rows: list[
     n_params = sum(p.numel() for p in models.trainable_parameters(model))
     storage.save_parquet(_frame(rows, {**columns, "n_params": n_params}), member.out / "metrics.parquet")
     checkpoint.write_run_record(
-        member.out, member.spec.values(), args.checkpoint, {"seed": ckpt["config"]["seed"], "data": str(args.data)}
+        member.out, member.spec.given(), args.checkpoint, {"seed": ckpt["config"]["seed"], "data": str(args.data)}
     )
     if events is not None:  # the grid point's parameters, as its metrics.parquet names them
         events.finish(columns, rows[-1]["epoch"])
@@ -186,6 +197,11 @@ def continue_runs(args, members: list[Member]) -> None:
     device = setup(args)
     prepared = data_mod.load(args.data)
     ckpt = checkpoint.load_base(args.checkpoint)
+    if ckpt["epoch"] != 0 and (init := [m.spec.id for m in members if m.spec.training.start == "init"]):
+        raise ValueError(
+            f"{', '.join(init)}: start is init, but --checkpoint {args.checkpoint} is at epoch {ckpt['epoch']}; "
+            "expected the initial weights (train-base --epochs 0)"
+        )
     nets = [checkpoint.model_from(ckpt, device) for _ in members]
     penalties = [_penalty(m.spec, net) for m, net in zip(members, nets)]
     seed = ckpt["config"]["seed"]
@@ -343,13 +359,35 @@ def landscape(args) -> None:
             f"give one --run and one --out per --weights file: {len(args.weights)} weights, "
             f"{len(args.run)} runs, {len(args.out)} outputs"
         )
-    lines = [
-        ({"run": run}, out, [args.checkpoint, weights]) for run, out, weights in zip(args.run, args.out, args.weights)
-    ]
+    if args.controls and len(args.controls) != len(args.weights):
+        raise ValueError(f"give one --controls file per --weights file: {len(args.weights)} and {len(args.controls)}")
 
     def load(path):
         return ckpt["model"] if path == args.checkpoint else checkpoint.load_weights(path, ckpt["arch"])
 
     model = models.from_arch(ckpt["arch"]).to(device)
-    splits = {split: data_mod.DeviceData(prepared, split, device) for split in ("train", "val")}
+    splits = {split: data_mod.DeviceData(prepared, split, device) for split in ("train", "val", "test")}
+    columns = [{"run": run} for run in args.run]
+    if args.controls:  # here, where the network and the data are loaded anyway: no job of its own
+        for row, weights, control in zip(columns, args.weights, args.controls):
+            row.update(function_distance(model, load(weights), load(control), splits["test"]))
+    lines = [(row, out, [args.checkpoint, weights]) for row, out, weights in zip(columns, args.out, args.weights)]
     lines_of.write_lines(prepared, ckpt, lines, load, model, splits, args.steps, args.bn_batches, log)
+
+
+def function_distance(model, state: dict, control: dict, data) -> dict:
+    """A run's distance in function space to its control on a split (docs/DESIGN.md): the share of
+    images whose top-1 labels differ, and the mean KL(p_control || p_run), each model in eval mode
+    with its own weights and BatchNorm statistics."""
+    from .train import log_probs
+
+    outs = []
+    for weights in (control, state):
+        model.load_state_dict(weights)
+        model.eval()
+        outs.append(log_probs(lambda x: model(x).unsqueeze(0), data)[0].double())
+    ref, log_p = outs
+    return {
+        "func_disagree_control": (ref.argmax(-1) != log_p.argmax(-1)).double().mean().item(),
+        "func_kl_control": (ref.exp() * (ref - log_p)).sum(-1).mean().item(),
+    }

@@ -106,14 +106,16 @@ def _band(ax, df: pd.DataFrame, column: str, color, label: str, **style) -> None
 
 
 def _start(base: pd.DataFrame, rows: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Each seed's curve starts at the checkpoint: distance 0, or the base's last value."""
+    """Each seed's curve starts at the checkpoint: distance 0, or the base's value at the checkpoint's
+    epoch (none for a run from the initial weights, epoch 0, where nothing was measured)."""
     first = rows.groupby("seed").head(1).copy()
     first["epoch"] = first["checkpoint_epoch"]
     if column in START_AT_ZERO:
         first[column] = 0.0
     else:
-        last_base = base.sort_values("epoch").groupby("seed")[column].last()
-        first[column] = first["seed"].map(last_base)
+        at = base.groupby(["seed", "epoch"])[column].last()
+        keys = pd.MultiIndex.from_arrays([first["seed"], first["epoch"]])
+        first[column] = at.reindex(keys).to_numpy()
     return first.dropna(subset=[column])
 
 
@@ -211,8 +213,8 @@ def _curves(ax, panel: pd.DataFrame, column: str, spec: dict) -> None:
     with_base = column not in NOT_IN_BASE and not base.empty
     if with_base:
         _band(ax, base, column, "0.55", "base training", linewidth=1.2)
-    if not base.empty:
-        ax.axvline(base["epoch"].max(), color="0.3", linestyle=":", linewidth=1)
+    for epoch in sorted(runs["checkpoint_epoch"].dropna().unique()):  # the base's, or 0 for a start at init
+        ax.axvline(epoch, color="0.3", linestyle=":", linewidth=1)
     curves = list(_continuations(base, runs, column, spec))
     _draw_runs(ax, curves, column, spec)
     if column == "dist_min":  # dist_min drops after each new checkpoint
@@ -595,6 +597,77 @@ def plot_claims(table: pd.DataFrame, out_dir: Path, formats=("png", "pdf")) -> l
     return _save(claims_figure(table), out_dir, "claims", formats, tight_layout=False)
 
 
+FUNCTION_COLUMNS = ("func_disagree", "func_kl")  # the function distances to θ_c, each a column of the figure
+
+
+def function_vs_weights_figure(metrics: pd.DataFrame):
+    """Each run's final distance to θ_c in function space against its final distance in weights, one
+    point per run and seed, a row per dataset/model; a run and its control share a colour, the control
+    a star, and the dashed line through the control's mean is proportionality (slope 1 on log axes):
+    a run below it is less farther in function than in weights, relative to its control (the claim
+    function.vs_weights)."""
+    runs = metrics[metrics["phase"] == "continue"].sort_values("epoch")
+    final = runs.groupby(["dataset", "model", "run", "seed"], sort=True).tail(1)
+    cells = final[["dataset", "model"]].drop_duplicates().to_numpy().tolist()
+    fig, axes = plt.subplots(
+        max(1, len(cells)),
+        len(FUNCTION_COLUMNS),
+        figsize=(5 * len(FUNCTION_COLUMNS), 3.6 * max(1, len(cells))),
+        squeeze=False,
+    )
+    for row, (dataset, model) in enumerate(cells):
+        cell = final[(final["dataset"] == dataset) & (final["model"] == model)]
+        controls = sorted(cell["control"].dropna().unique())
+        colors = dict(zip(controls, _distinct(POINT_COLORS, "tab20", len(controls))))
+        for ax, column in zip(axes[row], FUNCTION_COLUMNS):
+            shown = cell[(cell["dist"] > 0) & (cell[column] > 0)] if column in cell else cell.iloc[:0]
+            for control, group in shown.groupby("control"):
+                mine = group[group["run"] == control]
+                others = group[group["run"] != control]
+                color = colors[control]
+                ax.scatter(others["dist"], others[column], s=14, color=color, alpha=0.8)
+                ax.scatter(
+                    mine["dist"],
+                    mine[column],
+                    s=60,
+                    marker="*",
+                    color=color,
+                    edgecolor="black",
+                    linewidth=0.5,
+                    label=control.removeprefix("s0_"),
+                )
+                if len(mine):  # proportional to the control: f = f_c · d / d_c
+                    d_c, f_c = mine["dist"].mean(), mine[column].mean()
+                    xs = np.geomspace(max(shown["dist"].min(), 1e-12), shown["dist"].max(), 2)
+                    ax.plot(xs, f_c * xs / d_c, "--", color=color, linewidth=0.8)
+            if len(shown):
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+            else:
+                ax.text(0.5, 0.5, f"no run has {column} > 0", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xlabel("final ‖θ − θ_c‖₂")
+            ax.set_ylabel(f"final {PANELS[column]}")
+            ax.set_title(f"{dataset} / {model}", fontsize=9)
+        handles = {label: h for ax in axes[row] for h, label in zip(*ax.get_legend_handles_labels())}
+        if handles:  # one legend per row, whichever panel drew the controls
+            axes[row][-1].legend(
+                handles.values(),
+                handles.keys(),
+                fontsize=6,
+                title="control (★), its runs (·)",
+                title_fontsize=7,
+                loc="upper left",
+                bbox_to_anchor=(1.02, 1),
+            )
+    return fig
+
+
+def plot_function_vs_weights(metrics: pd.DataFrame, out_dir: Path, formats=("png", "pdf")) -> list[Path]:
+    """The function-vs-weights figure (`function_vs_weights_figure`), out_dir/function_vs_weights.<format>."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _save(function_vs_weights_figure(metrics), out_dir, "function_vs_weights", formats, tight_layout=False)
+
+
 def plot_tables(args) -> None:
     """`repel plot`: the figures its arguments ask for (a family's, the landscape, the ensembles, the claims)."""
     import json
@@ -631,7 +704,9 @@ def plot_tables(args) -> None:
         )
     if args.claims:
         written += plot_claims(storage.read_parquet(args.claims, "claims"), out, formats)
+    if args.function:
+        written += plot_function_vs_weights(storage.read_parquet(args.function, "aggregated metrics"), out, formats)
     if not written:
-        raise ValueError("nothing to plot: give --metrics, --landscape, --ensembles or --claims")
+        raise ValueError("nothing to plot: give --metrics, --landscape, --ensembles, --claims or --function")
     for path in written:
         print(f"wrote {path}", flush=True)

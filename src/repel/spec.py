@@ -19,18 +19,32 @@ from dataclasses import dataclass, field
 KERNELS = ("rbf", "laplacian", "imq", "hinge", "none")
 DISTANCES = ("sum", "mean")
 SCHEDULES = ("constant", "step", "cosine", "cosine_restarts", "cyclic", "swa")
+STARTS = ("checkpoint", "init")
 REQUIRED = None  # the default of a key the config must give (REQUIRED_KEYS)
 REQUIRED_KEYS = ("strength", "epochs")
 
 
 def key(
-    default, doc: str, label: str, *, choices=(), minimum=None, positive=False, column=None, used_by=(), named=None
+    default,
+    doc: str,
+    label: str,
+    *,
+    choices=(),
+    minimum=None,
+    positive=False,
+    column=None,
+    used_by=(),
+    named=None,
+    quiet=False,
 ):
     """One grid key: its default, meaning (with its unit), legend label ('{}' is the value; `named`:
     the label of particular values), the values it takes, its metrics column where the name differs,
     and the schedules it acts in (schedule settings only: elsewhere it is reset to its default, so it
-    changes no run)."""
+    changes no run). `quiet`: a key added after runs were made; at its default it is left out of a
+    job's spec and its table's columns, so those runs keep their commands (nothing re-runs) and
+    their tables (aggregate reads a missing value as the default)."""
     meta = dict(
+        quiet=quiet,
         doc=doc,
         label=label,
         choices=choices,
@@ -82,6 +96,15 @@ class Penalty:
 class Training:
     """How the run moves: SGD (the base's momentum, weight decay and batch) at this lr schedule."""
 
+    start: str = key(
+        "checkpoint",
+        "the weights the run starts from, its θ_c: the base checkpoint, or the seed's initial weights (the "
+        "base's epoch 0, trained from scratch)",
+        "from {}",
+        choices=STARTS,
+        named={"checkpoint": "from the checkpoint", "init": "from initialization"},
+        quiet=True,
+    )
     lr: float = key(0.01, "learning rate (the peak, for cyclic schedules)", "lr={:g}", positive=True, column="lr_init")
     schedule: str = key("constant", "lr schedule, stepped every batch (train.make_scheduler)", "{}", choices=SCHEDULES)
     epochs: int = key(REQUIRED, "epochs after the checkpoint", "{} ep", minimum=1)
@@ -112,6 +135,7 @@ PENALTY_KEYS = tuple(f.name for f in dataclasses.fields(Penalty))
 TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(Training))
 KEYS = PENALTY_KEYS + TRAINING_KEYS
 DEFAULTS = {name: f.default for name, f in FIELDS.items()}
+QUIET = tuple(name for name, f in FIELDS.items() if f.metadata["quiet"])
 TYPES = {name: hint for part in PARTS.values() for name, hint in typing.get_type_hints(part).items()}
 
 
@@ -213,8 +237,12 @@ class Run:
         """Every key's value, flat."""
         return {**dataclasses.asdict(self.penalty), **dataclasses.asdict(self.training)}
 
+    def given(self) -> dict:
+        """Every key's value but a quiet key's default (`key`): what a job is given and writes."""
+        return {n: v for n, v in self.values().items() if not (n in QUIET and v == FIELDS[n].default)}
+
     def to_json(self) -> str:
-        return json.dumps(self.values(), sort_keys=True)
+        return json.dumps(self.given(), sort_keys=True)
 
     def control(self) -> Run:
         """The same training without the penalty."""
@@ -256,15 +284,16 @@ class Run:
             "cyclic": f"cyc{t.t0}min{_num(t.eta_min)}",
             "swa": f"swa{_num(t.eta_min)}",
         }[t.schedule]
-        return f"lr{_num(t.lr)}-{schedule}-e{t.epochs}"
+        # from the initial weights: another start, so another pack; the default adds nothing to the id
+        return ("init-" if t.start == "init" else "") + f"lr{_num(t.lr)}-{schedule}-e{t.epochs}"
 
     def columns(self) -> dict:
         """The run's columns in metrics.parquet (and TensorBoard's HParams): its id, its control's
-        id, and every key under its column name."""
+        id, and every key under its column name (a quiet key only where it is not its default)."""
         return {
             "run": self.id,
             "control": self.control().id,
-            **{column(name): value for name, value in self.values().items()},
+            **{column(name): value for name, value in self.given().items()},
         }
 
 

@@ -81,6 +81,36 @@ envvars:
     "REPEL_RUN_OPTIONS",
 
 
+def start_checkpoint(dataset, model, seed, run):
+    """The checkpoint a run starts from, its θ_c: the base's, or with `start: init` the seed's initial
+    weights (rule init_base). Wildcards may be given as "{dataset}", ... for a rule's own."""
+    name = "init/checkpoint.pt" if RUNS[run]["spec"].training.start == "init" else "checkpoint.pt"
+    return res(f"base/{dataset}/{model}/seed{seed}/{name}")
+
+
+def get_start_checkpoint(wildcards):
+    return start_checkpoint(wildcards.dataset, wildcards.model, wildcards.seed, wildcards.run)
+
+
+def control_weights(dataset, model, seed, run):
+    """The final weights of a run's control (the same training and seed, s = 0; a control's own)."""
+    return res(f"continue/{dataset}/{model}/{RUNS[run]['spec'].control().id}/seed{seed}/final.pt")
+
+
+def get_control_weights(wildcards):
+    return control_weights(wildcards.dataset, wildcards.model, wildcards.seed, wildcards.run)
+
+
+def get_pack_controls(runs, seed):
+    """For a landscape pack's `--controls`: each run's control's weights, in the runs' order (an input
+    list may drop repeats, so they go as a parameter and the files as input)."""
+
+    def controls(wildcards):
+        return " ".join(control_weights(wildcards.dataset, wildcards.model, seed, run) for run in runs)
+
+    return controls
+
+
 def get_optimizer_args():
     """The base's SGD settings, shared by base training and its continuations."""
     b = config["base"]
@@ -151,7 +181,7 @@ def get_pack_members(pack):
                 {
                     "out_dir": res(f"continue/{wildcards.dataset}/{wildcards.model}/{run}/seed{pack['seed']}"),
                     "snapshot_every": snapshot_every(run),
-                    "spec": RUNS[run]["spec"].values(),
+                    "spec": RUNS[run]["spec"].given(),  # as --spec: a quiet key's default left out
                 }
                 for run in pack["runs"]
             ],

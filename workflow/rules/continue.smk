@@ -1,7 +1,7 @@
 rule continue_run:
     input:
         data=res("data/{dataset}.pt"),
-        checkpoint=res("base/{dataset}/{model}/seed{seed}/checkpoint.pt"),
+        checkpoint=get_start_checkpoint,
     output:
         metrics=res("continue/{dataset}/{model}/{run}/seed{seed}/metrics.parquet"),
         weights=res("continue/{dataset}/{model}/{run}/seed{seed}/final.pt"),
@@ -68,7 +68,7 @@ for index, (name, pack) in enumerate(PACKS.items()):
             f"continue_pack_{index}"
         input:
             data=res("data/{dataset}.pt"),
-            checkpoint=res(f"base/{{dataset}}/{{model}}/seed{pack['seed']}/checkpoint.pt"),
+            checkpoint=start_checkpoint("{dataset}", "{model}", pack["seed"], pack["runs"][0]),  # one training
         output:
             get_pack_outputs(pack),
         log:

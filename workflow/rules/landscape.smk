@@ -1,8 +1,9 @@
 rule landscape:
     input:
         data=res("data/{dataset}.pt"),
-        checkpoint=res("base/{dataset}/{model}/seed{seed}/checkpoint.pt"),
+        checkpoint=get_start_checkpoint,
         weights=res("continue/{dataset}/{model}/{run}/seed{seed}/final.pt"),
+        control=get_control_weights,  # the function distance to it, on the test split
     output:
         res("continue/{dataset}/{model}/{run}/seed{seed}/landscape.parquet"),
     log:
@@ -16,7 +17,7 @@ rule landscape:
         runtime=config["resources"]["runtime"],
     shell:
         "python -m repel landscape --data {input.data} --checkpoint {input.checkpoint} "
-        "--weights {input.weights} --run {wildcards.run} --device $REPEL_DEVICE "
+        "--weights {input.weights} --run {wildcards.run} --controls {input.control} --device $REPEL_DEVICE "
         "--threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -32,8 +33,9 @@ for index, (name, pack) in enumerate(PACKS.items()):
             f"landscape_pack_{index}"
         input:
             data=res("data/{dataset}.pt"),
-            checkpoint=res(f"base/{{dataset}}/{{model}}/seed{pack['seed']}/checkpoint.pt"),
+            checkpoint=start_checkpoint("{dataset}", "{model}", pack["seed"], pack["runs"][0]),
             weights=[res(f"continue/{{dataset}}/{{model}}/{run}/seed{pack['seed']}/final.pt") for run in runs],
+            controls=[control_weights("{dataset}", "{model}", pack["seed"], run) for run in runs],
         output:
             [res(f"continue/{{dataset}}/{{model}}/{run}/seed{pack['seed']}/landscape.parquet") for run in runs],
         log:
@@ -47,9 +49,10 @@ for index, (name, pack) in enumerate(PACKS.items()):
             runtime=config["resources"]["runtime"],
         params:
             runs=" ".join(runs),
+            controls=get_pack_controls(runs, pack["seed"]),
         shell:
             "python -m repel landscape --data {input.data} --checkpoint {input.checkpoint} "
-            "--weights {input.weights} --run {params.runs} --device $REPEL_DEVICE "
+            "--weights {input.weights} --run {params.runs} --controls {params.controls} --device $REPEL_DEVICE "
             "--threads {threads} --out {output} > {log} 2>&1"
 
     workflow.ruleorder(f"landscape_pack_{index}", "landscape")

@@ -27,7 +27,10 @@ rule plot_family:
 
 # The report's method section: the kernels as the runs felt them, and the hill on a 2-D loss (in
 # get_final_outputs). A list, not a function: snakemake --lint wants functions in common.smk only.
-METHOD_FIGURES = expand(res("plots/{figure}.{ext}"), figure=["kernels", "hill_2d"], ext=["png", "pdf"])
+# function_vs_weights comes with the kernels figure (rule plot_kernels).
+METHOD_FIGURES = expand(
+    res("plots/{figure}.{ext}"), figure=["kernels", "hill_2d", "function_vs_weights"], ext=["png", "pdf"]
+)
 
 
 rule plot_kernels:
@@ -41,6 +44,13 @@ rule plot_kernels:
             labels={"figure": "1. the kernels as the runs felt them"},  # first in the section
         ),
         res("plots/kernels.pdf"),
+        # here, not in a rule of its own: the default config gets no new job
+        report(
+            res("plots/function_vs_weights.png"),
+            caption="../report/function_vs_weights.rst",
+            category="Function vs weights",
+        ),
+        res("plots/function_vs_weights.pdf"),
     log:
         res("logs/plot_kernels.log"),
     conda:
@@ -49,7 +59,8 @@ rule plot_kernels:
         configfiles=CONFIG_FILES,  # named in the report's caption
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
-        "python -m repel plot-method --metrics {input} --out-dir {params.out_dir} > {log} 2>&1"
+        "(python -m repel plot-method --metrics {input} --out-dir {params.out_dir} && "
+        "python -m repel plot --function {input} --out-dir {params.out_dir} --formats png pdf) > {log} 2>&1"
 
 
 rule plot_hill_2d:  # needs no data: a stated 2-D loss, seconds

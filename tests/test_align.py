@@ -193,3 +193,13 @@ def test_the_aligned_member_line_to_a_permuted_copy_is_flat(digits, tmp_path):
     assert np.allclose(aligned["loss"], aligned["loss"].iloc[0], rtol=1e-5)
     assert aligned["barrier"].iloc[0] == pytest.approx(0.0, abs=1e-5)
     assert not np.allclose(plain["loss"], plain["loss"].iloc[0], rtol=1e-3)
+
+
+def test_a_diverged_run_has_no_aligned_distance():
+    from repel import models
+
+    model = models.build("mlp", 1, 10, 8)
+    a = model.state_dict()
+    b = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in a.items()}
+    names = models.parameter_names(model)
+    assert math.isnan(align.aligned_distance(a, b, "mlp", names))  # linear_sum_assignment would raise on NaN

@@ -135,9 +135,10 @@ def align(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], spec: di
 
 
 def aligned_distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], model: str, params: list[str]):
-    """‖θ_A − π(θ_B)‖₂ over the `params` after weight matching; NaN for a model without a spec."""
+    """‖θ_A − π(θ_B)‖₂ over the `params` after weight matching; NaN for a model without a spec, or
+    for weights that are not finite (a diverged run: no assignment can be matched on NaN)."""
     spec = spec_for(model)
-    if spec is None:
+    if spec is None or not all(torch.isfinite(state[k]).all() for state in (a, b) for k in params):
         return float("nan")
     from scipy.spatial.distance import cdist
 

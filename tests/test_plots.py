@@ -331,6 +331,16 @@ def test_with_two_seeds_the_ensemble_band_spans_both_ensembles():
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["fge (2 ensembles)", "swa (2 ensembles)"]
 
 
+def test_seeds_with_equal_values_draw_a_bar_of_length_zero():
+    _, averages = _two_seed_tables()
+    three = averages[averages["ensemble"] == averages["ensemble"].iloc[0]].assign(ensemble="seed9")
+    averages = pd.concat([averages, three], ignore_index=True).assign(accuracy=0.1)
+    # three seeds at 0.1: their mean is 0.10000000000000002 in float64, a bar of -2e-17 below it
+    assert (averages.groupby(["method", "averaged"])["accuracy"].mean() > 0.1).any()
+    fig = plots.weight_average_figure(averages)  # the reduced run stopped here ('yerr' must not be negative)
+    assert fig.axes[0].containers
+
+
 def test_weight_averages_sit_beside_their_ensembles_with_bars_over_the_seeds():
     _, averages = _two_seed_tables()
     fig = plots.weight_average_figure(averages)

@@ -514,7 +514,8 @@ def weight_average_figure(averages: pd.DataFrame):
             ax.errorbar(
                 x,
                 stats["mean"],
-                yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
+                # clipped: the mean of equal values can round an ulp past them, and errorbar refuses < 0
+                yerr=[(stats["mean"] - stats["min"]).clip(lower=0), (stats["max"] - stats["mean"]).clip(lower=0)],
                 linestyle="none",
                 capsize=3,
                 label=label,

@@ -140,14 +140,12 @@ def aligned_distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor
     spec = spec_for(model)
     if spec is None or not all(torch.isfinite(state[k]).all() for state in (a, b) for k in params):
         return float("nan")
-    from scipy.spatial.distance import cdist
+    from .ensemble import weight_distance
+    from .models import flat_weights
 
     aligned = align(a, b, spec, params)
-    flat_a, flat_b = (
-        torch.cat([state[k].detach().cpu().reshape(-1) for k in params]).double().numpy() for state in (a, aligned)
-    )
-    # as ensemble.weight_distance computes the plain one: with no permutation the two are bit-equal
-    return float(cdist(flat_a[None], flat_b[None], "euclidean")[0, 0])
+    # the plain distance's own function: with no permutation the two are bit-equal
+    return float(weight_distance([flat_weights(state, params).cpu().numpy() for state in (a, aligned)])[0, 1])
 
 
 def aligned_distances(states: list[Mapping[str, torch.Tensor]], model: str, params: list[str]) -> torch.Tensor:

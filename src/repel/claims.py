@@ -935,7 +935,7 @@ def _mean_disagreement(t: Tables) -> pd.Series:
 def distance_methods(values: pd.Series) -> dict[str, str]:
     """part name -> method, for the `distance` snapshots among the values' methods: `distance` itself
     with one strength, or `distance_s<s>` at each strength (parts "s=<s>", smallest first), as
-    grid.strength_method names them; {} where there are none."""
+    grid.strength_method names them; the plain name where there are none (its parts say "not run")."""
     from .grid import method_strength
 
     found = {}
@@ -945,7 +945,7 @@ def distance_methods(values: pd.Series) -> dict[str, str]:
             found[method] = kind[1]
     if "distance" in found:  # one strength: the plain name
         return {"distance": "distance"}
-    return {_s(v): m for m, v in sorted(found.items(), key=lambda kv: kv[1])}
+    return {_s(v): m for m, v in sorted(found.items(), key=lambda kv: kv[1])} or {"distance": "distance"}
 
 
 def _versus(
@@ -959,7 +959,7 @@ def _versus(
     `difference`: how a method's values and the other's are compared (_method_difference)."""
     difference = difference or _method_difference
     parts = {}
-    for name, method in (distance_methods(values) or {"distance": "distance"}).items():
+    for name, method in distance_methods(values).items():
         d = difference(values, method, other)
         parts[name] = (
             _blank(t.cells, "not run", f"needs both the '{method}' and the '{other}' ensembles")
@@ -1054,9 +1054,9 @@ def symmetry_independent(t: Tables) -> pd.DataFrame:
 
 def symmetry_continuation(t: Tables) -> pd.DataFrame:
     """A part per strength of the distance snapshots (distance_methods), each tested over the seeds."""
-    methods = distance_methods(symmetry_share(t.pairs)) if "aligned_distance" in t.pairs else {}
+    methods = distance_methods(symmetry_share(t.pairs)) if "aligned_distance" in t.pairs else {"distance": "distance"}
     unit = "seeds, the distance snapshots' ensemble of each"
-    return combine({name: _symmetry(t, m, -1, unit) for name, m in (methods or {"distance": "distance"}).items()})
+    return combine({name: _symmetry(t, m, -1, unit) for name, m in methods.items()})
 
 
 # under dataset shift and out of distribution (tables shift.parquet and ood.parquet); units: seeds
@@ -1079,7 +1079,7 @@ def _shift_noninferior(t: Tables, metric: str, sign: int, margin: float) -> pd.D
     """Parts: distance's change under shift (at each strength) against each other snapshot method's
     of the same seed, non-inferior within `margin` (sign −1: a drop, accuracy; +1: a rise, NLL)."""
     change = sign * shift_change(t.shift, metric)  # larger: worse
-    methods = distance_methods(change) or {"distance": "distance"}
+    methods = distance_methods(change)
     parts = {}
     for name, method in methods.items():
         for other in SHIFT_OTHERS:

@@ -174,7 +174,7 @@ def _finish(args, member: Member, ckpt: dict, prepared: dict, model, rows: list[
     checkpoint.save_weights(model, member.out / "final.pt")
     # the distance to θ_c modulo permutation symmetry, once, at the end (repel.align; NaN without a spec)
     final = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    names = models.parameter_names(model)
     rows[-1]["aligned_dist"] = align.aligned_distance(ckpt["model"], final, ckpt["arch"]["model"], names)
     # n_params: what a mean distance divides by (the kernels figure draws it on ‖θ − θ_c‖)
     n_params = sum(p.numel() for p in models.trainable_parameters(model))
@@ -378,14 +378,13 @@ def landscape(args) -> None:
 def function_distance(model, state: dict, control: dict, data) -> dict:
     """A run's distance in function space to its control on a split (docs/DESIGN.md): the share of
     images whose top-1 labels differ, and the mean KL(p_control || p_run), each model in eval mode
-    with its own weights and BatchNorm statistics."""
-    from .train import log_probs
+    with its own weights and BatchNorm statistics, in float64 (the shares exact)."""
+    from .predict import log_softmax_outputs
 
     outs = []
     for weights in (control, state):
         model.load_state_dict(weights)
-        model.eval()
-        outs.append(log_probs(lambda x: model(x).unsqueeze(0), data)[0].double())
+        outs.append(log_softmax_outputs(model, data).double())
     ref, log_p = outs
     return {
         "func_disagree_control": (ref.argmax(-1) != log_p.argmax(-1)).double().mean().item(),

@@ -13,6 +13,7 @@ import torch
 
 from .averaging import recompute_bn
 from .data import DeviceData
+from .models import parameter_names
 from .train import evaluate
 
 STEPS = 21  # points on alpha
@@ -137,7 +138,7 @@ def write_lines(
         states = [load(path) for path in ends]
         frames = []
         spec = align.spec_for(align_model) if align_model else None
-        names = [name for name, p in model.named_parameters() if p.requires_grad]
+        names = parameter_names(model)
         for pair, (start, end) in enumerate(zip(states, states[1:])):
             ends_of = [(False, end)]
             if spec is not None:

@@ -39,6 +39,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .data import DeviceData
+from .models import parameter_names
 from .penalty import DistancePenalty, StackedPenalties
 from .resume import ResumeState, load_parts, state_of
 from .train import Speed, TrainConfig, fit, resolve_speed, train_members
@@ -69,7 +70,7 @@ class _Stack:
         self.k = len(models)
         self.channels_last = channels_last
         # the order of train.trainable_parameters, which the optimizer states' indices follow
-        self.names = [name for name, p in models[0].named_parameters() if p.requires_grad]
+        self.names = parameter_names(models[0])
         self.shapes = {name: params[name].shape[1:] for name in self.names}
         self.flat = torch.zeros(self.k, sum(math.prod(s) for s in self.shapes.values()), device=device)
         self.flat.grad = torch.zeros_like(self.flat)

@@ -54,6 +54,11 @@ def method_label(method: str) -> str:
     return method if kind is None or kind[1] is None else f"{kind[0]}, {run_spec.label('strength', kind[1])}"
 
 
+def method_groups(frame: pd.DataFrame) -> list:
+    """(method, its rows) in method_key order."""
+    return sorted(frame.groupby("method"), key=lambda kv: method_key(kv[0]))
+
+
 def method_colors(methods) -> dict:
     """method -> colour, in method_key order (the colours repeat past the twelfth method)."""
     return {m: POINT_COLORS[k % len(POINT_COLORS)] for k, m in enumerate(sorted(set(methods), key=method_key))}
@@ -415,7 +420,7 @@ def ensemble_accuracy_figure(curves: pd.DataFrame, colors: dict):
     fig, axes = plt.subplots(len(panels), 2, figsize=(12, 4.5 * len(panels)), squeeze=False)
     for row, (dataset, model) in enumerate(panels):
         panel = curves[(curves["dataset"] == dataset) & (curves["model"] == model)]
-        for method, g in sorted(panel.groupby("method"), key=lambda kv: method_key(kv[0])):
+        for method, g in method_groups(panel):
             stats = g.groupby("m")[["accuracy", "mean_member_accuracy", "nll"]].agg(["mean", "min", "max"])
             name = method_label(method)
             label = f"{name} ({g['ensemble'].nunique()} ensembles)" if g["ensemble"].nunique() > 1 else name
@@ -476,7 +481,7 @@ def diversity_figure(pairs: pd.DataFrame, colors: dict):
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
     for ax, (dataset, model) in zip(axes[0], panels):
         panel = pairs[(pairs["dataset"] == dataset) & (pairs["model"] == model)]
-        for method, g in sorted(panel.groupby("method"), key=lambda kv: method_key(kv[0])):
+        for method, g in method_groups(panel):
             ax.scatter(g["weight_distance"], g["disagreement"], color=colors[method], label=method_label(method), s=30)
         ax.set_title(f"{dataset} / {model}")
         ax.set_xlabel("L2 distance between the two members' weights")

@@ -33,7 +33,7 @@ def aggregate(args) -> None:
 
 
 def shift_figure(table: pd.DataFrame):
-    from .plots import method_colors, method_key, method_label, plt
+    from .plots import method_colors, method_groups, method_label, plt
 
     cells = sorted(table.groupby(["dataset", "model"]).groups)
     corruptions = list(dict.fromkeys(table["corruption"]))
@@ -44,7 +44,7 @@ def shift_figure(table: pd.DataFrame):
     )
     for col, ((dataset, model), corruption) in enumerate(columns):
         panel = table[(table["dataset"] == dataset) & (table["model"] == model) & (table["corruption"] == corruption)]
-        for method, g in sorted(panel.groupby("method"), key=lambda kv: method_key(kv[0])):
+        for method, g in method_groups(panel):
             n = g["ensemble"].nunique()
             for row, metric in enumerate(SHIFT_METRICS):
                 s = g.groupby("severity")[metric].agg(["mean", "min", "max"])

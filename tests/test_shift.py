@@ -189,6 +189,16 @@ def test_predict_under_shift_end_to_end(tmp_path):
     assert result.returncode == 0 and result.stdout.splitlines()[-1] == "False", result.stderr[-2000:]
 
 
+def test_a_predict_job_never_imports_torchvision():
+    # predict reads the corrupted splits prepare_shift made; importing torchvision would load
+    # torch._dynamo too, seconds of every predict job's start
+    code = "import sys\nfrom repel import cli, jobs, ood, predict, shift\n"
+    code += "print(sorted(m for m in sys.modules if m.startswith('torchvision')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+
+
 def test_the_schema_lists_the_declared_corruptions_and_severities():
     from pathlib import Path
 

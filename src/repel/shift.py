@@ -18,8 +18,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as F
+
+# torchvision is imported only where a corruption is made: importing it loads torch._dynamo, about
+# 1.6 s that every predict job (which reads the corrupted splits, never makes them) would pay
 
 REFERENCE_SIDE = 32  # the image side the pixel sizes below are given for
 
@@ -68,6 +69,8 @@ def parameter(name: str, severity: int) -> float:
 def elastic_displacement(n: int, side: int, alpha: float, generator: torch.Generator) -> torch.Tensor:
     """(n, H, W, 2) displacement fields as torchvision's ElasticTransform draws them: uniform noise
     in [−1, 1], smoothed by a Gaussian of σ = ELASTIC_SIGMA, times α / side (grid coordinates)."""
+    from torchvision.transforms.v2 import functional as F
+
     sigma = _scaled(ELASTIC_SIGMA, side)
     size = 2 * math.ceil(3 * sigma) + 1
     noise = torch.rand(n * 2, 1, side, side, generator=generator) * 2 - 1
@@ -77,6 +80,9 @@ def elastic_displacement(n: int, side: int, alpha: float, generator: torch.Gener
 
 def corrupt(x: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.Tensor:
     """(N, C, H, W) float images in [0, 1], corrupted at a severity; deterministic in the seed."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
     value, side = parameter(name, severity), x.shape[-1]
     g = _generator(seed, name, severity)
     if name == "gaussian_noise":
@@ -175,11 +181,11 @@ def predict_under_shift(model, member_states, prepared, shifted, device, cell, c
 
     inputs = {(name, s): x[k] for name, x in shifted["x"].items() for k, s in enumerate(shifted["severities"])}
     inputs.update({("ood", name): x for name, x in shifted["ood"].items()})
+    splits = {key: DeviceData({**prepared, "test_x": x}, "test", device) for key, x in inputs.items()}  # once
     outputs = {key: [] for key in inputs}
     for state in member_states:
         model.load_state_dict(state)
-        for key, x in inputs.items():
-            split = DeviceData({**prepared, "test_x": x}, "test", device)
+        for key, split in splits.items():
             outputs[key].append(log_softmax_outputs(model, split).cpu())
     log_probs = {("clean", 0): torch.as_tensor(clean), **{key: torch.stack(v) for key, v in outputs.items()}}
     points = [

@@ -6,7 +6,8 @@
 #     bash benchmarks/workflow_time.sh 7c9a3d6               # OLD = 7c9a3d6, then HEAD; --cores 2
 #     NEW=abc1234 bash benchmarks/workflow_time.sh 7c9a3d6   # another commit in place of HEAD
 #     bash benchmarks/workflow_time.sh 7c9a3d6 --cores 4     # further arguments go to snakemake
-#     CONFIG=config/reduced.yaml bash benchmarks/workflow_time.sh 7c9a3d6
+#     CONFIG=config/reduced.yaml bash benchmarks/workflow_time.sh 7c9a3d6   # each commit's own reduced.yaml
+#     CONFIG=/tmp/old.yaml bash benchmarks/workflow_time.sh 7c9a3d6         # an absolute path: one file for both
 #
 # Each commit's tree is exported to a temporary directory and runs its own Snakefile, config and
 # package (PYTHONPATH) in a fresh work directory (data, base trainings, all). After each run, its
@@ -24,7 +25,8 @@ for commit in "$old" "$new"; do
     tree=$(mktemp -d) dir=$(mktemp -d)
     git archive "$commit" | tar -x -C "$tree"
     start=$(date +%s.%N)
-    PYTHONPATH="$tree/src" snakemake -s "$tree/Snakefile" -d "$dir" --configfile "$tree/$config" "${args[@]}" \
+    case $config in /*) configfile=$config ;; *) configfile=$tree/$config ;; esac
+    PYTHONPATH="$tree/src" snakemake -s "$tree/Snakefile" -d "$dir" --configfile "$configfile" "${args[@]}" \
         > "$dir/snakemake.out" 2>&1 || { tail -20 "$dir/snakemake.out"; exit 1; }
     wall=$(python -c "print(round($(date +%s.%N) - $start, 1))")
     walls+=("$wall")

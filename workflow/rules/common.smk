@@ -33,7 +33,12 @@ except ValueError as error:
 DEFAULTS = config["continuation"]["defaults"]
 # method -> ensemble name (one per seed, or per group of independent seeds) -> its run and members
 ENSEMBLE_PLAN = grid.ensemble_plan(ENSEMBLES, DEFAULTS, DEFAULTS.get("seeds", config["seeds"])) if ENSEMBLES else {}
-CONFIG_FILES = ", ".join(map(str, workflow.configfiles))  # named in the report's captions
+# named in the report's captions, relative to the work directory where they lie in it: a rule's
+# params re-run it when they change, and an absolute path would change whenever the checkout moves
+CONFIG_FILES = ", ".join(
+    os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd().resolve()) else str(path)
+    for path in workflow.configfiles
+)
 ENSEMBLE_FIGURES = ["ensemble_accuracy", "ensemble_disagreement", "diversity_vs_distance", "weight_averages"]
 # the seeds every comparison is made over; seeds that only ensemble members use are not among them
 SEEDS = sorted({s for run in RUNS.values() for s in run["seeds"]})

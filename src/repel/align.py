@@ -93,7 +93,8 @@ def weight_matching(
     """The permutations that align B to A: per hidden layer a linear assignment on the inner
     products of the `params` (the trainable parameters' keys) it touches, the others fixed, swept
     in the spec's order until none changes (a change is kept only if it raises the total, so the
-    sweeps end)."""
+    sweeps end). No permutation where a weight is not finite (a diverged run): linear_sum_assignment
+    cannot match on NaN, and every distance and loss from such weights is NaN anyway."""
     from scipy.optimize import linear_sum_assignment
 
     _check(a, b, spec)
@@ -102,6 +103,8 @@ def weight_matching(
     wb = {k: b[k].detach().double().cpu().numpy() for k in params}
     n = {p: a[axes[0][0]].shape[axes[0][1]] for p, axes in spec.items()}
     perms = {p: np.arange(n[p]) for p in spec}
+    if not all(np.isfinite(w).all() for w in (*wa.values(), *wb.values())):
+        return perms
     axes_of = {}  # key -> [(perm, axis)]: every permutation that acts on a parameter
     for p, axes in spec.items():
         for key, axis in axes:
@@ -136,9 +139,9 @@ def align(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], spec: di
 
 def aligned_distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], model: str, params: list[str]):
     """‖θ_A − π(θ_B)‖₂ over the `params` after weight matching; NaN for a model without a spec, or
-    for weights that are not finite (a diverged run: no assignment can be matched on NaN)."""
+    for weights that are not finite (weight_matching leaves them as they are)."""
     spec = spec_for(model)
-    if spec is None or not all(torch.isfinite(state[k]).all() for state in (a, b) for k in params):
+    if spec is None:
         return float("nan")
     from .ensemble import weight_distance
     from .models import flat_weights

@@ -9,6 +9,7 @@ parses the arguments and calls these.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -362,6 +363,9 @@ def landscape(args) -> None:
     if args.controls and len(args.controls) != len(args.weights):
         raise ValueError(f"give one --controls file per --weights file: {len(args.weights)} and {len(args.controls)}")
 
+    # each file read once: a run's weights serve its function distance and its line, and a pack's
+    # runs share one control (a pack's states are a few models, held until the job ends)
+    @functools.cache
     def load(path):
         return ckpt["model"] if path == args.checkpoint else checkpoint.load_weights(path, ckpt["arch"])
 
